@@ -1,0 +1,199 @@
+//! Connections to a Kafka cluster (external or internal), with every call bounded in time.
+//!
+//! rskafka 0.6 has no connect or request timeout and retries some errors forever, so
+//! clients are built here with a bounded backoff and every call goes through
+//! [`bounded`]. A caller that sees an error rebuilds its partition client.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::BackoffConfig;
+
+/// Which of the two clusters, for messages.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// "external" or "internal".
+    pub role: &'static str,
+    /// The config key holding the servers.
+    pub key: &'static str,
+    /// `host:port` list.
+    pub servers: Vec<String>,
+    /// Bound on each call.
+    pub timeout: Duration,
+    /// Whether rskafka may retry internally (never for produce: see DEPENDENCIES.md).
+    pub internal_retries: bool,
+    /// Kafka client id.
+    pub client_id: String,
+}
+
+/// A failed call to a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No answer within the bound.
+    #[error("{what} on the {role} cluster ({servers}) timed out after {timeout:?}")]
+    Timeout {
+        /// The operation.
+        what: String,
+        /// "external" or "internal".
+        role: &'static str,
+        /// The servers.
+        servers: String,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// The client reported an error.
+    #[error("{what} on the {role} cluster ({servers}) failed: {source}")]
+    Client {
+        /// The operation.
+        what: String,
+        /// "external" or "internal".
+        role: &'static str,
+        /// The servers.
+        servers: String,
+        /// rskafka's error.
+        source: rskafka::client::error::Error,
+    },
+}
+
+impl ClusterError {
+    /// Whether retrying later can succeed (broker down, leader moving), as opposed to a
+    /// refusal that needs the user (missing topic, authorization, bad request).
+    pub fn is_transient(&self) -> bool {
+        use rskafka::client::error::{Error, ProtocolError as P};
+        match self {
+            ClusterError::Timeout { .. } => true,
+            ClusterError::Client { source, .. } => match source {
+                Error::Connection(_) | Error::Request(_) | Error::RetryFailed(_) => true,
+                Error::ServerError { protocol_error, .. } => matches!(
+                    protocol_error,
+                    P::NotLeaderOrFollower
+                        | P::LeaderNotAvailable
+                        | P::RequestTimedOut
+                        | P::NetworkException
+                        | P::NotEnoughReplicas
+                        | P::NotEnoughReplicasAfterAppend
+                        | P::NotCoordinator
+                        | P::CoordinatorNotAvailable
+                        | P::KafkaStorageError
+                        | P::OffsetNotAvailable
+                        | P::FencedLeaderEpoch
+                        | P::UnknownLeaderEpoch
+                        | P::ThrottlingQuotaExceeded
+                        | P::BrokerNotAvailable
+                        | P::ReplicaNotAvailable
+                ),
+                _ => false,
+            },
+        }
+    }
+
+    /// The broker's protocol error, if that is what failed.
+    pub fn protocol_error(&self) -> Option<rskafka::client::error::ProtocolError> {
+        match self {
+            ClusterError::Client {
+                source: rskafka::client::error::Error::ServerError { protocol_error, .. },
+                ..
+            } => Some(*protocol_error),
+            _ => None,
+        }
+    }
+}
+
+impl Cluster {
+    fn servers_text(&self) -> String {
+        self.servers.join(",")
+    }
+
+    /// Runs `call` bounded by the cluster's timeout, naming `what` in errors.
+    pub async fn bounded<T, F>(&self, what: impl Into<String>, call: F) -> Result<T, ClusterError>
+    where
+        F: Future<Output = Result<T, rskafka::client::error::Error>>,
+    {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(ClusterError::Client {
+                what: what.into(),
+                role: self.role,
+                servers: self.servers_text(),
+                source,
+            }),
+            Err(_) => Err(ClusterError::Timeout {
+                what: what.into(),
+                role: self.role,
+                servers: self.servers_text(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Connects and reads the cluster's metadata.
+    pub async fn connect(&self) -> Result<Arc<Client>, ClusterError> {
+        let backoff = BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+            // A deadline shorter than the first backoff means: no internal retry at all.
+            deadline: Some(if self.internal_retries {
+                self.timeout
+            } else {
+                Duration::from_nanos(1)
+            }),
+        };
+        let builder = ClientBuilder::new(self.servers.clone())
+            .client_id(self.client_id.clone())
+            .backoff_config(backoff);
+        let what = format!("connecting (key `{}`)", self.key);
+        self.bounded(what, builder.build()).await.map(Arc::new)
+    }
+
+    /// A client for one partition's leader.
+    pub async fn partition(
+        &self,
+        client: &Client,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartitionClient, ClusterError> {
+        self.bounded(
+            format!("finding the leader of {topic}/{partition}"),
+            client.partition_client(topic, partition, UnknownTopicHandling::Error),
+        )
+        .await
+    }
+}
+
+/// `max_wait_ms` of fetches that only probe the current state (high watermark, last
+/// record). Kafka answers a 0 ms fetch at once; tansu 0.6 answers it with an empty
+/// response, so 1 ms is used (docs/compatibility.md).
+pub const PROBE_WAIT_MS: i32 = 1;
+
+/// Exponential backoff for our own retry loops: 100 ms doubling up to `max`.
+#[derive(Debug)]
+pub struct Retry {
+    next: Duration,
+    max: Duration,
+}
+
+impl Retry {
+    /// A fresh backoff.
+    pub fn new(max: Duration) -> Self {
+        Self {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+
+    /// The delay before the next attempt.
+    pub fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    /// Back to the first delay after a success.
+    pub fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+}

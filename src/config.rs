@@ -1,0 +1,694 @@
+//! Service and connector configuration: loading, validation and defaults.
+//!
+//! A config file (TOML, or JSON when its name ends in `.json`) is flattened into
+//! Kafka-style dotted keys, so `kafka.bootstrap.servers = "…"` under `[connector]` reads
+//! as `connector.kafka.bootstrap.servers`. `--set key=value` overrides any key. Every
+//! key is checked at load time: an unknown key or a bad value is refused with the key
+//! named and the accepted values listed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::wal::SyncPolicy;
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {message}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        message: String,
+    },
+    /// The file is not valid TOML/JSON.
+    #[error("config file {path} is not valid {format}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// TOML or JSON.
+        format: &'static str,
+        /// Parser message.
+        message: String,
+    },
+    /// A `--set` argument without `=`.
+    #[error("--set {0:?} is not of the form key=value")]
+    BadOverride(String),
+    /// A required key is absent.
+    #[error("missing required key `{key}`: {hint}")]
+    Missing {
+        /// The key.
+        key: String,
+        /// What to put there.
+        hint: &'static str,
+    },
+    /// A value outside what the key accepts.
+    #[error("invalid value {value:?} for `{key}`: expected {expected}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What the key accepts.
+        expected: String,
+    },
+    /// A key this version does not know.
+    #[error("unknown key `{key}`; known keys: {known}")]
+    Unknown {
+        /// The key.
+        key: String,
+        /// Every accepted key.
+        known: String,
+    },
+    /// A value this version recognises but cannot act on yet.
+    #[error("`{key}` = {value:?} is not supported yet: {reason}")]
+    NotSupported {
+        /// The key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What is supported.
+        reason: &'static str,
+    },
+}
+
+/// Value format of the source topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Bytes forwarded as they are.
+    String,
+    /// JSON values.
+    Json,
+}
+
+/// Where to start a partition that has no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// The oldest record still kept.
+    Earliest,
+    /// The end of the partition: only records written from now on.
+    Latest,
+}
+
+/// Compression of batches written to the internal cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// LZ4.
+    Lz4,
+    /// Snappy.
+    Snappy,
+    /// Zstandard.
+    Zstd,
+}
+
+/// One connector: which external topics to copy and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorConfig {
+    /// Unique connector name.
+    pub name: String,
+    /// `host:port` of the external cluster's brokers.
+    pub bootstrap_servers: Vec<String>,
+    /// Prefix of internal topic names: `<prefix>.<topic>`.
+    pub topic_prefix: String,
+    /// External topics, `topic.include.list` then `topic.include.list.user.defined`.
+    pub topics: Vec<String>,
+    /// Value format.
+    pub format: Format,
+    /// Whether JSON values carry a schema.
+    pub schemas_enable: bool,
+    /// Start of a partition without checkpoint.
+    pub auto_offset_reset: OffsetReset,
+    /// Dead-letter topic, if configured.
+    pub dead_letter_topic: Option<String>,
+}
+
+impl ConnectorConfig {
+    /// Name of the internal topic a source topic is copied to.
+    pub fn internal_topic(&self, source_topic: &str) -> String {
+        format!("{}.{}", self.topic_prefix, source_topic)
+    }
+}
+
+/// The whole service: where it keeps its WAL, the internal cluster, tuning, and the connector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// Data dir holding the WAL.
+    pub data_dir: PathBuf,
+    /// `host:port` of the internal cluster's brokers.
+    pub internal_bootstrap_servers: Vec<String>,
+    /// Replication factor of internal topics the service creates (-1: broker default).
+    pub internal_replication_factor: i16,
+    /// Compression of produced batches.
+    pub internal_compression: Compression,
+    /// WAL cap in bytes of unforwarded entries.
+    pub wal_max_bytes: u64,
+    /// WAL durability.
+    pub wal_sync: SyncPolicy,
+    /// sled cache size.
+    pub wal_cache_bytes: u64,
+    /// Max bytes per partition fetch.
+    pub fetch_max_bytes: i32,
+    /// Max time the broker holds a fetch waiting for data.
+    pub fetch_max_wait: Duration,
+    /// Max records per produce request.
+    pub forward_batch_max_records: usize,
+    /// Max bytes per produce request.
+    pub forward_batch_max_bytes: usize,
+    /// Bound on every request to a broker.
+    pub request_timeout: Duration,
+    /// Interval of the progress log line.
+    pub progress_interval: Duration,
+    /// The connector.
+    pub connector: ConnectorConfig,
+}
+
+struct Key {
+    name: &'static str,
+    default: Option<&'static str>,
+    doc: &'static str,
+}
+
+const SERVICE_KEYS: &[Key] = &[
+    Key { name: "data.dir", default: None, doc: "directory of the WAL (one process at a time)" },
+    Key { name: "internal.bootstrap.servers", default: None, doc: "host:port list of the internal cluster" },
+    Key { name: "internal.replication.factor", default: Some("-1"), doc: "replication factor of created internal topics; -1 = broker default" },
+    Key { name: "internal.compression", default: Some("none"), doc: "none | gzip | lz4 | snappy | zstd" },
+    Key { name: "wal.max.bytes", default: Some("1073741824"), doc: "cap on unforwarded WAL bytes; fetchers wait above it" },
+    Key { name: "wal.sync", default: Some("fsync"), doc: "fsync (survives power loss) | flush (survives a process crash)" },
+    Key { name: "wal.cache.bytes", default: Some("67108864"), doc: "sled page cache" },
+    Key { name: "fetch.max.bytes", default: Some("1048576"), doc: "max bytes per partition fetch" },
+    Key { name: "fetch.max.wait.ms", default: Some("500"), doc: "how long a broker may hold a fetch for data" },
+    Key { name: "forward.batch.max.records", default: Some("10000"), doc: "max records per produce request" },
+    Key { name: "forward.batch.max.bytes", default: Some("1048576"), doc: "max bytes per produce request" },
+    Key { name: "request.timeout.ms", default: Some("30000"), doc: "bound on every broker request" },
+    Key { name: "progress.interval.ms", default: Some("5000"), doc: "interval of the progress log line; 0 = off" },
+];
+
+const CONNECTOR_KEYS: &[Key] = &[
+    Key { name: "name", default: None, doc: "unique connector name" },
+    Key { name: "kafka.bootstrap.servers", default: None, doc: "host:port list of the external cluster" },
+    Key { name: "topic.prefix", default: None, doc: "prefix of internal topic names" },
+    Key { name: "topic.include.list", default: Some(""), doc: "comma-separated external topics" },
+    Key { name: "topic.include.list.user.defined", default: Some(""), doc: "more topics, appended" },
+    Key { name: "format", default: Some("string"), doc: "string | json" },
+    Key { name: "schemas.enable", default: Some("false"), doc: "true | false (json only)" },
+    Key { name: "auto.offset.reset", default: Some("earliest"), doc: "earliest | latest" },
+    Key { name: "security.protocol", default: Some("PLAINTEXT"), doc: "PLAINTEXT" },
+    Key { name: "sasl.mechanism", default: Some(""), doc: "not supported yet" },
+    Key { name: "sasl.username", default: Some(""), doc: "not supported yet" },
+    Key { name: "sasl.password", default: Some(""), doc: "not supported yet" },
+    Key { name: "ssl.ca.location", default: Some(""), doc: "not supported yet" },
+    Key { name: "ssl.certificate.location", default: Some(""), doc: "not supported yet" },
+    Key { name: "ssl.key.location", default: Some(""), doc: "not supported yet" },
+    Key { name: "errors.deadletterqueue.topic.name", default: Some(""), doc: "dead-letter topic" },
+];
+
+const CONNECTOR_PREFIX: &str = "connector.";
+
+/// Flat `key → value` view of a config file plus overrides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawConfig(BTreeMap<String, String>);
+
+impl RawConfig {
+    /// Reads and flattens a TOML or JSON file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if path.extension().is_some_and(|e| e == "json") {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    format: "JSON",
+                    message: e.to_string(),
+                })?;
+            Ok(Self::from_json(&value))
+        } else {
+            Self::from_toml_str(&text).map_err(|message| ConfigError::Syntax {
+                path: path.to_owned(),
+                format: "TOML",
+                message,
+            })
+        }
+    }
+
+    /// Flattens TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self, String> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let mut message = e.to_string();
+            if message.contains("attempted to extend") {
+                message.push_str(
+                    "hint: a key that extends another key must be quoted, e.g. \"topic.include.list.user.defined\" = \"more\"",
+                );
+            }
+            message
+        })?;
+        let mut out = BTreeMap::new();
+        flatten_toml("", &toml::Value::Table(table), &mut out);
+        Ok(Self(out))
+    }
+
+    fn from_json(value: &serde_json::Value) -> Self {
+        let mut out = BTreeMap::new();
+        flatten_json("", value, &mut out);
+        Self(out)
+    }
+
+    /// Applies `key=value` overrides.
+    pub fn apply_overrides(&mut self, overrides: &[String]) -> Result<(), ConfigError> {
+        for item in overrides {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
+            self.0.insert(key.trim().to_owned(), value.trim().to_owned());
+        }
+        Ok(())
+    }
+
+    /// Sets one key.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.0.insert(key.to_owned(), value.into());
+    }
+
+    /// Validates everything and builds the service config.
+    pub fn build(&self) -> Result<ServiceConfig, ConfigError> {
+        for key in self.0.keys() {
+            let known = match key.strip_prefix(CONNECTOR_PREFIX) {
+                Some(rest) => CONNECTOR_KEYS.iter().any(|k| k.name == rest),
+                None => SERVICE_KEYS.iter().any(|k| k.name == key),
+            };
+            if !known {
+                return Err(ConfigError::Unknown {
+                    key: key.clone(),
+                    known: known_keys(),
+                });
+            }
+        }
+        let s = Lookup { raw: self, prefix: "", keys: SERVICE_KEYS };
+        let c = Lookup { raw: self, prefix: CONNECTOR_PREFIX, keys: CONNECTOR_KEYS };
+
+        let connector = build_connector(&c)?;
+        Ok(ServiceConfig {
+            data_dir: PathBuf::from(s.required("data.dir", "a directory for the WAL, e.g. ./data")?),
+            internal_bootstrap_servers: s.servers("internal.bootstrap.servers")?,
+            internal_replication_factor: s.number("internal.replication.factor", -1, i16::MAX as i64)? as i16,
+            internal_compression: s.choice(
+                "internal.compression",
+                &[
+                    ("none", Compression::None),
+                    ("gzip", Compression::Gzip),
+                    ("lz4", Compression::Lz4),
+                    ("snappy", Compression::Snappy),
+                    ("zstd", Compression::Zstd),
+                ],
+            )?,
+            wal_max_bytes: s.number("wal.max.bytes", 1, i64::MAX)? as u64,
+            wal_sync: s.choice("wal.sync", &[("fsync", SyncPolicy::Fsync), ("flush", SyncPolicy::Flush)])?,
+            wal_cache_bytes: s.number("wal.cache.bytes", 1 << 20, i64::MAX)? as u64,
+            fetch_max_bytes: s.number("fetch.max.bytes", 1024, 64 << 20)? as i32,
+            fetch_max_wait: Duration::from_millis(s.number("fetch.max.wait.ms", 0, 60_000)? as u64),
+            forward_batch_max_records: s.number("forward.batch.max.records", 1, 1_000_000)? as usize,
+            forward_batch_max_bytes: s.number("forward.batch.max.bytes", 1024, 64 << 20)? as usize,
+            request_timeout: Duration::from_millis(s.number("request.timeout.ms", 100, 3_600_000)? as u64),
+            progress_interval: Duration::from_millis(s.number("progress.interval.ms", 0, 3_600_000)? as u64),
+            connector,
+        })
+    }
+}
+
+fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
+    let name = c.required("name", "a unique connector name, e.g. orders-mirror")?;
+    if !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
+        return Err(c.invalid("name", &name, "letters, digits, '.', '_' and '-'"));
+    }
+    let topic_prefix = c.required("topic.prefix", "the prefix of internal topic names, e.g. external")?;
+    check_topic_name(c, "topic.prefix", &topic_prefix)?;
+
+    let mut topics: Vec<String> = Vec::new();
+    for key in ["topic.include.list", "topic.include.list.user.defined"] {
+        for topic in c.get(key).split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            check_topic_name(c, key, topic)?;
+            if !topics.iter().any(|t| t == topic) {
+                topics.push(topic.to_owned());
+            }
+        }
+    }
+    if topics.is_empty() {
+        return Err(ConfigError::Missing {
+            key: c.full("topic.include.list"),
+            hint: "a comma-separated list of external topics to copy",
+        });
+    }
+
+    let format = c.choice("format", &[("string", Format::String), ("json", Format::Json)])?;
+    let schemas_enable = c.choice("schemas.enable", &[("false", false), ("true", true)])?;
+    if schemas_enable && format != Format::Json {
+        return Err(c.invalid("schemas.enable", "true", "false unless format=json"));
+    }
+    if format == Format::Json {
+        return Err(ConfigError::NotSupported {
+            key: c.full("format"),
+            value: "json".into(),
+            reason: "this version forwards format=string only",
+        });
+    }
+    let security = c.get("security.protocol");
+    match security.to_ascii_uppercase().as_str() {
+        "PLAINTEXT" => {}
+        "SASL_PLAINTEXT" | "SASL_SSL" | "SSL" => {
+            return Err(ConfigError::NotSupported {
+                key: c.full("security.protocol"),
+                value: security,
+                reason: "this version connects with PLAINTEXT only",
+            })
+        }
+        _ => {
+            return Err(c.invalid(
+                "security.protocol",
+                &security,
+                "one of PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL",
+            ))
+        }
+    }
+    for key in [
+        "sasl.mechanism",
+        "sasl.username",
+        "sasl.password",
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+    ] {
+        if !c.get(key).is_empty() {
+            return Err(ConfigError::NotSupported {
+                key: c.full(key),
+                value: if key == "sasl.password" { "[hidden]".into() } else { c.get(key) },
+                reason: "this version connects with PLAINTEXT only",
+            });
+        }
+    }
+    let dlq = c.get("errors.deadletterqueue.topic.name");
+    if !dlq.is_empty() {
+        check_topic_name(c, "errors.deadletterqueue.topic.name", &dlq)?;
+    }
+
+    Ok(ConnectorConfig {
+        name,
+        bootstrap_servers: c.servers("kafka.bootstrap.servers")?,
+        topic_prefix,
+        topics,
+        format,
+        schemas_enable,
+        auto_offset_reset: c.choice(
+            "auto.offset.reset",
+            &[("earliest", OffsetReset::Earliest), ("latest", OffsetReset::Latest)],
+        )?,
+        dead_letter_topic: (!dlq.is_empty()).then_some(dlq),
+    })
+}
+
+fn check_topic_name(c: &Lookup<'_>, key: &str, topic: &str) -> Result<(), ConfigError> {
+    let valid = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+    if valid {
+        Ok(())
+    } else {
+        Err(c.invalid(
+            key,
+            topic,
+            "Kafka topic names: 1 to 249 of letters, digits, '.', '_' and '-'",
+        ))
+    }
+}
+
+fn known_keys() -> String {
+    SERVICE_KEYS
+        .iter()
+        .map(|k| k.name.to_owned())
+        .chain(CONNECTOR_KEYS.iter().map(|k| format!("{CONNECTOR_PREFIX}{}", k.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every key with its default and meaning, for `--help`-style listings and the docs.
+pub fn describe_keys() -> Vec<(String, Option<&'static str>, &'static str)> {
+    SERVICE_KEYS
+        .iter()
+        .map(|k| (k.name.to_owned(), k.default, k.doc))
+        .chain(
+            CONNECTOR_KEYS
+                .iter()
+                .map(|k| (format!("{CONNECTOR_PREFIX}{}", k.name), k.default, k.doc)),
+        )
+        .collect()
+}
+
+struct Lookup<'a> {
+    raw: &'a RawConfig,
+    prefix: &'static str,
+    keys: &'static [Key],
+}
+
+impl Lookup<'_> {
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn get(&self, key: &str) -> String {
+        match self.raw.0.get(&self.full(key)) {
+            Some(v) => v.trim().to_owned(),
+            None => self
+                .keys
+                .iter()
+                .find(|k| k.name == key)
+                .and_then(|k| k.default)
+                .expect("every looked-up key is declared with a default or read with required()")
+                .to_owned(),
+        }
+    }
+
+    fn required(&self, key: &str, hint: &'static str) -> Result<String, ConfigError> {
+        match self.raw.0.get(&self.full(key)).map(|v| v.trim()) {
+            Some(v) if !v.is_empty() => Ok(v.to_owned()),
+            _ => Err(ConfigError::Missing { key: self.full(key), hint }),
+        }
+    }
+
+    fn invalid(&self, key: &str, value: &str, expected: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: self.full(key),
+            value: value.to_owned(),
+            expected: expected.into(),
+        }
+    }
+
+    fn number(&self, key: &str, min: i64, max: i64) -> Result<i64, ConfigError> {
+        let value = self.get(key);
+        value
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| self.invalid(key, &value, format!("an integer from {min} to {max}")))
+    }
+
+    fn choice<T: Copy>(&self, key: &str, accepted: &[(&str, T)]) -> Result<T, ConfigError> {
+        let value = self.get(key);
+        accepted
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&value))
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let names: Vec<_> = accepted.iter().map(|(n, _)| *n).collect();
+                self.invalid(key, &value, format!("one of {}", names.join(", ")))
+            })
+    }
+
+    fn servers(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let value = self.required(key, "a comma-separated list of host:port")?;
+        let mut out = Vec::new();
+        for server in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let ok = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(self.invalid(key, server, "host:port, e.g. broker-1.example.com:9092"));
+            }
+            out.push(server.to_owned());
+        }
+        if out.is_empty() {
+            return Err(ConfigError::Missing { key: self.full(key), hint: "a comma-separated list of host:port" });
+        }
+        Ok(out)
+    }
+}
+
+fn flatten_toml(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+    let join = |k: &str| if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
+    match value {
+        toml::Value::Table(t) => t.iter().for_each(|(k, v)| flatten_toml(&join(k), v, out)),
+        toml::Value::String(s) => {
+            out.insert(prefix.to_owned(), s.clone());
+        }
+        toml::Value::Array(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|i| match i {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            out.insert(prefix.to_owned(), parts.join(","));
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    let join = |k: &str| if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
+    match value {
+        serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| flatten_json(&join(k), v, out)),
+        serde_json::Value::String(s) => {
+            out.insert(prefix.to_owned(), s.clone());
+        }
+        serde_json::Value::Array(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect();
+            out.insert(prefix.to_owned(), parts.join(","));
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+data.dir = "/tmp/kd"
+internal.bootstrap.servers = "127.0.0.1:9093"
+
+[connector]
+name = "orders-mirror"
+kafka.bootstrap.servers = "127.0.0.1:9092, 127.0.0.2:9092"
+topic.prefix = "ext"
+topic.include.list = "orders,payments"
+"topic.include.list.user.defined" = ["refunds", "orders"]
+"#;
+
+    fn load(text: &str, overrides: &[&str]) -> Result<ServiceConfig, ConfigError> {
+        let mut raw = RawConfig::from_toml_str(text).unwrap();
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        raw.apply_overrides(&overrides)?;
+        raw.build()
+    }
+
+    fn err(overrides: &[&str]) -> String {
+        load(GOOD, overrides).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_file_gets_defaults_and_merged_topics() {
+        let cfg = load(GOOD, &[]).unwrap();
+        assert_eq!(cfg.connector.topics, vec!["orders", "payments", "refunds"]);
+        assert_eq!(cfg.connector.bootstrap_servers, vec!["127.0.0.1:9092", "127.0.0.2:9092"]);
+        assert_eq!(cfg.connector.auto_offset_reset, OffsetReset::Earliest);
+        assert_eq!(cfg.connector.internal_topic("orders"), "ext.orders");
+        assert_eq!(cfg.wal_sync, SyncPolicy::Fsync);
+        assert_eq!(cfg.request_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn json_file_flattens_like_toml() {
+        let json = serde_json::json!({
+            "data.dir": "/tmp/kd",
+            "internal": {"bootstrap.servers": "127.0.0.1:9093"},
+            "connector": {"name": "c", "kafka.bootstrap.servers": "h:1", "topic.prefix": "p",
+                          "topic.include.list": ["a", "b"], "auto.offset.reset": "latest"}
+        });
+        let cfg = RawConfig::from_json(&json).build().unwrap();
+        assert_eq!(cfg.connector.topics, vec!["a", "b"]);
+        assert_eq!(cfg.connector.auto_offset_reset, OffsetReset::Latest);
+    }
+
+    #[test]
+    fn overrides_win() {
+        let cfg = load(GOOD, &["connector.auto.offset.reset=latest", "wal.sync=flush"]).unwrap();
+        assert_eq!(cfg.connector.auto_offset_reset, OffsetReset::Latest);
+        assert_eq!(cfg.wal_sync, SyncPolicy::Flush);
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key_and_the_accepted_values() {
+        let cases: &[(&str, &[&str])] = &[
+            ("connector.auto.offset.reset=newest", &["connector.auto.offset.reset", "earliest, latest"]),
+            ("connector.format=avro", &["connector.format", "string, json"]),
+            ("wal.sync=sometimes", &["wal.sync", "fsync, flush"]),
+            ("wal.max.bytes=lots", &["wal.max.bytes", "an integer"]),
+            ("fetch.max.wait.ms=-5", &["fetch.max.wait.ms", "from 0 to 60000"]),
+            ("connector.kafka.bootstrap.servers=broker", &["connector.kafka.bootstrap.servers", "host:port"]),
+            ("internal.bootstrap.servers=h:99999", &["internal.bootstrap.servers", "host:port"]),
+            ("connector.topic.include.list=ok,bad topic", &["connector.topic.include.list", "bad topic"]),
+            ("connector.security.protocol=TLS", &["connector.security.protocol", "SASL_SSL"]),
+            ("connector.name=a/b", &["connector.name"]),
+            ("connector.schemas.enable=maybe", &["connector.schemas.enable", "false, true"]),
+            ("internal.compression=brotli", &["internal.compression", "zstd"]),
+        ];
+        for (set, needles) in cases {
+            let message = err(&[set]);
+            for needle in *needles {
+                assert!(message.contains(needle), "{set}: {message:?} lacks {needle:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_and_unknown_keys_are_named() {
+        let message = load("[connector]\nname = \"x\"\n", &[]).unwrap_err().to_string();
+        assert!(message.contains("missing required key"), "{message}");
+        let message = err(&["connector.topic.prefx=x"]);
+        assert!(message.contains("unknown key `connector.topic.prefx`"), "{message}");
+        assert!(message.contains("connector.topic.prefix"), "{message}");
+        let message = err(&["connector.topic.include.list=", "connector.topic.include.list.user.defined="]);
+        assert!(message.contains("connector.topic.include.list"), "{message}");
+        assert!(matches!(
+            RawConfig::default().apply_overrides(&["novalue".into()]),
+            Err(ConfigError::BadOverride(_))
+        ));
+    }
+
+    #[test]
+    fn unsupported_security_is_refused_without_echoing_secrets() {
+        let message = err(&["connector.security.protocol=SASL_SSL"]);
+        assert!(message.contains("not supported yet"), "{message}");
+        let message = err(&["connector.sasl.password=hunter2"]);
+        assert!(message.contains("[hidden]") && !message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn schemas_need_json_and_json_is_not_acted_on_yet() {
+        assert!(err(&["connector.schemas.enable=true"]).contains("unless format=json"));
+        assert!(err(&["connector.format=json"]).contains("not supported yet"));
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_reported_with_a_hint_for_unquoted_nested_keys() {
+        assert!(RawConfig::from_toml_str("data.dir = ").is_err());
+        let message = RawConfig::from_toml_str("a.b = \"x\"\na.b.c = \"y\"\n").unwrap_err();
+        assert!(message.contains("must be quoted"), "{message}");
+    }
+}

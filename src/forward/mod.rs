@@ -1,0 +1,326 @@
+//! The forwarder: one task per partition, draining WAL entries into the internal
+//! partition of the same number, exactly once.
+//!
+//! Guarantees:
+//! - rskafka's own produce retry is off (it could store a batch twice inside one call);
+//!   retries happen here, each one after a fresh tail check ([`tail`]).
+//! - `forwarded_next` advances only after the produce is acknowledged.
+//! - The offsets the broker assigns are compared with the partition end we expect (we are
+//!   the single writer); a mismatch is logged as an error and counted.
+
+pub mod tail;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::chrono::{TimeZone, Utc};
+use rskafka::client::partition::{Compression as KafkaCompression, OffsetAt, PartitionClient};
+use rskafka::client::Client;
+use rskafka::record::Record;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
+use crate::config::Compression;
+use crate::metrics::PartitionMetrics;
+use crate::record::{source_headers, SourcePartition, SourceRecord};
+use crate::wal::{PartitionLog, Wal, WalError};
+use tail::TailError;
+
+/// Why a forwarder stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The internal cluster refused in a way retrying cannot fix.
+    #[error("forwarding {partition} to {internal_topic} stopped: {source}")]
+    Cluster {
+        /// The source partition.
+        partition: SourcePartition,
+        /// The internal topic.
+        internal_topic: String,
+        /// The refusal.
+        source: ClusterError,
+    },
+    /// The WAL failed or holds a damaged entry.
+    #[error("forwarding {partition} stopped: {source}")]
+    Wal {
+        /// The source partition.
+        partition: SourcePartition,
+        /// The WAL error.
+        source: WalError,
+    },
+    /// The internal partition holds records of another writer.
+    #[error("forwarding {partition} stopped: {source}")]
+    Tail {
+        /// The source partition.
+        partition: SourcePartition,
+        /// What was found.
+        source: TailError,
+    },
+}
+
+/// What the internal partition holds, from the tail check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// The internal partition's end (next offset the broker will assign).
+    pub end: i64,
+    /// The next source offset to forward; `None` when nothing of this source is stored.
+    pub stored_next: Option<i64>,
+}
+
+/// Everything one forwarder needs.
+#[derive(Debug)]
+pub struct Forwarder {
+    /// The internal cluster (built without rskafka-internal retries).
+    pub cluster: Cluster,
+    /// Shared client of the internal cluster.
+    pub client: Arc<Client>,
+    /// Internal topic name.
+    pub internal_topic: String,
+    /// The partition's WAL log.
+    pub log: PartitionLog,
+    /// The WAL (for commits).
+    pub wal: Wal,
+    /// Compression of produced batches.
+    pub compression: Compression,
+    /// Max records per produce.
+    pub max_records: usize,
+    /// Max bytes per produce.
+    pub max_bytes: usize,
+    /// Woken by the fetcher after each commit.
+    pub wake: Arc<Notify>,
+    /// Counters.
+    pub metrics: Arc<PartitionMetrics>,
+    /// Stops the task (after the produce in flight).
+    pub cancel: CancellationToken,
+}
+
+/// Pause between reconnecting after an unknown produce outcome and reading the tail, so
+/// that a request still queued on the old connection is processed before we look.
+const SETTLE: Duration = Duration::from_millis(500);
+
+impl Forwarder {
+    fn partition(&self) -> &SourcePartition {
+        self.log.source_partition()
+    }
+
+    fn internal_name(&self) -> String {
+        format!("{}/{}", self.internal_topic, self.partition().partition)
+    }
+
+    /// Connects to the internal partition's leader.
+    async fn connect(&self) -> Result<PartitionClient, ClusterError> {
+        self.cluster
+            .partition(&self.client, &self.internal_topic, self.partition().partition)
+            .await
+    }
+
+    /// Reads the tail of the internal partition (see [`tail`]).
+    async fn read_tail(&self, pc: &PartitionClient) -> Result<Result<Tail, TailError>, ClusterError> {
+        let internal = self.internal_name();
+        let earliest = self
+            .cluster
+            .bounded(format!("reading the earliest offset of {internal}"), pc.get_offset(OffsetAt::Earliest))
+            .await?;
+        // The end comes from a fetch's high watermark: exact on every broker we know,
+        // where ListOffsets(latest) is not (docs/compatibility.md).
+        let (_, end) = self
+            .cluster
+            .bounded(format!("reading the end of {internal}"), pc.fetch_records(earliest, 1..1, PROBE_WAIT_MS))
+            .await?;
+        if end <= earliest {
+            return Ok(Ok(Tail { end, stored_next: None }));
+        }
+        let max = (self.max_bytes as i32).saturating_mul(2).max(1 << 20);
+        let (records, _) = self
+            .cluster
+            .bounded(format!("reading the last record of {internal}"), pc.fetch_records(end - 1, 1..max, PROBE_WAIT_MS))
+            .await?;
+        let Some(last) = records.iter().rev().find(|r| r.offset == end - 1) else {
+            return Ok(Err(TailError::ForeignRecord {
+                internal,
+                offset: end - 1,
+                reason: "could not be read back".into(),
+            }));
+        };
+        Ok(tail::stored_next_from_headers(&last.record.headers, self.partition(), &internal, last.offset)
+            .map(|next| Tail { end, stored_next: Some(next) }))
+    }
+
+    /// Reads the tail, retrying transient errors until it succeeds or the task is cancelled.
+    pub async fn read_tail_retrying(&self, pc_slot: &mut Option<PartitionClient>) -> Result<Option<Tail>, SinkError> {
+        let mut retry = Retry::new(Duration::from_secs(10));
+        loop {
+            let attempt = async {
+                if pc_slot.is_none() {
+                    *pc_slot = Some(self.connect().await?);
+                }
+                self.read_tail(pc_slot.as_ref().expect("just connected")).await
+            };
+            let result = tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(None),
+                r = attempt => r,
+            };
+            match result {
+                Ok(Ok(tail)) => return Ok(Some(tail)),
+                Ok(Err(source)) => {
+                    error!(partition = %self.partition(), error = %source, "forwarding stops for this partition");
+                    return Err(SinkError::Tail { partition: self.partition().clone(), source });
+                }
+                Err(e) if e.is_transient() => {
+                    *pc_slot = None;
+                    let delay = retry.delay();
+                    warn!(partition = %self.partition(), error = %e, retry_in = ?delay, "reading the internal partition's tail failed; retrying");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(self.cluster_failure(e)),
+            }
+        }
+    }
+
+    fn cluster_failure(&self, source: ClusterError) -> SinkError {
+        error!(partition = %self.partition(), internal = %self.internal_name(), error = %source, "forwarding stops for this partition");
+        SinkError::Cluster {
+            partition: self.partition().clone(),
+            internal_topic: self.internal_topic.clone(),
+            source,
+        }
+    }
+
+    /// Runs until cancelled or a permanent error, starting from a tail read at start-up.
+    pub async fn run(self, initial: Tail) -> Result<(), SinkError> {
+        let partition = self.partition().clone();
+        let wal_err = |source| SinkError::Wal { partition: partition.clone(), source };
+        let mut tail = initial;
+        let mut leader: Option<PartitionClient> = None;
+        let mut retry = Retry::new(Duration::from_secs(10));
+
+        while !self.cancel.is_cancelled() {
+            let entries = self.log.oldest(self.max_records, self.max_bytes).map_err(wal_err)?;
+            let Some(last) = entries.last() else {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            let release_to = last.next_offset;
+            let records = tail::unstored_records(&entries, tail.stored_next);
+            let Some(last_record) = records.last() else {
+                self.release(release_to).await.map_err(wal_err)?;
+                continue;
+            };
+            let last_source_offset = last_record.offset;
+            let count = records.len();
+
+            if leader.is_none() {
+                match self.connect().await {
+                    Ok(pc) => leader = Some(pc),
+                    Err(e) if e.is_transient() => {
+                        let delay = retry.delay();
+                        warn!(%partition, error = %e, retry_in = ?delay, "cannot reach the internal partition's leader; retrying");
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(self.cluster_failure(e)),
+                }
+            }
+            let pc = leader.as_ref().expect("leader was just set");
+            let batch: Vec<Record> = records.into_iter().map(|r| self.to_internal(r)).collect();
+            let produce = pc.produce(batch, kafka_compression(self.compression));
+            // Not cancellable: a produce in flight is finished, then the loop ends.
+            let result = self
+                .cluster
+                .bounded(format!("producing {count} records to {}", self.internal_name()), produce)
+                .await;
+            match result {
+                Ok(offsets) => {
+                    retry.reset();
+                    if offsets.first() != Some(&tail.end) || offsets.len() != count {
+                        self.metrics.unexpected_produce_offsets.fetch_add(1, Ordering::Relaxed);
+                        error!(%partition, internal = %self.internal_name(), expected_first = tail.end, assigned = ?offsets.first(), count,
+                            "the broker stored the batch at an unexpected offset: another producer writes to this internal partition, or a request was stored twice");
+                        // Re-read the truth before going on.
+                        match self.read_tail_retrying(&mut leader).await? {
+                            Some(t) => tail = t,
+                            None => break,
+                        }
+                    } else {
+                        tail = Tail {
+                            end: tail.end + count as i64,
+                            stored_next: Some(last_source_offset + 1),
+                        };
+                    }
+                    self.release(release_to).await.map_err(wal_err)?;
+                    self.metrics.forwarded_records.fetch_add(count as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.is_transient() => {
+                    // The outcome is unknown: the batch may or may not be stored.
+                    leader = None;
+                    let delay = retry.delay();
+                    warn!(%partition, error = %e, retry_in = ?delay, "produce outcome unknown; will reconnect and re-read the internal partition's tail before re-sending");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay + SETTLE) => {}
+                    }
+                    match self.read_tail_retrying(&mut leader).await? {
+                        Some(t) => {
+                            info!(%partition, internal_end = t.end, stored_next = ?t.stored_next, "internal partition's tail re-read; resuming");
+                            tail = t;
+                        }
+                        None => break,
+                    }
+                }
+                Err(e) => return Err(self.cluster_failure(e)),
+            }
+        }
+        debug!(%partition, "forwarder stopped");
+        Ok(())
+    }
+
+    async fn release(&self, forwarded_next: i64) -> Result<(), WalError> {
+        self.log.release(forwarded_next)?;
+        self.wal.commit().await?;
+        self.metrics.forwarded_next.store(forwarded_next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn to_internal(&self, r: &SourceRecord) -> Record {
+        let mut headers: std::collections::BTreeMap<String, Vec<u8>> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()))
+            .collect();
+        let p = self.partition();
+        headers.insert(source_headers::TOPIC.into(), p.topic.clone().into_bytes());
+        headers.insert(source_headers::PARTITION.into(), p.partition.to_string().into_bytes());
+        headers.insert(source_headers::OFFSET.into(), r.offset.to_string().into_bytes());
+        Record {
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers,
+            timestamp: Utc
+                .timestamp_millis_opt(r.timestamp_ms)
+                .single()
+                .unwrap_or_else(|| Utc.timestamp_millis_opt(0).single().expect("epoch is a valid time")),
+        }
+    }
+}
+
+fn kafka_compression(c: Compression) -> KafkaCompression {
+    match c {
+        Compression::None => KafkaCompression::NoCompression,
+        Compression::Gzip => KafkaCompression::Gzip,
+        Compression::Lz4 => KafkaCompression::Lz4,
+        Compression::Snappy => KafkaCompression::Snappy,
+        Compression::Zstd => KafkaCompression::Zstd,
+    }
+}

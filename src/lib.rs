@@ -1,0 +1,24 @@
+//! kafka-direct: copies topics of an external Kafka-compatible cluster into internal
+//! topics of another cluster, durably and exactly once per source offset.
+//!
+//! The pipeline is the module layout: [`source`] (fetch) → [`wal`] (durable log) →
+//! [`forward`] (exactly-once produce), wired by [`service`], configured by [`config`].
+//! See `docs/ARCHITECTURE.md` for the map and the exactly-once argument.
+#![recursion_limit = "256"]
+#![deny(unsafe_code, rust_2018_idioms, rustdoc::broken_intra_doc_links)]
+#![warn(
+    missing_debug_implementations,
+    missing_docs,
+    clippy::clone_on_ref_ptr,
+    clippy::future_not_send,
+    clippy::disallowed_methods
+)]
+
+pub mod cluster;
+pub mod config;
+pub mod forward;
+pub mod metrics;
+pub mod record;
+pub mod service;
+pub mod source;
+pub mod wal;

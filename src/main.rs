@@ -1,0 +1,228 @@
+//! The `kafka-direct` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use kafka_direct::config::{describe_keys, RawConfig};
+use kafka_direct::wal::{SyncPolicy, Wal, WalOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "kafka-direct", version, about = "Replicates Kafka topics from an external cluster into an internal one, exactly once per source offset")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service until SIGINT/SIGTERM.
+    Run {
+        /// Config file (TOML, or JSON if it ends in .json).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override a key: --set connector.auto.offset.reset=latest (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Validate a config file and print the effective settings.
+    Validate {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides, as for `run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// List every configuration key with its default.
+    Keys,
+    /// Inspect the WAL of a stopped service.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WalCommand {
+    /// Per partition: entries, records, bytes, fetched_next, forwarded_next.
+    Stats {
+        /// The service's data.dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode every entry and report damaged ones (exit 1 if any).
+    Check {
+        /// The service's data.dir.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(config: &PathBuf, overrides: &[String]) -> Result<kafka_direct::config::ServiceConfig, kafka_direct::config::ConfigError> {
+    let mut raw = RawConfig::from_file(config)?;
+    raw.apply_overrides(overrides)?;
+    raw.build()
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, overrides } => {
+            let config = match load(&config, &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("config error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(kafka_direct::service::run(config, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { config, overrides } => match load(&config, &overrides) {
+            Ok(c) => {
+                println!("{c:#?}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("config error: {e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Keys => {
+            for (key, default, doc) in describe_keys() {
+                match default {
+                    Some(d) => println!("{key:<45} default {d:?}: {doc}"),
+                    None => println!("{key:<45} required: {doc}"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wal { command } => wal_command(command),
+    }
+}
+
+fn open_wal(data_dir: &PathBuf) -> anyhow::Result<Wal> {
+    anyhow::ensure!(data_dir.join("db").exists(), "{} holds no kafka-direct WAL", data_dir.display());
+    Ok(Wal::open(
+        data_dir,
+        WalOptions {
+            sync: SyncPolicy::Flush,
+            max_bytes: u64::MAX,
+            cache_bytes: 16 << 20,
+        },
+    )?)
+}
+
+fn wal_command(command: WalCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        WalCommand::Stats { data_dir, json } => {
+            let stats = open_wal(&data_dir)?.stats()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                let show = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+                println!(
+                    "{:<20} {:<30} {:>9} {:>8} {:>10} {:>12} {:>14} {:>14} {:>8}",
+                    "connector", "partition", "entries", "records", "bytes", "fetched_next", "forwarded_next", "damaged", ""
+                );
+                for s in stats {
+                    println!(
+                        "{:<20} {:<30} {:>9} {:>8} {:>10} {:>12} {:>14} {:>14}",
+                        s.connector,
+                        format!("{}/{}", s.topic, s.partition),
+                        s.entries,
+                        s.records,
+                        s.bytes,
+                        show(s.fetched_next),
+                        show(s.forwarded_next),
+                        s.damaged_entries
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WalCommand::Check { data_dir } => {
+            let wal = open_wal(&data_dir)?;
+            let mut damaged = 0;
+            for (connector, partition) in wal.partitions() {
+                let log = wal.partition(&connector, &partition)?;
+                log.checkpoints()?;
+                for (offset, reason) in log.check()? {
+                    damaged += 1;
+                    println!("DAMAGED {connector} {partition} entry at offset {offset}: {reason}");
+                }
+            }
+            if damaged == 0 {
+                println!("ok: every WAL entry decodes and matches its checksum");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{damaged} damaged entries; see docs/operations.md (rebuild from the last forwarded checkpoint)");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the service");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

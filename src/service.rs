@@ -1,0 +1,337 @@
+//! The service: opens the WAL, connects both clusters, starts one fetcher and one
+//! forwarder per source partition, and owns shutdown.
+//!
+//! Start-up order per partition: the forwarder's tail check first, so the WAL's
+//! checkpoints are aligned with what the internal partition already stores before
+//! anything is fetched; then both tasks. Shutdown (the `shutdown` future resolving):
+//! fetchers stop before their next fetch, forwarders after the produce in flight, then
+//! the WAL is flushed.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::config::ServiceConfig;
+use crate::forward::{Forwarder, SinkError};
+use crate::metrics::PartitionMetrics;
+use crate::record::SourcePartition;
+use crate::source::{Fetcher, SourceError};
+use crate::wal::{Wal, WalError, WalOptions};
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The WAL could not be opened or flushed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A cluster could not be reached or refused a start-up step.
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    /// No configured topic exists on the external cluster.
+    #[error("none of the configured topics ({wanted}) exists on the external cluster ({servers}); topics there: {found}")]
+    NoTopics {
+        /// Configured topics.
+        wanted: String,
+        /// The external servers.
+        servers: String,
+        /// What exists.
+        found: String,
+    },
+    /// An internal topic exists with too few partitions.
+    #[error("internal topic {topic} has {internal} partitions but source topic {source_topic} has {source_count}; add partitions to {topic} (each source partition is copied to the internal partition of the same number)")]
+    PartitionMismatch {
+        /// Internal topic.
+        topic: String,
+        /// Its partition count.
+        internal: usize,
+        /// Source topic.
+        source_topic: String,
+        /// Its partition count.
+        source_count: usize,
+    },
+    /// Every partition task stopped on an error.
+    #[error("every partition stopped on an error; first: {0}")]
+    AllFailed(String),
+    /// A forwarder failed before it could start.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+enum TaskEnd {
+    Source(Result<(), SourceError>),
+    Sink(Result<(), SinkError>),
+}
+
+/// Runs the service until `shutdown` resolves (exit 0) or every partition failed.
+pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+    let connector = &config.connector;
+    let data_dir = config.data_dir.clone();
+    let options = WalOptions {
+        sync: config.wal_sync,
+        max_bytes: config.wal_max_bytes,
+        cache_bytes: config.wal_cache_bytes,
+    };
+    let wal = tokio::task::spawn_blocking(move || Wal::open(&data_dir, options))
+        .await
+        .expect("opening the WAL does not panic")?;
+    info!(data_dir = %config.data_dir.display(), wal_bytes = wal.used_bytes(), "WAL opened");
+
+    let source_cluster = Cluster {
+        role: "external",
+        key: "connector.kafka.bootstrap.servers",
+        servers: connector.bootstrap_servers.clone(),
+        timeout: config.request_timeout,
+        internal_retries: true,
+        client_id: format!("kafka-direct-{}", connector.name),
+    };
+    let internal_cluster = Cluster {
+        role: "internal",
+        key: "internal.bootstrap.servers",
+        servers: config.internal_bootstrap_servers.clone(),
+        timeout: config.request_timeout,
+        internal_retries: false,
+        client_id: format!("kafka-direct-{}", connector.name),
+    };
+    let source_client = source_cluster.connect().await?;
+    let internal_client = internal_cluster.connect().await?;
+    info!(external = %connector.bootstrap_servers.join(","), internal = %config.internal_bootstrap_servers.join(","), "connected to both clusters");
+
+    let source_topics: BTreeMap<String, usize> = source_cluster
+        .bounded("listing topics", source_client.list_topics())
+        .await?
+        .into_iter()
+        .map(|t| (t.name, t.partitions.len()))
+        .collect();
+    let mut partitions = Vec::new();
+    for topic in &connector.topics {
+        match source_topics.get(topic) {
+            Some(&count) => partitions.extend((0..count as i32).map(|p| SourcePartition::new(topic, p))),
+            None => error!(%topic, "topic not found on the external cluster; it is skipped (check connector.topic.include.list)"),
+        }
+    }
+    if partitions.is_empty() {
+        return Err(ServiceError::NoTopics {
+            wanted: connector.topics.join(","),
+            servers: connector.bootstrap_servers.join(","),
+            found: source_topics.keys().cloned().collect::<Vec<_>>().join(","),
+        });
+    }
+    ensure_internal_topics(&config, &internal_cluster, &internal_client, &source_topics).await?;
+
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut all_metrics = Vec::new();
+    for partition in partitions {
+        let log = wal.partition(&connector.name, &partition)?;
+        let metrics = Arc::new(PartitionMetrics::new(partition.clone()));
+        let wake = Arc::new(Notify::new());
+        let forwarder = Forwarder {
+            cluster: internal_cluster.clone(),
+            client: Arc::clone(&internal_client),
+            internal_topic: connector.internal_topic(&partition.topic),
+            log: log.clone(),
+            wal: wal.clone(),
+            compression: config.internal_compression,
+            max_records: config.forward_batch_max_records,
+            max_bytes: config.forward_batch_max_bytes,
+            wake: Arc::clone(&wake),
+            metrics: Arc::clone(&metrics),
+            cancel: cancel.clone(),
+        };
+        let fetcher = Fetcher {
+            cluster: source_cluster.clone(),
+            client: Arc::clone(&source_client),
+            log: log.clone(),
+            wal: wal.clone(),
+            reset: connector.auto_offset_reset,
+            max_bytes: config.fetch_max_bytes,
+            max_wait: config.fetch_max_wait,
+            forwarder_wake: wake,
+            metrics: Arc::clone(&metrics),
+            cancel: cancel.clone(),
+        };
+        all_metrics.push(metrics);
+        // Each partition starts on its own: one slow internal partition does not hold
+        // the others back.
+        tasks.spawn(async move {
+            let Some(tail) = forwarder.read_tail_retrying(&mut None).await? else {
+                return Ok(TaskEnd::Source(Ok(())));
+            };
+            if let Some(stored_next) = tail.stored_next {
+                forwarder.log.resume_from(stored_next).map_err(|source| SinkError::Wal {
+                    partition: forwarder.log.source_partition().clone(),
+                    source,
+                })?;
+                info!(partition = %forwarder.log.source_partition(), stored_next, "internal partition already stores everything below this source offset");
+            }
+            let checkpoints = forwarder.log.checkpoints().map_err(|source| SinkError::Wal {
+                partition: forwarder.log.source_partition().clone(),
+                source,
+            })?;
+            forwarder
+                .metrics
+                .forwarded_next
+                .store(tail.stored_next.or(checkpoints.forwarded_next).unwrap_or(-1), Ordering::Relaxed);
+            let fetch = tokio::spawn(fetcher.run());
+            let forward = forwarder.run(tail).await;
+            let fetch = fetch.await.expect("the fetcher task does not panic");
+            Ok::<_, SinkError>(match (fetch, forward) {
+                (Ok(()), forward) => TaskEnd::Sink(forward),
+                (fetch, _) => TaskEnd::Source(fetch),
+            })
+        });
+    }
+    info!(partitions = all_metrics.len(), topics = %connector.topics.join(","), "replicating");
+
+    let progress = spawn_progress(config.progress_interval, all_metrics.clone(), wal.clone(), cancel.clone());
+    tokio::pin!(shutdown);
+    let mut failures: Vec<String> = Vec::new();
+    let mut running = tasks.len();
+    let mut shutting_down = false;
+    while running > 0 {
+        tokio::select! {
+            _ = &mut shutdown, if !shutting_down => {
+                info!("shutdown requested: finishing in-flight writes and produces");
+                shutting_down = true;
+                cancel.cancel();
+            }
+            joined = tasks.join_next() => {
+                let Some(joined) = joined else { break };
+                running -= 1;
+                let end = joined.expect("partition tasks do not panic");
+                let failure = match end {
+                    Ok(TaskEnd::Source(Err(e))) => Some(e.to_string()),
+                    Ok(TaskEnd::Sink(Err(e))) | Err(e) => Some(e.to_string()),
+                    Ok(_) => None,
+                };
+                if let Some(f) = failure {
+                    warn!(error = %f, "a partition stopped; the others go on");
+                    failures.push(f);
+                }
+            }
+        }
+    }
+    cancel.cancel();
+    let _ = progress.await;
+    let wal_for_sync = wal.clone();
+    tokio::task::spawn_blocking(move || wal_for_sync.sync_blocking())
+        .await
+        .expect("the final WAL flush does not panic")?;
+    log_progress(&all_metrics, &wal, Duration::ZERO, &mut BTreeMap::new());
+    if !shutting_down && !failures.is_empty() {
+        return Err(ServiceError::AllFailed(failures.remove(0)));
+    }
+    info!(failed_partitions = failures.len(), "stopped; checkpoints are flushed");
+    Ok(())
+}
+
+async fn ensure_internal_topics(
+    config: &ServiceConfig,
+    cluster: &Cluster,
+    client: &rskafka::client::Client,
+    source_topics: &BTreeMap<String, usize>,
+) -> Result<(), ServiceError> {
+    let existing: BTreeMap<String, usize> = cluster
+        .bounded("listing internal topics", client.list_topics())
+        .await?
+        .into_iter()
+        .map(|t| (t.name, t.partitions.len()))
+        .collect();
+    let controller = client.controller_client().map_err(|source| ClusterError::Client {
+        what: "finding the controller".into(),
+        role: cluster.role,
+        servers: cluster.servers.join(","),
+        source,
+    })?;
+    for topic in &config.connector.topics {
+        let Some(&source_count) = source_topics.get(topic) else { continue };
+        let internal = config.connector.internal_topic(topic);
+        match existing.get(&internal) {
+            Some(&count) if count >= source_count => {}
+            Some(&count) => {
+                return Err(ServiceError::PartitionMismatch {
+                    topic: internal,
+                    internal: count,
+                    source_topic: topic.clone(),
+                    source_count,
+                })
+            }
+            None => {
+                cluster
+                    .bounded(
+                        format!("creating internal topic {internal}"),
+                        controller.create_topic(
+                            internal.clone(),
+                            source_count as i32,
+                            config.internal_replication_factor,
+                            config.request_timeout.as_millis() as i32,
+                        ),
+                    )
+                    .await?;
+                info!(topic = %internal, partitions = source_count, "created internal topic");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spawn_progress(
+    interval: Duration,
+    metrics: Vec<Arc<PartitionMetrics>>,
+    wal: Wal,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if interval.is_zero() {
+            return;
+        }
+        let mut last = BTreeMap::new();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => log_progress(&metrics, &wal, interval, &mut last),
+            }
+        }
+    })
+}
+
+fn log_progress(
+    metrics: &[Arc<PartitionMetrics>],
+    wal: &Wal,
+    interval: Duration,
+    last: &mut BTreeMap<&'static str, (u64, Instant)>,
+) {
+    let fetched: u64 = metrics.iter().map(|m| m.fetched_records.load(Ordering::Relaxed)).sum();
+    let forwarded: u64 = metrics.iter().map(|m| m.forwarded_records.load(Ordering::Relaxed)).sum();
+    let lag: i64 = metrics.iter().map(|m| m.lag()).sum();
+    let unexpected: u64 = metrics
+        .iter()
+        .map(|m| m.unexpected_produce_offsets.load(Ordering::Relaxed))
+        .sum();
+    let now = Instant::now();
+    let rate = match last.insert("forwarded", (forwarded, now)) {
+        Some((before, at)) if !interval.is_zero() => {
+            (forwarded - before) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)
+        }
+        _ => 0.0,
+    };
+    info!(
+        fetched,
+        forwarded,
+        lag,
+        wal_bytes = wal.used_bytes(),
+        forward_rate = format!("{rate:.0}/s"),
+        unexpected_produce_offsets = unexpected,
+        "progress"
+    );
+}

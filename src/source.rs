@@ -1,0 +1,284 @@
+//! The fetcher: one task per source partition, copying fetched batches into the WAL.
+//!
+//! Guarantee: a batch counts as fetched only once the WAL commit covering it returned;
+//! `fetched_next` moves in the same atomic write as the batch, so a crash at any
+//! instant resumes exactly after the last committed batch.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::client::error::ProtocolError;
+use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::client::Client;
+use rskafka::record::RecordAndOffset;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
+use crate::config::OffsetReset;
+use crate::metrics::PartitionMetrics;
+use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
+use crate::wal::{PartitionLog, Wal, WalError};
+
+/// Why a fetcher stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The external cluster refused in a way retrying cannot fix.
+    #[error("fetching {partition} stopped: {source}")]
+    Cluster {
+        /// The partition.
+        partition: SourcePartition,
+        /// The refusal.
+        source: ClusterError,
+    },
+    /// The WAL failed.
+    #[error("fetching {partition} stopped: {source}")]
+    Wal {
+        /// The partition.
+        partition: SourcePartition,
+        /// The WAL error.
+        source: WalError,
+    },
+}
+
+/// Everything one fetcher needs.
+#[derive(Debug)]
+pub struct Fetcher {
+    /// The external cluster.
+    pub cluster: Cluster,
+    /// Shared client of the external cluster.
+    pub client: Arc<Client>,
+    /// The partition's WAL log.
+    pub log: PartitionLog,
+    /// The WAL (for commits and backpressure).
+    pub wal: Wal,
+    /// Start policy without checkpoint.
+    pub reset: OffsetReset,
+    /// Max bytes per fetch.
+    pub max_bytes: i32,
+    /// Max broker wait per fetch.
+    pub max_wait: Duration,
+    /// Woken after each commit.
+    pub forwarder_wake: Arc<Notify>,
+    /// Counters.
+    pub metrics: Arc<PartitionMetrics>,
+    /// Stops the task.
+    pub cancel: CancellationToken,
+}
+
+impl Fetcher {
+    fn partition(&self) -> &SourcePartition {
+        self.log.source_partition()
+    }
+
+    /// Runs until cancelled or a permanent error.
+    pub async fn run(self) -> Result<(), SourceError> {
+        let partition = self.partition().clone();
+        let wal_err = |source| SourceError::Wal {
+            partition: partition.clone(),
+            source,
+        };
+        let mut next = self.log.checkpoints().map_err(wal_err)?.fetched_next;
+        if let Some(next) = next {
+            info!(%partition, offset = next, "fetching from the checkpoint");
+        }
+        let mut leader: Option<PartitionClient> = None;
+        let mut retry = Retry::new(Duration::from_secs(10));
+        let mut was_full = false;
+        let mut failing = false;
+
+        loop {
+            if self.wal.is_full() && !was_full {
+                was_full = true;
+                warn!(%partition, wal_bytes = self.wal.used_bytes(), "WAL is full: fetching waits until the forwarders catch up (backpressure)");
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = self.wal.wait_for_room() => {}
+            }
+            if was_full {
+                was_full = false;
+                info!(%partition, "WAL has room again: fetching resumes");
+            }
+
+            let result = self.step(&mut leader, &mut next).await;
+            match result {
+                Ok(Step::Committed) => {
+                    if failing {
+                        info!(%partition, "fetching works again");
+                        failing = false;
+                    }
+                    retry.reset();
+                }
+                Ok(Step::Cancelled) => break,
+                Ok(Step::Idle(wait)) => {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(StepError::Wal(e)) => {
+                    error!(%partition, error = %e, "WAL write failed: fetching stops for this partition");
+                    return Err(wal_err(e));
+                }
+                Err(StepError::Cluster(e)) if e.protocol_error() == Some(ProtocolError::OffsetOutOfRange) => {
+                    warn!(%partition, offset = ?next, "fetch offset is out of range (records removed by retention before they were copied); applying auto.offset.reset");
+                    next = None;
+                }
+                Err(StepError::Cluster(e)) if e.is_transient() => {
+                    leader = None;
+                    failing = true;
+                    let delay = retry.delay();
+                    warn!(%partition, error = %e, retry_in = ?delay, "fetch failed; reconnecting");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(StepError::Cluster(e)) => {
+                    error!(%partition, error = %e, "fetching stops for this partition");
+                    return Err(SourceError::Cluster { partition, source: e });
+                }
+            }
+        }
+        debug!(%partition, "fetcher stopped");
+        Ok(())
+    }
+
+    async fn step(
+        &self,
+        leader: &mut Option<PartitionClient>,
+        next: &mut Option<i64>,
+    ) -> Result<Step, StepError> {
+        let partition = self.partition();
+        if leader.is_none() {
+            *leader = Some(
+                self.cluster
+                    .partition(&self.client, &partition.topic, partition.partition)
+                    .await?,
+            );
+        }
+        let pc = leader.as_ref().expect("leader was just set");
+        let offset = match *next {
+            Some(offset) => offset,
+            None => {
+                let offset = self.start_offset(pc).await?;
+                // Persist the start at once: a restart must not re-apply `latest` later
+                // and skip what arrived in between.
+                self.log.append(&FetchedBatch {
+                    records: Vec::new(),
+                    next_offset: offset,
+                })?;
+                self.wal.commit().await?;
+                info!(%partition, offset, policy = ?self.reset, "no checkpoint: fetching from auto.offset.reset");
+                *next = Some(offset);
+                self.metrics.fetched_next.store(offset, Ordering::Relaxed);
+                offset
+            }
+        };
+
+        let fetch = pc.fetch_records(offset, 1..self.max_bytes, self.max_wait.as_millis() as i32);
+        let (records, high_watermark) = tokio::select! {
+            _ = self.cancel.cancelled() => return Ok(Step::Cancelled),
+            r = self.cluster.bounded(format!("fetching {partition} at offset {offset}"), fetch) => r?,
+        };
+        self.metrics
+            .source_high_watermark
+            .store(high_watermark, Ordering::Relaxed);
+        if records.is_empty() {
+            if high_watermark > offset {
+                // Data exists but nothing decodable came back (e.g. only a transaction
+                // marker). Do not spin on it.
+                debug!(%partition, offset, high_watermark, "fetch returned no records below the high watermark");
+                return Ok(Step::Idle(Duration::from_millis(200)));
+            }
+            return Ok(Step::Idle(Duration::ZERO));
+        }
+
+        let batch = to_batch(records);
+        let bytes: usize = batch.records.iter().map(SourceRecord::approximate_size).sum();
+        let count = batch.records.len() as u64;
+        let next_offset = batch.next_offset;
+        self.log.append(&batch)?;
+        self.wal.commit().await?;
+        *next = Some(next_offset);
+        self.metrics.fetched_next.store(next_offset, Ordering::Relaxed);
+        self.metrics.fetched_records.fetch_add(count, Ordering::Relaxed);
+        self.metrics.fetched_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.forwarder_wake.notify_one();
+        Ok(Step::Committed)
+    }
+
+    async fn start_offset(&self, pc: &PartitionClient) -> Result<i64, ClusterError> {
+        let partition = self.partition();
+        let earliest = self
+            .cluster
+            .bounded(
+                format!("reading the earliest offset of {partition}"),
+                pc.get_offset(OffsetAt::Earliest),
+            )
+            .await?;
+        match self.reset {
+            OffsetReset::Earliest => Ok(earliest),
+            // The end of the partition is taken from a fetch's high watermark, which is
+            // what ListOffsets(latest) answers on Kafka (see docs/compatibility.md).
+            OffsetReset::Latest => {
+                let (_, high_watermark) = self
+                    .cluster
+                    .bounded(
+                        format!("reading the high watermark of {partition}"),
+                        pc.fetch_records(earliest, 1..1, PROBE_WAIT_MS),
+                    )
+                    .await?;
+                Ok(high_watermark)
+            }
+        }
+    }
+}
+
+enum Step {
+    Committed,
+    Cancelled,
+    Idle(Duration),
+}
+
+enum StepError {
+    Cluster(ClusterError),
+    Wal(WalError),
+}
+
+impl From<ClusterError> for StepError {
+    fn from(e: ClusterError) -> Self {
+        Self::Cluster(e)
+    }
+}
+
+impl From<WalError> for StepError {
+    fn from(e: WalError) -> Self {
+        Self::Wal(e)
+    }
+}
+
+fn to_batch(records: Vec<RecordAndOffset>) -> FetchedBatch {
+    let next_offset = records.last().map_or(0, |r| r.offset + 1);
+    FetchedBatch {
+        records: records
+            .into_iter()
+            .map(|r| SourceRecord {
+                offset: r.offset,
+                timestamp_ms: r.record.timestamp.timestamp_millis(),
+                key: r.record.key,
+                value: r.record.value,
+                headers: r
+                    .record
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .collect(),
+            })
+            .collect(),
+        next_offset,
+    }
+}

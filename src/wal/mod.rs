@@ -1,0 +1,691 @@
+//! The write-ahead log: fetched batches and per-partition offset checkpoints, in sled.
+//!
+//! Guarantees:
+//! - [`PartitionLog::append`] writes a batch and the partition's new `fetched_next` in one
+//!   atomic sled batch, so after any crash the checkpoint matches the stored data.
+//! - An append is durable once a [`Wal::commit`] that started after it has returned
+//!   (group commit: one flush covers every append made before it began). With
+//!   [`SyncPolicy::Fsync`] the commit also fsyncs the database file, because sled's own
+//!   flush uses `sync_file_range`, which survives a process crash but not a power loss.
+//! - [`PartitionLog::release`] removes forwarded entries and advances `forwarded_next`
+//!   atomically.
+//! - Every value carries a version byte and a checksum ([`codec`]); damage is reported
+//!   with the partition and offset, never handed on as data.
+//! - One process at a time: opening a data dir another process holds fails with
+//!   [`WalError::Locked`].
+//!
+//! The WAL knows nothing of Kafka clients.
+
+pub mod codec;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Mutex, Notify};
+
+use crate::record::{FetchedBatch, SourcePartition};
+pub use codec::DecodeError;
+
+/// Errors of the WAL layer.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// Another process holds the data dir.
+    #[error("data dir {path} is in use by another kafka-direct process (its lock is held); stop that process or choose another data.dir")]
+    Locked {
+        /// The data dir.
+        path: PathBuf,
+    },
+    /// The data dir could not be opened.
+    #[error("cannot open the WAL in {path}: {source}")]
+    Open {
+        /// The data dir.
+        path: PathBuf,
+        /// What sled reported.
+        source: sled::Error,
+    },
+    /// A sled operation failed (I/O error, disk full…).
+    #[error("WAL storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// fsync of the database file failed.
+    #[error("fsync of {path} failed: {source}")]
+    Sync {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// An entry failed its checksum or did not decode.
+    #[error("WAL entry of {partition} at offset {offset} (connector {connector}) is damaged: {reason}; run `kafka-direct wal check` and see docs/operations.md to rebuild from the last forwarded checkpoint")]
+    Corrupt {
+        /// Connector owning the partition.
+        connector: String,
+        /// The partition.
+        partition: SourcePartition,
+        /// First offset of the damaged entry.
+        offset: i64,
+        /// What is wrong.
+        reason: DecodeError,
+    },
+    /// A checkpoint value has the wrong length.
+    #[error("checkpoint {name} of {partition} (connector {connector}) is damaged ({len} bytes instead of 8)")]
+    BadCheckpoint {
+        /// Connector owning the partition.
+        connector: String,
+        /// The partition.
+        partition: SourcePartition,
+        /// Which checkpoint.
+        name: &'static str,
+        /// Stored length.
+        len: usize,
+    },
+}
+
+/// How far a commit goes to make appends durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// sled flush, then fsync of the database file: survives power loss.
+    Fsync,
+    /// sled flush only: survives a crash of the process, not of the machine.
+    Flush,
+}
+
+/// Options for [`Wal::open`].
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// Durability of commits.
+    pub sync: SyncPolicy,
+    /// Cap on the encoded bytes of unforwarded entries; fetchers wait above it.
+    pub max_bytes: u64,
+    /// sled page cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+const FETCHED_NEXT: &[u8] = &[0, b'f'];
+const FORWARDED_NEXT: &[u8] = &[0, b'w'];
+const ENTRY_PREFIX: u8 = 1;
+const TREE_PREFIX: &[u8] = b"partition\0";
+
+fn entry_key(first_offset: i64) -> [u8; 9] {
+    let mut key = [ENTRY_PREFIX; 9];
+    // Offsets are never negative, so the big-endian u64 sorts like the offset.
+    key[1..].copy_from_slice(&(first_offset.max(0) as u64).to_be_bytes());
+    key
+}
+
+fn entry_offset(key: &[u8]) -> Option<i64> {
+    (key.len() == 9 && key[0] == ENTRY_PREFIX)
+        .then(|| u64::from_be_bytes(key[1..].try_into().expect("8-byte slice")) as i64)
+}
+
+fn tree_name(connector: &str, partition: &SourcePartition) -> Vec<u8> {
+    let mut name = TREE_PREFIX.to_vec();
+    name.extend_from_slice(connector.as_bytes());
+    name.push(0);
+    name.extend_from_slice(partition.topic.as_bytes());
+    name.push(0);
+    name.extend_from_slice(partition.partition.to_string().as_bytes());
+    name
+}
+
+fn parse_tree_name(name: &[u8]) -> Option<(String, SourcePartition)> {
+    let rest = name.strip_prefix(TREE_PREFIX)?;
+    let mut parts = rest.split(|b| *b == 0);
+    let connector = std::str::from_utf8(parts.next()?).ok()?;
+    let topic = std::str::from_utf8(parts.next()?).ok()?;
+    let partition = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    parts
+        .next()
+        .is_none()
+        .then(|| (connector.to_owned(), SourcePartition::new(topic, partition)))
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: sled::Db,
+    db_file: File,
+    db_file_path: PathBuf,
+    options: WalOptions,
+    /// Encoded bytes of all unforwarded entries.
+    used_bytes: AtomicU64,
+    space_freed: Notify,
+    /// Number of appends whose write has completed.
+    written: AtomicU64,
+    /// Highest `written` count known durable.
+    durable: watch::Sender<u64>,
+    flush_lock: Mutex<()>,
+}
+
+/// The write-ahead log of one data dir. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Wal {
+    shared: Arc<Shared>,
+}
+
+/// Offsets checkpointed for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Checkpoints {
+    /// Next source offset to fetch; `None` before the first committed batch.
+    pub fetched_next: Option<i64>,
+    /// Next source offset to forward; `None` before the first acknowledged produce.
+    pub forwarded_next: Option<i64>,
+}
+
+/// Figures for one partition, as `kafka-direct wal stats` prints them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionStats {
+    /// Connector owning the partition.
+    pub connector: String,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Unforwarded entries.
+    pub entries: u64,
+    /// Unforwarded records.
+    pub records: u64,
+    /// Encoded bytes of the entries.
+    pub bytes: u64,
+    /// Next offset to fetch.
+    pub fetched_next: Option<i64>,
+    /// Next offset to forward.
+    pub forwarded_next: Option<i64>,
+    /// Entries that failed their checksum or did not decode.
+    pub damaged_entries: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `dir`, taking the data dir's lock.
+    pub fn open(dir: &Path, options: WalOptions) -> Result<Self, WalError> {
+        std::fs::create_dir_all(dir).map_err(|e| WalError::Open {
+            path: dir.to_owned(),
+            source: e.into(),
+        })?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    WalError::Locked {
+                        path: dir.to_owned(),
+                    }
+                }
+                _ => WalError::Open {
+                    path: dir.to_owned(),
+                    source,
+                },
+            })?;
+        let db_file_path = dir.join("db");
+        let db_file = File::open(&db_file_path).map_err(|e| WalError::Open {
+            path: db_file_path.clone(),
+            source: e.into(),
+        })?;
+        let wal = Self {
+            shared: Arc::new(Shared {
+                db,
+                db_file,
+                db_file_path,
+                options,
+                used_bytes: AtomicU64::new(0),
+                space_freed: Notify::new(),
+                written: AtomicU64::new(0),
+                durable: watch::channel(0).0,
+                flush_lock: Mutex::new(()),
+            }),
+        };
+        let mut used = 0;
+        for (connector, partition) in wal.partitions() {
+            let log = wal.partition(&connector, &partition)?;
+            for item in log.tree.range(entry_key(0)..) {
+                let (_, value) = item?;
+                used += value.len() as u64;
+            }
+        }
+        wal.shared.used_bytes.store(used, Ordering::Relaxed);
+        Ok(wal)
+    }
+
+    /// The log of one partition of one connector (created empty if new).
+    pub fn partition(
+        &self,
+        connector: &str,
+        partition: &SourcePartition,
+    ) -> Result<PartitionLog, WalError> {
+        let tree = self.shared.db.open_tree(tree_name(connector, partition))?;
+        Ok(PartitionLog {
+            wal: self.clone(),
+            tree,
+            connector: connector.to_owned(),
+            partition: partition.clone(),
+        })
+    }
+
+    /// Every (connector, partition) the WAL has a log for, sorted.
+    pub fn partitions(&self) -> Vec<(String, SourcePartition)> {
+        let mut out: Vec<_> = self
+            .shared
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|name| parse_tree_name(name))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Encoded bytes of unforwarded entries.
+    pub fn used_bytes(&self) -> u64 {
+        self.shared.used_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the WAL has room under its cap (backpressure; nothing is dropped).
+    ///
+    /// An empty WAL always has room, so a batch larger than the cap still gets through.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let notified = self.shared.space_freed.notified();
+            if self.used_bytes() < self.shared.options.max_bytes {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the WAL is at or above its cap.
+    pub fn is_full(&self) -> bool {
+        self.used_bytes() >= self.shared.options.max_bytes
+    }
+
+    /// Makes every write that completed before this call durable (group commit).
+    pub async fn commit(&self) -> Result<(), WalError> {
+        let mine = self.shared.written.load(Ordering::SeqCst);
+        let mut durable = self.shared.durable.subscribe();
+        loop {
+            if *durable.borrow_and_update() >= mine {
+                return Ok(());
+            }
+            let _guard = self.shared.flush_lock.lock().await;
+            if *durable.borrow_and_update() >= mine {
+                return Ok(());
+            }
+            // Every write counted here completed before the flush starts, so it is covered.
+            let target = self.shared.written.load(Ordering::SeqCst);
+            let shared = Arc::clone(&self.shared);
+            tokio::task::spawn_blocking(move || shared.sync())
+                .await
+                .expect("the WAL flush task does not panic")?;
+            self.shared.durable.send_replace(target);
+        }
+    }
+
+    /// Flushes (and fsyncs, under [`SyncPolicy::Fsync`]) from a blocking context.
+    pub fn sync_blocking(&self) -> Result<(), WalError> {
+        self.shared.sync()
+    }
+
+    /// Figures for every partition, decoding each entry to check it.
+    pub fn stats(&self) -> Result<Vec<PartitionStats>, WalError> {
+        let mut out = Vec::new();
+        for (connector, partition) in self.partitions() {
+            out.push(self.partition(&connector, &partition)?.stats()?);
+        }
+        Ok(out)
+    }
+
+    fn note_write(&self) {
+        self.shared.written.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Shared {
+    fn sync(&self) -> Result<(), WalError> {
+        self.db.flush()?;
+        if self.options.sync == SyncPolicy::Fsync {
+            self.db_file.sync_data().map_err(|source| WalError::Sync {
+                path: self.db_file_path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The log of one source partition: its entries and checkpoints, in one sled tree.
+#[derive(Debug, Clone)]
+pub struct PartitionLog {
+    wal: Wal,
+    tree: sled::Tree,
+    connector: String,
+    partition: SourcePartition,
+}
+
+impl PartitionLog {
+    /// The partition this log belongs to.
+    pub fn source_partition(&self) -> &SourcePartition {
+        &self.partition
+    }
+
+    /// The two checkpoints.
+    pub fn checkpoints(&self) -> Result<Checkpoints, WalError> {
+        Ok(Checkpoints {
+            fetched_next: self.read_checkpoint(FETCHED_NEXT, "fetched_next")?,
+            forwarded_next: self.read_checkpoint(FORWARDED_NEXT, "forwarded_next")?,
+        })
+    }
+
+    fn read_checkpoint(&self, key: &[u8], name: &'static str) -> Result<Option<i64>, WalError> {
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 8] =
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| WalError::BadCheckpoint {
+                            connector: self.connector.clone(),
+                            partition: self.partition.clone(),
+                            name,
+                            len: v.len(),
+                        })?;
+                Ok(Some(i64::from_be_bytes(bytes)))
+            }
+        }
+    }
+
+    /// Stores a fetched batch and advances `fetched_next` to its `next_offset`, atomically.
+    ///
+    /// Not durable until a later [`Wal::commit`] returns.
+    pub fn append(&self, batch: &FetchedBatch) -> Result<(), WalError> {
+        let value = codec::encode(batch);
+        let len = value.len() as u64;
+        let mut write = sled::Batch::default();
+        if !batch.records.is_empty() {
+            write.insert(&entry_key(batch.first_offset()), value);
+        }
+        write.insert(FETCHED_NEXT, &batch.next_offset.to_be_bytes());
+        self.tree.apply_batch(write)?;
+        if !batch.records.is_empty() {
+            self.wal.shared.used_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        self.wal.note_write();
+        Ok(())
+    }
+
+    /// Reads the oldest entries, stopping after `max_records` records or `max_bytes`
+    /// encoded bytes (at least one entry when any exists).
+    pub fn oldest(&self, max_records: usize, max_bytes: usize) -> Result<Vec<FetchedBatch>, WalError> {
+        let mut out = Vec::new();
+        let (mut records, mut bytes) = (0, 0);
+        for item in self.tree.range(entry_key(0)..) {
+            let (key, value) = item?;
+            let offset = entry_offset(&key).unwrap_or(-1);
+            if !out.is_empty() && (records >= max_records || bytes + value.len() > max_bytes) {
+                break;
+            }
+            let batch = codec::decode(&value).map_err(|reason| self.corrupt(offset, reason))?;
+            records += batch.records.len();
+            bytes += value.len();
+            out.push(batch);
+        }
+        Ok(out)
+    }
+
+    fn corrupt(&self, offset: i64, reason: DecodeError) -> WalError {
+        WalError::Corrupt {
+            connector: self.connector.clone(),
+            partition: self.partition.clone(),
+            offset,
+            reason,
+        }
+    }
+
+    /// Removes every entry whose records all lie below `forwarded_next` and stores
+    /// `forwarded_next`, atomically.
+    pub fn release(&self, forwarded_next: i64) -> Result<(), WalError> {
+        self.release_and_bump(forwarded_next, None)
+    }
+
+    /// Aligns the log with an internal partition that already stores every source
+    /// record below `stored_next`: releases the entries below it, and moves
+    /// `fetched_next` up to it if it is behind (for example after the data dir was
+    /// lost), so nothing stored is fetched again. Atomic.
+    pub fn resume_from(&self, stored_next: i64) -> Result<(), WalError> {
+        let fetched_next = self.checkpoints()?.fetched_next;
+        let bump = (fetched_next.is_none_or(|f| f < stored_next)).then_some(stored_next);
+        self.release_and_bump(stored_next, bump)
+    }
+
+    fn release_and_bump(&self, forwarded_next: i64, fetched_next: Option<i64>) -> Result<(), WalError> {
+        let mut write = sled::Batch::default();
+        let mut freed = 0u64;
+        for item in self.tree.range(entry_key(0)..) {
+            let (key, value) = item?;
+            let first = entry_offset(&key).unwrap_or(i64::MAX);
+            if first >= forwarded_next {
+                break;
+            }
+            let batch = codec::decode(&value).map_err(|reason| self.corrupt(first, reason))?;
+            if batch.next_offset > forwarded_next {
+                break;
+            }
+            write.remove(key);
+            freed += value.len() as u64;
+        }
+        write.insert(FORWARDED_NEXT, &forwarded_next.to_be_bytes());
+        if let Some(next) = fetched_next {
+            write.insert(FETCHED_NEXT, &next.to_be_bytes());
+        }
+        self.tree.apply_batch(write)?;
+        self.wal.shared.used_bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.wal.note_write();
+        if freed > 0 {
+            self.wal.shared.space_freed.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Entry count, sizes and checkpoints; decodes every entry to count damage.
+    pub fn stats(&self) -> Result<PartitionStats, WalError> {
+        let cp = self.checkpoints()?;
+        let mut stats = PartitionStats {
+            connector: self.connector.clone(),
+            topic: self.partition.topic.clone(),
+            partition: self.partition.partition,
+            entries: 0,
+            records: 0,
+            bytes: 0,
+            fetched_next: cp.fetched_next,
+            forwarded_next: cp.forwarded_next,
+            damaged_entries: 0,
+        };
+        for item in self.tree.range(entry_key(0)..) {
+            let (_, value) = item?;
+            stats.entries += 1;
+            stats.bytes += value.len() as u64;
+            match codec::decode(&value) {
+                Ok(batch) => stats.records += batch.records.len() as u64,
+                Err(_) => stats.damaged_entries += 1,
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Every damaged entry: its first offset and what is wrong.
+    pub fn check(&self) -> Result<Vec<(i64, DecodeError)>, WalError> {
+        let mut damaged = Vec::new();
+        for item in self.tree.range(entry_key(0)..) {
+            let (key, value) = item?;
+            if let Err(e) = codec::decode(&value) {
+                damaged.push((entry_offset(&key).unwrap_or(-1), e));
+            }
+        }
+        Ok(damaged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::SourceRecord;
+
+    fn options() -> WalOptions {
+        WalOptions {
+            sync: SyncPolicy::Fsync,
+            max_bytes: 1 << 20,
+            cache_bytes: 8 << 20,
+        }
+    }
+
+    fn batch(offsets: &[i64], next: i64) -> FetchedBatch {
+        FetchedBatch {
+            records: offsets
+                .iter()
+                .map(|&offset| SourceRecord {
+                    offset,
+                    timestamp_ms: offset,
+                    key: None,
+                    value: Some(vec![offset as u8; 10]),
+                    headers: vec![],
+                })
+                .collect(),
+            next_offset: next,
+        }
+    }
+
+    #[tokio::test]
+    async fn append_then_release_keeps_checkpoints_and_entries_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), options()).unwrap();
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        assert_eq!(log.checkpoints().unwrap(), Checkpoints::default());
+
+        log.append(&batch(&[0, 1, 2], 3)).unwrap();
+        log.append(&batch(&[5, 6], 8)).unwrap();
+        wal.commit().await.unwrap();
+        assert_eq!(log.checkpoints().unwrap().fetched_next, Some(8));
+        let oldest = log.oldest(usize::MAX, usize::MAX).unwrap();
+        assert_eq!(oldest, vec![batch(&[0, 1, 2], 3), batch(&[5, 6], 8)]);
+        assert!(wal.used_bytes() > 0);
+
+        log.release(3).unwrap();
+        assert_eq!(log.oldest(usize::MAX, usize::MAX).unwrap(), vec![batch(&[5, 6], 8)]);
+        assert_eq!(log.checkpoints().unwrap().forwarded_next, Some(3));
+        log.release(8).unwrap();
+        assert!(log.oldest(usize::MAX, usize::MAX).unwrap().is_empty());
+        assert_eq!(wal.used_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn reopen_restores_checkpoints_entries_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let used;
+        {
+            let wal = Wal::open(dir.path(), options()).unwrap();
+            let log = wal.partition("c", &SourcePartition::new("t", 3)).unwrap();
+            log.append(&batch(&[10, 11], 12)).unwrap();
+            wal.commit().await.unwrap();
+            used = wal.used_bytes();
+        }
+        let wal = Wal::open(dir.path(), options()).unwrap();
+        assert_eq!(wal.partitions(), vec![("c".to_owned(), SourcePartition::new("t", 3))]);
+        assert_eq!(wal.used_bytes(), used);
+        let log = wal.partition("c", &SourcePartition::new("t", 3)).unwrap();
+        assert_eq!(log.checkpoints().unwrap().fetched_next, Some(12));
+        assert_eq!(log.oldest(10, 1 << 20).unwrap(), vec![batch(&[10, 11], 12)]);
+    }
+
+    #[test]
+    fn second_open_of_a_data_dir_is_refused_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Wal::open(dir.path(), options()).unwrap();
+        let err = Wal::open(dir.path(), options()).unwrap_err();
+        assert!(matches!(err, WalError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn damaged_entry_is_reported_with_partition_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), options()).unwrap();
+        let log = wal.partition("c", &SourcePartition::new("t", 1)).unwrap();
+        log.append(&batch(&[4, 5], 6)).unwrap();
+        let mut value = log.tree.get(entry_key(4)).unwrap().unwrap().to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 0x55;
+        log.tree.insert(entry_key(4), value).unwrap();
+
+        let err = log.oldest(10, 1 << 20).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("t/1") && message.contains("offset 4"), "{message}");
+        assert_eq!(log.check().unwrap().len(), 1);
+        assert_eq!(log.stats().unwrap().damaged_entries, 1);
+    }
+
+    #[test]
+    fn resume_from_releases_stored_entries_and_never_moves_fetched_next_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), options()).unwrap();
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        log.append(&batch(&[0, 1], 2)).unwrap();
+        log.append(&batch(&[2, 3], 4)).unwrap();
+        log.resume_from(3).unwrap();
+        // [2, 3] is only half stored: it stays, the forwarder skips offset 2.
+        assert_eq!(log.oldest(10, 1 << 20).unwrap(), vec![batch(&[2, 3], 4)]);
+        assert_eq!(
+            log.checkpoints().unwrap(),
+            Checkpoints {
+                fetched_next: Some(4),
+                forwarded_next: Some(3)
+            }
+        );
+    }
+
+    #[test]
+    fn resume_from_ahead_of_the_wal_moves_fetched_next_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), options()).unwrap();
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        log.append(&batch(&[0, 1], 2)).unwrap();
+        log.append(&batch(&[2, 3], 4)).unwrap();
+        log.resume_from(9).unwrap();
+        assert!(log.oldest(10, 1 << 20).unwrap().is_empty());
+        assert_eq!(wal.used_bytes(), 0);
+        assert_eq!(
+            log.checkpoints().unwrap(),
+            Checkpoints {
+                fetched_next: Some(9),
+                forwarded_next: Some(9)
+            }
+        );
+        let fresh = wal.partition("c", &SourcePartition::new("t", 1)).unwrap();
+        fresh.resume_from(5).unwrap();
+        assert_eq!(fresh.checkpoints().unwrap().fetched_next, Some(5));
+    }
+
+    #[tokio::test]
+    async fn wait_for_room_blocks_while_full_and_wakes_on_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(
+            dir.path(),
+            WalOptions {
+                max_bytes: 10,
+                ..options()
+            },
+        )
+        .unwrap();
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        log.append(&batch(&[0, 1], 2)).unwrap();
+        assert!(wal.is_full());
+        let waiter = tokio::spawn({
+            let wal = wal.clone();
+            async move { wal.wait_for_room().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "a full WAL must make fetchers wait");
+        log.release(2).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("release wakes the waiter")
+            .unwrap();
+    }
+}

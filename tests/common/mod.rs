@@ -1,0 +1,414 @@
+//! Test kit: real brokers on free loopback ports, the service as a child process, and an
+//! independent reader (plain rskafka, plus kcat) to check what arrived.
+//!
+//! Brokers come from `scripts/broker` (installed by `scripts/install-broker`); every
+//! process started here is killed when its handle drops, even when a test fails.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use rskafka::chrono::{TimeZone, Utc};
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::{Record, RecordAndOffset};
+
+pub const SOURCE_TOPIC_HEADER: &str = "kafka-direct.source.topic";
+pub const SOURCE_PARTITION_HEADER: &str = "kafka-direct.source.partition";
+pub const SOURCE_OFFSET_HEADER: &str = "kafka-direct.source.offset";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_script(name: &str) -> PathBuf {
+    let out = Command::new(repo_root().join("scripts").join(name))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
+    assert!(out.status.success(), "scripts/{name} failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+static INSTALL: Once = Once::new();
+
+/// Installs the broker and kcat once per test binary.
+pub fn install_tools() {
+    INSTALL.call_once(|| {
+        run_script("install-broker");
+        run_script("install-kcat");
+    });
+}
+
+pub fn kcat() -> PathBuf {
+    install_tools();
+    repo_root().join("target/kcat/kcat")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+/// One tansu broker on a free loopback port, in memory.
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        install_tools();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(repo_root().join("scripts/broker"))
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("scripts/broker starts");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { child, port };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken in between: try another
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start a broker");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn client(addr: &str) -> Client {
+    tokio::time::timeout(Duration::from_secs(20), ClientBuilder::new(vec![addr.to_owned()]).build())
+        .await
+        .expect("test client connects in time")
+        .expect("test client connects")
+}
+
+pub async fn create_topic(addr: &str, topic: &str, partitions: i32) {
+    let c = client(addr).await;
+    c.controller_client()
+        .unwrap()
+        .create_topic(topic, partitions, 1, 5_000)
+        .await
+        .unwrap();
+}
+
+pub async fn partition_client(addr: &str, topic: &str, partition: i32) -> PartitionClient {
+    client(addr)
+        .await
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .unwrap()
+}
+
+/// Deterministic test records: varied sizes, some null keys and values, headers.
+pub fn test_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
+    (start..start + n)
+        .map(|i| {
+            let mut headers = BTreeMap::new();
+            if i % 3 != 0 {
+                headers.insert("trace".to_owned(), format!("t-{partition}-{i}").into_bytes());
+            }
+            if i % 5 == 0 {
+                headers.insert("empty".to_owned(), Vec::new());
+            }
+            let size = (i * 37) % 1500;
+            Record {
+                key: (i % 7 != 0).then(|| format!("key-{i}").into_bytes()),
+                value: (i % 11 != 5).then(|| {
+                    let mut v = format!("p{partition}-seq{i}-").into_bytes();
+                    v.extend((0..size).map(|j| (j % 251) as u8));
+                    v
+                }),
+                headers,
+                timestamp: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64).unwrap(),
+            }
+        })
+        .collect()
+}
+
+pub async fn produce(pc: &PartitionClient, records: Vec<Record>) {
+    for chunk in records.chunks(200) {
+        pc.produce(chunk.to_vec(), Compression::NoCompression).await.unwrap();
+    }
+}
+
+/// Every record of a partition, read with plain rskafka (not the service's code).
+pub async fn read_all(addr: &str, topic: &str, partition: i32) -> Vec<RecordAndOffset> {
+    let pc = partition_client(addr, topic, partition).await;
+    let mut offset = pc.get_offset(OffsetAt::Earliest).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let (records, hw) = pc.fetch_records(offset, 1..4_000_000, 50).await.unwrap();
+        if let Some(last) = records.last() {
+            offset = last.offset + 1;
+        }
+        out.extend(records);
+        if offset >= hw {
+            return out;
+        }
+    }
+}
+
+/// High watermark of a partition, from a fetch (exact on tansu, where ListOffsets is not).
+pub async fn end_offset(addr: &str, topic: &str, partition: i32) -> i64 {
+    let pc = partition_client(addr, topic, partition).await;
+    let earliest = pc.get_offset(OffsetAt::Earliest).await.unwrap();
+    pc.fetch_records(earliest, 1..1, 1).await.unwrap().1
+}
+
+pub async fn wait_for_end(addr: &str, topic: &str, partition: i32, end: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = end_offset(addr, topic, partition).await;
+        if now >= end {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{topic}/{partition} reached offset {now}, not {end}, within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Checks that `internal` holds each record of `source` exactly once, in order, intact.
+pub fn assert_exactly_once(source: &[RecordAndOffset], internal: &[RecordAndOffset], topic: &str, partition: i32) {
+    let offsets: Vec<i64> = internal
+        .iter()
+        .map(|r| {
+            let raw = r.record.headers.get(SOURCE_OFFSET_HEADER).expect("source offset header");
+            String::from_utf8(raw.clone()).unwrap().parse().unwrap()
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let duplicated = offsets.iter().filter(|o| !seen.insert(**o)).count();
+    let source_offsets: std::collections::HashSet<i64> = source.iter().map(|r| r.offset).collect();
+    let lost = source_offsets.iter().filter(|o| !seen.contains(o)).count();
+    let reordered = offsets.windows(2).filter(|w| w[0] >= w[1]).count();
+    assert_eq!(
+        (lost, duplicated, reordered),
+        (0, 0, 0),
+        "{topic}/{partition}: lost / duplicated / reordered (source {} records, internal {})",
+        source.len(),
+        internal.len()
+    );
+    for (s, i) in source.iter().zip(internal) {
+        assert_eq!(s.record.key, i.record.key, "key of source offset {}", s.offset);
+        assert_eq!(s.record.value, i.record.value, "value of source offset {}", s.offset);
+        assert_eq!(s.record.timestamp, i.record.timestamp, "timestamp of source offset {}", s.offset);
+        let mut expected = s.record.headers.clone();
+        expected.insert(SOURCE_TOPIC_HEADER.into(), topic.as_bytes().to_vec());
+        expected.insert(SOURCE_PARTITION_HEADER.into(), partition.to_string().into_bytes());
+        expected.insert(SOURCE_OFFSET_HEADER.into(), s.offset.to_string().into_bytes());
+        assert_eq!(expected, i.record.headers, "headers of source offset {}", s.offset);
+    }
+}
+
+/// The service binary running as a child process, logging to a file.
+pub struct Service {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    runs: usize,
+}
+
+pub struct ServiceConfig<'a> {
+    pub external: &'a str,
+    pub internal: &'a str,
+    pub topics: &'a str,
+    pub extra: &'a [(&'a str, &'a str)],
+}
+
+impl Service {
+    /// Writes a config into `dir` (the data dir lives there too).
+    pub fn configure(dir: &Path, cfg: ServiceConfig<'_>) -> Self {
+        let mut text = format!(
+            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\nrequest.timeout.ms = 3000\nprogress.interval.ms = 200\nfetch.max.wait.ms = 100\n",
+            dir.join("data").display(),
+            cfg.internal
+        );
+        let mut connector = format!(
+            "[connector]\nname = \"test\"\nkafka.bootstrap.servers = \"{}\"\ntopic.prefix = \"int\"\ntopic.include.list = \"{}\"\n",
+            cfg.external, cfg.topics
+        );
+        for (k, v) in cfg.extra {
+            match k.strip_prefix("connector.") {
+                Some(k) => connector.push_str(&format!("\"{k}\" = \"{v}\"\n")),
+                None => text.push_str(&format!("\"{k}\" = \"{v}\"\n")),
+            }
+        }
+        text.push_str(&connector);
+        let config = dir.join("kafka-direct.toml");
+        std::fs::write(&config, text).unwrap();
+        Self {
+            child: None,
+            dir: dir.to_owned(),
+            log: dir.join("service.log"),
+            config,
+            runs: 0,
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "service already running");
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,rskafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("service running").id()
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("service running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit (bounded).
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("service running");
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("service did not exit within {within:?} of SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the service to exit by itself (bounded).
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("service running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("service still running after {within:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            f.read_to_string(&mut s).unwrap();
+        }
+        s
+    }
+
+    /// The last `progress` line's figures: (fetched, forwarded, wal_bytes).
+    pub fn last_progress(&self) -> Option<(u64, u64, u64)> {
+        let text = self.log_text();
+        let line = text.lines().rev().find(|l| l.contains(" progress "))?;
+        let field = |name: &str| -> Option<u64> {
+            let start = line.find(&format!("{name}="))? + name.len() + 1;
+            line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        };
+        Some((field("fetched")?, field("forwarded")?, field("wal_bytes")?))
+    }
+
+    /// Polls the log until `pred` holds on its text.
+    pub async fn wait_log(&self, what: &str, within: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + within;
+        while !pred(&self.log_text()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `kafka-direct wal stats --json` of a stopped service: (topic, partition) → fetched_next.
+pub fn wal_fetched_next(data_dir: &Path) -> BTreeMap<(String, i32), Option<i64>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
+        .args(["wal", "stats", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "wal stats failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                (s["topic"].as_str().unwrap().to_owned(), s["partition"].as_i64().unwrap() as i32),
+                s["fetched_next"].as_i64(),
+            )
+        })
+        .collect()
+}
