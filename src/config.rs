@@ -175,38 +175,154 @@ struct Key {
 }
 
 const SERVICE_KEYS: &[Key] = &[
-    Key { name: "data.dir", default: None, doc: "directory of the WAL (one process at a time)" },
-    Key { name: "internal.bootstrap.servers", default: None, doc: "host:port list of the internal cluster" },
-    Key { name: "internal.replication.factor", default: Some("-1"), doc: "replication factor of created internal topics; -1 = broker default" },
-    Key { name: "internal.compression", default: Some("none"), doc: "none | gzip | lz4 | snappy | zstd" },
-    Key { name: "wal.max.bytes", default: Some("1073741824"), doc: "cap on unforwarded WAL bytes; fetchers wait above it" },
-    Key { name: "wal.sync", default: Some("fsync"), doc: "fsync (survives power loss) | flush (survives a process crash)" },
-    Key { name: "wal.cache.bytes", default: Some("67108864"), doc: "sled page cache" },
-    Key { name: "fetch.max.bytes", default: Some("1048576"), doc: "max bytes per partition fetch" },
-    Key { name: "fetch.max.wait.ms", default: Some("500"), doc: "how long a broker may hold a fetch for data" },
-    Key { name: "forward.batch.max.records", default: Some("10000"), doc: "max records per produce request" },
-    Key { name: "forward.batch.max.bytes", default: Some("1048576"), doc: "max bytes per produce request" },
-    Key { name: "request.timeout.ms", default: Some("30000"), doc: "bound on every broker request" },
-    Key { name: "progress.interval.ms", default: Some("5000"), doc: "interval of the progress log line; 0 = off" },
+    Key {
+        name: "data.dir",
+        default: None,
+        doc: "directory of the WAL (one process at a time)",
+    },
+    Key {
+        name: "internal.bootstrap.servers",
+        default: None,
+        doc: "host:port list of the internal cluster",
+    },
+    Key {
+        name: "internal.replication.factor",
+        default: Some("-1"),
+        doc: "replication factor of created internal topics; -1 = broker default",
+    },
+    Key {
+        name: "internal.compression",
+        default: Some("none"),
+        doc: "none | gzip | lz4 | snappy | zstd",
+    },
+    Key {
+        name: "wal.max.bytes",
+        default: Some("1073741824"),
+        doc: "cap on unforwarded WAL bytes; fetchers wait above it",
+    },
+    Key {
+        name: "wal.sync",
+        default: Some("fsync"),
+        doc: "fsync (survives power loss) | flush (survives a process crash)",
+    },
+    Key {
+        name: "wal.cache.bytes",
+        default: Some("67108864"),
+        doc: "sled page cache",
+    },
+    Key {
+        name: "fetch.max.bytes",
+        default: Some("1048576"),
+        doc: "max bytes per partition fetch",
+    },
+    Key {
+        name: "fetch.max.wait.ms",
+        default: Some("500"),
+        doc: "how long a broker may hold a fetch for data",
+    },
+    Key {
+        name: "forward.batch.max.records",
+        default: Some("10000"),
+        doc: "max records per produce request",
+    },
+    Key {
+        name: "forward.batch.max.bytes",
+        default: Some("1048576"),
+        doc: "max bytes per produce request",
+    },
+    Key {
+        name: "request.timeout.ms",
+        default: Some("30000"),
+        doc: "bound on every broker request",
+    },
+    Key {
+        name: "progress.interval.ms",
+        default: Some("5000"),
+        doc: "interval of the progress log line; 0 = off",
+    },
 ];
 
 const CONNECTOR_KEYS: &[Key] = &[
-    Key { name: "name", default: None, doc: "unique connector name" },
-    Key { name: "kafka.bootstrap.servers", default: None, doc: "host:port list of the external cluster" },
-    Key { name: "topic.prefix", default: None, doc: "prefix of internal topic names" },
-    Key { name: "topic.include.list", default: Some(""), doc: "comma-separated external topics" },
-    Key { name: "topic.include.list.user.defined", default: Some(""), doc: "more topics, appended" },
-    Key { name: "format", default: Some("string"), doc: "string | json" },
-    Key { name: "schemas.enable", default: Some("false"), doc: "true | false (json only)" },
-    Key { name: "auto.offset.reset", default: Some("earliest"), doc: "earliest | latest" },
-    Key { name: "security.protocol", default: Some("PLAINTEXT"), doc: "PLAINTEXT" },
-    Key { name: "sasl.mechanism", default: Some(""), doc: "not supported yet" },
-    Key { name: "sasl.username", default: Some(""), doc: "not supported yet" },
-    Key { name: "sasl.password", default: Some(""), doc: "not supported yet" },
-    Key { name: "ssl.ca.location", default: Some(""), doc: "not supported yet" },
-    Key { name: "ssl.certificate.location", default: Some(""), doc: "not supported yet" },
-    Key { name: "ssl.key.location", default: Some(""), doc: "not supported yet" },
-    Key { name: "errors.deadletterqueue.topic.name", default: Some(""), doc: "dead-letter topic" },
+    Key {
+        name: "name",
+        default: None,
+        doc: "unique connector name",
+    },
+    Key {
+        name: "kafka.bootstrap.servers",
+        default: None,
+        doc: "host:port list of the external cluster",
+    },
+    Key {
+        name: "topic.prefix",
+        default: None,
+        doc: "prefix of internal topic names",
+    },
+    Key {
+        name: "topic.include.list",
+        default: Some(""),
+        doc: "comma-separated external topics",
+    },
+    Key {
+        name: "topic.include.list.user.defined",
+        default: Some(""),
+        doc: "more topics, appended",
+    },
+    Key {
+        name: "format",
+        default: Some("string"),
+        doc: "string | json",
+    },
+    Key {
+        name: "schemas.enable",
+        default: Some("false"),
+        doc: "true | false (json only)",
+    },
+    Key {
+        name: "auto.offset.reset",
+        default: Some("earliest"),
+        doc: "earliest | latest",
+    },
+    Key {
+        name: "security.protocol",
+        default: Some("PLAINTEXT"),
+        doc: "PLAINTEXT",
+    },
+    Key {
+        name: "sasl.mechanism",
+        default: Some(""),
+        doc: "not supported yet",
+    },
+    Key {
+        name: "sasl.username",
+        default: Some(""),
+        doc: "not supported yet",
+    },
+    Key {
+        name: "sasl.password",
+        default: Some(""),
+        doc: "not supported yet",
+    },
+    Key {
+        name: "ssl.ca.location",
+        default: Some(""),
+        doc: "not supported yet",
+    },
+    Key {
+        name: "ssl.certificate.location",
+        default: Some(""),
+        doc: "not supported yet",
+    },
+    Key {
+        name: "ssl.key.location",
+        default: Some(""),
+        doc: "not supported yet",
+    },
+    Key {
+        name: "errors.deadletterqueue.topic.name",
+        default: Some(""),
+        doc: "dead-letter topic",
+    },
 ];
 
 const CONNECTOR_PREFIX: &str = "connector.";
@@ -267,7 +383,8 @@ impl RawConfig {
             let (key, value) = item
                 .split_once('=')
                 .ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
-            self.0.insert(key.trim().to_owned(), value.trim().to_owned());
+            self.0
+                .insert(key.trim().to_owned(), value.trim().to_owned());
         }
         Ok(())
     }
@@ -291,14 +408,28 @@ impl RawConfig {
                 });
             }
         }
-        let s = Lookup { raw: self, prefix: "", keys: SERVICE_KEYS };
-        let c = Lookup { raw: self, prefix: CONNECTOR_PREFIX, keys: CONNECTOR_KEYS };
+        let s = Lookup {
+            raw: self,
+            prefix: "",
+            keys: SERVICE_KEYS,
+        };
+        let c = Lookup {
+            raw: self,
+            prefix: CONNECTOR_PREFIX,
+            keys: CONNECTOR_KEYS,
+        };
 
         let connector = build_connector(&c)?;
         Ok(ServiceConfig {
-            data_dir: PathBuf::from(s.required("data.dir", "a directory for the WAL, e.g. ./data")?),
+            data_dir: PathBuf::from(
+                s.required("data.dir", "a directory for the WAL, e.g. ./data")?,
+            ),
             internal_bootstrap_servers: s.servers("internal.bootstrap.servers")?,
-            internal_replication_factor: s.number("internal.replication.factor", -1, i16::MAX as i64)? as i16,
+            internal_replication_factor: s.number(
+                "internal.replication.factor",
+                -1,
+                i16::MAX as i64,
+            )? as i16,
             internal_compression: s.choice(
                 "internal.compression",
                 &[
@@ -310,14 +441,24 @@ impl RawConfig {
                 ],
             )?,
             wal_max_bytes: s.number("wal.max.bytes", 1, i64::MAX)? as u64,
-            wal_sync: s.choice("wal.sync", &[("fsync", SyncPolicy::Fsync), ("flush", SyncPolicy::Flush)])?,
+            wal_sync: s.choice(
+                "wal.sync",
+                &[("fsync", SyncPolicy::Fsync), ("flush", SyncPolicy::Flush)],
+            )?,
             wal_cache_bytes: s.number("wal.cache.bytes", 1 << 20, i64::MAX)? as u64,
             fetch_max_bytes: s.number("fetch.max.bytes", 1024, 64 << 20)? as i32,
             fetch_max_wait: Duration::from_millis(s.number("fetch.max.wait.ms", 0, 60_000)? as u64),
-            forward_batch_max_records: s.number("forward.batch.max.records", 1, 1_000_000)? as usize,
+            forward_batch_max_records: s.number("forward.batch.max.records", 1, 1_000_000)?
+                as usize,
             forward_batch_max_bytes: s.number("forward.batch.max.bytes", 1024, 64 << 20)? as usize,
-            request_timeout: Duration::from_millis(s.number("request.timeout.ms", 100, 3_600_000)? as u64),
-            progress_interval: Duration::from_millis(s.number("progress.interval.ms", 0, 3_600_000)? as u64),
+            request_timeout: Duration::from_millis(
+                s.number("request.timeout.ms", 100, 3_600_000)? as u64
+            ),
+            progress_interval: Duration::from_millis(s.number(
+                "progress.interval.ms",
+                0,
+                3_600_000,
+            )? as u64),
             connector,
         })
     }
@@ -325,15 +466,26 @@ impl RawConfig {
 
 fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
     let name = c.required("name", "a unique connector name, e.g. orders-mirror")?;
-    if !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) {
+    if !name
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+    {
         return Err(c.invalid("name", &name, "letters, digits, '.', '_' and '-'"));
     }
-    let topic_prefix = c.required("topic.prefix", "the prefix of internal topic names, e.g. external")?;
+    let topic_prefix = c.required(
+        "topic.prefix",
+        "the prefix of internal topic names, e.g. external",
+    )?;
     check_topic_name(c, "topic.prefix", &topic_prefix)?;
 
     let mut topics: Vec<String> = Vec::new();
     for key in ["topic.include.list", "topic.include.list.user.defined"] {
-        for topic in c.get(key).split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        for topic in c
+            .get(key)
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             check_topic_name(c, key, topic)?;
             if !topics.iter().any(|t| t == topic) {
                 topics.push(topic.to_owned());
@@ -347,7 +499,10 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
         });
     }
 
-    let format = c.choice("format", &[("string", Format::String), ("json", Format::Json)])?;
+    let format = c.choice(
+        "format",
+        &[("string", Format::String), ("json", Format::Json)],
+    )?;
     let schemas_enable = c.choice("schemas.enable", &[("false", false), ("true", true)])?;
     if schemas_enable && format != Format::Json {
         return Err(c.invalid("schemas.enable", "true", "false unless format=json"));
@@ -388,7 +543,11 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
         if !c.get(key).is_empty() {
             return Err(ConfigError::NotSupported {
                 key: c.full(key),
-                value: if key == "sasl.password" { "[hidden]".into() } else { c.get(key) },
+                value: if key == "sasl.password" {
+                    "[hidden]".into()
+                } else {
+                    c.get(key)
+                },
                 reason: "this version connects with PLAINTEXT only",
             });
         }
@@ -407,7 +566,10 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
         schemas_enable,
         auto_offset_reset: c.choice(
             "auto.offset.reset",
-            &[("earliest", OffsetReset::Earliest), ("latest", OffsetReset::Latest)],
+            &[
+                ("earliest", OffsetReset::Earliest),
+                ("latest", OffsetReset::Latest),
+            ],
         )?,
         dead_letter_topic: (!dlq.is_empty()).then_some(dlq),
     })
@@ -418,7 +580,9 @@ fn check_topic_name(c: &Lookup<'_>, key: &str, topic: &str) -> Result<(), Config
         && topic.len() <= 249
         && topic != "."
         && topic != ".."
-        && topic.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+        && topic
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
     if valid {
         Ok(())
     } else {
@@ -434,7 +598,11 @@ fn known_keys() -> String {
     SERVICE_KEYS
         .iter()
         .map(|k| k.name.to_owned())
-        .chain(CONNECTOR_KEYS.iter().map(|k| format!("{CONNECTOR_PREFIX}{}", k.name)))
+        .chain(
+            CONNECTOR_KEYS
+                .iter()
+                .map(|k| format!("{CONNECTOR_PREFIX}{}", k.name)),
+        )
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -479,7 +647,10 @@ impl Lookup<'_> {
     fn required(&self, key: &str, hint: &'static str) -> Result<String, ConfigError> {
         match self.raw.0.get(&self.full(key)).map(|v| v.trim()) {
             Some(v) if !v.is_empty() => Ok(v.to_owned()),
-            _ => Err(ConfigError::Missing { key: self.full(key), hint }),
+            _ => Err(ConfigError::Missing {
+                key: self.full(key),
+                hint,
+            }),
         }
     }
 
@@ -516,23 +687,32 @@ impl Lookup<'_> {
         let value = self.required(key, "a comma-separated list of host:port")?;
         let mut out = Vec::new();
         for server in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let ok = server
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let ok = server.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
             if !ok {
                 return Err(self.invalid(key, server, "host:port, e.g. broker-1.example.com:9092"));
             }
             out.push(server.to_owned());
         }
         if out.is_empty() {
-            return Err(ConfigError::Missing { key: self.full(key), hint: "a comma-separated list of host:port" });
+            return Err(ConfigError::Missing {
+                key: self.full(key),
+                hint: "a comma-separated list of host:port",
+            });
         }
         Ok(out)
     }
 }
 
 fn flatten_toml(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
-    let join = |k: &str| if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
+    let join = |k: &str| {
+        if prefix.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
     match value {
         toml::Value::Table(t) => t.iter().for_each(|(k, v)| flatten_toml(&join(k), v, out)),
         toml::Value::String(s) => {
@@ -555,7 +735,13 @@ fn flatten_toml(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, St
 }
 
 fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
-    let join = |k: &str| if prefix.is_empty() { k.to_owned() } else { format!("{prefix}.{k}") };
+    let join = |k: &str| {
+        if prefix.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
     match value {
         serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| flatten_json(&join(k), v, out)),
         serde_json::Value::String(s) => {
@@ -605,7 +791,10 @@ topic.include.list = "orders,payments"
     fn good_file_gets_defaults_and_merged_topics() {
         let cfg = load(GOOD, &[]).unwrap();
         assert_eq!(cfg.connector.topics, vec!["orders", "payments", "refunds"]);
-        assert_eq!(cfg.connector.bootstrap_servers, vec!["127.0.0.1:9092", "127.0.0.2:9092"]);
+        assert_eq!(
+            cfg.connector.bootstrap_servers,
+            vec!["127.0.0.1:9092", "127.0.0.2:9092"]
+        );
         assert_eq!(cfg.connector.auto_offset_reset, OffsetReset::Earliest);
         assert_eq!(cfg.connector.internal_topic("orders"), "ext.orders");
         assert_eq!(cfg.wal_sync, SyncPolicy::Fsync);
@@ -627,7 +816,11 @@ topic.include.list = "orders,payments"
 
     #[test]
     fn overrides_win() {
-        let cfg = load(GOOD, &["connector.auto.offset.reset=latest", "wal.sync=flush"]).unwrap();
+        let cfg = load(
+            GOOD,
+            &["connector.auto.offset.reset=latest", "wal.sync=flush"],
+        )
+        .unwrap();
         assert_eq!(cfg.connector.auto_offset_reset, OffsetReset::Latest);
         assert_eq!(cfg.wal_sync, SyncPolicy::Flush);
     }
@@ -635,36 +828,77 @@ topic.include.list = "orders,payments"
     #[test]
     fn each_bad_value_names_its_key_and_the_accepted_values() {
         let cases: &[(&str, &[&str])] = &[
-            ("connector.auto.offset.reset=newest", &["connector.auto.offset.reset", "earliest, latest"]),
-            ("connector.format=avro", &["connector.format", "string, json"]),
+            (
+                "connector.auto.offset.reset=newest",
+                &["connector.auto.offset.reset", "earliest, latest"],
+            ),
+            (
+                "connector.format=avro",
+                &["connector.format", "string, json"],
+            ),
             ("wal.sync=sometimes", &["wal.sync", "fsync, flush"]),
             ("wal.max.bytes=lots", &["wal.max.bytes", "an integer"]),
-            ("fetch.max.wait.ms=-5", &["fetch.max.wait.ms", "from 0 to 60000"]),
-            ("connector.kafka.bootstrap.servers=broker", &["connector.kafka.bootstrap.servers", "host:port"]),
-            ("internal.bootstrap.servers=h:99999", &["internal.bootstrap.servers", "host:port"]),
-            ("connector.topic.include.list=ok,bad topic", &["connector.topic.include.list", "bad topic"]),
-            ("connector.security.protocol=TLS", &["connector.security.protocol", "SASL_SSL"]),
+            (
+                "fetch.max.wait.ms=-5",
+                &["fetch.max.wait.ms", "from 0 to 60000"],
+            ),
+            (
+                "connector.kafka.bootstrap.servers=broker",
+                &["connector.kafka.bootstrap.servers", "host:port"],
+            ),
+            (
+                "internal.bootstrap.servers=h:99999",
+                &["internal.bootstrap.servers", "host:port"],
+            ),
+            (
+                "connector.topic.include.list=ok,bad topic",
+                &["connector.topic.include.list", "bad topic"],
+            ),
+            (
+                "connector.security.protocol=TLS",
+                &["connector.security.protocol", "SASL_SSL"],
+            ),
             ("connector.name=a/b", &["connector.name"]),
-            ("connector.schemas.enable=maybe", &["connector.schemas.enable", "false, true"]),
-            ("internal.compression=brotli", &["internal.compression", "zstd"]),
+            (
+                "connector.schemas.enable=maybe",
+                &["connector.schemas.enable", "false, true"],
+            ),
+            (
+                "internal.compression=brotli",
+                &["internal.compression", "zstd"],
+            ),
         ];
         for (set, needles) in cases {
             let message = err(&[set]);
             for needle in *needles {
-                assert!(message.contains(needle), "{set}: {message:?} lacks {needle:?}");
+                assert!(
+                    message.contains(needle),
+                    "{set}: {message:?} lacks {needle:?}"
+                );
             }
         }
     }
 
     #[test]
     fn missing_and_unknown_keys_are_named() {
-        let message = load("[connector]\nname = \"x\"\n", &[]).unwrap_err().to_string();
+        let message = load("[connector]\nname = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("missing required key"), "{message}");
         let message = err(&["connector.topic.prefx=x"]);
-        assert!(message.contains("unknown key `connector.topic.prefx`"), "{message}");
+        assert!(
+            message.contains("unknown key `connector.topic.prefx`"),
+            "{message}"
+        );
         assert!(message.contains("connector.topic.prefix"), "{message}");
-        let message = err(&["connector.topic.include.list=", "connector.topic.include.list.user.defined="]);
-        assert!(message.contains("connector.topic.include.list"), "{message}");
+        let message = err(&[
+            "connector.topic.include.list=",
+            "connector.topic.include.list.user.defined=",
+        ]);
+        assert!(
+            message.contains("connector.topic.include.list"),
+            "{message}"
+        );
         assert!(matches!(
             RawConfig::default().apply_overrides(&["novalue".into()]),
             Err(ConfigError::BadOverride(_))
@@ -676,7 +910,10 @@ topic.include.list = "orders,payments"
         let message = err(&["connector.security.protocol=SASL_SSL"]);
         assert!(message.contains("not supported yet"), "{message}");
         let message = err(&["connector.sasl.password=hunter2"]);
-        assert!(message.contains("[hidden]") && !message.contains("hunter2"), "{message}");
+        assert!(
+            message.contains("[hidden]") && !message.contains("hunter2"),
+            "{message}"
+        );
     }
 
     #[test]

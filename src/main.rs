@@ -9,7 +9,11 @@ use kafka_direct::config::{describe_keys, RawConfig};
 use kafka_direct::wal::{SyncPolicy, Wal, WalOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "kafka-direct", version, about = "Replicates Kafka topics from an external cluster into an internal one, exactly once per source offset")]
+#[command(
+    name = "kafka-direct",
+    version,
+    about = "Replicates Kafka topics from an external cluster into an internal one, exactly once per source offset"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -98,7 +102,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(config: &PathBuf, overrides: &[String]) -> Result<kafka_direct::config::ServiceConfig, kafka_direct::config::ConfigError> {
+fn load(
+    config: &std::path::Path,
+    overrides: &[String],
+) -> Result<kafka_direct::config::ServiceConfig, kafka_direct::config::ConfigError> {
     let mut raw = RawConfig::from_file(config)?;
     raw.apply_overrides(overrides)?;
     raw.build()
@@ -144,8 +151,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_wal(data_dir: &PathBuf) -> anyhow::Result<Wal> {
-    anyhow::ensure!(data_dir.join("db").exists(), "{} holds no kafka-direct WAL", data_dir.display());
+fn open_wal(data_dir: &std::path::Path) -> anyhow::Result<Wal> {
+    anyhow::ensure!(
+        data_dir.join("db").exists(),
+        "{} holds no kafka-direct WAL",
+        data_dir.display()
+    );
     Ok(Wal::open(
         data_dir,
         WalOptions {
@@ -166,7 +177,15 @@ fn wal_command(command: WalCommand) -> anyhow::Result<ExitCode> {
                 let show = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
                 println!(
                     "{:<20} {:<30} {:>9} {:>8} {:>10} {:>12} {:>14} {:>14} {:>8}",
-                    "connector", "partition", "entries", "records", "bytes", "fetched_next", "forwarded_next", "damaged", ""
+                    "connector",
+                    "partition",
+                    "entries",
+                    "records",
+                    "bytes",
+                    "fetched_next",
+                    "forwarded_next",
+                    "damaged",
+                    ""
                 );
                 for s in stats {
                     println!(
@@ -210,7 +229,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the service");

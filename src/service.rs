@@ -71,7 +71,10 @@ enum TaskEnd {
 }
 
 /// Runs the service until `shutdown` resolves (exit 0) or every partition failed.
-pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+pub async fn run(
+    config: ServiceConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
     let connector = &config.connector;
     let data_dir = config.data_dir.clone();
     let options = WalOptions {
@@ -113,8 +116,12 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     let mut partitions = Vec::new();
     for topic in &connector.topics {
         match source_topics.get(topic) {
-            Some(&count) => partitions.extend((0..count as i32).map(|p| SourcePartition::new(topic, p))),
-            None => error!(%topic, "topic not found on the external cluster; it is skipped (check connector.topic.include.list)"),
+            Some(&count) => {
+                partitions.extend((0..count as i32).map(|p| SourcePartition::new(topic, p)))
+            }
+            None => {
+                error!(%topic, "topic not found on the external cluster; it is skipped (check connector.topic.include.list)")
+            }
         }
     }
     if partitions.is_empty() {
@@ -162,7 +169,8 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
         // Each partition starts on its own: one slow internal partition does not hold
         // the others back.
         tasks.spawn(async move {
-            let Some(tail) = forwarder.read_tail_retrying(&mut None).await? else {
+            let mut leader = None;
+            let Some(tail) = forwarder.read_settled_tail(&mut leader).await? else {
                 return Ok(TaskEnd::Source(Ok(())));
             };
             if let Some(stored_next) = tail.stored_next {
@@ -181,7 +189,7 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
                 .forwarded_next
                 .store(tail.stored_next.or(checkpoints.forwarded_next).unwrap_or(-1), Ordering::Relaxed);
             let fetch = tokio::spawn(fetcher.run());
-            let forward = forwarder.run(tail).await;
+            let forward = forwarder.run(tail, leader).await;
             let fetch = fetch.await.expect("the fetcher task does not panic");
             Ok::<_, SinkError>(match (fetch, forward) {
                 (Ok(()), forward) => TaskEnd::Sink(forward),
@@ -191,7 +199,12 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     }
     info!(partitions = all_metrics.len(), topics = %connector.topics.join(","), "replicating");
 
-    let progress = spawn_progress(config.progress_interval, all_metrics.clone(), wal.clone(), cancel.clone());
+    let progress = spawn_progress(
+        config.progress_interval,
+        all_metrics.clone(),
+        wal.clone(),
+        cancel.clone(),
+    );
     tokio::pin!(shutdown);
     let mut failures: Vec<String> = Vec::new();
     let mut running = tasks.len();
@@ -229,7 +242,10 @@ pub async fn run(config: ServiceConfig, shutdown: impl Future<Output = ()>) -> R
     if !shutting_down && !failures.is_empty() {
         return Err(ServiceError::AllFailed(failures.remove(0)));
     }
-    info!(failed_partitions = failures.len(), "stopped; checkpoints are flushed");
+    info!(
+        failed_partitions = failures.len(),
+        "stopped; checkpoints are flushed"
+    );
     Ok(())
 }
 
@@ -245,14 +261,18 @@ async fn ensure_internal_topics(
         .into_iter()
         .map(|t| (t.name, t.partitions.len()))
         .collect();
-    let controller = client.controller_client().map_err(|source| ClusterError::Client {
-        what: "finding the controller".into(),
-        role: cluster.role,
-        servers: cluster.servers.join(","),
-        source,
-    })?;
+    let controller = client
+        .controller_client()
+        .map_err(|source| ClusterError::Client {
+            what: "finding the controller".into(),
+            role: cluster.role,
+            servers: cluster.servers.join(","),
+            source,
+        })?;
     for topic in &config.connector.topics {
-        let Some(&source_count) = source_topics.get(topic) else { continue };
+        let Some(&source_count) = source_topics.get(topic) else {
+            continue;
+        };
         let internal = config.connector.internal_topic(topic);
         match existing.get(&internal) {
             Some(&count) if count >= source_count => {}
@@ -311,8 +331,14 @@ fn log_progress(
     interval: Duration,
     last: &mut BTreeMap<&'static str, (u64, Instant)>,
 ) {
-    let fetched: u64 = metrics.iter().map(|m| m.fetched_records.load(Ordering::Relaxed)).sum();
-    let forwarded: u64 = metrics.iter().map(|m| m.forwarded_records.load(Ordering::Relaxed)).sum();
+    let fetched: u64 = metrics
+        .iter()
+        .map(|m| m.fetched_records.load(Ordering::Relaxed))
+        .sum();
+    let forwarded: u64 = metrics
+        .iter()
+        .map(|m| m.forwarded_records.load(Ordering::Relaxed))
+        .sum();
     let lag: i64 = metrics.iter().map(|m| m.lag()).sum();
     let unexpected: u64 = metrics
         .iter()

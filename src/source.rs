@@ -123,7 +123,9 @@ impl Fetcher {
                     error!(%partition, error = %e, "WAL write failed: fetching stops for this partition");
                     return Err(wal_err(e));
                 }
-                Err(StepError::Cluster(e)) if e.protocol_error() == Some(ProtocolError::OffsetOutOfRange) => {
+                Err(StepError::Cluster(e))
+                    if e.protocol_error() == Some(ProtocolError::OffsetOutOfRange) =>
+                {
                     warn!(%partition, offset = ?next, "fetch offset is out of range (records removed by retention before they were copied); applying auto.offset.reset");
                     next = None;
                 }
@@ -139,7 +141,10 @@ impl Fetcher {
                 }
                 Err(StepError::Cluster(e)) => {
                     error!(%partition, error = %e, "fetching stops for this partition");
-                    return Err(SourceError::Cluster { partition, source: e });
+                    return Err(SourceError::Cluster {
+                        partition,
+                        source: e,
+                    });
                 }
             }
         }
@@ -198,15 +203,25 @@ impl Fetcher {
         }
 
         let batch = to_batch(records);
-        let bytes: usize = batch.records.iter().map(SourceRecord::approximate_size).sum();
+        let bytes: usize = batch
+            .records
+            .iter()
+            .map(SourceRecord::approximate_size)
+            .sum();
         let count = batch.records.len() as u64;
         let next_offset = batch.next_offset;
         self.log.append(&batch)?;
         self.wal.commit().await?;
         *next = Some(next_offset);
-        self.metrics.fetched_next.store(next_offset, Ordering::Relaxed);
-        self.metrics.fetched_records.fetch_add(count, Ordering::Relaxed);
-        self.metrics.fetched_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.metrics
+            .fetched_next
+            .store(next_offset, Ordering::Relaxed);
+        self.metrics
+            .fetched_records
+            .fetch_add(count, Ordering::Relaxed);
+        self.metrics
+            .fetched_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         self.forwarder_wake.notify_one();
         Ok(Step::Committed)
     }

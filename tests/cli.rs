@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn run_with(dir: &std::path::Path, text: &str, args: &[&str]) -> (std::process::ExitStatus, String, Duration) {
+fn run_with(
+    dir: &std::path::Path,
+    text: &str,
+    args: &[&str],
+) -> (std::process::ExitStatus, String, Duration) {
     let config = dir.join("c.toml");
     std::fs::write(&config, text).unwrap();
     let started = Instant::now();
@@ -17,7 +21,11 @@ fn run_with(dir: &std::path::Path, text: &str, args: &[&str]) -> (std::process::
         .args(args)
         .output()
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned(), started.elapsed())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
 }
 
 fn config(dir: &std::path::Path, external: &str, internal: &str) -> String {
@@ -32,15 +40,27 @@ fn bad_values_exit_2_naming_the_key_and_accepted_values() {
     let dir = tempfile::tempdir().unwrap();
     let text = config(dir.path(), "127.0.0.1:1", "127.0.0.1:2");
     for (set, needles) in [
-        ("connector.auto.offset.reset=oldest", vec!["connector.auto.offset.reset", "earliest, latest"]),
+        (
+            "connector.auto.offset.reset=oldest",
+            vec!["connector.auto.offset.reset", "earliest, latest"],
+        ),
         ("wal.sync=never", vec!["wal.sync", "fsync, flush"]),
-        ("connector.kafka.bootstrap.servers=nohostport", vec!["connector.kafka.bootstrap.servers", "host:port"]),
-        ("connector.topic.prefx=a", vec!["unknown key `connector.topic.prefx`"]),
+        (
+            "connector.kafka.bootstrap.servers=nohostport",
+            vec!["connector.kafka.bootstrap.servers", "host:port"],
+        ),
+        (
+            "connector.topic.prefx=a",
+            vec!["unknown key `connector.topic.prefx`"],
+        ),
     ] {
         let (status, stderr, _) = run_with(dir.path(), &text, &["--set", set]);
         assert_eq!(status.code(), Some(2), "{set}: {stderr}");
         for needle in needles {
-            assert!(stderr.contains(needle), "{set}: {stderr:?} lacks {needle:?}");
+            assert!(
+                stderr.contains(needle),
+                "{set}: {stderr:?} lacks {needle:?}"
+            );
         }
     }
     let (status, stderr, _) = run_with(dir.path(), "data.dir = \"x\"\n", &[]);
@@ -52,13 +72,20 @@ fn bad_values_exit_2_naming_the_key_and_accepted_values() {
 fn unreachable_external_cluster_fails_in_bounded_time_naming_the_address() {
     let dir = tempfile::tempdir().unwrap();
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let internal = Broker::start();
     let text = config(dir.path(), &format!("127.0.0.1:{port}"), &internal.addr());
     let (status, stderr, elapsed) = run_with(dir.path(), &text, &[]);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
-    assert!(stderr.contains("connector.kafka.bootstrap.servers"), "{stderr}");
+    assert!(
+        stderr.contains("connector.kafka.bootstrap.servers"),
+        "{stderr}"
+    );
     assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
 }
 
@@ -69,7 +96,10 @@ fn missing_source_topic_is_named() {
     let text = config(dir.path(), &external.addr(), &internal.addr());
     let (status, stderr, _) = run_with(dir.path(), &text, &[]);
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("topic not found on the external cluster") && stderr.contains("topic=t"), "{stderr}");
+    assert!(
+        stderr.contains("topic not found on the external cluster") && stderr.contains("topic=t"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -88,5 +118,8 @@ fn second_process_on_the_same_data_dir_is_refused() {
     let text = config(dir.path(), &external.addr(), &internal.addr());
     let (status, stderr, _) = run_with(dir.path(), &text, &[]);
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("in use by another kafka-direct process"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another kafka-direct process"),
+        "{stderr}"
+    );
 }

@@ -9,7 +9,12 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn source_with_records(external: &Broker, topic: &str, partitions: i32, per_partition: usize) {
+async fn source_with_records(
+    external: &Broker,
+    topic: &str,
+    partitions: i32,
+    per_partition: usize,
+) {
     create_topic(&external.addr(), topic, partitions).await;
     for p in 0..partitions {
         let pc = partition_client(&external.addr(), topic, p).await;
@@ -17,7 +22,12 @@ async fn source_with_records(external: &Broker, topic: &str, partitions: i32, pe
     }
 }
 
-async fn assert_partitions_match(external: &Broker, internal: &Broker, topic: &str, partitions: i32) {
+async fn assert_partitions_match(
+    external: &Broker,
+    internal: &Broker,
+    topic: &str,
+    partitions: i32,
+) {
     for p in 0..partitions {
         let end = end_offset(&external.addr(), topic, p).await;
         wait_for_end(&internal.addr(), &format!("int.{topic}"), p, end, WAIT).await;
@@ -34,21 +44,46 @@ async fn replicates_every_partition_record_for_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = Service::configure(
         dir.path(),
-        ServiceConfig { external: &external.addr(), internal: &internal.addr(), topics: "orders", extra: &[] },
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: "orders",
+            extra: &[],
+        },
     );
     service.start();
     assert_partitions_match(&external, &internal, "orders", 3).await;
-    assert!(service.terminate(Duration::from_secs(30)).success(), "{}", service.log_text());
+    assert!(
+        service.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        service.log_text()
+    );
 
     // An independent client (librdkafka through kcat) sees the same: every source offset
     // once per partition, in order.
     for p in 0..3 {
         let out = Command::new(kcat())
-            .args(["-C", "-b", &internal.addr(), "-t", "int.orders", "-p", &p.to_string(), "-o", "beginning", "-e", "-q"])
+            .args([
+                "-C",
+                "-b",
+                &internal.addr(),
+                "-t",
+                "int.orders",
+                "-p",
+                &p.to_string(),
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+            ])
             .args(["-f", "%h\n"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "kcat failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kcat failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let offsets: Vec<i64> = String::from_utf8(out.stdout)
             .unwrap()
             .lines()
@@ -60,7 +95,11 @@ async fn replicates_every_partition_record_for_record() {
                     .unwrap()
             })
             .collect();
-        assert_eq!(offsets, (0..700).collect::<Vec<i64>>(), "partition {p} as kcat reads it");
+        assert_eq!(
+            offsets,
+            (0..700).collect::<Vec<i64>>(),
+            "partition {p} as kcat reads it"
+        );
     }
 }
 
@@ -81,7 +120,9 @@ async fn latest_skips_existing_records_and_copies_new_ones() {
     service.start();
     service
         .wait_log("both partitions to pick their start offset", WAIT, |log| {
-            log.matches("no checkpoint: fetching from auto.offset.reset").count() == 2
+            log.matches("no checkpoint: fetching from auto.offset.reset")
+                .count()
+                == 2
         })
         .await;
     for p in 0..2 {
@@ -98,7 +139,12 @@ async fn latest_skips_existing_records_and_copies_new_ones() {
 }
 
 /// Produces `batches` batches of 100 records per partition in the background.
-fn produce_in_background(addr: String, topic: &'static str, partitions: i32, batches: usize) -> tokio::task::JoinHandle<()> {
+fn produce_in_background(
+    addr: String,
+    topic: &'static str,
+    partitions: i32,
+    batches: usize,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut clients = Vec::new();
         for p in 0..partitions {
@@ -116,10 +162,17 @@ fn produce_in_background(addr: String, topic: &'static str, partitions: i32, bat
 async fn wait_forwarded_at_least(service: &Service, n: u64) {
     let deadline = Instant::now() + WAIT;
     loop {
-        if service.last_progress().is_some_and(|(_, forwarded, _)| forwarded >= n) {
+        if service
+            .last_progress()
+            .is_some_and(|(_, forwarded, _)| forwarded >= n)
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "service did not forward {n} records; log:\n{}", service.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "service did not forward {n} records; log:\n{}",
+            service.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -132,12 +185,21 @@ async fn sigterm_mid_stream_then_restart_loses_nothing_and_refetches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = Service::configure(
         dir.path(),
-        ServiceConfig { external: &external.addr(), internal: &internal.addr(), topics: "stream", extra: &[] },
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: "stream",
+            extra: &[],
+        },
     );
     service.start();
     wait_forwarded_at_least(&service, 1500).await;
     let status = service.terminate(Duration::from_secs(30));
-    assert!(status.success(), "SIGTERM must exit 0, got {status}; log:\n{}", service.log_text());
+    assert!(
+        status.success(),
+        "SIGTERM must exit 0, got {status}; log:\n{}",
+        service.log_text()
+    );
 
     let checkpoints = wal_fetched_next(&service.data_dir());
     assert_eq!(checkpoints.len(), 2);
@@ -149,8 +211,13 @@ async fn sigterm_mid_stream_then_restart_loses_nothing_and_refetches_nothing() {
     service.start();
     // Each partition resumes exactly at its committed checkpoint: no re-fetch.
     for ((topic, partition), fetched_next) in &checkpoints {
-        let expected = format!("fetching from the checkpoint partition={topic}/{partition} offset={}", fetched_next.unwrap());
-        service.wait_log(&expected, WAIT, |log| log.contains(&expected)).await;
+        let expected = format!(
+            "fetching from the checkpoint partition={topic}/{partition} offset={}",
+            fetched_next.unwrap()
+        );
+        service
+            .wait_log(&expected, WAIT, |log| log.contains(&expected))
+            .await;
     }
     producer.await.unwrap();
     assert_partitions_match(&external, &internal, "stream", 2).await;
@@ -165,7 +232,12 @@ async fn sigkill_three_times_mid_stream_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = Service::configure(
         dir.path(),
-        ServiceConfig { external: &external.addr(), internal: &internal.addr(), topics: "crashy", extra: &[] },
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: "crashy",
+            extra: &[],
+        },
     );
     let mut forwarded_before = 0;
     for round in 0..3u64 {
@@ -190,28 +262,50 @@ async fn internal_outage_spools_into_the_wal_then_drains_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = Service::configure(
         dir.path(),
-        ServiceConfig { external: &external.addr(), internal: &internal.addr(), topics: "spool", extra: &[] },
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: "spool",
+            extra: &[],
+        },
     );
     service.start();
     service
-        .wait_log("the service to start replicating", WAIT, |log| log.matches("no checkpoint: fetching").count() == 2)
+        .wait_log("the service to start replicating", WAIT, |log| {
+            log.matches("no checkpoint: fetching").count() == 2
+        })
         .await;
 
-    internal.pause();
+    // Some records flow first, so the forwarders hold open connections to the
+    // internal broker when it stops answering: their produce outcome becomes unknown.
+    let mut producers = Vec::new();
     for p in 0..2 {
         let pc = partition_client(&external.addr(), "spool", p).await;
-        produce(&pc, test_records(p, 0, 1500)).await;
+        produce(&pc, test_records(p, 0, 100)).await;
+        producers.push(pc);
+    }
+    wait_forwarded_at_least(&service, 200).await;
+    internal.pause();
+    for (p, pc) in producers.iter().enumerate() {
+        produce(pc, test_records(p as i32, 100, 1400)).await;
     }
     // Everything is fetched into the WAL while nothing can be forwarded.
     let deadline = Instant::now() + WAIT;
     loop {
         if let Some((fetched, forwarded, wal_bytes)) = service.last_progress() {
             if fetched == 3000 {
-                assert!(forwarded < 3000 && wal_bytes > 0, "expected a spooled WAL, got forwarded={forwarded} wal_bytes={wal_bytes}");
+                assert!(
+                    forwarded < 3000 && wal_bytes > 0,
+                    "expected a spooled WAL, got forwarded={forwarded} wal_bytes={wal_bytes}"
+                );
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "WAL did not spool; log:\n{}", service.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "WAL did not spool; log:\n{}",
+            service.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Long enough for produce timeouts (3 s in tests) and reconnect attempts to happen.
@@ -219,8 +313,17 @@ async fn internal_outage_spools_into_the_wal_then_drains_exactly_once() {
     internal.resume();
 
     assert_partitions_match(&external, &internal, "spool", 2).await;
+    assert!(
+        service.log_text().contains("produce outcome unknown"),
+        "the outage must have hit a produce in flight; log:\n{}",
+        service.log_text()
+    );
     service
-        .wait_log("the WAL to drain", WAIT, |_| service.last_progress().is_some_and(|(_, f, w)| f == 3000 && w == 0))
+        .wait_log("the WAL to drain", WAIT, |_| {
+            service
+                .last_progress()
+                .is_some_and(|(fetched, _, wal_bytes)| fetched == 3000 && wal_bytes == 0)
+        })
         .await;
     assert!(service.terminate(Duration::from_secs(30)).success());
 }

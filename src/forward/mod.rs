@@ -96,9 +96,13 @@ pub struct Forwarder {
     pub cancel: CancellationToken,
 }
 
-/// Pause between reconnecting after an unknown produce outcome and reading the tail, so
-/// that a request still queued on the old connection is processed before we look.
-const SETTLE: Duration = Duration::from_millis(500);
+/// How long the tail must stay unchanged before it is trusted after an unknown outcome
+/// (or at start-up, after a crash). A produce request still queued on a dropped
+/// connection is processed by the broker once it answers again; seen here: a 1 MB
+/// request stored ~100 ms *after* a fresh connection had read the tail. Two equal reads
+/// this far apart, with the broker answering, leave no such request behind in practice
+/// (see docs/ARCHITECTURE.md for the residual risk).
+const SETTLE: Duration = Duration::from_millis(1500);
 
 impl Forwarder {
     fn partition(&self) -> &SourcePartition {
@@ -112,30 +116,49 @@ impl Forwarder {
     /// Connects to the internal partition's leader.
     async fn connect(&self) -> Result<PartitionClient, ClusterError> {
         self.cluster
-            .partition(&self.client, &self.internal_topic, self.partition().partition)
+            .partition(
+                &self.client,
+                &self.internal_topic,
+                self.partition().partition,
+            )
             .await
     }
 
     /// Reads the tail of the internal partition (see [`tail`]).
-    async fn read_tail(&self, pc: &PartitionClient) -> Result<Result<Tail, TailError>, ClusterError> {
+    async fn read_tail(
+        &self,
+        pc: &PartitionClient,
+    ) -> Result<Result<Tail, TailError>, ClusterError> {
         let internal = self.internal_name();
         let earliest = self
             .cluster
-            .bounded(format!("reading the earliest offset of {internal}"), pc.get_offset(OffsetAt::Earliest))
+            .bounded(
+                format!("reading the earliest offset of {internal}"),
+                pc.get_offset(OffsetAt::Earliest),
+            )
             .await?;
         // The end comes from a fetch's high watermark: exact on every broker we know,
         // where ListOffsets(latest) is not (docs/compatibility.md).
         let (_, end) = self
             .cluster
-            .bounded(format!("reading the end of {internal}"), pc.fetch_records(earliest, 1..1, PROBE_WAIT_MS))
+            .bounded(
+                format!("reading the end of {internal}"),
+                pc.fetch_records(earliest, 1..1, PROBE_WAIT_MS),
+            )
             .await?;
         if end <= earliest {
-            return Ok(Ok(Tail { end, stored_next: None }));
+            return Ok(Ok(Tail {
+                end,
+                stored_next: None,
+            }));
         }
         let max = (self.max_bytes as i32).saturating_mul(2).max(1 << 20);
         let (records, _) = self
             .cluster
-            .bounded(format!("reading the last record of {internal}"), pc.fetch_records(end - 1, 1..max, PROBE_WAIT_MS))
+            .bounded(
+                format!("reading the last record of {internal}"),
+                pc.fetch_records(end - 1, 1..max, PROBE_WAIT_MS),
+            )
             .await?;
         let Some(last) = records.iter().rev().find(|r| r.offset == end - 1) else {
             return Ok(Err(TailError::ForeignRecord {
@@ -144,19 +167,57 @@ impl Forwarder {
                 reason: "could not be read back".into(),
             }));
         };
-        Ok(tail::stored_next_from_headers(&last.record.headers, self.partition(), &internal, last.offset)
-            .map(|next| Tail { end, stored_next: Some(next) }))
+        Ok(tail::stored_next_from_headers(
+            &last.record.headers,
+            self.partition(),
+            &internal,
+            last.offset,
+        )
+        .map(|next| Tail {
+            end,
+            stored_next: Some(next),
+        }))
     }
 
-    /// Reads the tail, retrying transient errors until it succeeds or the task is cancelled.
-    pub async fn read_tail_retrying(&self, pc_slot: &mut Option<PartitionClient>) -> Result<Option<Tail>, SinkError> {
+    /// Reads the tail until two reads [`SETTLE`] apart agree, so that a request of an
+    /// earlier connection that the broker had not processed yet is seen. `None` when
+    /// cancelled.
+    pub async fn read_settled_tail(
+        &self,
+        pc_slot: &mut Option<PartitionClient>,
+    ) -> Result<Option<Tail>, SinkError> {
+        let Some(mut tail) = self.read_tail_retrying(pc_slot).await? else {
+            return Ok(None);
+        };
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(SETTLE) => {}
+            }
+            let Some(again) = self.read_tail_retrying(pc_slot).await? else {
+                return Ok(None);
+            };
+            if again == tail {
+                return Ok(Some(tail));
+            }
+            info!(partition = %self.partition(), before = tail.end, now = again.end, "internal partition's end moved while settling (a request of an earlier connection landed); reading again");
+            tail = again;
+        }
+    }
+
+    /// Reads the tail once, retrying transient errors until it succeeds or the task is cancelled.
+    async fn read_tail_retrying(
+        &self,
+        pc_slot: &mut Option<PartitionClient>,
+    ) -> Result<Option<Tail>, SinkError> {
         let mut retry = Retry::new(Duration::from_secs(10));
         loop {
             let attempt = async {
                 if pc_slot.is_none() {
                     *pc_slot = Some(self.connect().await?);
                 }
-                self.read_tail(pc_slot.as_ref().expect("just connected")).await
+                self.read_tail(pc_slot.as_ref().expect("just connected"))
+                    .await
             };
             let result = tokio::select! {
                 _ = self.cancel.cancelled() => return Ok(None),
@@ -166,7 +227,10 @@ impl Forwarder {
                 Ok(Ok(tail)) => return Ok(Some(tail)),
                 Ok(Err(source)) => {
                     error!(partition = %self.partition(), error = %source, "forwarding stops for this partition");
-                    return Err(SinkError::Tail { partition: self.partition().clone(), source });
+                    return Err(SinkError::Tail {
+                        partition: self.partition().clone(),
+                        source,
+                    });
                 }
                 Err(e) if e.is_transient() => {
                     *pc_slot = None;
@@ -192,15 +256,25 @@ impl Forwarder {
     }
 
     /// Runs until cancelled or a permanent error, starting from a tail read at start-up.
-    pub async fn run(self, initial: Tail) -> Result<(), SinkError> {
+    /// `leader` is the connection the start-up tail check used, if still good.
+    pub async fn run(
+        self,
+        initial: Tail,
+        mut leader: Option<PartitionClient>,
+    ) -> Result<(), SinkError> {
         let partition = self.partition().clone();
-        let wal_err = |source| SinkError::Wal { partition: partition.clone(), source };
+        let wal_err = |source| SinkError::Wal {
+            partition: partition.clone(),
+            source,
+        };
         let mut tail = initial;
-        let mut leader: Option<PartitionClient> = None;
         let mut retry = Retry::new(Duration::from_secs(10));
 
         while !self.cancel.is_cancelled() {
-            let entries = self.log.oldest(self.max_records, self.max_bytes).map_err(wal_err)?;
+            let entries = self
+                .log
+                .oldest(self.max_records, self.max_bytes)
+                .map_err(wal_err)?;
             let Some(last) = entries.last() else {
                 tokio::select! {
                     _ = self.cancel.cancelled() => break,
@@ -239,17 +313,22 @@ impl Forwarder {
             // Not cancellable: a produce in flight is finished, then the loop ends.
             let result = self
                 .cluster
-                .bounded(format!("producing {count} records to {}", self.internal_name()), produce)
+                .bounded(
+                    format!("producing {count} records to {}", self.internal_name()),
+                    produce,
+                )
                 .await;
             match result {
                 Ok(offsets) => {
                     retry.reset();
                     if offsets.first() != Some(&tail.end) || offsets.len() != count {
-                        self.metrics.unexpected_produce_offsets.fetch_add(1, Ordering::Relaxed);
+                        self.metrics
+                            .unexpected_produce_offsets
+                            .fetch_add(1, Ordering::Relaxed);
                         error!(%partition, internal = %self.internal_name(), expected_first = tail.end, assigned = ?offsets.first(), count,
                             "the broker stored the batch at an unexpected offset: another producer writes to this internal partition, or a request was stored twice");
                         // Re-read the truth before going on.
-                        match self.read_tail_retrying(&mut leader).await? {
+                        match self.read_settled_tail(&mut leader).await? {
                             Some(t) => tail = t,
                             None => break,
                         }
@@ -260,7 +339,9 @@ impl Forwarder {
                         };
                     }
                     self.release(release_to).await.map_err(wal_err)?;
-                    self.metrics.forwarded_records.fetch_add(count as u64, Ordering::Relaxed);
+                    self.metrics
+                        .forwarded_records
+                        .fetch_add(count as u64, Ordering::Relaxed);
                 }
                 Err(e) if e.is_transient() => {
                     // The outcome is unknown: the batch may or may not be stored.
@@ -269,11 +350,15 @@ impl Forwarder {
                     warn!(%partition, error = %e, retry_in = ?delay, "produce outcome unknown; will reconnect and re-read the internal partition's tail before re-sending");
                     tokio::select! {
                         _ = self.cancel.cancelled() => break,
-                        _ = tokio::time::sleep(delay + SETTLE) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    match self.read_tail_retrying(&mut leader).await? {
+                    match self.read_settled_tail(&mut leader).await? {
                         Some(t) => {
                             info!(%partition, internal_end = t.end, stored_next = ?t.stored_next, "internal partition's tail re-read; resuming");
+                            // Records the lost acknowledgement covered are forwarded too.
+                            self.metrics
+                                .forwarded_records
+                                .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
                             tail = t;
                         }
                         None => break,
@@ -289,7 +374,9 @@ impl Forwarder {
     async fn release(&self, forwarded_next: i64) -> Result<(), WalError> {
         self.log.release(forwarded_next)?;
         self.wal.commit().await?;
-        self.metrics.forwarded_next.store(forwarded_next, Ordering::Relaxed);
+        self.metrics
+            .forwarded_next
+            .store(forwarded_next, Ordering::Relaxed);
         Ok(())
     }
 
@@ -301,8 +388,14 @@ impl Forwarder {
             .collect();
         let p = self.partition();
         headers.insert(source_headers::TOPIC.into(), p.topic.clone().into_bytes());
-        headers.insert(source_headers::PARTITION.into(), p.partition.to_string().into_bytes());
-        headers.insert(source_headers::OFFSET.into(), r.offset.to_string().into_bytes());
+        headers.insert(
+            source_headers::PARTITION.into(),
+            p.partition.to_string().into_bytes(),
+        );
+        headers.insert(
+            source_headers::OFFSET.into(),
+            r.offset.to_string().into_bytes(),
+        );
         Record {
             key: r.key.clone(),
             value: r.value.clone(),
@@ -310,7 +403,11 @@ impl Forwarder {
             timestamp: Utc
                 .timestamp_millis_opt(r.timestamp_ms)
                 .single()
-                .unwrap_or_else(|| Utc.timestamp_millis_opt(0).single().expect("epoch is a valid time")),
+                .unwrap_or_else(|| {
+                    Utc.timestamp_millis_opt(0)
+                        .single()
+                        .expect("epoch is a valid time")
+                }),
         }
     }
 }

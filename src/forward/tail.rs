@@ -41,7 +41,8 @@ pub fn stored_next_from_headers(
         let raw = headers
             .get(name)
             .ok_or_else(|| foreign(format!("has no `{name}` header")))?;
-        String::from_utf8(raw.clone()).map_err(|_| foreign(format!("has a non-UTF-8 `{name}` header")))
+        String::from_utf8(raw.clone())
+            .map_err(|_| foreign(format!("has a non-UTF-8 `{name}` header")))
     };
     let topic = text(source_headers::TOPIC)?;
     let partition = text(source_headers::PARTITION)?;
@@ -50,9 +51,12 @@ pub fn stored_next_from_headers(
             "comes from {topic}/{partition}, not from {source}"
         )));
     }
-    let source_offset: i64 = text(source_headers::OFFSET)?
-        .parse()
-        .map_err(|_| foreign(format!("has a `{}` header that is not an offset", source_headers::OFFSET)))?;
+    let source_offset: i64 = text(source_headers::OFFSET)?.parse().map_err(|_| {
+        foreign(format!(
+            "has a `{}` header that is not an offset",
+            source_headers::OFFSET
+        ))
+    })?;
     Ok(source_offset + 1)
 }
 
@@ -128,7 +132,10 @@ mod tests {
             },
         ];
         let offsets = |next| -> Vec<i64> {
-            unstored_records(&entries, next).iter().map(|r| r.offset).collect()
+            unstored_records(&entries, next)
+                .iter()
+                .map(|r| r.offset)
+                .collect()
         };
         assert_eq!(offsets(None), vec![3, 4, 7, 8, 9]);
         assert_eq!(offsets(Some(5)), vec![7, 8, 9]);

@@ -108,7 +108,10 @@ mod tests {
             for bit in 0..8 {
                 let mut damaged = bytes.clone();
                 damaged[i] ^= 1 << bit;
-                assert!(decode(&damaged).is_err(), "flip of bit {bit} in byte {i} went unnoticed");
+                assert!(
+                    decode(&damaged).is_err(),
+                    "flip of bit {bit} in byte {i} went unnoticed"
+                );
             }
         }
     }
@@ -117,7 +120,10 @@ mod tests {
     fn truncation_is_detected() {
         let bytes = encode(&sample());
         for len in 0..bytes.len() {
-            assert!(decode(&bytes[..len]).is_err(), "truncation to {len} bytes went unnoticed");
+            assert!(
+                decode(&bytes[..len]).is_err(),
+                "truncation to {len} bytes went unnoticed"
+            );
         }
     }
 

@@ -380,14 +380,12 @@ impl PartitionLog {
             None => Ok(None),
             Some(v) => {
                 let bytes: [u8; 8] =
-                    v.as_ref()
-                        .try_into()
-                        .map_err(|_| WalError::BadCheckpoint {
-                            connector: self.connector.clone(),
-                            partition: self.partition.clone(),
-                            name,
-                            len: v.len(),
-                        })?;
+                    v.as_ref().try_into().map_err(|_| WalError::BadCheckpoint {
+                        connector: self.connector.clone(),
+                        partition: self.partition.clone(),
+                        name,
+                        len: v.len(),
+                    })?;
                 Ok(Some(i64::from_be_bytes(bytes)))
             }
         }
@@ -414,7 +412,11 @@ impl PartitionLog {
 
     /// Reads the oldest entries, stopping after `max_records` records or `max_bytes`
     /// encoded bytes (at least one entry when any exists).
-    pub fn oldest(&self, max_records: usize, max_bytes: usize) -> Result<Vec<FetchedBatch>, WalError> {
+    pub fn oldest(
+        &self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FetchedBatch>, WalError> {
         let mut out = Vec::new();
         let (mut records, mut bytes) = (0, 0);
         for item in self.tree.range(entry_key(0)..) {
@@ -456,7 +458,11 @@ impl PartitionLog {
         self.release_and_bump(stored_next, bump)
     }
 
-    fn release_and_bump(&self, forwarded_next: i64, fetched_next: Option<i64>) -> Result<(), WalError> {
+    fn release_and_bump(
+        &self,
+        forwarded_next: i64,
+        fetched_next: Option<i64>,
+    ) -> Result<(), WalError> {
         let mut write = sled::Batch::default();
         let mut freed = 0u64;
         for item in self.tree.range(entry_key(0)..) {
@@ -477,7 +483,10 @@ impl PartitionLog {
             write.insert(FETCHED_NEXT, &next.to_be_bytes());
         }
         self.tree.apply_batch(write)?;
-        self.wal.shared.used_bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.wal
+            .shared
+            .used_bytes
+            .fetch_sub(freed, Ordering::Relaxed);
         self.wal.note_write();
         if freed > 0 {
             self.wal.shared.space_freed.notify_waiters();
@@ -569,7 +578,10 @@ mod tests {
         assert!(wal.used_bytes() > 0);
 
         log.release(3).unwrap();
-        assert_eq!(log.oldest(usize::MAX, usize::MAX).unwrap(), vec![batch(&[5, 6], 8)]);
+        assert_eq!(
+            log.oldest(usize::MAX, usize::MAX).unwrap(),
+            vec![batch(&[5, 6], 8)]
+        );
         assert_eq!(log.checkpoints().unwrap().forwarded_next, Some(3));
         log.release(8).unwrap();
         assert!(log.oldest(usize::MAX, usize::MAX).unwrap().is_empty());
@@ -588,7 +600,10 @@ mod tests {
             used = wal.used_bytes();
         }
         let wal = Wal::open(dir.path(), options()).unwrap();
-        assert_eq!(wal.partitions(), vec![("c".to_owned(), SourcePartition::new("t", 3))]);
+        assert_eq!(
+            wal.partitions(),
+            vec![("c".to_owned(), SourcePartition::new("t", 3))]
+        );
         assert_eq!(wal.used_bytes(), used);
         let log = wal.partition("c", &SourcePartition::new("t", 3)).unwrap();
         assert_eq!(log.checkpoints().unwrap().fetched_next, Some(12));
@@ -616,7 +631,10 @@ mod tests {
 
         let err = log.oldest(10, 1 << 20).unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("t/1") && message.contains("offset 4"), "{message}");
+        assert!(
+            message.contains("t/1") && message.contains("offset 4"),
+            "{message}"
+        );
         assert_eq!(log.check().unwrap().len(), 1);
         assert_eq!(log.stats().unwrap().damaged_entries, 1);
     }

@@ -4,6 +4,8 @@
 //! Brokers come from `scripts/broker` (installed by `scripts/install-broker`); every
 //! process started here is killed when its handle drops, even when a test fails.
 #![allow(dead_code)]
+// The process helpers are synchronous and short; the async tests use a multi-thread runtime.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -114,17 +116,22 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 pub async fn client(addr: &str) -> Client {
-    tokio::time::timeout(Duration::from_secs(20), ClientBuilder::new(vec![addr.to_owned()]).build())
-        .await
-        .expect("test client connects in time")
-        .expect("test client connects")
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        ClientBuilder::new(vec![addr.to_owned()]).build(),
+    )
+    .await
+    .expect("test client connects in time")
+    .expect("test client connects")
 }
 
 pub async fn create_topic(addr: &str, topic: &str, partitions: i32) {
@@ -150,7 +157,10 @@ pub fn test_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
         .map(|i| {
             let mut headers = BTreeMap::new();
             if i % 3 != 0 {
-                headers.insert("trace".to_owned(), format!("t-{partition}-{i}").into_bytes());
+                headers.insert(
+                    "trace".to_owned(),
+                    format!("t-{partition}-{i}").into_bytes(),
+                );
             }
             if i % 5 == 0 {
                 headers.insert("empty".to_owned(), Vec::new());
@@ -164,7 +174,9 @@ pub fn test_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
                     v
                 }),
                 headers,
-                timestamp: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64).unwrap(),
+                timestamp: Utc
+                    .timestamp_millis_opt(1_700_000_000_000 + i as i64)
+                    .unwrap(),
             }
         })
         .collect()
@@ -172,7 +184,9 @@ pub fn test_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
 
 pub async fn produce(pc: &PartitionClient, records: Vec<Record>) {
     for chunk in records.chunks(200) {
-        pc.produce(chunk.to_vec(), Compression::NoCompression).await.unwrap();
+        pc.produce(chunk.to_vec(), Compression::NoCompression)
+            .await
+            .unwrap();
     }
 }
 
@@ -207,17 +221,29 @@ pub async fn wait_for_end(addr: &str, topic: &str, partition: i32, end: i64, wit
         if now >= end {
             return;
         }
-        assert!(Instant::now() < deadline, "{topic}/{partition} reached offset {now}, not {end}, within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{topic}/{partition} reached offset {now}, not {end}, within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Checks that `internal` holds each record of `source` exactly once, in order, intact.
-pub fn assert_exactly_once(source: &[RecordAndOffset], internal: &[RecordAndOffset], topic: &str, partition: i32) {
+pub fn assert_exactly_once(
+    source: &[RecordAndOffset],
+    internal: &[RecordAndOffset],
+    topic: &str,
+    partition: i32,
+) {
     let offsets: Vec<i64> = internal
         .iter()
         .map(|r| {
-            let raw = r.record.headers.get(SOURCE_OFFSET_HEADER).expect("source offset header");
+            let raw = r
+                .record
+                .headers
+                .get(SOURCE_OFFSET_HEADER)
+                .expect("source offset header");
             String::from_utf8(raw.clone()).unwrap().parse().unwrap()
         })
         .collect();
@@ -234,14 +260,36 @@ pub fn assert_exactly_once(source: &[RecordAndOffset], internal: &[RecordAndOffs
         internal.len()
     );
     for (s, i) in source.iter().zip(internal) {
-        assert_eq!(s.record.key, i.record.key, "key of source offset {}", s.offset);
-        assert_eq!(s.record.value, i.record.value, "value of source offset {}", s.offset);
-        assert_eq!(s.record.timestamp, i.record.timestamp, "timestamp of source offset {}", s.offset);
+        assert_eq!(
+            s.record.key, i.record.key,
+            "key of source offset {}",
+            s.offset
+        );
+        assert_eq!(
+            s.record.value, i.record.value,
+            "value of source offset {}",
+            s.offset
+        );
+        assert_eq!(
+            s.record.timestamp, i.record.timestamp,
+            "timestamp of source offset {}",
+            s.offset
+        );
         let mut expected = s.record.headers.clone();
         expected.insert(SOURCE_TOPIC_HEADER.into(), topic.as_bytes().to_vec());
-        expected.insert(SOURCE_PARTITION_HEADER.into(), partition.to_string().into_bytes());
-        expected.insert(SOURCE_OFFSET_HEADER.into(), s.offset.to_string().into_bytes());
-        assert_eq!(expected, i.record.headers, "headers of source offset {}", s.offset);
+        expected.insert(
+            SOURCE_PARTITION_HEADER.into(),
+            partition.to_string().into_bytes(),
+        );
+        expected.insert(
+            SOURCE_OFFSET_HEADER.into(),
+            s.offset.to_string().into_bytes(),
+        );
+        assert_eq!(
+            expected, i.record.headers,
+            "headers of source offset {}",
+            s.offset
+        );
     }
 }
 
@@ -294,7 +342,11 @@ impl Service {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "service already running");
         self.runs += 1;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
             .args(["run", "--config"])
             .arg(&self.config)
@@ -327,7 +379,10 @@ impl Service {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("service did not exit within {within:?} of SIGTERM; log:\n{}", self.log_text());
+                panic!(
+                    "service did not exit within {within:?} of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -343,7 +398,10 @@ impl Service {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("service still running after {within:?}; log:\n{}", self.log_text());
+                panic!(
+                    "service still running after {within:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -363,7 +421,11 @@ impl Service {
         let line = text.lines().rev().find(|l| l.contains(" progress "))?;
         let field = |name: &str| -> Option<u64> {
             let start = line.find(&format!("{name}="))? + name.len() + 1;
-            line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            line[start..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
         };
         Some((field("fetched")?, field("forwarded")?, field("wal_bytes")?))
     }
@@ -372,7 +434,11 @@ impl Service {
     pub async fn wait_log(&self, what: &str, within: Duration, pred: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + within;
         while !pred(&self.log_text()) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -398,7 +464,11 @@ pub fn wal_fetched_next(data_dir: &Path) -> BTreeMap<(String, i32), Option<i64>>
         .arg(data_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "wal stats failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "wal stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     stats
         .as_array()
@@ -406,7 +476,10 @@ pub fn wal_fetched_next(data_dir: &Path) -> BTreeMap<(String, i32), Option<i64>>
         .iter()
         .map(|s| {
             (
-                (s["topic"].as_str().unwrap().to_owned(), s["partition"].as_i64().unwrap() as i32),
+                (
+                    s["topic"].as_str().unwrap().to_owned(),
+                    s["partition"].as_i64().unwrap() as i32,
+                ),
                 s["fetched_next"].as_i64(),
             )
         })
