@@ -86,6 +86,9 @@ pub async fn run(
         .await
         .expect("opening the WAL does not panic")?;
     info!(data_dir = %config.data_dir.display(), wal_bytes = wal.used_bytes(), "WAL opened");
+    if let Some(dlq) = &connector.dead_letter_topic {
+        warn!(topic = %dlq, "errors.deadletterqueue.topic.name is set, but this version routes no record there: with format=string every record is forwarded");
+    }
 
     let source_cluster = Cluster {
         role: "external",

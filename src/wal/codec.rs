@@ -33,7 +33,7 @@ pub enum DecodeError {
 }
 
 /// Encodes a batch as one WAL value.
-pub(crate) fn encode(batch: &FetchedBatch) -> Vec<u8> {
+pub fn encode(batch: &FetchedBatch) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION, 0, 0, 0, 0];
     bincode::serde::encode_into_std_write(batch, &mut out, bincode::config::standard())
         .expect("encoding into a Vec cannot fail");
