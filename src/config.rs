@@ -339,13 +339,14 @@ impl RawConfig {
             message: e.to_string(),
         })?;
         if path.extension().is_some_and(|e| e == "json") {
-            let value: serde_json::Value =
+            // JSON maps onto TOML's data model (but for null), so one flattening serves both.
+            let value: toml::Value =
                 serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
                     path: path.to_owned(),
                     format: "JSON",
                     message: e.to_string(),
                 })?;
-            Ok(Self::from_json(&value))
+            Ok(Self::from_value(&value))
         } else {
             Self::from_toml_str(&text).map_err(|message| ConfigError::Syntax {
                 path: path.to_owned(),
@@ -366,14 +367,12 @@ impl RawConfig {
             }
             message
         })?;
-        let mut out = BTreeMap::new();
-        flatten_toml("", &toml::Value::Table(table), &mut out);
-        Ok(Self(out))
+        Ok(Self::from_value(&toml::Value::Table(table)))
     }
 
-    fn from_json(value: &serde_json::Value) -> Self {
+    fn from_value(value: &toml::Value) -> Self {
         let mut out = BTreeMap::new();
-        flatten_json("", value, &mut out);
+        flatten_toml("", value, &mut out);
         Self(out)
     }
 
@@ -734,32 +733,6 @@ fn flatten_toml(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, St
     }
 }
 
-fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
-    let join = |k: &str| {
-        if prefix.is_empty() {
-            k.to_owned()
-        } else {
-            format!("{prefix}.{k}")
-        }
-    };
-    match value {
-        serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| flatten_json(&join(k), v, out)),
-        serde_json::Value::String(s) => {
-            out.insert(prefix.to_owned(), s.clone());
-        }
-        serde_json::Value::Array(items) => {
-            let parts: Vec<String> = items
-                .iter()
-                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
-                .collect();
-            out.insert(prefix.to_owned(), parts.join(","));
-        }
-        other => {
-            out.insert(prefix.to_owned(), other.to_string());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,13 +776,17 @@ topic.include.list = "orders,payments"
 
     #[test]
     fn json_file_flattens_like_toml() {
-        let json = serde_json::json!({
+        let json = serde_json::to_string(&serde_json::json!({
             "data.dir": "/tmp/kd",
             "internal": {"bootstrap.servers": "127.0.0.1:9093"},
             "connector": {"name": "c", "kafka.bootstrap.servers": "h:1", "topic.prefix": "p",
                           "topic.include.list": ["a", "b"], "auto.offset.reset": "latest"}
-        });
-        let cfg = RawConfig::from_json(&json).build().unwrap();
+        }))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("service.json");
+        std::fs::write(&path, json).unwrap();
+        let cfg = RawConfig::from_file(&path).unwrap().build().unwrap();
         assert_eq!(cfg.connector.topics, vec!["a", "b"]);
         assert_eq!(cfg.connector.auto_offset_reset, OffsetReset::Latest);
     }

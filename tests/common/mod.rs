@@ -370,25 +370,11 @@ impl Service {
 
     /// SIGTERM, then waits for the exit (bounded).
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("service running");
-        signal(child.id(), "TERM");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "service did not exit within {within:?} of SIGTERM; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        signal(self.pid(), "TERM");
+        self.wait_exit(within)
     }
 
-    /// Waits for the service to exit by itself (bounded).
+    /// Waits for the service to exit (bounded); kills it and fails the test past `within`.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("service running");
         let deadline = Instant::now() + within;
@@ -453,6 +439,72 @@ impl Drop for Service {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Two brokers, a source topic, and a configured (not yet started) service.
+pub struct Pipeline {
+    pub external: Broker,
+    pub internal: Broker,
+    pub service: Service,
+    pub topic: &'static str,
+    pub partitions: i32,
+    _dir: tempfile::TempDir,
+}
+
+impl Pipeline {
+    pub async fn new(topic: &'static str, partitions: i32, extra: &[(&str, &str)]) -> Self {
+        let (external, internal) = (Broker::start(), Broker::start());
+        create_topic(&external.addr(), topic, partitions).await;
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::configure(
+            dir.path(),
+            ServiceConfig {
+                external: &external.addr(),
+                internal: &internal.addr(),
+                topics: topic,
+                extra,
+            },
+        );
+        Self {
+            external,
+            internal,
+            service,
+            topic,
+            partitions,
+            _dir: dir,
+        }
+    }
+
+    pub fn internal_topic(&self) -> String {
+        format!("int.{}", self.topic)
+    }
+
+    /// Produces `n` test records to every partition, numbered from `start`.
+    pub async fn produce_each(&self, start: usize, n: usize) {
+        for p in 0..self.partitions {
+            let pc = partition_client(&self.external.addr(), self.topic, p).await;
+            produce(&pc, test_records(p, start, n)).await;
+        }
+    }
+
+    /// Waits until every internal partition caught up with its source partition, then
+    /// checks each holds every source record from `skip` on exactly once, intact.
+    pub async fn assert_replicated(&self, skip: usize, within: Duration) {
+        for p in 0..self.partitions {
+            let end = end_offset(&self.external.addr(), self.topic, p).await;
+            wait_for_end(
+                &self.internal.addr(),
+                &self.internal_topic(),
+                p,
+                end - skip as i64,
+                within,
+            )
+            .await;
+            let source = read_all(&self.external.addr(), self.topic, p).await;
+            let copied = read_all(&self.internal.addr(), &self.internal_topic(), p).await;
+            assert_exactly_once(&source[skip..], &copied, self.topic, p);
         }
     }
 }
