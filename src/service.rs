@@ -134,7 +134,26 @@ pub async fn run(
             found: source_topics.keys().cloned().collect::<Vec<_>>().join(","),
         });
     }
-    ensure_internal_topics(&config, &internal_cluster, &internal_client, &source_topics).await?;
+    // Start-up steps on the internal cluster retry transient errors a few times: its
+    // client has no internal retries (see cluster.rs), and a broken connection here says
+    // nothing about the cluster being unusable. Each attempt re-lists the topics, so a
+    // topic created by an attempt whose answer was lost is seen as existing.
+    let mut retry = crate::cluster::Retry::new(Duration::from_secs(5));
+    let mut attempts = 0;
+    loop {
+        match ensure_internal_topics(&config, &internal_cluster, &internal_client, &source_topics)
+            .await
+        {
+            Ok(()) => break,
+            Err(ServiceError::Cluster(e)) if e.is_transient() && attempts < 5 => {
+                attempts += 1;
+                let delay = retry.delay();
+                warn!(error = %e, retry_in = ?delay, "preparing internal topics failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();

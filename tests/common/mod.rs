@@ -76,11 +76,21 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Self {
+        Self::start_advertising(None)
+    }
+
+    /// A broker that tells clients to connect to `advertised_port` (a proxy's).
+    pub fn start_advertising(advertised_port: Option<u16>) -> Self {
         install_tools();
         for _ in 0..5 {
             let port = free_port();
+            let advertised = advertised_port.unwrap_or(port);
             let mut child = Command::new(repo_root().join("scripts/broker"))
-                .arg(port.to_string())
+                .args([
+                    port.to_string(),
+                    "memory://tansu/".into(),
+                    advertised.to_string(),
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -121,6 +131,86 @@ impl Drop for Broker {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of a broker that can drop a connection after the broker received
+/// a request but before its response reaches the client: the outcome the client sees is
+/// unknown while the broker may have acted on the request.
+pub struct CuttingProxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub cuts_done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    /// Listens on a free port; connect it to a broker with [`CuttingProxy::forward_to`].
+    pub async fn bind() -> (Self, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Self {
+            port,
+            cut: Default::default(),
+            cuts_done: Default::default(),
+            task: tokio::spawn(async {}),
+        };
+        (proxy, listener)
+    }
+
+    /// Starts relaying connections from `listener` to the broker on `broker_port`.
+    pub fn forward_to(&mut self, listener: tokio::net::TcpListener, broker_port: u16) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (cut, done) = (self.cut.clone(), self.cuts_done.clone());
+        self.task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
+                else {
+                    continue;
+                };
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut broker_rx, mut broker_tx) = broker.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_rx, &mut broker_tx).await;
+                });
+                let (cut, done) = (cut.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match broker_rx.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // A response is on its way back: swallow it and close, if asked to.
+                        if cut
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                            .is_ok()
+                        {
+                            done.fetch_add(1, Ordering::SeqCst);
+                            return; // drops both halves: the client sees a broken connection
+                        }
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// Cuts the next `n` responses (one per connection that answers next).
+    pub fn cut_next(&self, n: usize) {
+        self.cut.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -455,7 +545,17 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub async fn new(topic: &'static str, partitions: i32, extra: &[(&str, &str)]) -> Self {
-        let (external, internal) = (Broker::start(), Broker::start());
+        Self::with_internal(topic, partitions, extra, Broker::start()).await
+    }
+
+    /// As [`Pipeline::new`], with a given internal broker (for example one behind a proxy).
+    pub async fn with_internal(
+        topic: &'static str,
+        partitions: i32,
+        extra: &[(&str, &str)],
+        internal: Broker,
+    ) -> Self {
+        let external = Broker::start();
         create_topic(&external.addr(), topic, partitions).await;
         let dir = tempfile::tempdir().unwrap();
         let service = Service::configure(
