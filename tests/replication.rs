@@ -151,7 +151,9 @@ async fn sigterm_mid_stream_then_restart_loses_nothing_and_refetches_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_three_times_mid_stream_loses_and_duplicates_nothing() {
-    let mut p = Pipeline::new("crashy", 3, &[]).await;
+    // Small produce requests: WAL entries are forwarded in several pieces, so crashes
+    // also land between the pieces of one entry.
+    let mut p = Pipeline::new("crashy", 3, &[("forward.batch.max.bytes", "65536")]).await;
     let producer = produce_in_background(&p, 60);
     for round in 0..3u64 {
         std::fs::write(&p.service.log, "").unwrap();

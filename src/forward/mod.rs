@@ -283,14 +283,26 @@ impl Forwarder {
                 }
                 continue;
             };
-            let release_to = last.next_offset;
-            let records = tail::unstored_records(&entries, tail.stored_next);
-            let Some(last_record) = records.last() else {
-                self.release(release_to).await.map_err(wal_err)?;
+            let mut records = tail::unstored_records(&entries, tail.stored_next);
+            if records.is_empty() {
+                self.release(last.next_offset).map_err(wal_err)?;
                 continue;
+            }
+            // One produce request stays within the batch limits *after* the source
+            // headers are added; the rest of the entries goes in the next round.
+            let count = tail::produce_chunk_len(
+                &records,
+                self.max_records,
+                self.max_bytes,
+                self.header_overhead(),
+            );
+            let release_to = if count == records.len() {
+                last.next_offset
+            } else {
+                records[count - 1].offset + 1
             };
-            let last_source_offset = last_record.offset;
-            let count = records.len();
+            records.truncate(count);
+            let last_source_offset = records[count - 1].offset;
 
             if leader.is_none() {
                 match self.connect().await {
@@ -338,7 +350,7 @@ impl Forwarder {
                             stored_next: Some(last_source_offset + 1),
                         };
                     }
-                    self.release(release_to).await.map_err(wal_err)?;
+                    self.release(release_to).map_err(wal_err)?;
                     self.metrics
                         .forwarded_records
                         .fetch_add(count as u64, Ordering::Relaxed);
@@ -371,13 +383,22 @@ impl Forwarder {
         Ok(())
     }
 
-    async fn release(&self, forwarded_next: i64) -> Result<(), WalError> {
+    /// Drops forwarded entries and stores `forwarded_next`. Not waited on for
+    /// durability: the next group commit or sled's background flush persists it, and a
+    /// crash that loses it is harmless, because the start-up tail check, not this
+    /// checkpoint, decides what is already stored.
+    fn release(&self, forwarded_next: i64) -> Result<(), WalError> {
         self.log.release(forwarded_next)?;
-        self.wal.commit().await?;
         self.metrics
             .forwarded_next
             .store(forwarded_next, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Bytes the source headers and record framing add to each produced record (an
+    /// upper bound: three header names, a topic name, two decimal numbers, varints).
+    fn header_overhead(&self) -> usize {
+        96 + self.partition().topic.len()
     }
 
     fn to_internal(&self, r: &SourceRecord) -> Record {

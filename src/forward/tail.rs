@@ -70,6 +70,24 @@ pub fn unstored_records(entries: &[FetchedBatch], stored_next: Option<i64>) -> V
         .collect()
 }
 
+/// How many of `records` go into one produce request: at most `max_records`, and at
+/// most `max_bytes` counting `overhead` extra bytes per record; always at least one.
+pub fn produce_chunk_len(
+    records: &[&SourceRecord],
+    max_records: usize,
+    max_bytes: usize,
+    overhead: usize,
+) -> usize {
+    let mut bytes = 0;
+    for (i, r) in records.iter().enumerate().take(max_records) {
+        bytes += r.approximate_size() + overhead;
+        if bytes > max_bytes {
+            return i.max(1);
+        }
+    }
+    records.len().min(max_records).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +135,21 @@ mod tests {
             let err = stored_next_from_headers(&h, &sp, "ext.orders/2", 9).unwrap_err();
             assert!(err.to_string().contains("ext.orders/2 (offset 9)"), "{err}");
         }
+    }
+
+    #[test]
+    fn produce_chunks_respect_count_and_bytes_with_header_overhead() {
+        let big = SourceRecord {
+            value: Some(vec![0; 400]),
+            ..record(0)
+        };
+        let records: Vec<&SourceRecord> = std::iter::repeat_n(&big, 10).collect();
+        assert_eq!(produce_chunk_len(&records, 100, 10_000, 100), 10);
+        assert_eq!(produce_chunk_len(&records, 3, 10_000, 100), 3);
+        // 500 bytes per record with overhead: two fit in 1000, not three.
+        assert_eq!(produce_chunk_len(&records, 100, 1_000, 100), 2);
+        // A single record larger than the limit still goes alone.
+        assert_eq!(produce_chunk_len(&records, 100, 10, 100), 1);
     }
 
     #[test]
