@@ -10,6 +10,7 @@
 
 pub mod tail;
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
 use crate::config::Compression;
 use crate::metrics::PartitionMetrics;
-use crate::record::{source_headers, SourcePartition, SourceRecord};
+use crate::record::{source_headers, FetchedBatch, SourcePartition, SourceRecord};
 use crate::wal::{PartitionLog, Wal, WalError};
 use tail::TailError;
 
@@ -270,37 +271,41 @@ impl Forwarder {
         let mut tail = initial;
         let mut retry = Retry::new(Duration::from_secs(10));
 
+        // Entries read and decoded once, kept until every record in them is stored.
+        let mut pending: VecDeque<FetchedBatch> = VecDeque::new();
+        let mut read_after: Option<i64> = None;
+
         while !self.cancel.is_cancelled() {
-            let entries = self
-                .log
-                .oldest(self.max_records, self.max_bytes)
+            if pending.is_empty() {
+                let entries = self
+                    .log
+                    .entries_after(read_after, self.max_records, self.max_bytes)
+                    .map_err(wal_err)?;
+                let Some(last) = entries.last() else {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                };
+                read_after = Some(last.first_offset());
+                pending.extend(entries);
+            }
+            self.release_stored(&mut pending, tail.stored_next)
                 .map_err(wal_err)?;
-            let Some(last) = entries.last() else {
-                tokio::select! {
-                    _ = self.cancel.cancelled() => break,
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            };
-            let mut records = tail::unstored_records(&entries, tail.stored_next);
+            let mut records = tail::unstored_records(pending.make_contiguous(), tail.stored_next);
             if records.is_empty() {
-                self.release(last.next_offset).map_err(wal_err)?;
                 continue;
             }
             // One produce request stays within the batch limits *after* the source
-            // headers are added; the rest of the entries goes in the next round.
+            // headers are added; the rest waits for the next round.
             let count = tail::produce_chunk_len(
                 &records,
                 self.max_records,
                 self.max_bytes,
                 self.header_overhead(),
             );
-            let release_to = if count == records.len() {
-                last.next_offset
-            } else {
-                records[count - 1].offset + 1
-            };
             records.truncate(count);
             let last_source_offset = records[count - 1].offset;
 
@@ -350,7 +355,8 @@ impl Forwarder {
                             stored_next: Some(last_source_offset + 1),
                         };
                     }
-                    self.release(release_to).map_err(wal_err)?;
+                    self.release_stored(&mut pending, tail.stored_next)
+                        .map_err(wal_err)?;
                     self.metrics
                         .forwarded_records
                         .fetch_add(count as u64, Ordering::Relaxed);
@@ -383,12 +389,37 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Drops forwarded entries and stores `forwarded_next`. Not waited on for
-    /// durability: the next group commit or sled's background flush persists it, and a
-    /// crash that loses it is harmless, because the start-up tail check, not this
-    /// checkpoint, decides what is already stored.
-    fn release(&self, forwarded_next: i64) -> Result<(), WalError> {
-        self.log.release(forwarded_next)?;
+    /// Drops the entries at the front of `pending` whose records are all stored and
+    /// checkpoints `forwarded_next`. Not waited on for durability: the next group commit
+    /// or sled's background flush persists it, and a crash that loses it is harmless,
+    /// because the start-up tail check, not this checkpoint, decides what is stored.
+    fn release_stored(
+        &self,
+        pending: &mut VecDeque<FetchedBatch>,
+        stored_next: Option<i64>,
+    ) -> Result<(), WalError> {
+        let Some(stored_next) = stored_next else {
+            return Ok(());
+        };
+        let mut done = Vec::new();
+        let mut forwarded_next = stored_next;
+        while let Some(entry) = pending.front() {
+            if entry
+                .records
+                .last()
+                .is_some_and(|r| r.offset >= stored_next)
+            {
+                break;
+            }
+            forwarded_next = forwarded_next.max(entry.next_offset);
+            done.push(entry.first_offset());
+            pending.pop_front();
+        }
+        if done.is_empty() && self.metrics.forwarded_next.load(Ordering::Relaxed) >= forwarded_next
+        {
+            return Ok(());
+        }
+        self.log.release_entries(&done, forwarded_next)?;
         self.metrics
             .forwarded_next
             .store(forwarded_next, Ordering::Relaxed);

@@ -417,9 +417,21 @@ impl PartitionLog {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<FetchedBatch>, WalError> {
+        self.entries_after(None, max_records, max_bytes)
+    }
+
+    /// As [`PartitionLog::oldest`], but only entries whose first offset is above `after`
+    /// (the first offset of the last entry the caller already holds).
+    pub fn entries_after(
+        &self,
+        after: Option<i64>,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FetchedBatch>, WalError> {
+        let start = after.map_or(entry_key(0), |a| entry_key(a.saturating_add(1)));
         let mut out = Vec::new();
         let (mut records, mut bytes) = (0, 0);
-        for item in self.tree.range(entry_key(0)..) {
+        for item in self.tree.range(start..) {
             let (key, value) = item?;
             let offset = entry_offset(&key).unwrap_or(-1);
             if !out.is_empty() && (records >= max_records || bytes + value.len() > max_bytes) {
@@ -431,6 +443,35 @@ impl PartitionLog {
             out.push(batch);
         }
         Ok(out)
+    }
+
+    /// Removes the entries starting at `first_offsets` (the caller decoded them and knows
+    /// they are forwarded) and stores `forwarded_next`, atomically, without decoding.
+    pub fn release_entries(
+        &self,
+        first_offsets: &[i64],
+        forwarded_next: i64,
+    ) -> Result<(), WalError> {
+        let mut write = sled::Batch::default();
+        let mut freed = 0u64;
+        for &first in first_offsets {
+            let key = entry_key(first);
+            if let Some(value) = self.tree.get(key)? {
+                freed += value.len() as u64;
+                write.remove(&key);
+            }
+        }
+        write.insert(FORWARDED_NEXT, &forwarded_next.to_be_bytes());
+        self.tree.apply_batch(write)?;
+        self.wal
+            .shared
+            .used_bytes
+            .fetch_sub(freed, Ordering::Relaxed);
+        self.wal.note_write();
+        if freed > 0 {
+            self.wal.shared.space_freed.notify_waiters();
+        }
+        Ok(())
     }
 
     fn corrupt(&self, offset: i64, reason: DecodeError) -> WalError {
@@ -637,6 +678,29 @@ mod tests {
         );
         assert_eq!(log.check().unwrap().len(), 1);
         assert_eq!(log.stats().unwrap().damaged_entries, 1);
+    }
+
+    #[test]
+    fn entries_after_reads_only_newer_entries_and_release_entries_frees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), options()).unwrap();
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        log.append(&batch(&[0, 1], 2)).unwrap();
+        log.append(&batch(&[2, 3], 4)).unwrap();
+        log.append(&batch(&[6], 7)).unwrap();
+        assert_eq!(
+            log.entries_after(Some(0), 10, 1 << 20).unwrap(),
+            vec![batch(&[2, 3], 4), batch(&[6], 7)]
+        );
+        assert_eq!(
+            log.entries_after(Some(2), 1, 1 << 20).unwrap(),
+            vec![batch(&[6], 7)]
+        );
+        log.release_entries(&[0, 2], 4).unwrap();
+        assert_eq!(log.oldest(10, 1 << 20).unwrap(), vec![batch(&[6], 7)]);
+        assert_eq!(log.checkpoints().unwrap().forwarded_next, Some(4));
+        log.release_entries(&[6], 7).unwrap();
+        assert_eq!(wal.used_bytes(), 0);
     }
 
     #[test]
