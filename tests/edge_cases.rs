@@ -18,8 +18,10 @@ async fn lost_produce_responses_never_store_a_record_twice() {
     let (mut proxy, listener) = CuttingProxy::bind().await;
     let internal = Broker::start_advertising(Some(proxy.port));
     proxy.forward_to(listener, internal.port);
+    // Produce requests of 30 records split each fetched entry (100 records) in pieces, so
+    // a lost response can leave an entry partly stored: only the tail check tells which part.
     let mut p =
-        Pipeline::with_internal("cuts", 2, &[("forward.batch.max.records", "100")], internal).await;
+        Pipeline::with_internal("cuts", 2, &[("forward.batch.max.records", "30")], internal).await;
     p.service.start();
     p.service
         .wait_log("replication to start", WAIT, |log| {
