@@ -241,3 +241,28 @@ async fn source_outage_longer_than_the_timeout_recovers_by_itself() {
     );
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_data_dir_resumes_from_the_internal_topic_without_duplicates() {
+    let mut p = Pipeline::new("rebuild", 2, &[]).await;
+    p.produce_each(0, 300).await;
+    p.service.start();
+    p.assert_replicated(0, WAIT).await;
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+
+    // The WAL is gone (disk replaced, data dir deleted): the internal topic's tail says
+    // where each partition stands, whatever auto.offset.reset says.
+    std::fs::remove_dir_all(p.service.data_dir()).unwrap();
+    p.produce_each(300, 200).await;
+    std::fs::write(&p.service.log, "").unwrap();
+    p.service.start();
+    p.assert_replicated(0, WAIT).await;
+    let log = p.service.log_text();
+    assert_eq!(
+        log.matches("internal partition already stores everything below this source offset")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
