@@ -44,6 +44,16 @@ pub enum ClusterError {
         /// The bound.
         timeout: Duration,
     },
+    /// A fetch answered without the record that must be there (below the high watermark).
+    #[error("{what} on the {role} cluster: the broker returned no record at offset {offset}")]
+    NoRecord {
+        /// The operation.
+        what: String,
+        /// "external" or "internal".
+        role: &'static str,
+        /// The offset asked for.
+        offset: i64,
+    },
     /// The client reported an error.
     #[error("{what} on the {role} cluster ({servers}) failed: {source}")]
     Client {
@@ -64,7 +74,7 @@ impl ClusterError {
     pub fn is_transient(&self) -> bool {
         use rskafka::client::error::{Error, ProtocolError as P};
         match self {
-            ClusterError::Timeout { .. } => true,
+            ClusterError::Timeout { .. } | ClusterError::NoRecord { .. } => true,
             ClusterError::Client { source, .. } => match source {
                 Error::Connection(_) | Error::Request(_) | Error::RetryFailed(_) => true,
                 Error::ServerError { protocol_error, .. } => matches!(

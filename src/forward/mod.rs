@@ -154,19 +154,28 @@ impl Forwarder {
             }));
         }
         let max = (self.max_bytes as i32).saturating_mul(2).max(1 << 20);
-        let (records, _) = self
-            .cluster
-            .bounded(
-                format!("reading the last record of {internal}"),
-                pc.fetch_records(end - 1, 1..max, PROBE_WAIT_MS),
-            )
-            .await?;
-        let Some(last) = records.iter().rev().find(|r| r.offset == end - 1) else {
-            return Ok(Err(TailError::ForeignRecord {
-                internal,
+        // tansu sometimes answers a short fetch with no records although they exist:
+        // wait longer on each try before calling the partition unreadable.
+        let mut last = None;
+        for max_wait_ms in [PROBE_WAIT_MS, 100, 500] {
+            let (records, _) = self
+                .cluster
+                .bounded(
+                    format!("reading the last record of {internal}"),
+                    pc.fetch_records(end - 1, 1..max, max_wait_ms),
+                )
+                .await?;
+            last = records.into_iter().rev().find(|r| r.offset == end - 1);
+            if last.is_some() {
+                break;
+            }
+        }
+        let Some(last) = last else {
+            return Err(ClusterError::NoRecord {
+                what: format!("reading the last record of {internal}"),
+                role: self.cluster.role,
                 offset: end - 1,
-                reason: "could not be read back".into(),
-            }));
+            });
         };
         Ok(tail::stored_next_from_headers(
             &last.record.headers,

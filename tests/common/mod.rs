@@ -305,16 +305,28 @@ pub async fn end_offset(addr: &str, topic: &str, partition: i32) -> i64 {
 }
 
 pub async fn wait_for_end(addr: &str, topic: &str, partition: i32, end: i64, within: Duration) {
+    if let Err(now) = reach_end(addr, topic, partition, end, within).await {
+        panic!("{topic}/{partition} reached offset {now}, not {end}, within {within:?}");
+    }
+}
+
+/// Waits until the partition's end is at least `end`; `Err(current end)` past `within`.
+pub async fn reach_end(
+    addr: &str,
+    topic: &str,
+    partition: i32,
+    end: i64,
+    within: Duration,
+) -> Result<(), i64> {
     let deadline = Instant::now() + within;
     loop {
         let now = end_offset(addr, topic, partition).await;
         if now >= end {
-            return;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "{topic}/{partition} reached offset {now}, not {end}, within {within:?}"
-        );
+        if Instant::now() >= deadline {
+            return Err(now);
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -594,14 +606,22 @@ impl Pipeline {
     pub async fn assert_replicated(&self, skip: usize, within: Duration) {
         for p in 0..self.partitions {
             let end = end_offset(&self.external.addr(), self.topic, p).await;
-            wait_for_end(
+            let target = end - skip as i64;
+            let reached = reach_end(
                 &self.internal.addr(),
                 &self.internal_topic(),
                 p,
-                end - skip as i64,
+                target,
                 within,
             )
             .await;
+            if let Err(now) = reached {
+                panic!(
+                    "{}/{p} reached offset {now}, not {target}, within {within:?}; service log:\n{}",
+                    self.internal_topic(),
+                    self.service.log_text()
+                );
+            }
             let source = read_all(&self.external.addr(), self.topic, p).await;
             let copied = read_all(&self.internal.addr(), &self.internal_topic(), p).await;
             assert_exactly_once(&source[skip..], &copied, self.topic, p);
