@@ -60,9 +60,6 @@ pub enum ServiceError {
     /// Every partition task stopped on an error.
     #[error("every partition stopped on an error; first: {0}")]
     AllFailed(String),
-    /// A forwarder failed before it could start.
-    #[error(transparent)]
-    Sink(#[from] SinkError),
 }
 
 enum TaskEnd {

@@ -462,6 +462,12 @@ impl PartitionLog {
             }
         }
         write.insert(FORWARDED_NEXT, &forwarded_next.to_be_bytes());
+        self.apply_removal(write, freed)
+    }
+
+    /// Applies a batch that removes `freed` bytes of entries, and wakes fetchers
+    /// waiting for room.
+    fn apply_removal(&self, write: sled::Batch, freed: u64) -> Result<(), WalError> {
         self.tree.apply_batch(write)?;
         self.wal
             .shared
@@ -523,16 +529,7 @@ impl PartitionLog {
         if let Some(next) = fetched_next {
             write.insert(FETCHED_NEXT, &next.to_be_bytes());
         }
-        self.tree.apply_batch(write)?;
-        self.wal
-            .shared
-            .used_bytes
-            .fetch_sub(freed, Ordering::Relaxed);
-        self.wal.note_write();
-        if freed > 0 {
-            self.wal.shared.space_freed.notify_waiters();
-        }
-        Ok(())
+        self.apply_removal(write, freed)
     }
 
     /// Entry count, sizes and checkpoints; decodes every entry to count damage.
