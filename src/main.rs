@@ -76,6 +76,22 @@ enum WalCommand {
     },
 }
 
+/// `println!` that ends the process quietly when stdout is closed (`kafka-direct keys | head`)
+/// instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -130,7 +146,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { config, overrides } => match load(&config, &overrides) {
             Ok(c) => {
-                println!("{c:#?}");
+                out!("{c:#?}");
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -141,8 +157,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Keys => {
             for (key, default, doc) in describe_keys() {
                 match default {
-                    Some(d) => println!("{key:<45} default {d:?}: {doc}"),
-                    None => println!("{key:<45} required: {doc}"),
+                    Some(d) => out!("{key:<45} default {d:?}: {doc}"),
+                    None => out!("{key:<45} required: {doc}"),
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -172,10 +188,10 @@ fn wal_command(command: WalCommand) -> anyhow::Result<ExitCode> {
         WalCommand::Stats { data_dir, json } => {
             let stats = open_wal(&data_dir)?.stats()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                out!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 let show = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-                println!(
+                out!(
                     "{:<20} {:<30} {:>9} {:>8} {:>10} {:>12} {:>14} {:>14} {:>8}",
                     "connector",
                     "partition",
@@ -188,7 +204,7 @@ fn wal_command(command: WalCommand) -> anyhow::Result<ExitCode> {
                     ""
                 );
                 for s in stats {
-                    println!(
+                    out!(
                         "{:<20} {:<30} {:>9} {:>8} {:>10} {:>12} {:>14} {:>14}",
                         s.connector,
                         format!("{}/{}", s.topic, s.partition),
@@ -211,14 +227,14 @@ fn wal_command(command: WalCommand) -> anyhow::Result<ExitCode> {
                 log.checkpoints()?;
                 for (offset, reason) in log.check()? {
                     damaged += 1;
-                    println!("DAMAGED {connector} {partition} entry at offset {offset}: {reason}");
+                    out!("DAMAGED {connector} {partition} entry at offset {offset}: {reason}");
                 }
             }
             if damaged == 0 {
-                println!("ok: every WAL entry decodes and matches its checksum");
+                out!("ok: every WAL entry decodes and matches its checksum");
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!("{damaged} damaged entries; see docs/operations.md (rebuild from the last forwarded checkpoint)");
+                out!("{damaged} damaged entries; see docs/operations.md (rebuild from the last forwarded checkpoint)");
                 Ok(ExitCode::FAILURE)
             }
         }
