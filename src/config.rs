@@ -465,10 +465,7 @@ impl RawConfig {
 
 fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
     let name = c.required("name", "a unique connector name, e.g. orders-mirror")?;
-    if !name
-        .chars()
-        .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
-    {
+    if !name.chars().all(is_name_char) {
         return Err(c.invalid("name", &name, "letters, digits, '.', '_' and '-'"));
     }
     let topic_prefix = c.required(
@@ -574,14 +571,17 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
     })
 }
 
+/// Characters Kafka allows in topic names; connector names use the same set.
+fn is_name_char(ch: char) -> bool {
+    ch.is_ascii_alphanumeric() || "._-".contains(ch)
+}
+
 fn check_topic_name(c: &Lookup<'_>, key: &str, topic: &str) -> Result<(), ConfigError> {
     let valid = !topic.is_empty()
         && topic.len() <= 249
         && topic != "."
         && topic != ".."
-        && topic
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+        && topic.chars().all(is_name_char);
     if valid {
         Ok(())
     } else {

@@ -3,7 +3,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -96,21 +96,13 @@ fn produce_in_background(p: &Pipeline, batches: usize) -> tokio::task::JoinHandl
 }
 
 async fn wait_forwarded_at_least(service: &Service, n: u64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if service
-            .last_progress()
-            .is_some_and(|(_, forwarded, _)| forwarded >= n)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "service did not forward {n} records; log:\n{}",
-            service.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    service
+        .wait_log(&format!("{n} records forwarded"), WAIT, |_| {
+            service
+                .last_progress()
+                .is_some_and(|(_, forwarded, _)| forwarded >= n)
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,24 +172,19 @@ async fn internal_outage_spools_into_the_wal_then_drains_exactly_once() {
     p.produce_each(100, 1400).await;
 
     // Everything is fetched into the WAL while nothing can be forwarded.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some((fetched, forwarded, wal_bytes)) = p.service.last_progress() {
-            if fetched == 3000 {
-                assert!(
-                    forwarded < 3000 && wal_bytes > 0,
-                    "expected a spooled WAL, got forwarded={forwarded} wal_bytes={wal_bytes}"
-                );
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "WAL did not spool; log:\n{}",
-            p.service.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    p.service
+        .wait_log("every record fetched into the WAL", WAIT, |_| {
+            p.service
+                .last_progress()
+                .is_some_and(|(fetched, _, _)| fetched == 3000)
+        })
+        .await;
+    // The internal broker is stopped, so these figures cannot move any more.
+    let (_, forwarded, wal_bytes) = p.service.last_progress().expect("a progress line");
+    assert!(
+        forwarded < 3000 && wal_bytes > 0,
+        "expected a spooled WAL, got forwarded={forwarded} wal_bytes={wal_bytes}"
+    );
     // Long enough for produce timeouts (3 s in tests) and reconnect attempts to happen.
     tokio::time::sleep(Duration::from_secs(5)).await;
     p.internal.resume();

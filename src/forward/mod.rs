@@ -301,6 +301,9 @@ impl Forwarder {
                 read_after = Some(last.first_offset());
                 pending.extend(entries);
             }
+            // Needed here too, not only after a produce: an entry whose records are all
+            // stored but whose next_offset lies beyond them (trailing control records)
+            // survives the start-up alignment and would otherwise never be released.
             self.release_stored(&mut pending, tail.stored_next)
                 .map_err(wal_err)?;
             let mut records = tail::unstored_records(pending.make_contiguous(), tail.stored_next);
