@@ -12,6 +12,8 @@ use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
+use crate::wire::{LeaderError, WireError};
+
 /// Which of the two clusters, for messages.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -66,7 +68,86 @@ pub enum ClusterError {
         /// rskafka's error.
         source: rskafka::client::error::Error,
     },
+    /// A call on the fetch path's own connection failed (see [`crate::wire`]).
+    #[error("{what} on the {role} cluster ({servers}) failed: {source}")]
+    Wire {
+        /// The operation.
+        what: String,
+        /// "external" or "internal".
+        role: &'static str,
+        /// The servers.
+        servers: String,
+        /// The failure.
+        source: WireFailure,
+    },
 }
+
+/// What failed on the fetch path's own connection.
+#[derive(Debug, thiserror::Error)]
+pub enum WireFailure {
+    /// Connecting, framing or decoding.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Finding the partition's leader.
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+    /// The broker answered with an error code.
+    #[error("the broker answered {0}")]
+    Broker(kafka_protocol::ResponseError),
+    /// A fetched record batch cannot be read (damaged, or a pre-0.11 message format).
+    #[error(transparent)]
+    Batch(#[from] crate::source::batches::BatchError),
+}
+
+impl WireFailure {
+    fn is_transient(&self) -> bool {
+        match self {
+            WireFailure::Wire(e) => e.is_transient(),
+            WireFailure::Leader(e) => e.is_transient(),
+            WireFailure::Broker(e) => e.is_retriable(),
+            // Fetching the same bytes again gives the same answer.
+            WireFailure::Batch(_) => false,
+        }
+    }
+}
+
+/// An error one of the [`Cluster::bounded`] calls can return.
+pub trait CallError {
+    /// Wraps the error with the operation and cluster it happened on.
+    fn into_cluster_error(self, what: String, role: &'static str, servers: String) -> ClusterError;
+}
+
+impl CallError for rskafka::client::error::Error {
+    fn into_cluster_error(self, what: String, role: &'static str, servers: String) -> ClusterError {
+        ClusterError::Client {
+            what,
+            role,
+            servers,
+            source: self,
+        }
+    }
+}
+
+macro_rules! wire_call_error {
+    ($($t:ty),*) => {$(
+        impl CallError for $t {
+            fn into_cluster_error(
+                self,
+                what: String,
+                role: &'static str,
+                servers: String,
+            ) -> ClusterError {
+                ClusterError::Wire { what, role, servers, source: self.into() }
+            }
+        }
+    )*};
+}
+wire_call_error!(
+    WireError,
+    LeaderError,
+    WireFailure,
+    crate::source::batches::BatchError
+);
 
 impl ClusterError {
     /// Whether retrying later can succeed (broker down, leader moving), as opposed to a
@@ -97,6 +178,22 @@ impl ClusterError {
                 ),
                 _ => false,
             },
+            ClusterError::Wire { source, .. } => source.is_transient(),
+        }
+    }
+
+    /// Whether the broker said the offset asked for is not in the partition (removed
+    /// by retention, or beyond its end).
+    pub fn is_offset_out_of_range(&self) -> bool {
+        match self {
+            ClusterError::Wire {
+                source: WireFailure::Broker(e),
+                ..
+            } => *e == kafka_protocol::ResponseError::OffsetOutOfRange,
+            _ => {
+                self.protocol_error()
+                    == Some(rskafka::client::error::ProtocolError::OffsetOutOfRange)
+            }
         }
     }
 
@@ -118,18 +215,18 @@ impl Cluster {
     }
 
     /// Runs `call` bounded by the cluster's timeout, naming `what` in errors.
-    pub async fn bounded<T, F>(&self, what: impl Into<String>, call: F) -> Result<T, ClusterError>
+    pub async fn bounded<T, E, F>(
+        &self,
+        what: impl Into<String>,
+        call: F,
+    ) -> Result<T, ClusterError>
     where
-        F: Future<Output = Result<T, rskafka::client::error::Error>>,
+        E: CallError,
+        F: Future<Output = Result<T, E>>,
     {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(source)) => Err(ClusterError::Client {
-                what: what.into(),
-                role: self.role,
-                servers: self.servers_text(),
-                source,
-            }),
+            Ok(Err(e)) => Err(e.into_cluster_error(what.into(), self.role, self.servers_text())),
             Err(_) => Err(ClusterError::Timeout {
                 what: what.into(),
                 role: self.role,
@@ -137,6 +234,11 @@ impl Cluster {
                 timeout: self.timeout,
             }),
         }
+    }
+
+    /// `e` as a failure of `what` on this cluster.
+    pub fn error(&self, what: impl Into<String>, e: impl CallError) -> ClusterError {
+        e.into_cluster_error(what.into(), self.role, self.servers_text())
     }
 
     /// Connects and reads the cluster's metadata.

@@ -22,3 +22,4 @@ pub mod record;
 pub mod service;
 pub mod source;
 pub mod wal;
+pub mod wire;

@@ -15,6 +15,8 @@ pub struct PartitionMetrics {
     pub fetched_bytes: AtomicU64,
     /// Records acknowledged by the internal cluster since start.
     pub forwarded_records: AtomicU64,
+    /// Records of aborted transactions dropped by the fetcher since start.
+    pub aborted_records: AtomicU64,
     /// Produce acknowledgements whose offsets were not the expected partition end.
     pub unexpected_produce_offsets: AtomicU64,
     /// Source high watermark at the last fetch (-1 before the first).
@@ -33,6 +35,7 @@ impl PartitionMetrics {
             fetched_records: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
             forwarded_records: AtomicU64::new(0),
+            aborted_records: AtomicU64::new(0),
             unexpected_produce_offsets: AtomicU64::new(0),
             source_high_watermark: AtomicI64::new(-1),
             fetched_next: AtomicI64::new(-1),

@@ -63,7 +63,7 @@ impl SourceRecord {
 }
 
 /// A fetched batch: consecutive records of one source partition, stored as one WAL entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchedBatch {
     /// Records in source-offset order; never empty.
     pub records: Vec<SourceRecord>,

@@ -174,7 +174,6 @@ pub async fn run(
         };
         let fetcher = Fetcher {
             cluster: source_cluster.clone(),
-            client: Arc::clone(&source_client),
             log: log.clone(),
             wal: wal.clone(),
             reset: connector.auto_offset_reset,
@@ -363,6 +362,10 @@ fn log_progress(
         .iter()
         .map(|m| m.unexpected_produce_offsets.load(Ordering::Relaxed))
         .sum();
+    let aborted: u64 = metrics
+        .iter()
+        .map(|m| m.aborted_records.load(Ordering::Relaxed))
+        .sum();
     let now = Instant::now();
     let rate = match last.insert("forwarded", (forwarded, now)) {
         Some((before, at)) if !interval.is_zero() => {
@@ -377,6 +380,7 @@ fn log_progress(
         wal_bytes = wal.used_bytes(),
         forward_rate = format!("{rate:.0}/s"),
         unexpected_produce_offsets = unexpected,
+        aborted_skipped = aborted,
         "progress"
     );
 }

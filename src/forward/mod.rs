@@ -286,11 +286,20 @@ impl Forwarder {
 
         while !self.cancel.is_cancelled() {
             if pending.is_empty() {
+                // Read before the entries: whatever is appended after this read lies
+                // at or above it.
+                let fetched_next = self.log.checkpoints().map_err(wal_err)?.fetched_next;
                 let entries = self
                     .log
                     .entries_after(read_after, self.max_records, self.max_bytes)
                     .map_err(wal_err)?;
                 let Some(last) = entries.last() else {
+                    // Nothing left to forward: the position moves past records that
+                    // were fetched but are not copied (transaction markers, aborted
+                    // transactions) too.
+                    if let Some(next) = fetched_next {
+                        self.forwarded_up_to(next).map_err(wal_err)?;
+                    }
                     tokio::select! {
                         _ = self.cancel.cancelled() => break,
                         _ = self.wake.notified() => {}
@@ -435,6 +444,16 @@ impl Forwarder {
         self.metrics
             .forwarded_next
             .store(forwarded_next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records `next` as the forwarding position when every entry below it is gone.
+    fn forwarded_up_to(&self, next: i64) -> Result<(), WalError> {
+        if self.metrics.forwarded_next.load(Ordering::Relaxed) >= next {
+            return Ok(());
+        }
+        self.log.release_entries(&[], next)?;
+        self.metrics.forwarded_next.store(next, Ordering::Relaxed);
         Ok(())
     }
 

@@ -8,10 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rskafka::client::error::ProtocolError;
-use rskafka::client::partition::{OffsetAt, PartitionClient};
-use rskafka::client::Client;
-use rskafka::record::RecordAndOffset;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -21,6 +17,11 @@ use crate::config::OffsetReset;
 use crate::metrics::PartitionMetrics;
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
 use crate::wal::{PartitionLog, Wal, WalError};
+
+pub mod batches;
+mod reader;
+
+use reader::PartitionReader;
 
 /// Why a fetcher stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +49,6 @@ pub enum SourceError {
 pub struct Fetcher {
     /// The external cluster.
     pub cluster: Cluster,
-    /// Shared client of the external cluster.
-    pub client: Arc<Client>,
     /// The partition's WAL log.
     pub log: PartitionLog,
     /// The WAL (for commits and backpressure).
@@ -84,7 +83,7 @@ impl Fetcher {
         if let Some(next) = next {
             info!(%partition, offset = next, "fetching from the checkpoint");
         }
-        let mut leader: Option<PartitionClient> = None;
+        let mut leader: Option<PartitionReader> = None;
         let mut retry = Retry::new(Duration::from_secs(10));
         let mut was_full = false;
         let mut failing = false;
@@ -123,9 +122,7 @@ impl Fetcher {
                     error!(%partition, error = %e, "WAL write failed: fetching stops for this partition");
                     return Err(wal_err(e));
                 }
-                Err(StepError::Cluster(e))
-                    if e.protocol_error() == Some(ProtocolError::OffsetOutOfRange) =>
-                {
+                Err(StepError::Cluster(e)) if e.is_offset_out_of_range() => {
                     warn!(%partition, offset = ?next, "fetch offset is out of range (records removed by retention before they were copied); applying auto.offset.reset");
                     next = None;
                 }
@@ -154,22 +151,21 @@ impl Fetcher {
 
     async fn step(
         &self,
-        leader: &mut Option<PartitionClient>,
+        leader: &mut Option<PartitionReader>,
         next: &mut Option<i64>,
     ) -> Result<Step, StepError> {
         let partition = self.partition();
         if leader.is_none() {
             *leader = Some(
-                self.cluster
-                    .partition(&self.client, &partition.topic, partition.partition)
+                PartitionReader::connect(&self.cluster, &partition.topic, partition.partition)
                     .await?,
             );
         }
-        let pc = leader.as_ref().expect("leader was just set");
+        let reader = leader.as_mut().expect("leader was just set");
         let offset = match *next {
             Some(offset) => offset,
             None => {
-                let offset = self.start_offset(pc).await?;
+                let offset = self.start_offset(reader).await?;
                 // Persist the start at once: a restart must not re-apply `latest` later
                 // and skip what arrived in between.
                 self.log.append(&FetchedBatch {
@@ -184,25 +180,47 @@ impl Fetcher {
             }
         };
 
-        let fetch = pc.fetch_records(offset, 1..self.max_bytes, self.max_wait.as_millis() as i32);
-        let (records, high_watermark) = tokio::select! {
+        let fetch = reader.fetch(
+            &self.cluster,
+            offset,
+            self.max_bytes,
+            self.max_wait.as_millis() as i32,
+        );
+        let fetched = tokio::select! {
             _ = self.cancel.cancelled() => return Ok(Step::Cancelled),
-            r = self.cluster.bounded(format!("fetching {partition} at offset {offset}"), fetch) => r?,
+            r = fetch => r?,
         };
-        self.metrics
-            .source_high_watermark
-            .store(high_watermark, Ordering::Relaxed);
-        if records.is_empty() {
-            if high_watermark > offset {
-                // Data exists but nothing decodable came back (e.g. only a transaction
-                // marker). Do not spin on it.
-                debug!(%partition, offset, high_watermark, "fetch returned no records below the high watermark");
+        let high_watermark = fetched.high_watermark;
+        if high_watermark >= 0 {
+            self.metrics
+                .source_high_watermark
+                .store(high_watermark, Ordering::Relaxed);
+        }
+        let decoded = fetched.decoded;
+        if decoded.aborted_records > 0 {
+            debug!(%partition, offset, records = decoded.aborted_records, "dropped records of aborted transactions");
+            self.metrics
+                .aborted_records
+                .fetch_add(decoded.aborted_records, Ordering::Relaxed);
+        }
+        let batch = decoded.batch;
+        if batch.next_offset == offset {
+            if decoded.incomplete {
+                warn!(%partition, offset, max_bytes = self.max_bytes, "the broker returned only part of a record batch; fetching again (raise fetch.max.bytes if this repeats)");
                 return Ok(Step::Idle(Duration::from_millis(200)));
             }
+            if high_watermark > offset {
+                // Records exist but none is readable yet (an open transaction holds the
+                // last stable offset back): do not spin on it.
+                debug!(%partition, offset, high_watermark, "fetch below the high watermark returned nothing");
+                return Ok(Step::Idle(Duration::from_millis(200)));
+            }
+            // Nothing new within max_wait: fetch again at once (the broker waited).
             return Ok(Step::Idle(Duration::ZERO));
         }
 
-        let batch = to_batch(records);
+        // A batch without records (only transaction markers or aborted records) is
+        // still committed: it moves `fetched_next` past them.
         let bytes: usize = batch
             .records
             .iter()
@@ -226,28 +244,17 @@ impl Fetcher {
         Ok(Step::Committed)
     }
 
-    async fn start_offset(&self, pc: &PartitionClient) -> Result<i64, ClusterError> {
-        let partition = self.partition();
-        let earliest = self
-            .cluster
-            .bounded(
-                format!("reading the earliest offset of {partition}"),
-                pc.get_offset(OffsetAt::Earliest),
-            )
-            .await?;
+    async fn start_offset(&self, reader: &mut PartitionReader) -> Result<i64, ClusterError> {
+        let earliest = reader.earliest(&self.cluster).await?;
         match self.reset {
             OffsetReset::Earliest => Ok(earliest),
             // The end of the partition is taken from a fetch's high watermark, which is
             // what ListOffsets(latest) answers on Kafka (see docs/compatibility.md).
             OffsetReset::Latest => {
-                let (_, high_watermark) = self
-                    .cluster
-                    .bounded(
-                        format!("reading the high watermark of {partition}"),
-                        pc.fetch_records(earliest, 1..1, PROBE_WAIT_MS),
-                    )
+                let fetched = reader
+                    .fetch(&self.cluster, earliest, 1, PROBE_WAIT_MS)
                     .await?;
-                Ok(high_watermark)
+                Ok(fetched.high_watermark.max(earliest))
             }
         }
     }
@@ -273,27 +280,5 @@ impl From<ClusterError> for StepError {
 impl From<WalError> for StepError {
     fn from(e: WalError) -> Self {
         Self::Wal(e)
-    }
-}
-
-fn to_batch(records: Vec<RecordAndOffset>) -> FetchedBatch {
-    let next_offset = records.last().map_or(0, |r| r.offset + 1);
-    FetchedBatch {
-        records: records
-            .into_iter()
-            .map(|r| SourceRecord {
-                offset: r.offset,
-                timestamp_ms: r.record.timestamp.timestamp_millis(),
-                key: r.record.key,
-                value: r.record.value,
-                headers: r
-                    .record
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k, Some(v)))
-                    .collect(),
-            })
-            .collect(),
-        next_offset,
     }
 }

@@ -1,0 +1,413 @@
+//! Turns the record bytes of one fetched partition into the records to copy.
+//!
+//! What a read-committed Kafka consumer does, and what rskafka 0.6 does not:
+//! - control batches (transaction markers) are skipped, and the position moves past
+//!   them, so a fetch of only a marker still advances;
+//! - batches of aborted transactions are dropped, using the aborted-transactions list
+//!   of the fetch response (a producer's batches are aborted from the transaction's
+//!   first offset until that producer's ABORT marker);
+//! - null header values are kept as null;
+//! - the position after a batch is its last offset + 1 (from the batch header), even
+//!   when compaction removed the batch's last records;
+//! - a batch cut off at the end of the response (the size limit) is left for the next
+//!   fetch.
+//!
+//! Batches are decoded (and decompressed) by the `kafka-protocol` crate; only the
+//! batch framing (base offset, length) and the header fields that crate does not
+//! return (last offset delta, max timestamp) are read here, at their fixed positions.
+
+use std::collections::HashSet;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
+
+use crate::record::{FetchedBatch, SourceRecord};
+
+// Positions in a record batch (magic 2), from the start of its base offset.
+const LENGTH_AT: usize = 8;
+const FRAMING: usize = 12;
+const MAGIC_AT: usize = 16;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const MAX_TIMESTAMP_AT: usize = 35;
+const HEADER_LEN: usize = 61;
+
+/// Control record type of an ABORT marker (the second i16 of a control record key).
+const ABORT: i16 = 0;
+
+/// A transaction the broker reports as aborted in the fetched range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTransaction {
+    /// The transactional producer.
+    pub producer_id: i64,
+    /// Offset of the transaction's first record.
+    pub first_offset: i64,
+}
+
+/// The records to copy from one fetch, and what was left out.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Records at or above the fetch offset, with the offset after the last complete
+    /// batch (the fetch offset if no batch was complete).
+    pub batch: FetchedBatch,
+    /// Transaction markers passed over.
+    pub control_records: u64,
+    /// Records of aborted transactions dropped.
+    pub aborted_records: u64,
+    /// Whether the response held bytes but no complete batch.
+    pub incomplete: bool,
+}
+
+/// A batch that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("record batch at offset {offset}: {reason}")]
+pub struct BatchError {
+    /// Base offset of the batch.
+    pub offset: i64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Decodes `records` (the partition's record bytes of a fetch response at
+/// `fetch_offset`), dropping control batches and aborted transactions.
+pub fn decode(
+    mut records: Bytes,
+    fetch_offset: i64,
+    aborted: &[AbortedTransaction],
+) -> Result<Decoded, BatchError> {
+    let mut aborted = aborted.to_vec();
+    aborted.sort_by_key(|t| t.first_offset);
+    let mut aborted = aborted.into_iter().peekable();
+    let mut aborting: HashSet<i64> = HashSet::new();
+    let mut out = Decoded {
+        batch: FetchedBatch {
+            records: Vec::new(),
+            next_offset: fetch_offset,
+        },
+        ..Decoded::default()
+    };
+
+    while records.len() >= FRAMING {
+        let base_offset = read_i64(&records, 0);
+        let length = read_i32(&records, LENGTH_AT);
+        let error = |reason: String| BatchError {
+            offset: base_offset,
+            reason,
+        };
+        if length < 0 {
+            return Err(error(format!("negative batch length {length}")));
+        }
+        let total = FRAMING + length as usize;
+        if records.len() < total {
+            break; // cut off by the size limit: fetched again next time
+        }
+        let mut raw = records.split_to(total);
+        if raw.len() < HEADER_LEN {
+            return Err(error(format!(
+                "batch of {total} bytes is shorter than its header"
+            )));
+        }
+        let magic = raw[MAGIC_AT] as i8;
+        if magic != 2 {
+            return Err(error(format!(
+                "message format v{magic} (written by Kafka before 0.11) is not supported"
+            )));
+        }
+        let last_offset = base_offset + i64::from(read_i32(&raw, LAST_OFFSET_DELTA_AT));
+        if last_offset < out.batch.next_offset {
+            continue; // wholly before the position (a batch may start before it)
+        }
+        let max_timestamp = read_i64(&raw, MAX_TIMESTAMP_AT);
+        let set = RecordBatchDecoder::decode(&mut raw).map_err(|e| error(e.to_string()))?;
+        let position = out.batch.next_offset;
+        out.batch.next_offset = last_offset + 1;
+        let Some(first) = set.records.first() else {
+            continue; // emptied by compaction
+        };
+
+        if first.producer_id >= 0 {
+            while let Some(t) = aborted.next_if(|t| t.first_offset <= last_offset) {
+                aborting.insert(t.producer_id);
+            }
+            if first.control {
+                if control_type(first.key.as_ref()) == Some(ABORT) {
+                    aborting.remove(&first.producer_id);
+                }
+            } else if first.transactional && aborting.contains(&first.producer_id) {
+                out.aborted_records += set.records.len() as u64;
+                continue;
+            }
+        }
+        if first.control {
+            out.control_records += set.records.len() as u64;
+            continue;
+        }
+
+        for r in set.records {
+            if r.offset < position {
+                continue;
+            }
+            out.batch.records.push(SourceRecord {
+                offset: r.offset,
+                timestamp_ms: match r.timestamp_type {
+                    TimestampType::LogAppend => max_timestamp,
+                    TimestampType::Creation => r.timestamp,
+                },
+                key: r.key.map(|b| b.to_vec()),
+                value: r.value.map(|b| b.to_vec()),
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.map(|b| b.to_vec())))
+                    .collect(),
+            });
+        }
+    }
+    out.incomplete = out.batch.next_offset == fetch_offset && !records.is_empty();
+    Ok(out)
+}
+
+fn read_i64(b: &[u8], at: usize) -> i64 {
+    (&b[at..at + 8]).get_i64()
+}
+
+fn read_i32(b: &[u8], at: usize) -> i32 {
+    (&b[at..at + 4]).get_i32()
+}
+
+/// The type of a control record (ABORT = 0, COMMIT = 1) from its key.
+fn control_type(key: Option<&Bytes>) -> Option<i16> {
+    let key = key?;
+    (key.len() >= 4).then(|| (&key[2..4]).get_i16())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fetch responses built with the protocol crate's encoder: the transactional cases
+    //! the test broker (tansu 0.6) cannot produce, because it never stores the records
+    //! of an aborted transaction.
+    use super::*;
+    use bytes::BytesMut;
+    use indexmap::IndexMap;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    struct Batch {
+        producer_id: i64,
+        transactional: bool,
+        control: Option<i16>,
+        offsets: Vec<i64>,
+        compression: Compression,
+    }
+
+    fn data(producer_id: i64, transactional: bool, offsets: std::ops::Range<i64>) -> Batch {
+        Batch {
+            producer_id,
+            transactional,
+            control: None,
+            offsets: offsets.collect(),
+            compression: Compression::None,
+        }
+    }
+
+    fn marker(producer_id: i64, kind: i16, offset: i64) -> Batch {
+        Batch {
+            producer_id,
+            transactional: true,
+            control: Some(kind),
+            offsets: vec![offset],
+            compression: Compression::None,
+        }
+    }
+
+    fn encode(batches: &[Batch]) -> Bytes {
+        let mut buf = BytesMut::new();
+        for b in batches {
+            let records: Vec<Record> = b
+                .offsets
+                .iter()
+                .map(|&offset| {
+                    let (key, value) = match b.control {
+                        // version 0, type
+                        Some(kind) => (
+                            Some(Bytes::from([0, 0, 0, kind as u8].to_vec())),
+                            Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+                        ),
+                        None => (
+                            Some(Bytes::from(format!("k{offset}"))),
+                            Some(Bytes::from(format!("v{offset}"))),
+                        ),
+                    };
+                    let mut headers = IndexMap::new();
+                    headers.insert(StrBytes::from_static_str("null"), None);
+                    headers.insert(
+                        StrBytes::from_static_str("set"),
+                        Some(Bytes::from_static(b"x")),
+                    );
+                    Record {
+                        transactional: b.transactional,
+                        control: b.control.is_some(),
+                        delete_horizon: false,
+                        partition_leader_epoch: 0,
+                        producer_id: b.producer_id,
+                        producer_epoch: 0,
+                        timestamp_type: TimestampType::Creation,
+                        offset,
+                        // The encoder starts a new batch where offset - sequence changes.
+                        sequence: offset as i32,
+                        timestamp: 1_700_000_000_000 + offset,
+                        key,
+                        value,
+                        headers: if b.control.is_some() {
+                            IndexMap::new()
+                        } else {
+                            headers
+                        },
+                    }
+                })
+                .collect();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: b.compression,
+            };
+            RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+        }
+        buf.freeze()
+    }
+
+    fn offsets(d: &Decoded) -> Vec<i64> {
+        d.batch.records.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn plain_batches_keep_null_headers_keys_and_timestamps() {
+        let bytes = encode(&[data(-1, false, 0..3), data(-1, false, 3..5)]);
+        let d = decode(bytes, 0, &[]).unwrap();
+        assert_eq!(offsets(&d), vec![0, 1, 2, 3, 4]);
+        assert_eq!(d.batch.next_offset, 5);
+        let r = &d.batch.records[3];
+        assert_eq!(r.key.as_deref(), Some(&b"k3"[..]));
+        assert_eq!(r.value.as_deref(), Some(&b"v3"[..]));
+        assert_eq!(r.timestamp_ms, 1_700_000_000_003);
+        assert_eq!(
+            r.headers,
+            vec![
+                ("null".to_string(), None),
+                ("set".to_string(), Some(b"x".to_vec()))
+            ]
+        );
+    }
+
+    #[test]
+    fn records_before_the_fetch_offset_are_skipped() {
+        let mut batch = data(-1, false, 10..20);
+        batch.compression = Compression::Gzip;
+        let d = decode(encode(&[batch]), 15, &[]).unwrap();
+        assert_eq!(offsets(&d), (15..20).collect::<Vec<_>>());
+        assert_eq!(d.batch.next_offset, 20);
+    }
+
+    #[test]
+    fn a_marker_alone_advances_past_itself() {
+        let d = decode(encode(&[marker(7, 1, 3)]), 3, &[]).unwrap();
+        assert!(d.batch.records.is_empty());
+        assert_eq!(d.batch.next_offset, 4);
+        assert_eq!(d.control_records, 1);
+    }
+
+    #[test]
+    fn aborted_transactions_are_dropped_and_committed_ones_kept() {
+        // producer 7 commits 0..3 (marker 3), aborts 4..6 (marker 6); producer 8 writes
+        // 7..9 in a transaction interleaved with plain records 9..10 and aborts it
+        // (marker 10); producer 7 then commits 11..12 (marker 13).
+        let bytes = encode(&[
+            data(7, true, 0..3),
+            marker(7, 1, 3),
+            data(7, true, 4..6),
+            marker(7, ABORT, 6),
+            data(8, true, 7..9),
+            data(-1, false, 9..10),
+            marker(8, ABORT, 10),
+            data(7, true, 11..13),
+            marker(7, 1, 13),
+        ]);
+        let aborted = [
+            AbortedTransaction {
+                producer_id: 8,
+                first_offset: 7,
+            },
+            AbortedTransaction {
+                producer_id: 7,
+                first_offset: 4,
+            },
+        ];
+        let d = decode(bytes.clone(), 0, &aborted).unwrap();
+        assert_eq!(offsets(&d), vec![0, 1, 2, 9, 11, 12]);
+        assert_eq!(d.batch.next_offset, 14);
+        assert_eq!(d.aborted_records, 4);
+        assert_eq!(d.control_records, 4);
+
+        // Without the list (what rskafka does), aborted records would be copied.
+        let unfiltered = decode(bytes, 0, &[]).unwrap();
+        assert_eq!(unfiltered.batch.records.len(), 10);
+    }
+
+    #[test]
+    fn an_abort_marker_ends_the_abort_for_that_producer_only() {
+        let bytes = encode(&[
+            data(7, true, 0..2),
+            marker(7, ABORT, 2),
+            data(7, true, 3..5), // a new transaction of the same producer, committed
+            marker(7, 1, 5),
+        ]);
+        let aborted = [AbortedTransaction {
+            producer_id: 7,
+            first_offset: 0,
+        }];
+        let d = decode(bytes, 0, &aborted).unwrap();
+        assert_eq!(offsets(&d), vec![3, 4]);
+        assert_eq!(d.batch.next_offset, 6);
+    }
+
+    #[test]
+    fn a_batch_cut_off_by_the_size_limit_waits_for_the_next_fetch() {
+        let bytes = encode(&[data(-1, false, 0..2), data(-1, false, 2..4)]);
+        let cut = bytes.slice(..bytes.len() - 5);
+        let d = decode(cut.clone(), 0, &[]).unwrap();
+        assert_eq!(offsets(&d), vec![0, 1]);
+        assert_eq!(d.batch.next_offset, 2);
+        assert!(!d.incomplete);
+
+        let first_len = encode(&[data(-1, false, 0..2)]).len();
+        let d = decode(cut.slice(first_len..), 2, &[]).unwrap();
+        assert!(d.batch.records.is_empty());
+        assert_eq!(d.batch.next_offset, 2);
+        assert!(d.incomplete);
+    }
+
+    #[test]
+    fn a_damaged_batch_is_an_error_naming_its_offset() {
+        let mut bytes = encode(&[data(-1, false, 40..42)]).to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        let e = decode(Bytes::from(bytes), 40, &[]).unwrap_err();
+        assert_eq!(e.offset, 40);
+        assert!(e.reason.contains("Cyclic redundancy check"), "{e}");
+    }
+
+    #[test]
+    fn every_codec_decodes() {
+        for compression in [
+            Compression::Gzip,
+            Compression::Lz4,
+            Compression::Snappy,
+            Compression::Zstd,
+        ] {
+            let mut batch = data(-1, false, 0..50);
+            batch.compression = compression;
+            let d = decode(encode(&[batch]), 0, &[]).unwrap();
+            assert_eq!(d.batch.records.len(), 50, "{compression:?}");
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! A Kafka connection speaking the messages rskafka 0.6 cannot: the fetch path.
+//!
+//! rskafka's fetch cannot return a record whose header value is null (it fails with
+//! `Malformed` at that offset, every time), hides transaction control batches (a fetch
+//! of only a marker returns nothing and no next offset) and does not expose the
+//! aborted-transactions list, so it cannot filter aborted records. The fetcher therefore
+//! speaks Fetch, ListOffsets and Metadata itself: messages are encoded and decoded by the
+//! `kafka-protocol` crate; this module only frames them (a big-endian length prefix, a
+//! request header, a correlation id) on one TCP connection, and picks for each API the
+//! highest version both sides support.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Largest response accepted (a larger length prefix means a broken stream).
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// A failure on one broker connection.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// `host:port`.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The connection broke while sending or receiving.
+    #[error("connection to {addr} broke: {source}")]
+    Io {
+        /// `host:port`.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A request could not be encoded or a response decoded.
+    #[error("{api:?} with {addr}: {reason}")]
+    Codec {
+        /// `host:port`.
+        addr: String,
+        /// The API.
+        api: ApiKey,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The broker does not offer a version of an API that we speak.
+    #[error("{addr} offers {api:?} versions {offered}, kafka-direct needs one of {needed}")]
+    Unsupported {
+        /// `host:port`.
+        addr: String,
+        /// The API.
+        api: ApiKey,
+        /// The broker's range, or "none".
+        offered: String,
+        /// Our range.
+        needed: String,
+    },
+}
+
+impl WireError {
+    /// Whether reconnecting later can succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, WireError::Unsupported { .. })
+    }
+}
+
+/// One connection to one broker.
+#[derive(Debug)]
+pub struct Connection {
+    addr: String,
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    client_id: StrBytes,
+    correlation_id: i32,
+    versions: BTreeMap<i16, (i16, i16)>,
+}
+
+impl Connection {
+    /// Connects to `addr` and asks which API versions the broker supports.
+    pub async fn open(addr: &str, client_id: &str) -> Result<Self, WireError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| WireError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        // Requests are small and answered one at a time: do not let Nagle delay them.
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mut conn = Self {
+            addr: addr.to_string(),
+            reader: BufReader::with_capacity(64 << 10, read),
+            writer: write,
+            client_id: StrBytes::from_string(client_id.to_string()),
+            correlation_id: 0,
+            versions: BTreeMap::new(),
+        };
+        // Version 0 is understood by every broker; later versions only add fields we
+        // do not need.
+        let response: ApiVersionsResponse = conn.call(&ApiVersionsRequest::default(), 0).await?;
+        if let Some(error) = kafka_protocol::ResponseError::try_from_code(response.error_code) {
+            return Err(conn.codec_error(ApiKey::ApiVersions, format!("broker answered {error}")));
+        }
+        conn.versions = response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        Ok(conn)
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The highest version of `R` that both the broker and kafka-direct (`ours`)
+    /// support.
+    pub fn version<R: Request>(
+        &self,
+        ours: std::ops::RangeInclusive<i16>,
+    ) -> Result<i16, WireError> {
+        let api = api_key::<R>();
+        let lo = (*ours.start()).max(R::VERSIONS.min);
+        let hi = (*ours.end()).min(R::VERSIONS.max);
+        let unsupported = |offered: String| WireError::Unsupported {
+            addr: self.addr.clone(),
+            api,
+            offered,
+            needed: format!("{lo}..={hi}"),
+        };
+        let Some(&(broker_lo, broker_hi)) = self.versions.get(&R::KEY) else {
+            return Err(unsupported("none".into()));
+        };
+        let version = hi.min(broker_hi);
+        if version < lo.max(broker_lo) {
+            return Err(unsupported(format!("{broker_lo}..={broker_hi}")));
+        }
+        Ok(version)
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn call<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, WireError> {
+        let api = api_key::<R>();
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(self.client_id.clone()));
+
+        let mut frame = BytesMut::with_capacity(128);
+        frame.put_i32(0);
+        header
+            .encode(&mut frame, api.request_header_version(version))
+            .and_then(|()| request.encode(&mut frame, version))
+            .map_err(|e| self.codec_error(api, format!("cannot encode the request: {e}")))?;
+        let len = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        self.writer
+            .write_all(&frame)
+            .await
+            .map_err(|source| self.io_error(source))?;
+
+        let len = self
+            .reader
+            .read_i32()
+            .await
+            .map_err(|source| self.io_error(source))?;
+        if len < 4 || len as usize > MAX_RESPONSE_BYTES {
+            return Err(self.codec_error(api, format!("response length {len} is out of range")));
+        }
+        let mut body = BytesMut::zeroed(len as usize);
+        self.reader
+            .read_exact(&mut body)
+            .await
+            .map_err(|source| self.io_error(source))?;
+        let mut body = body.freeze();
+        let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
+            .map_err(|e| self.codec_error(api, format!("bad response header: {e}")))?;
+        if header.correlation_id != self.correlation_id {
+            return Err(self.codec_error(
+                api,
+                format!(
+                    "response to request {} arrived while waiting for {}",
+                    header.correlation_id, self.correlation_id
+                ),
+            ));
+        }
+        let response = R::Response::decode(&mut body, version)
+            .map_err(|e| self.codec_error(api, format!("cannot decode the response: {e}")))?;
+        if body.has_remaining() {
+            tracing::debug!(addr = %self.addr, ?api, left = body.remaining(), "response has trailing bytes");
+        }
+        Ok(response)
+    }
+
+    /// Metadata of one topic (brokers and partition leaders).
+    pub async fn metadata(&mut self, topic: &str) -> Result<MetadataResponse, WireError> {
+        let version = self.version::<MetadataRequest>(1..=12)?;
+        let request = MetadataRequest::default().with_topics(Some(vec![
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(topic_name(topic))),
+        ]));
+        self.call(&request, version).await
+    }
+
+    fn io_error(&self, source: std::io::Error) -> WireError {
+        WireError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    fn codec_error(&self, api: ApiKey, reason: String) -> WireError {
+        WireError::Codec {
+            addr: self.addr.clone(),
+            api,
+            reason,
+        }
+    }
+}
+
+/// A topic name as the protocol crate spells it.
+pub fn topic_name(topic: &str) -> kafka_protocol::messages::TopicName {
+    kafka_protocol::messages::TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+fn api_key<R: Request>() -> ApiKey {
+    ApiKey::try_from(R::KEY).expect("every request type has a known API key")
+}
+
+/// Where the leader of `topic`/`partition` listens, asking each of `servers` in turn.
+/// Returns a connection to the leader (reusing the bootstrap connection when it is
+/// the leader).
+pub async fn connect_leader(
+    servers: &[String],
+    client_id: &str,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Connection, LeaderError> {
+    let mut last = None;
+    for server in servers {
+        let attempt = async {
+            let mut conn = Connection::open(server, client_id).await?;
+            let metadata = conn.metadata(topic).await?;
+            Ok::<_, WireError>((conn, metadata))
+        };
+        let (conn, metadata) = match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                last = Some(LeaderError::Wire(e));
+                continue;
+            }
+            Err(_) => {
+                last = Some(LeaderError::Timeout(server.clone()));
+                continue;
+            }
+        };
+        let leader = leader_address(&metadata, topic, partition)?;
+        if leader == conn.addr() {
+            return Ok(conn);
+        }
+        drop(conn);
+        return match tokio::time::timeout(timeout, Connection::open(&leader, client_id)).await {
+            Ok(result) => result.map_err(LeaderError::Wire),
+            Err(_) => Err(LeaderError::Timeout(leader)),
+        };
+    }
+    Err(last.unwrap_or(LeaderError::NoServers))
+}
+
+/// Why the leader of a partition could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    /// A connection failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A server did not answer in time.
+    #[error("{0} did not answer in time")]
+    Timeout(String),
+    /// The broker answered the metadata request with an error.
+    #[error("metadata of {topic}/{partition}: {error}")]
+    Broker {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The broker's error.
+        error: kafka_protocol::ResponseError,
+    },
+    /// The partition has no leader right now, or the metadata does not name it.
+    #[error("{topic}/{partition} has no leader in the cluster's metadata")]
+    NoLeader {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
+    /// No bootstrap server was configured.
+    #[error("no bootstrap server")]
+    NoServers,
+}
+
+impl LeaderError {
+    /// Whether asking again later can succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LeaderError::Wire(e) => e.is_transient(),
+            LeaderError::Broker { error, .. } => error.is_retriable(),
+            LeaderError::Timeout(_) | LeaderError::NoLeader { .. } => true,
+            LeaderError::NoServers => false,
+        }
+    }
+}
+
+fn leader_address(
+    metadata: &MetadataResponse,
+    topic: &str,
+    partition: i32,
+) -> Result<String, LeaderError> {
+    let no_leader = || LeaderError::NoLeader {
+        topic: topic.to_string(),
+        partition,
+    };
+    let t = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| &*n.0 == topic))
+        .ok_or_else(no_leader)?;
+    let broker_error = |code| {
+        kafka_protocol::ResponseError::try_from_code(code).map(|error| LeaderError::Broker {
+            topic: topic.to_string(),
+            partition,
+            error,
+        })
+    };
+    if let Some(e) = broker_error(t.error_code) {
+        return Err(e);
+    }
+    let p = t
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == partition)
+        .ok_or_else(no_leader)?;
+    if let Some(e) = broker_error(p.error_code) {
+        return Err(e);
+    }
+    let broker = metadata
+        .brokers
+        .iter()
+        .find(|b| b.node_id == p.leader_id)
+        .ok_or_else(no_leader)?;
+    Ok(format!("{}:{}", &*broker.host, broker.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::BrokerId;
+
+    fn metadata(leader: i32, partition_error: i16) -> MetadataResponse {
+        MetadataResponse::default()
+            .with_brokers(vec![
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(1))
+                    .with_host(StrBytes::from_static_str("b1"))
+                    .with_port(9092),
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(2))
+                    .with_host(StrBytes::from_static_str("b2"))
+                    .with_port(9093),
+            ])
+            .with_topics(vec![MetadataResponseTopic::default()
+                .with_name(Some(topic_name("t")))
+                .with_partitions(vec![MetadataResponsePartition::default()
+                    .with_partition_index(3)
+                    .with_leader_id(BrokerId(leader))
+                    .with_error_code(partition_error)])])
+    }
+
+    #[test]
+    fn leader_address_names_the_leading_broker() {
+        assert_eq!(leader_address(&metadata(2, 0), "t", 3).unwrap(), "b2:9093");
+    }
+
+    #[test]
+    fn missing_leader_and_broker_errors_are_reported() {
+        assert!(matches!(
+            leader_address(&metadata(7, 0), "t", 3),
+            Err(LeaderError::NoLeader { .. })
+        ));
+        assert!(matches!(
+            leader_address(&metadata(1, 0), "t", 4),
+            Err(LeaderError::NoLeader { .. })
+        ));
+        // LEADER_NOT_AVAILABLE (5) is retriable.
+        let e = leader_address(&metadata(1, 5), "t", 3).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+    }
+}
