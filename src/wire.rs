@@ -151,11 +151,14 @@ impl Connection {
     }
 
     /// Sends one request and waits for its response.
-    pub async fn call<R: Request>(
+    pub async fn call<R: Request + Sync>(
         &mut self,
         request: &R,
         version: i16,
-    ) -> Result<R::Response, WireError> {
+    ) -> Result<R::Response, WireError>
+    where
+        R::Response: Send,
+    {
         let api = api_key::<R>();
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let header = RequestHeader::default()

@@ -58,10 +58,13 @@ impl PartitionReader {
                 ),
             )
             .await?;
-        let version = |v: Result<i16, WireError>| v.map_err(|e| cluster.error(what.clone(), e));
-        let fetch_version = version(conn.version::<FetchRequest>(FETCH_VERSIONS))?;
-        let list_offsets_version =
-            version(conn.version::<ListOffsetsRequest>(LIST_OFFSETS_VERSIONS))?;
+        let unsupported = |e: WireError| cluster.error(what.clone(), e);
+        let fetch_version = conn
+            .version::<FetchRequest>(FETCH_VERSIONS)
+            .map_err(unsupported)?;
+        let list_offsets_version = conn
+            .version::<ListOffsetsRequest>(LIST_OFFSETS_VERSIONS)
+            .map_err(unsupported)?;
         Ok(Self {
             conn,
             topic: topic.to_string(),
@@ -99,14 +102,14 @@ impl PartitionReader {
         let response = cluster
             .bounded(what.clone(), self.conn.call(&request, version))
             .await?;
-        let refused = |error| Err(cluster.error(what.clone(), WireFailure::Broker(error)));
+        let refused = |error| cluster.error(what.clone(), WireFailure::Broker(error));
         if let Some(error) = ResponseError::try_from_code(response.error_code) {
-            return refused(error);
+            return Err(refused(error));
         }
         let Some(data) = response
             .responses
             .into_iter()
-            .filter(|t| &*t.topic.0 == self.topic)
+            .filter(|t| *t.topic.0 == self.topic)
             .flat_map(|t| t.partitions)
             .find(|p| p.partition_index == self.partition)
         else {
@@ -123,7 +126,7 @@ impl PartitionReader {
             });
         };
         if let Some(error) = ResponseError::try_from_code(data.error_code) {
-            return refused(error);
+            return Err(refused(error));
         }
         let aborted: Vec<AbortedTransaction> = data
             .aborted_transactions
@@ -163,7 +166,7 @@ impl PartitionReader {
         let answer = response
             .topics
             .into_iter()
-            .filter(|t| &*t.name.0 == self.topic)
+            .filter(|t| *t.name.0 == self.topic)
             .flat_map(|t| t.partitions)
             .find(|p| p.partition_index == self.partition);
         match answer {
