@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -63,28 +62,15 @@ async fn compressed_source_batches_of_every_codec_are_replicated() {
         let lines: String = (0..500)
             .map(|i| format!("k{i}\t{codec}-value-{i}-{}\n", "x".repeat(i % 97)))
             .collect();
-        let mut kcat = Command::new(kcat())
-            .args([
-                "-P",
-                "-b",
-                &p.external.addr(),
-                "-t",
-                "codecs",
-                "-p",
-                &partition.to_string(),
-            ])
-            .args(["-z", codec, "-K", "\t", "-H", &format!("codec={codec}")])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        kcat.stdin
-            .take()
-            .unwrap()
-            .write_all(lines.as_bytes())
-            .unwrap();
-        assert!(kcat.wait().unwrap().success(), "kcat -z {codec} failed");
+        let header = format!("codec={codec}");
+        let args = ["-z", codec, "-K", "\t", "-H", &header];
+        kcat_produce(
+            &p.external.addr(),
+            "codecs",
+            partition as i32,
+            &args,
+            &lines,
+        );
     }
     p.service.start();
     p.assert_replicated(0, WAIT).await;
@@ -92,5 +78,117 @@ async fn compressed_source_batches_of_every_codec_are_replicated() {
         let copied = read_all(&p.internal.addr(), "int.codecs", partition).await;
         assert_eq!(copied.len(), 500, "partition {partition}");
     }
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// A header with a null value (legal in Kafka, written here by librdkafka) made
+/// rskafka's fetch fail at that offset forever. The record is copied, the header kept
+/// with an empty value (the produce path cannot write null: docs/compatibility.md), and
+/// the records after it follow.
+#[tokio::test(flavor = "multi_thread")]
+async fn null_header_values_do_not_stop_a_partition() {
+    let mut p = Pipeline::new("nulls", 1, &[]).await;
+    let addr = p.external.addr();
+    kcat_produce(&addr, "nulls", 0, &[], "a0\na1\na2\n");
+    kcat_produce(
+        &addr,
+        "nulls",
+        0,
+        &["-H", "absent", "-H", "present=1"],
+        "b0\nb1\n",
+    );
+    kcat_produce(&addr, "nulls", 0, &[], "c0\nc1\n");
+    // The source really holds null header values.
+    let source = kcat_read(&addr, "nulls", 0, "%s %h");
+    assert_eq!(source[3], "b0 absent=NULL,present=1", "{source:?}");
+
+    p.service.start();
+    wait_for_end(&p.internal.addr(), "int.nulls", 0, 7, WAIT).await;
+    let copied = read_all(&p.internal.addr(), "int.nulls", 0).await;
+    let values: Vec<&[u8]> = copied
+        .iter()
+        .map(|r| r.record.value.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        [&b"a0"[..], b"a1", b"a2", b"b0", b"b1", b"c0", b"c1"],
+        "records in order, each once"
+    );
+    for r in &copied[3..5] {
+        assert_eq!(
+            r.record.headers.get("absent").map(Vec::as_slice),
+            Some(&b""[..])
+        );
+        assert_eq!(
+            r.record.headers.get("present").map(Vec::as_slice),
+            Some(&b"1"[..])
+        );
+    }
+    assert!(!copied[0].record.headers.contains_key("absent"));
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// Transactions written by librdkafka's transactional producer leave control records
+/// (markers) in the partition. A fetch that returns only a marker must move past it:
+/// rskafka returned no record and no offset there, and the partition stopped for good.
+/// Records of aborted transactions must never be copied (tansu 0.6 does not store
+/// them at all; the filtering itself is tested on encoded batches in
+/// `source::batches`).
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_markers_never_stop_a_partition() {
+    let mut p = Pipeline::new("txns", 1, &[]).await;
+    let (external, internal) = (p.external.addr(), p.internal.addr());
+    p.service.start();
+    p.service
+        .wait_log("replication to start", WAIT, |log| {
+            log.contains("no checkpoint: fetching")
+        })
+        .await;
+
+    // The fetcher catches up with this transaction, then sits on its marker.
+    produce_transactions(&external, "txns", 0, &["commit:3"]);
+    wait_for_end(&internal, "int.txns", 0, 3, WAIT).await;
+    produce_transactions(
+        &external,
+        "txns",
+        0,
+        &["commit:2", "abort:2", "plain:2", "commit:1"],
+    );
+    if let Err(now) = reach_end(&internal, "int.txns", 0, 8, WAIT).await {
+        panic!(
+            "int.txns reached {now}, not 8; log:\n{}",
+            p.service.log_text()
+        );
+    }
+
+    let expected = [
+        "0-commit-0",
+        "0-commit-1",
+        "0-commit-2",
+        "0-commit-0",
+        "0-commit-1",
+        "2-plain-0",
+        "2-plain-1",
+        "3-commit-0",
+    ];
+    let copied = kcat_read(&internal, "int.txns", 0, "%s");
+    assert_eq!(copied, expected, "committed and plain records, each once");
+    // Source offsets carried over: each copied record names its own source offset.
+    let source = kcat_read(&external, "txns", 0, "%o %s");
+    let copied_offsets = kcat_read(&internal, "int.txns", 0, "%s %h");
+    for (src, copy) in source.iter().zip(&copied_offsets) {
+        let (offset, value) = src.split_once(' ').unwrap();
+        assert!(copy.starts_with(value), "{copy} vs {src}");
+        assert!(
+            copy.contains(&format!("kafka-direct.source.offset={offset}")),
+            "{copy} vs {src}"
+        );
+    }
+    // The position moves past the last marker too: nothing is reported as lagging.
+    p.service
+        .wait_log("lag 0 in a progress line", WAIT, |log| {
+            progress_field(log, "lag") == Some(0) && progress_field(log, "forwarded") == Some(8)
+        })
+        .await;
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }

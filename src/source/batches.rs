@@ -180,28 +180,28 @@ fn control_type(key: Option<&Bytes>) -> Option<i16> {
     (key.len() >= 4).then(|| (&key[2..4]).get_i16())
 }
 
+/// Record batches built with the protocol crate's encoder, for tests.
 #[cfg(test)]
-mod tests {
-    //! Fetch responses built with the protocol crate's encoder: the transactional cases
-    //! the test broker (tansu 0.6) cannot produce, because it never stores the records
-    //! of an aborted transaction.
-    use super::*;
-    use bytes::BytesMut;
+pub(crate) mod test_batches {
+    use bytes::{Bytes, BytesMut};
     use indexmap::IndexMap;
     use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
 
-    struct Batch {
-        producer_id: i64,
-        transactional: bool,
-        control: Option<i16>,
-        offsets: Vec<i64>,
-        compression: Compression,
+    /// Type of a COMMIT marker.
+    pub const COMMIT: i16 = 1;
+
+    pub struct Batch {
+        pub producer_id: i64,
+        pub transactional: bool,
+        pub control: Option<i16>,
+        pub offsets: Vec<i64>,
+        pub compression: Compression,
     }
 
-    fn data(producer_id: i64, transactional: bool, offsets: std::ops::Range<i64>) -> Batch {
+    pub fn data(producer_id: i64, transactional: bool, offsets: std::ops::Range<i64>) -> Batch {
         Batch {
             producer_id,
             transactional,
@@ -211,7 +211,7 @@ mod tests {
         }
     }
 
-    fn marker(producer_id: i64, kind: i16, offset: i64) -> Batch {
+    pub fn marker(producer_id: i64, kind: i16, offset: i64) -> Batch {
         Batch {
             producer_id,
             transactional: true,
@@ -221,7 +221,7 @@ mod tests {
         }
     }
 
-    fn encode(batches: &[Batch]) -> Bytes {
+    pub fn encode(batches: &[Batch]) -> Bytes {
         let mut buf = BytesMut::new();
         for b in batches {
             let records: Vec<Record> = b
@@ -275,6 +275,16 @@ mod tests {
         }
         buf.freeze()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fetch responses built with the protocol crate's encoder: the transactional cases
+    //! the test broker (tansu 0.6) cannot produce, because it never stores the records
+    //! of an aborted transaction.
+    use super::test_batches::*;
+    use super::*;
+    use kafka_protocol::records::Compression;
 
     fn offsets(d: &Decoded) -> Vec<i64> {
         d.batch.records.iter().map(|r| r.offset).collect()
@@ -310,7 +320,7 @@ mod tests {
 
     #[test]
     fn a_marker_alone_advances_past_itself() {
-        let d = decode(encode(&[marker(7, 1, 3)]), 3, &[]).unwrap();
+        let d = decode(encode(&[marker(7, COMMIT, 3)]), 3, &[]).unwrap();
         assert!(d.batch.records.is_empty());
         assert_eq!(d.batch.next_offset, 4);
         assert_eq!(d.control_records, 1);
@@ -323,14 +333,14 @@ mod tests {
         // (marker 10); producer 7 then commits 11..12 (marker 13).
         let bytes = encode(&[
             data(7, true, 0..3),
-            marker(7, 1, 3),
+            marker(7, COMMIT, 3),
             data(7, true, 4..6),
             marker(7, ABORT, 6),
             data(8, true, 7..9),
             data(-1, false, 9..10),
             marker(8, ABORT, 10),
             data(7, true, 11..13),
-            marker(7, 1, 13),
+            marker(7, COMMIT, 13),
         ]);
         let aborted = [
             AbortedTransaction {
@@ -359,7 +369,7 @@ mod tests {
             data(7, true, 0..2),
             marker(7, ABORT, 2),
             data(7, true, 3..5), // a new transaction of the same producer, committed
-            marker(7, 1, 5),
+            marker(7, COMMIT, 5),
         ]);
         let aborted = [AbortedTransaction {
             producer_id: 7,

@@ -181,3 +181,173 @@ impl PartitionReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reader against an in-process fake broker that answers with encoded protocol
+    //! messages: what a real Kafka sends for a partition holding an aborted transaction
+    //! (tansu 0.6 never stores aborted records, so the end-to-end tests cannot show it).
+    use std::time::Duration;
+
+    use bytes::{BufMut, Bytes, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::fetch_response::{self, FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::list_offsets_response::{
+        ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+    };
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsResponse, FetchResponse, ListOffsetsResponse, MetadataResponse,
+        ProducerId, ResponseHeader,
+    };
+    use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable, StrBytes};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::source::batches::test_batches::{data, encode, marker, COMMIT};
+
+    /// Serves one connection: ApiVersions, Metadata (itself as leader), ListOffsets
+    /// (earliest 0) and Fetch (`records` with `aborted`, high watermark 10).
+    async fn fake_broker(records: Bytes, aborted: Vec<(i64, i64)>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            loop {
+                let Ok(len) = stream.read_i32().await else {
+                    return;
+                };
+                let mut body = BytesMut::zeroed(len as usize);
+                stream.read_exact(&mut body).await.unwrap();
+                let mut body = body.freeze();
+                let header = decode_request_header_from_buffer(&mut body).unwrap();
+                let api = ApiKey::try_from(header.request_api_key).unwrap();
+                let version = header.request_api_version;
+                let mut out = BytesMut::new();
+                ResponseHeader::default()
+                    .with_correlation_id(header.correlation_id)
+                    .encode(&mut out, api.response_header_version(version))
+                    .unwrap();
+                match api {
+                    ApiKey::ApiVersions => ApiVersionsResponse::default()
+                        .with_api_keys(vec![
+                            ApiVersion::default()
+                                .with_api_key(ApiKey::Fetch as i16)
+                                .with_min_version(0)
+                                .with_max_version(16),
+                            ApiVersion::default()
+                                .with_api_key(ApiKey::ListOffsets as i16)
+                                .with_min_version(0)
+                                .with_max_version(9),
+                            ApiVersion::default()
+                                .with_api_key(ApiKey::Metadata as i16)
+                                .with_min_version(0)
+                                .with_max_version(12),
+                        ])
+                        .encode(&mut out, version),
+                    ApiKey::Metadata => MetadataResponse::default()
+                        .with_brokers(vec![MetadataResponseBroker::default()
+                            .with_node_id(BrokerId(1))
+                            .with_host(StrBytes::from_string(addr.ip().to_string()))
+                            .with_port(i32::from(addr.port()))])
+                        .with_topics(vec![MetadataResponseTopic::default()
+                            .with_name(Some(topic_name("t")))
+                            .with_partitions(vec![MetadataResponsePartition::default()
+                                .with_partition_index(0)
+                                .with_leader_id(BrokerId(1))])])
+                        .encode(&mut out, version),
+                    ApiKey::ListOffsets => ListOffsetsResponse::default()
+                        .with_topics(vec![ListOffsetsTopicResponse::default()
+                            .with_name(topic_name("t"))
+                            .with_partitions(vec![ListOffsetsPartitionResponse::default()
+                                .with_partition_index(0)
+                                .with_offset(0)])])
+                        .encode(&mut out, version),
+                    ApiKey::Fetch => FetchResponse::default()
+                        .with_responses(vec![FetchableTopicResponse::default()
+                            .with_topic(topic_name("t"))
+                            .with_partitions(vec![PartitionData::default()
+                                .with_partition_index(0)
+                                .with_high_watermark(10)
+                                .with_last_stable_offset(10)
+                                .with_aborted_transactions(Some(
+                                    aborted
+                                        .iter()
+                                        .map(|&(producer_id, first_offset)| {
+                                            fetch_response::AbortedTransaction::default()
+                                                .with_producer_id(ProducerId(producer_id))
+                                                .with_first_offset(first_offset)
+                                        })
+                                        .collect(),
+                                ))
+                                .with_records(Some(records.clone()))])])
+                        .encode(&mut out, version),
+                    other => panic!("unexpected request {other:?}"),
+                }
+                .unwrap();
+                let mut frame = BytesMut::new();
+                frame.put_i32(out.len() as i32);
+                frame.put(out);
+                stream.write_all(&frame).await.unwrap();
+            }
+        });
+        addr.to_string()
+    }
+
+    fn cluster(addr: String) -> Cluster {
+        Cluster {
+            role: "external",
+            key: "connector.kafka.bootstrap.servers",
+            servers: vec![addr],
+            timeout: Duration::from_secs(5),
+            internal_retries: true,
+            client_id: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_drops_the_aborted_transaction_the_broker_lists() {
+        // Producer 7 aborts 0..3 (marker 3), then commits 4..6 (marker 6); plain
+        // records 7..10.
+        let records = encode(&[
+            data(7, true, 0..3),
+            marker(7, 0, 3),
+            data(7, true, 4..6),
+            marker(7, COMMIT, 6),
+            data(-1, false, 7..10),
+        ]);
+        let cluster = cluster(fake_broker(records, vec![(7, 0)]).await);
+        let mut reader = PartitionReader::connect(&cluster, "t", 0).await.unwrap();
+        assert_eq!(reader.fetch_version, 12, "highest version both sides speak");
+        assert_eq!(reader.earliest(&cluster).await.unwrap(), 0);
+
+        let fetched = reader.fetch(&cluster, 0, 1 << 20, 100).await.unwrap();
+        assert_eq!(fetched.high_watermark, 10);
+        let offsets: Vec<i64> = fetched
+            .decoded
+            .batch
+            .records
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(offsets, vec![4, 5, 7, 8, 9]);
+        assert_eq!(fetched.decoded.batch.next_offset, 10);
+        assert_eq!(fetched.decoded.aborted_records, 3);
+        assert_eq!(fetched.decoded.control_records, 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cluster_is_a_transient_error_naming_the_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let e = PartitionReader::connect(&cluster(addr.clone()), "t", 0)
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains(&addr), "{e}");
+    }
+}

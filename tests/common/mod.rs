@@ -505,17 +505,16 @@ impl Service {
 
     /// The last `progress` line's figures: (fetched, forwarded, wal_bytes).
     pub fn last_progress(&self) -> Option<(u64, u64, u64)> {
-        let text = self.log_text();
-        let line = text.lines().rev().find(|l| l.contains(" progress "))?;
-        let field = |name: &str| -> Option<u64> {
-            let start = line.find(&format!("{name}="))? + name.len() + 1;
-            line[start..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        };
-        Some((field("fetched")?, field("forwarded")?, field("wal_bytes")?))
+        Some((
+            self.progress_field("fetched")?,
+            self.progress_field("forwarded")?,
+            self.progress_field("wal_bytes")?,
+        ))
+    }
+
+    /// One figure of the last `progress` line.
+    pub fn progress_field(&self, name: &str) -> Option<u64> {
+        progress_field(&self.log_text(), name)
     }
 
     /// Polls the log until `pred` holds on its text.
@@ -543,6 +542,67 @@ impl Drop for Service {
             let _ = child.wait();
         }
     }
+}
+
+/// One figure of the last `progress` line of a service log.
+pub fn progress_field(log: &str, name: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains(" progress "))?;
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Produces `lines` (one record each) with kcat, adding `args` (codec, headers, key
+/// delimiter) to `kcat -P`.
+pub fn kcat_produce(addr: &str, topic: &str, partition: i32, args: &[&str], lines: &str) {
+    use std::io::Write;
+    let mut kcat = std::process::Command::new(kcat())
+        .args(["-P", "-b", addr, "-t", topic, "-p", &partition.to_string()])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    kcat.stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(kcat.wait().unwrap().success(), "kcat -P {args:?} failed");
+}
+
+/// Runs tests/support/transactions.py: librdkafka's transactional producer writes
+/// `steps` (`commit:N`, `abort:N`, `plain:N`) to one partition.
+pub fn produce_transactions(addr: &str, topic: &str, partition: i32, steps: &[&str]) {
+    let root = repo_root();
+    let status = std::process::Command::new("python3")
+        .arg(root.join("tests/support/transactions.py"))
+        .args([addr, topic, &partition.to_string()])
+        .args(steps)
+        .env("PYTHONPATH", root.join("target/kcat/python"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "transactions.py {steps:?} failed");
+}
+
+/// Values of a partition read by kcat (an independent client), in offset order.
+pub fn kcat_read(addr: &str, topic: &str, partition: i32, format: &str) -> Vec<String> {
+    let out = std::process::Command::new(kcat())
+        .args(["-C", "-b", addr, "-t", topic, "-p", &partition.to_string()])
+        .args(["-e", "-q", "-f", &format!("{format}\n")])
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kcat -C failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Two brokers, a source topic, and a configured (not yet started) service.
