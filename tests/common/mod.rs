@@ -68,10 +68,13 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
-/// One tansu broker on a free loopback port, in memory.
+/// One tansu broker on a free loopback port, in memory or (durable) in an [`ObjectStore`].
 pub struct Broker {
     child: Child,
     pub port: u16,
+    advertised: u16,
+    storage: String,
+    s3_endpoint: Option<String>,
 }
 
 impl Broker {
@@ -81,34 +84,64 @@ impl Broker {
 
     /// A broker that tells clients to connect to `advertised_port` (a proxy's).
     pub fn start_advertising(advertised_port: Option<u16>) -> Self {
+        Self::start_with("memory://tansu/", None, advertised_port)
+    }
+
+    /// A broker whose data lives in `store` (bucket `bucket`): it survives
+    /// [`Broker::kill9`] and [`Broker::start_again`].
+    pub fn start_durable(store: &ObjectStore, bucket: &str) -> Self {
+        Self::start_with(&format!("s3://{bucket}/"), Some(store.endpoint()), None)
+    }
+
+    fn start_with(storage: &str, s3_endpoint: Option<String>, advertised: Option<u16>) -> Self {
         install_tools();
         for _ in 0..5 {
             let port = free_port();
-            let advertised = advertised_port.unwrap_or(port);
-            let mut child = Command::new(repo_root().join("scripts/broker"))
-                .args([
-                    port.to_string(),
-                    "memory://tansu/".into(),
-                    advertised.to_string(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("scripts/broker starts");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self { child, port };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken in between: try another
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            let advertised = advertised.unwrap_or(port);
+            let spawned = spawn_broker(port, storage, s3_endpoint.as_deref(), advertised);
+            if let Some(child) = spawned {
+                return Self {
+                    child,
+                    port,
+                    advertised,
+                    storage: storage.to_string(),
+                    s3_endpoint,
+                };
+            } // else: port taken in between, try another
         }
         panic!("could not start a broker");
+    }
+
+    /// Kills the broker at once (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub fn start_again(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let spawned = spawn_broker(
+                self.port,
+                &self.storage,
+                self.s3_endpoint.as_deref(),
+                self.advertised,
+            );
+            if let Some(child) = spawned {
+                self.child = child;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker on port {} does not start again",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -126,9 +159,84 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
+        self.kill9();
+    }
+}
+
+/// Runs scripts/broker and waits until it accepts connections; `None` if it exited.
+fn spawn_broker(
+    port: u16,
+    storage: &str,
+    s3_endpoint: Option<&str>,
+    advertised: u16,
+) -> Option<Child> {
+    let mut cmd = Command::new(repo_root().join("scripts/broker"));
+    cmd.args([
+        port.to_string(),
+        storage.to_string(),
+        advertised.to_string(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(endpoint) = s3_endpoint {
+        cmd.env("KAFKA_DIRECT_S3_ENDPOINT", endpoint);
+    }
+    let mut child = cmd.spawn().expect("scripts/broker starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A local S3-compatible store (scripts/s3) holding durable brokers' data.
+pub struct ObjectStore {
+    child: Child,
+    pub port: u16,
+}
+
+impl ObjectStore {
+    pub fn start() -> Self {
+        run_script("install-s3");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(repo_root().join("scripts/s3"))
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("scripts/s3 starts");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { child, port };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start the S3-compatible store");
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,0 +1,433 @@
+//! The torture harness (docs/reliability.md): real brokers with durable storage, the
+//! service as a child process killed with SIGKILL at random moments while records keep
+//! arriving, both brokers restarted, the internal broker held down for a while; then an
+//! independent reader (plain rskafka, not the service's code) counts lost, duplicated,
+//! reordered and damaged records. All four must be 0.
+//!
+//! `cargo test --test torture` runs the short profile (CI). Options, after `--`:
+//! `--records N --partitions P --kills K --broker-restarts R --outage-secs S --seed X`.
+//! A failing run prints its seed; `--seed` replays the same schedule of faults.
+
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rskafka::chrono::{TimeZone, Utc};
+use rskafka::client::partition::Compression;
+use rskafka::record::{Record, RecordAndOffset};
+
+const TOPIC: &str = "torture";
+const INTERNAL_TOPIC: &str = "int.torture";
+
+#[derive(Debug, Clone)]
+struct Profile {
+    records: usize,
+    partitions: i32,
+    kills: usize,
+    broker_restarts: usize,
+    outage_secs: u64,
+    seed: u64,
+}
+
+impl Profile {
+    fn from_args() -> Self {
+        let mut p = Profile {
+            records: 100_000,
+            partitions: 4,
+            kills: 20,
+            broker_restarts: 2,
+            outage_secs: 10,
+            seed: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut value = |name: &str| -> u64 {
+                let v = it.next().unwrap_or_else(|| panic!("{name} needs a value"));
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name}: `{v}` is not a number"))
+            };
+            match arg.as_str() {
+                "--records" => p.records = value(arg) as usize,
+                "--partitions" => p.partitions = value(arg) as i32,
+                "--kills" => p.kills = value(arg) as usize,
+                "--broker-restarts" => p.broker_restarts = value(arg) as usize,
+                "--outage-secs" => p.outage_secs = value(arg),
+                "--seed" => p.seed = value(arg),
+                // Flags cargo's test runner passes to every test binary.
+                "--nocapture" | "--quiet" | "-q" | "--test-threads" => {}
+                other if other.starts_with("--test-threads=") => {}
+                other => panic!(
+                    "unknown option {other}; options: --records --partitions --kills \
+                     --broker-restarts --outage-secs --seed"
+                ),
+            }
+        }
+        p
+    }
+}
+
+/// A record whose value carries its partition, sequence number and a CRC-32 of its
+/// payload, with a key (sometimes null), headers and a distinct timestamp.
+fn torture_record(partition: i32, seq: usize) -> Record {
+    let size = (seq * 7919) % 3000;
+    let payload: Vec<u8> = (0..size).map(|j| ((j + seq) % 251) as u8).collect();
+    let mut headers = BTreeMap::new();
+    headers.insert("seq".to_owned(), seq.to_string().into_bytes());
+    if seq % 4 == 0 {
+        headers.insert("empty".to_owned(), Vec::new());
+    }
+    Record {
+        key: (seq % 13 != 0).then(|| format!("key-{partition}-{seq}").into_bytes()),
+        value: (seq % 17 != 3).then(|| {
+            let mut v = format!(
+                "p{partition}-seq{seq}-crc{:08x}-",
+                crc32fast::hash(&payload)
+            )
+            .into_bytes();
+            v.extend(&payload);
+            v
+        }),
+        headers,
+        timestamp: Utc
+            .timestamp_millis_opt(1_700_000_000_000 + seq as i64)
+            .unwrap(),
+    }
+}
+
+/// Whether a value still matches the checksum it carries.
+fn value_intact(value: &[u8]) -> bool {
+    let Some(dash) = value
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'-')
+        .nth(2)
+        .map(|(i, _)| i)
+    else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&value[..dash]);
+    let Some(crc) = head.rsplit("-crc").next() else {
+        return false;
+    };
+    u32::from_str_radix(crc, 16).ok() == Some(crc32fast::hash(&value[dash + 1..]))
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Faults {
+    lost: usize,
+    duplicated: usize,
+    reordered: usize,
+    damaged: usize,
+}
+
+impl Faults {
+    fn add(&mut self, o: Faults) {
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+        self.damaged += o.damaged;
+    }
+
+    fn none(&self) -> bool {
+        self.lost + self.duplicated + self.reordered + self.damaged == 0
+    }
+}
+
+/// Compares one partition's source records with their copies, by source offset.
+fn count_faults(source: &[RecordAndOffset], copies: &[RecordAndOffset]) -> Faults {
+    let mut faults = Faults::default();
+    let by_offset: HashMap<i64, &Record> = source.iter().map(|r| (r.offset, &r.record)).collect();
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    let mut last = -1i64;
+    for copy in copies {
+        let Some(offset) = copy
+            .record
+            .headers
+            .get(SOURCE_OFFSET_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+        else {
+            faults.damaged += 1;
+            continue;
+        };
+        *seen.entry(offset).or_default() += 1;
+        if offset <= last {
+            if seen[&offset] == 1 {
+                faults.reordered += 1;
+            }
+        } else {
+            last = offset;
+        }
+        let Some(original) = by_offset.get(&offset) else {
+            faults.damaged += 1; // a copy of a record the source does not have
+            continue;
+        };
+        let mut headers = copy.record.headers.clone();
+        headers.retain(|k, _| !k.starts_with("kafka-direct.source."));
+        let intact = copy.record.key == original.key
+            && copy.record.value == original.value
+            && copy.record.value.as_deref().is_none_or(value_intact)
+            && headers == original.headers
+            && copy.record.timestamp == original.timestamp;
+        if !intact {
+            faults.damaged += 1;
+        }
+    }
+    faults.duplicated = seen.values().map(|&n| n.saturating_sub(1)).sum();
+    faults.lost = source
+        .iter()
+        .filter(|r| !seen.contains_key(&r.offset))
+        .count();
+    faults
+}
+
+enum Fault {
+    KillService,
+    RestartSource,
+    RestartInternal,
+    InternalOutage,
+}
+
+struct Rig {
+    _store: ObjectStore,
+    external: Broker,
+    internal: Broker,
+    service: Service,
+    _dir: tempfile::TempDir,
+}
+
+fn main() {
+    let profile = Profile::from_args();
+    eprintln!("torture: {profile:?}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ok = runtime.block_on(run(profile));
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+async fn run(p: Profile) -> bool {
+    let started = Instant::now();
+    let say =
+        |what: String| eprintln!("torture [{:>6.1}s] {what}", started.elapsed().as_secs_f64());
+    let mut rng = fastrand::Rng::with_seed(p.seed);
+
+    let store = ObjectStore::start();
+    let external = Broker::start_durable(&store, &format!("kd-external-{}", p.seed % 100_000));
+    let internal = Broker::start_durable(&store, &format!("kd-internal-{}", p.seed % 100_000));
+    create_topic(&external.addr(), TOPIC, p.partitions).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: TOPIC,
+            extra: &[("progress.interval.ms", "1000")],
+        },
+    );
+    let mut rig = Rig {
+        _store: store,
+        external,
+        internal,
+        service,
+        _dir: dir,
+    };
+    rig.service.start();
+
+    // The schedule of faults, shuffled with the seed.
+    let mut plan: Vec<Fault> = (0..p.kills).map(|_| Fault::KillService).collect();
+    for i in 0..p.broker_restarts {
+        plan.push(if i % 2 == 0 {
+            Fault::RestartSource
+        } else {
+            Fault::RestartInternal
+        });
+    }
+    if p.outage_secs > 0 {
+        plan.push(Fault::InternalOutage);
+    }
+    rng.shuffle(&mut plan);
+
+    // Records arrive all through the faults: one chunk per partition per step.
+    let per_partition = p.records / p.partitions as usize;
+    let chunk = 250usize;
+    let steps = per_partition.div_ceil(chunk);
+    let fault_time =
+        Duration::from_secs_f64(plan.len() as f64 * 1.4) + Duration::from_secs(p.outage_secs);
+    let pace = fault_time / steps.max(1) as u32;
+    let produced = Arc::new(AtomicU64::new(0));
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (addr, produced, producing) =
+            (rig.external.addr(), produced.clone(), producing.clone());
+        let partitions = p.partitions;
+        tokio::spawn(async move {
+            for step in 0..steps {
+                let range = step * chunk..((step + 1) * chunk).min(per_partition);
+                for partition in 0..partitions {
+                    let records: Vec<Record> = range
+                        .clone()
+                        .map(|seq| torture_record(partition, seq))
+                        .collect();
+                    produce_until_stored(&addr, partition, records).await;
+                    produced.fetch_add(range.len() as u64, Ordering::Relaxed);
+                }
+                tokio::time::sleep(pace).await;
+            }
+            producing.store(false, Ordering::Relaxed);
+        })
+    };
+
+    let (mut kills, mut restarts, mut outage) = (0, 0, Duration::ZERO);
+    for fault in plan {
+        let gap = Duration::from_millis(rng.u64(300..2500));
+        tokio::time::sleep(gap).await;
+        match fault {
+            Fault::KillService => {
+                rig.service.kill9();
+                kills += 1;
+                tokio::time::sleep(Duration::from_millis(rng.u64(0..500))).await;
+                rig.service.start();
+                say(format!(
+                    "kill -9 #{kills} of the service after {gap:?}; restarted"
+                ));
+            }
+            Fault::RestartSource => {
+                rig.external.kill9();
+                rig.external.start_again();
+                restarts += 1;
+                say("source broker killed and restarted".into());
+            }
+            Fault::RestartInternal => {
+                rig.internal.kill9();
+                rig.internal.start_again();
+                restarts += 1;
+                say("internal broker killed and restarted".into());
+            }
+            Fault::InternalOutage => {
+                let secs = Duration::from_secs(p.outage_secs);
+                rig.internal.kill9();
+                say(format!("internal broker down for {secs:?}"));
+                tokio::time::sleep(secs).await;
+                rig.internal.start_again();
+                outage += secs;
+                say(format!(
+                    "internal broker back; {} records produced so far",
+                    produced.load(Ordering::Relaxed)
+                ));
+            }
+        }
+    }
+    producer.await.unwrap();
+    assert!(!producing.load(Ordering::Relaxed));
+    say(format!(
+        "faults done; {} records produced; waiting for the copy to catch up",
+        produced.load(Ordering::Relaxed)
+    ));
+
+    // Caught up: every internal partition at its source end, and still there 3 s later.
+    let mut ends = Vec::new();
+    for partition in 0..p.partitions {
+        let end = end_offset(&rig.external.addr(), TOPIC, partition).await;
+        if let Err(now) = reach_end(
+            &rig.internal.addr(),
+            INTERNAL_TOPIC,
+            partition,
+            end,
+            Duration::from_secs(600),
+        )
+        .await
+        {
+            say(format!(
+                "{INTERNAL_TOPIC}/{partition} stopped at {now}, source end {end}"
+            ));
+        }
+        ends.push(end);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut faults = Faults::default();
+    let mut source_records = 0;
+    for partition in 0..p.partitions {
+        let source = read_all(&rig.external.addr(), TOPIC, partition).await;
+        let copies = read_all(&rig.internal.addr(), INTERNAL_TOPIC, partition).await;
+        let f = count_faults(&source, &copies);
+        if !f.none() {
+            say(format!(
+                "partition {partition}: {} source records, {} copies, {f:?}",
+                source.len(),
+                copies.len()
+            ));
+        }
+        source_records += source.len();
+        faults.add(f);
+    }
+    let unexpected = rig.service.progress_field("unexpected_produce_offsets");
+    let clean_exit = rig.service.terminate(Duration::from_secs(60)).success();
+    println!(
+        "torture: records={source_records} partitions={} kills={kills} broker_restarts={restarts} outage_secs={} elapsed_secs={:.0} lost={} duplicated={} reordered={} damaged={} unexpected_produce_offsets={} seed={}",
+        p.partitions,
+        outage.as_secs(),
+        started.elapsed().as_secs_f64(),
+        faults.lost,
+        faults.duplicated,
+        faults.reordered,
+        faults.damaged,
+        unexpected.map_or("?".into(), |u| u.to_string()),
+        p.seed,
+    );
+    if !faults.none() || !clean_exit {
+        eprintln!(
+            "torture FAILED (replay with --seed {}); clean exit: {clean_exit}; service log in {}:\n{}",
+            p.seed,
+            rig.service.log.display(),
+            tail(&rig.service.log_text(), 80)
+        );
+        return false;
+    }
+    true
+}
+
+/// Produces `records` to the source, retrying through broker restarts. A retry may
+/// store a chunk twice in the source: the check compares copies with the source
+/// offset by offset, so that does not matter.
+async fn produce_until_stored(addr: &str, partition: i32, records: Vec<Record>) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let attempt = async {
+            let client = rskafka::client::ClientBuilder::new(vec![addr.to_string()])
+                .build()
+                .await?;
+            let pc = client
+                .partition_client(
+                    TOPIC,
+                    partition,
+                    rskafka::client::partition::UnknownTopicHandling::Retry,
+                )
+                .await?;
+            pc.produce(records.clone(), Compression::NoCompression)
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(_)) => return,
+            _ if Instant::now() > deadline => panic!("the source broker refused records for 300 s"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
