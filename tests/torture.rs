@@ -36,7 +36,9 @@ struct Profile {
 }
 
 impl Profile {
-    fn from_args() -> Self {
+    /// The profile from the command line, or `None` when a test-name filter given to
+    /// `cargo test` does not select this harness.
+    fn from_args() -> Option<Self> {
         let mut p = Profile {
             records: 100_000,
             partitions: 4,
@@ -49,6 +51,7 @@ impl Profile {
                 .as_nanos() as u64,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut filters = Vec::new();
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let mut value = |name: &str| -> u64 {
@@ -63,16 +66,17 @@ impl Profile {
                 "--broker-restarts" => p.broker_restarts = value(arg) as usize,
                 "--outage-secs" => p.outage_secs = value(arg),
                 "--seed" => p.seed = value(arg),
-                // Flags cargo's test runner passes to every test binary.
-                "--nocapture" | "--quiet" | "-q" | "--test-threads" => {}
-                other if other.starts_with("--test-threads=") => {}
-                other => panic!(
-                    "unknown option {other}; options: --records --partitions --kills \
-                     --broker-restarts --outage-secs --seed"
-                ),
+                // Other flags are the test runner's (--nocapture, --test-threads=N…).
+                flag if flag.starts_with('-') => {}
+                filter => filters.push(filter.to_string()),
             }
         }
-        p
+        assert!(
+            p.partitions > 0 && p.records >= p.partitions as usize,
+            "need at least one record per partition"
+        );
+        let selected = filters.is_empty() || filters.iter().any(|f| "torture".contains(f.as_str()));
+        selected.then_some(p)
     }
 }
 
@@ -206,13 +210,20 @@ struct Rig {
 }
 
 fn main() {
-    let profile = Profile::from_args();
+    let Some(profile) = Profile::from_args() else {
+        eprintln!("torture: not selected by the test-name filter");
+        return;
+    };
     eprintln!("torture: {profile:?}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let ok = runtime.block_on(run(profile));
+    // The line the test runner prints, so suite totals (scripts/test) count this run.
+    let (passed, failed) = if ok { (1, 0) } else { (0, 1) };
+    let result = if ok { "ok" } else { "FAILED" };
+    println!("test result: {result}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out");
     std::process::exit(if ok { 0 } else { 1 });
 }
 
