@@ -98,11 +98,25 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            let message = error_chain(&e);
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, leaving out a cause whose text the message already holds.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 fn init_logging(format: LogFormat) {
@@ -141,7 +155,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(kafka_direct::service::run(config, shutdown_signal()))?;
+            let result = runtime.block_on(kafka_direct::service::run(config, shutdown_signal()));
+            // A WAL flush stuck on failed storage must not keep the process alive.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { config, overrides } => match load(&config, &overrides) {

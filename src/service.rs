@@ -57,6 +57,12 @@ pub enum ServiceError {
         /// Its partition count.
         source_count: usize,
     },
+    /// Writing the WAL failed (disk full, I/O error): the whole process stops.
+    #[error("writing the WAL failed ({detail}); kafka-direct stopped. Free space in data.dir (or set wal.max.bytes below the free space) and start it again: it resumes from its last checkpoints, losing and repeating nothing")]
+    WalStorage {
+        /// The first failure.
+        detail: String,
+    },
     /// Every partition task stopped on an error.
     #[error("every partition stopped on an error; first: {0}")]
     AllFailed(String),
@@ -184,6 +190,7 @@ pub async fn run(
             cancel: cancel.clone(),
         };
         all_metrics.push(metrics);
+        let cancel_all = cancel.clone();
         // Each partition starts on its own: one slow internal partition does not hold
         // the others back.
         tasks.spawn(async move {
@@ -208,6 +215,11 @@ pub async fn run(
                 .store(tail.stored_next.or(checkpoints.forwarded_next).unwrap_or(-1), Ordering::Relaxed);
             let fetch = tokio::spawn(fetcher.run());
             let forward = forwarder.run(tail, leader).await;
+            if let Err(e) = &forward {
+                if e.wal_error().is_some_and(WalError::is_storage_failure) {
+                    cancel_all.cancel(); // as the fetcher does: sled refuses further writes
+                }
+            }
             let fetch = fetch.await.expect("the fetcher task does not panic");
             Ok::<_, SinkError>(match (fetch, forward) {
                 (Ok(()), forward) => TaskEnd::Sink(forward),
@@ -225,6 +237,7 @@ pub async fn run(
     );
     tokio::pin!(shutdown);
     let mut failures: Vec<String> = Vec::new();
+    let mut storage_failure: Option<String> = None;
     let mut running = tasks.len();
     let mut shutting_down = false;
     while running > 0 {
@@ -238,12 +251,17 @@ pub async fn run(
                 let Some(joined) = joined else { break };
                 running -= 1;
                 let end = joined.expect("partition tasks do not panic");
-                let failure = match end {
-                    Ok(TaskEnd::Source(Err(e))) => Some(e.to_string()),
-                    Ok(TaskEnd::Sink(Err(e))) | Err(e) => Some(e.to_string()),
-                    Ok(_) => None,
+                let (failure, storage) = match &end {
+                    Ok(TaskEnd::Source(Err(e))) => (Some(e.to_string()), e.wal_error()),
+                    Ok(TaskEnd::Sink(Err(e))) | Err(e) => (Some(e.to_string()), e.wal_error()),
+                    Ok(_) => (None, None),
                 };
-                if let Some(f) = failure {
+                if let Some(e) = storage.filter(|e| e.is_storage_failure()) {
+                    if storage_failure.is_none() {
+                        storage_failure = Some(e.to_string());
+                        cancel.cancel();
+                    }
+                } else if let Some(f) = failure {
                     warn!(error = %f, "a partition stopped; the others go on");
                     failures.push(f);
                 }
@@ -252,6 +270,12 @@ pub async fn run(
     }
     cancel.cancel();
     let _ = progress.await;
+    if let Some(detail) = storage_failure {
+        // No final flush: after a failed write sled's flush never returns, and sled
+        // flushes when its last handle is dropped, so one handle is kept until exit.
+        std::mem::forget(wal.clone());
+        return Err(ServiceError::WalStorage { detail });
+    }
     let wal_for_sync = wal.clone();
     tokio::task::spawn_blocking(move || wal_for_sync.sync_blocking())
         .await

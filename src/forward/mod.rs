@@ -61,6 +61,16 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// The WAL error that stopped the forwarder, if that is what stopped it.
+    pub fn wal_error(&self) -> Option<&WalError> {
+        match self {
+            SinkError::Wal { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// What the internal partition holds, from the tail check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tail {

@@ -44,6 +44,16 @@ pub enum SourceError {
     },
 }
 
+impl SourceError {
+    /// The WAL error that stopped the fetcher, if that is what stopped it.
+    pub fn wal_error(&self) -> Option<&WalError> {
+        match self {
+            SourceError::Wal { source, .. } => Some(source),
+            SourceError::Cluster { .. } => None,
+        }
+    }
+}
+
 /// Everything one fetcher needs.
 #[derive(Debug)]
 pub struct Fetcher {
@@ -87,6 +97,9 @@ impl Fetcher {
         let mut retry = Retry::new(Duration::from_secs(10));
         let mut was_full = false;
         let mut failing = false;
+        // Broker wait per fetch: `fetch.max.wait.ms`, longer while fetches below the
+        // high watermark come back empty.
+        let mut wait = self.max_wait;
 
         loop {
             if self.wal.is_full() && !was_full {
@@ -102,7 +115,7 @@ impl Fetcher {
                 info!(%partition, "WAL has room again: fetching resumes");
             }
 
-            let result = self.step(&mut leader, &mut next).await;
+            let result = self.step(&mut leader, &mut next, &mut wait).await;
             match result {
                 Ok(Step::Committed) => {
                     if failing {
@@ -117,6 +130,13 @@ impl Fetcher {
                         _ = self.cancel.cancelled() => break,
                         _ = tokio::time::sleep(wait) => {}
                     }
+                }
+                Err(StepError::Wal(e)) if e.is_storage_failure() => {
+                    // sled refuses every write after this: the whole service stops (a
+                    // restart resumes from the last commit).
+                    error!(%partition, error = %e, "writing the WAL failed: stopping every partition");
+                    self.cancel.cancel();
+                    return Err(wal_err(e));
                 }
                 Err(StepError::Wal(e)) => {
                     error!(%partition, error = %e, "WAL write failed: fetching stops for this partition");
@@ -153,6 +173,7 @@ impl Fetcher {
         &self,
         leader: &mut Option<PartitionReader>,
         next: &mut Option<i64>,
+        wait: &mut Duration,
     ) -> Result<Step, StepError> {
         let partition = self.partition();
         if leader.is_none() {
@@ -184,7 +205,7 @@ impl Fetcher {
             &self.cluster,
             offset,
             self.max_bytes,
-            self.max_wait.as_millis() as i32,
+            wait.as_millis() as i32,
         );
         let fetched = tokio::select! {
             _ = self.cancel.cancelled() => return Ok(Step::Cancelled),
@@ -210,15 +231,21 @@ impl Fetcher {
                 return Ok(Step::Idle(Duration::from_millis(200)));
             }
             if high_watermark > offset {
-                // Records exist but none is readable yet (an open transaction holds the
-                // last stable offset back): do not spin on it.
-                debug!(%partition, offset, high_watermark, "fetch below the high watermark returned nothing");
+                // Records exist but none came back: an open transaction holds the last
+                // stable offset back, or the broker could not read them within the wait
+                // (a slow storage backend). Do not spin; wait longer on the next fetch.
+                let longer = (*wait * 2).min(self.cluster.timeout / 2).max(self.max_wait);
+                if longer != *wait {
+                    debug!(%partition, offset, high_watermark, wait = ?longer, "fetch below the high watermark returned nothing; waiting longer per fetch");
+                }
+                *wait = longer;
                 return Ok(Step::Idle(Duration::from_millis(200)));
             }
             // Nothing new within max_wait: fetch again at once (the broker waited).
             return Ok(Step::Idle(Duration::ZERO));
         }
 
+        *wait = self.max_wait;
         // A batch without records (only transaction markers or aborted records) is
         // still committed: it moves `fetched_next` past them.
         let bytes: usize = batch
@@ -229,7 +256,12 @@ impl Fetcher {
         let count = batch.records.len() as u64;
         let next_offset = batch.next_offset;
         self.log.append(&batch)?;
-        self.wal.commit().await?;
+        // Cancellable: a flush on failed storage may never return. Not counted as
+        // fetched then; a restart resumes from the last completed commit.
+        tokio::select! {
+            _ = self.cancel.cancelled() => return Ok(Step::Cancelled),
+            r = self.wal.commit() => r?,
+        }
         *next = Some(next_offset);
         self.metrics
             .fetched_next

@@ -45,6 +45,14 @@ pub enum WalError {
         /// What sled reported.
         source: sled::Error,
     },
+    /// sled found its own files damaged (failed checksums) when opening them.
+    #[error("the WAL in {path} is damaged ({detail}); nothing in it is forwarded. To recover, stop, move the data dir aside and start again: the service resumes from the internal topics (docs/operations.md, \"Recovering from a damaged or lost WAL\")")]
+    Damaged {
+        /// The data dir.
+        path: PathBuf,
+        /// What sled reported.
+        detail: String,
+    },
     /// A sled operation failed (I/O error, disk full…).
     #[error("WAL storage error: {0}")]
     Storage(#[from] sled::Error),
@@ -80,6 +88,14 @@ pub enum WalError {
         /// Stored length.
         len: usize,
     },
+}
+
+impl WalError {
+    /// Whether the storage under the WAL failed (I/O error, disk full, fsync): sled
+    /// refuses further writes after one, so the process must stop and start again.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, WalError::Storage(_) | WalError::Sync { .. })
+    }
 }
 
 /// How far a commit goes to make appends durable.
@@ -212,6 +228,10 @@ impl Wal {
                         path: dir.to_owned(),
                     }
                 }
+                sled::Error::Corruption { .. } => WalError::Damaged {
+                    path: dir.to_owned(),
+                    detail: source.to_string(),
+                },
                 _ => WalError::Open {
                     path: dir.to_owned(),
                     source,

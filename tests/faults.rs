@@ -1,0 +1,180 @@
+//! Faults around the process: a damaged WAL, a full disk (docs/reliability.md).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn wal_cli(args: &[&str], data_dir: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
+        .arg("wal")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Damaged WAL files of a stopped service (bytes flipped in the file holding the
+/// entries) are detected when the WAL is opened: `wal check` and `run` exit 1 naming
+/// the data dir and the way to recover, nothing is forwarded from it, and the documented
+/// recovery (move the data dir aside, start again) copies every record exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_wal_is_refused_and_the_documented_recovery_copies_exactly_once() {
+    let mut p = Pipeline::new("damage", 1, &[]).await;
+    p.service.start();
+    p.service
+        .wait_log("replication to start", WAIT, |log| {
+            log.contains("no checkpoint: fetching")
+        })
+        .await;
+    // The internal broker stops answering: what is fetched stays in the WAL.
+    p.internal.pause();
+    p.produce_each(0, 3000).await;
+    p.service
+        .wait_log("the WAL to hold every record", WAIT, |log| {
+            progress_field(log, "fetched") == Some(3000)
+        })
+        .await;
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+    let data = p.service.data_dir();
+    let (code, text) = wal_cli(&["check"], &data);
+    assert_eq!(code, Some(0), "{text}");
+
+    // Entries this large live in sled's blob files: damage the first one.
+    let mut blobs: Vec<_> = walkdir(&data)
+        .into_iter()
+        .filter(|f| f.parent().is_some_and(|d| d.ends_with("blobs")))
+        .collect();
+    blobs.sort();
+    let blob = blobs.first().expect("a blob file in the WAL");
+    let mut bytes = std::fs::read(blob).unwrap();
+    for b in &mut bytes[1000..1016] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(blob, bytes).unwrap();
+
+    let (code, text) = wal_cli(&["check"], &data);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("is damaged") && text.contains(&data.display().to_string()),
+        "{text}"
+    );
+    p.internal.resume();
+    p.service.start();
+    let status = p.service.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1));
+    let log = p.service.log_text();
+    assert!(
+        log.contains("is damaged") && log.contains("move the data dir aside"),
+        "{log}"
+    );
+    let stored_before = end_offset(&p.internal.addr(), "int.damage", 0).await;
+    assert!(stored_before < 3000, "the WAL's records were held back");
+
+    // The recovery of docs/operations.md.
+    std::fs::rename(&data, data.with_extension("damaged")).unwrap();
+    p.service.start();
+    p.assert_replicated(0, WAIT).await;
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(walkdir(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A small tmpfs for a data dir, unmounted on drop. Mounting needs root (the test
+/// machines and CI run as root); without it the test fails saying so.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs to fill a disk and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "remounting the tmpfs failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The data dir's disk fills up (a 12 MiB tmpfs) while the internal cluster does not
+/// answer: the service stops, exit 1, saying the WAL write failed for lack of space and
+/// what to do. Once there is space again (the tmpfs grown) a restart copies every record
+/// exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_stops_the_service_clearly_and_a_restart_loses_nothing() {
+    let disk = Tmpfs::mount("12m");
+    let data = disk.dir.path().join("data");
+    let mut p = Pipeline::new("full", 2, &[("data.dir", data.to_str().unwrap())]).await;
+    p.service.start();
+    p.service
+        .wait_log("replication to start", WAIT, |log| {
+            log.matches("no checkpoint: fetching").count() == 2
+        })
+        .await;
+    p.internal.pause();
+    p.produce_each(0, 20_000).await; // ~15 MB per partition
+    let status = p.service.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1));
+    let log = p.service.log_text();
+    assert!(
+        log.contains("writing the WAL failed")
+            && log.contains("No space left on device")
+            && log.contains("Free space in data.dir"),
+        "{log}"
+    );
+
+    disk.resize("256m");
+    p.internal.resume();
+    p.service.start();
+    p.assert_replicated(0, WAIT).await;
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
