@@ -339,14 +339,11 @@ impl RawConfig {
             message: e.to_string(),
         })?;
         if path.extension().is_some_and(|e| e == "json") {
-            // JSON maps onto TOML's data model (but for null), so one flattening serves both.
-            let value: toml::Value =
-                serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
-                    path: path.to_owned(),
-                    format: "JSON",
-                    message: e.to_string(),
-                })?;
-            Ok(Self::from_value(&value))
+            Self::from_json_str(&text).map_err(|message| ConfigError::Syntax {
+                path: path.to_owned(),
+                format: "JSON",
+                message,
+            })
         } else {
             Self::from_toml_str(&text).map_err(|message| ConfigError::Syntax {
                 path: path.to_owned(),
@@ -354,6 +351,13 @@ impl RawConfig {
                 message,
             })
         }
+    }
+
+    /// Flattens JSON text. JSON maps onto TOML's data model (but for null), so one
+    /// flattening serves both.
+    pub fn from_json_str(text: &str) -> Result<Self, String> {
+        let value: toml::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Ok(Self::from_value(&value))
     }
 
     /// Flattens TOML text.
