@@ -29,7 +29,12 @@ const FRAMING: usize = 12;
 const MAGIC_AT: usize = 16;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 const MAX_TIMESTAMP_AT: usize = 35;
+const RECORD_COUNT_AT: usize = 57;
 const HEADER_LEN: usize = 61;
+
+/// More records than this in one batch is taken as damage: the decoder reserves memory
+/// for the count the header claims before reading a record.
+const MAX_BATCH_RECORDS: i64 = 1 << 22;
 
 /// Control record type of an ABORT marker (the second i16 of a control record key).
 const ABORT: i16 = 0;
@@ -112,7 +117,22 @@ pub fn decode(
                 "message format v{magic} (written by Kafka before 0.11) is not supported"
             )));
         }
-        let last_offset = base_offset + i64::from(read_i32(&raw, LAST_OFFSET_DELTA_AT));
+        let last_offset_delta = i64::from(read_i32(&raw, LAST_OFFSET_DELTA_AT));
+        let record_count = i64::from(read_i32(&raw, RECORD_COUNT_AT));
+        if last_offset_delta < 0 || record_count > (last_offset_delta + 1).min(MAX_BATCH_RECORDS) {
+            return Err(error(format!(
+                "header claims {record_count} records over {} offsets",
+                last_offset_delta + 1
+            )));
+        }
+        let last_offset = base_offset
+            .checked_add(last_offset_delta)
+            .filter(|&last| base_offset >= 0 && last < i64::MAX)
+            .ok_or_else(|| {
+                error(format!(
+                    "offsets out of range (last offset delta {last_offset_delta})"
+                ))
+            })?;
         if last_offset < out.batch.next_offset {
             continue; // wholly before the position (a batch may start before it)
         }
@@ -142,7 +162,15 @@ pub fn decode(
             continue;
         }
 
+        let mut previous = i64::MIN;
         for r in set.records {
+            if r.offset <= previous || r.offset < base_offset || r.offset > last_offset {
+                return Err(error(format!(
+                    "record offset {} is out of order or outside the batch ({base_offset}..={last_offset})",
+                    r.offset
+                )));
+            }
+            previous = r.offset;
             if r.offset < position {
                 continue;
             }
@@ -404,6 +432,14 @@ mod tests {
         let e = decode(Bytes::from(bytes), 40, &[]).unwrap_err();
         assert_eq!(e.offset, 40);
         assert!(e.reason.contains("Cyclic redundancy check"), "{e}");
+    }
+
+    #[test]
+    fn a_header_claiming_more_records_than_offsets_is_an_error() {
+        let mut bytes = encode(&[data(-1, false, 0..2)]).to_vec();
+        bytes[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        let e = decode(Bytes::from(bytes), 0, &[]).unwrap_err();
+        assert!(e.reason.contains("records over 2 offsets"), "{e}");
     }
 
     #[test]
