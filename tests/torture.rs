@@ -465,7 +465,7 @@ async fn last_copied_source_offset(addr: &str, partition: i32) -> Option<i64> {
         return None;
     }
     let pc = partition_client(addr, INTERNAL_TOPIC, partition).await;
-    let (records, _) = pc.fetch_records(end - 1, 1..4_000_000, 1).await.ok()?;
+    let (records, _) = pc.fetch_records(end - 1, 1..4_000_000, 500).await.ok()?;
     let last = records.iter().find(|r| r.offset == end - 1)?;
     std::str::from_utf8(last.record.headers.get(SOURCE_OFFSET_HEADER)?)
         .ok()?
