@@ -201,14 +201,6 @@ enum Fault {
     InternalOutage,
 }
 
-struct Rig {
-    _store: ObjectStore,
-    external: Broker,
-    internal: Broker,
-    service: Service,
-    _dir: tempfile::TempDir,
-}
-
 fn main() {
     let Some(profile) = Profile::from_args() else {
         eprintln!("torture: not selected by the test-name filter");
@@ -236,28 +228,19 @@ async fn run(p: Profile) -> bool {
     let store = ObjectStore::start();
     let external = Broker::start_durable(&store, &format!("kd-external-{}", p.seed % 100_000));
     let internal = Broker::start_durable(&store, &format!("kd-internal-{}", p.seed % 100_000));
-    create_topic(&external.addr(), TOPIC, p.partitions).await;
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::configure(
-        dir.path(),
-        ServiceConfig {
-            external: &external.addr(),
-            internal: &internal.addr(),
-            topics: TOPIC,
-            // The S3-backed test broker slows down as data grows: a longer bound per call.
-            extra: &[
-                ("progress.interval.ms", "1000"),
-                ("request.timeout.ms", "10000"),
-            ],
-        },
-    );
-    let mut rig = Rig {
-        _store: store,
+    // Declared after the store, so dropped before it: the brokers stop first.
+    let mut rig = Pipeline::with_brokers(
+        TOPIC,
+        p.partitions,
+        // The S3-backed test broker slows down as data grows: a longer bound per call.
+        &[
+            ("progress.interval.ms", "1000"),
+            ("request.timeout.ms", "10000"),
+        ],
         external,
         internal,
-        service,
-        _dir: dir,
-    };
+    )
+    .await;
     rig.service.start();
 
     // The schedule of faults, shuffled with the seed.

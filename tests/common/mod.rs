@@ -181,8 +181,14 @@ fn spawn_broker(
     if let Some(endpoint) = s3_endpoint {
         cmd.env("KAFKA_DIRECT_S3_ENDPOINT", endpoint);
     }
-    let mut child = cmd.spawn().expect("scripts/broker starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let child = cmd.spawn().expect("scripts/broker starts");
+    listening(child, port, Duration::from_secs(20))
+}
+
+/// Waits until `child` accepts connections on `port`; `None` (and the child stopped) if
+/// it exited or did not listen within `within`.
+fn listening(mut child: Child, port: u16, within: Duration) -> Option<Child> {
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Some(child);
@@ -208,24 +214,15 @@ impl ObjectStore {
         run_script("install-s3");
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new(repo_root().join("scripts/s3"))
+            let child = Command::new(repo_root().join("scripts/s3"))
                 .arg(port.to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("scripts/s3 starts");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self { child, port };
-                }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            if let Some(child) = listening(child, port, Duration::from_secs(30)) {
+                return Self { child, port };
+            } // else: port taken in between, try another
         }
         panic!("could not start the S3-compatible store");
     }
@@ -735,7 +732,17 @@ impl Pipeline {
         extra: &[(&str, &str)],
         internal: Broker,
     ) -> Self {
-        let external = Broker::start();
+        Self::with_brokers(topic, partitions, extra, Broker::start(), internal).await
+    }
+
+    /// As [`Pipeline::new`], with given brokers (for example durable ones).
+    pub async fn with_brokers(
+        topic: &'static str,
+        partitions: i32,
+        extra: &[(&str, &str)],
+        external: Broker,
+        internal: Broker,
+    ) -> Self {
         create_topic(&external.addr(), topic, partitions).await;
         let dir = tempfile::tempdir().unwrap();
         let service = Service::configure(
