@@ -19,7 +19,7 @@ use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
 use crate::wal::{PartitionLog, Wal, WalError};
 
 pub mod batches;
-mod reader;
+pub(crate) mod reader;
 
 use reader::PartitionReader;
 
@@ -100,6 +100,8 @@ impl Fetcher {
         // Broker wait per fetch: `fetch.max.wait.ms`, longer while fetches below the
         // high watermark come back empty.
         let mut wait = self.max_wait;
+        // Consecutive fetches below the high watermark that returned nothing.
+        let mut empty_streak = 0;
 
         loop {
             if self.wal.is_full() && !was_full {
@@ -115,7 +117,9 @@ impl Fetcher {
                 info!(%partition, "WAL has room again: fetching resumes");
             }
 
-            let result = self.step(&mut leader, &mut next, &mut wait).await;
+            let result = self
+                .step(&mut leader, &mut next, &mut wait, &mut empty_streak)
+                .await;
             match result {
                 Ok(Step::Committed) => {
                     if failing {
@@ -174,6 +178,7 @@ impl Fetcher {
         leader: &mut Option<PartitionReader>,
         next: &mut Option<i64>,
         wait: &mut Duration,
+        empty_streak: &mut u32,
     ) -> Result<Step, StepError> {
         let partition = self.partition();
         if leader.is_none() {
@@ -207,10 +212,12 @@ impl Fetcher {
             self.max_bytes,
             wait.as_millis() as i32,
         );
+        let fetch_started = std::time::Instant::now();
         let fetched = tokio::select! {
             _ = self.cancel.cancelled() => return Ok(Step::Cancelled),
             r = fetch => r?,
         };
+        let fetch_ms = fetch_started.elapsed().as_millis() as u64;
         let high_watermark = fetched.high_watermark;
         if high_watermark >= 0 {
             self.metrics
@@ -233,19 +240,30 @@ impl Fetcher {
             if high_watermark > offset {
                 // Records exist but none came back: an open transaction holds the last
                 // stable offset back, or the broker could not read them within the wait
-                // (a slow storage backend). Do not spin; wait longer on the next fetch.
+                // (a slow storage backend), or it answered before they became readable
+                // (tansu does, often, while records arrive). Wait longer per fetch, and
+                // do not spin: the pause between fetches grows from nothing to 200 ms.
+                // An open transaction gets the long pause at once.
                 let longer = (*wait * 2).min(self.cluster.timeout / 2).max(self.max_wait);
                 if longer != *wait {
-                    debug!(%partition, offset, high_watermark, wait = ?longer, "fetch below the high watermark returned nothing; waiting longer per fetch");
+                    debug!(%partition, offset, high_watermark, last_stable_offset = fetched.last_stable_offset, wait = ?longer, "fetch below the high watermark returned nothing; waiting longer per fetch");
                 }
                 *wait = longer;
-                return Ok(Step::Idle(Duration::from_millis(200)));
+                let transaction_open = (0..=offset).contains(&fetched.last_stable_offset);
+                *empty_streak = if transaction_open {
+                    u32::MAX
+                } else {
+                    empty_streak.saturating_add(1)
+                };
+                return Ok(Step::Idle(empty_fetch_pause(*empty_streak)));
             }
             // Nothing new within max_wait: fetch again at once (the broker waited).
+            *empty_streak = 0;
             return Ok(Step::Idle(Duration::ZERO));
         }
 
         *wait = self.max_wait;
+        *empty_streak = 0;
         // A batch without records (only transaction markers or aborted records) is
         // still committed: it moves `fetched_next` past them.
         let bytes: usize = batch
@@ -255,6 +273,8 @@ impl Fetcher {
             .sum();
         let count = batch.records.len() as u64;
         let next_offset = batch.next_offset;
+        let first_timestamp_ms = batch.records.first().map(|r| r.timestamp_ms);
+        let commit_started = std::time::Instant::now();
         self.log.append(&batch)?;
         // Cancellable: a flush on failed storage may never return. Not counted as
         // fetched then; a restart resumes from the last completed commit.
@@ -262,6 +282,9 @@ impl Fetcher {
             _ = self.cancel.cancelled() => return Ok(Step::Cancelled),
             r = self.wal.commit() => r?,
         }
+        debug!(%partition, offset, records = count, fetch_ms, wait_ms = wait.as_millis() as u64,
+            commit_ms = commit_started.elapsed().as_millis() as u64,
+            first_record_age_ms = first_timestamp_ms.map(crate::forward::age_ms), "fetched");
         *next = Some(next_offset);
         self.metrics
             .fetched_next
@@ -292,6 +315,15 @@ impl Fetcher {
     }
 }
 
+/// The pause before the next fetch after `streak` empty fetches below the high
+/// watermark: none after the first, then 5, 10, 20 ... ms up to 200 ms.
+fn empty_fetch_pause(streak: u32) -> Duration {
+    match streak {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(5u64 << (n - 2).min(6)).min(Duration::from_millis(200)),
+    }
+}
+
 enum Step {
     Committed,
     Cancelled,
@@ -312,5 +344,19 @@ impl From<ClusterError> for StepError {
 impl From<WalError> for StepError {
     fn from(e: WalError) -> Self {
         Self::Wal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_fetches_pause_longer_each_time_up_to_200_ms() {
+        let pauses: Vec<u64> = (1..=9)
+            .map(|n| empty_fetch_pause(n).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [0, 5, 10, 20, 40, 80, 160, 200, 200]);
+        assert_eq!(empty_fetch_pause(u32::MAX), Duration::from_millis(200));
     }
 }

@@ -24,6 +24,9 @@ const READ_COMMITTED: i8 = 1;
 pub struct Fetched {
     /// The partition's high watermark.
     pub high_watermark: i64,
+    /// The partition's last stable offset (records at or above it belong to open
+    /// transactions); -1 when the broker did not say.
+    pub last_stable_offset: i64,
     /// The records to copy and what was left out.
     pub decoded: Decoded,
 }
@@ -74,6 +77,15 @@ impl PartitionReader {
         })
     }
 
+    /// The connection (for other requests to the same leader).
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
     /// Fetches from `offset`, up to `max_bytes`, waiting up to `max_wait_ms` for data.
     pub async fn fetch(
         &mut self,
@@ -116,6 +128,7 @@ impl PartitionReader {
             // tansu answers a fetch that found nothing within max_wait this way.
             return Ok(Fetched {
                 high_watermark: -1,
+                last_stable_offset: -1,
                 decoded: Decoded {
                     batch: crate::record::FetchedBatch {
                         records: Vec::new(),
@@ -141,6 +154,7 @@ impl PartitionReader {
             .map_err(|e| cluster.error(what, WireFailure::Batch(e)))?;
         Ok(Fetched {
             high_watermark: data.high_watermark,
+            last_stable_offset: data.last_stable_offset,
             decoded,
         })
     }
