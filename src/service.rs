@@ -167,7 +167,6 @@ pub async fn run(
         let wake = Arc::new(Notify::new());
         let forwarder = Forwarder {
             cluster: internal_cluster.clone(),
-            client: Arc::clone(&internal_client),
             internal_topic: connector.internal_topic(&partition.topic),
             log: log.clone(),
             wal: wal.clone(),

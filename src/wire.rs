@@ -230,7 +230,7 @@ impl Connection {
         }
     }
 
-    fn codec_error(&self, api: ApiKey, reason: String) -> WireError {
+    pub(crate) fn codec_error(&self, api: ApiKey, reason: String) -> WireError {
         WireError::Codec {
             addr: self.addr.clone(),
             api,

@@ -104,27 +104,33 @@ async fn null_header_values_do_not_stop_a_partition() {
 
     p.service.start();
     wait_for_end(&p.internal.addr(), "int.nulls", 0, 7, WAIT).await;
-    let copied = read_all(&p.internal.addr(), "int.nulls", 0).await;
-    let values: Vec<&[u8]> = copied
+    // Read back with kcat: rskafka cannot read a null header value (the reason the
+    // fetcher does not use it), and the copy keeps it null.
+    let copied = kcat_read(&p.internal.addr(), "int.nulls", 0, "%s %h");
+    let user_headers: Vec<String> = copied
         .iter()
-        .map(|r| r.record.value.as_deref().unwrap())
+        .map(|line| {
+            let (value, headers) = line.split_once(' ').unwrap();
+            let user: Vec<&str> = headers
+                .split(',')
+                .filter(|h| !h.starts_with("kafka-direct."))
+                .collect();
+            format!("{value} {}", user.join(","))
+        })
         .collect();
     assert_eq!(
-        values,
-        [&b"a0"[..], b"a1", b"a2", b"b0", b"b1", b"c0", b"c1"],
-        "records in order, each once"
+        user_headers,
+        [
+            "a0 ",
+            "a1 ",
+            "a2 ",
+            "b0 absent=NULL,present=1",
+            "b1 absent=NULL,present=1",
+            "c0 ",
+            "c1 "
+        ],
+        "records in order, each once, null header values still null"
     );
-    for r in &copied[3..5] {
-        assert_eq!(
-            r.record.headers.get("absent").map(Vec::as_slice),
-            Some(&b""[..])
-        );
-        assert_eq!(
-            r.record.headers.get("present").map(Vec::as_slice),
-            Some(&b"1"[..])
-        );
-    }
-    assert!(!copied[0].record.headers.contains_key("absent"));
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }
 

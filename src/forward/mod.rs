@@ -9,16 +9,13 @@
 //!   the single writer); a mismatch is logged as an error and counted.
 
 pub mod tail;
+pub mod writer;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rskafka::chrono::{TimeZone, Utc};
-use rskafka::client::partition::{Compression as KafkaCompression, OffsetAt, PartitionClient};
-use rskafka::client::Client;
-use rskafka::record::Record;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -26,9 +23,10 @@ use tracing::{debug, error, info, warn};
 use crate::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
 use crate::config::Compression;
 use crate::metrics::PartitionMetrics;
-use crate::record::{source_headers, FetchedBatch, SourcePartition, SourceRecord};
+use crate::record::{FetchedBatch, SourcePartition};
 use crate::wal::{PartitionLog, Wal, WalError};
 use tail::TailError;
+use writer::PartitionWriter;
 
 /// Why a forwarder stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +83,6 @@ pub struct Tail {
 pub struct Forwarder {
     /// The internal cluster (built without rskafka-internal retries).
     pub cluster: Cluster,
-    /// Shared client of the internal cluster.
-    pub client: Arc<Client>,
     /// Internal topic name.
     pub internal_topic: String,
     /// The partition's WAL log.
@@ -125,38 +121,42 @@ impl Forwarder {
     }
 
     /// Connects to the internal partition's leader.
-    async fn connect(&self) -> Result<PartitionClient, ClusterError> {
-        self.cluster
-            .partition(
-                &self.client,
-                &self.internal_topic,
-                self.partition().partition,
-            )
-            .await
+    async fn connect(&self) -> Result<PartitionWriter, ClusterError> {
+        PartitionWriter::connect(
+            &self.cluster,
+            &self.internal_topic,
+            self.partition().partition,
+        )
+        .await
     }
 
     /// Reads the tail of the internal partition (see [`tail`]).
     async fn read_tail(
         &self,
-        pc: &PartitionClient,
+        pc: &mut PartitionWriter,
     ) -> Result<Result<Tail, TailError>, ClusterError> {
         let internal = self.internal_name();
-        let earliest = self
-            .cluster
-            .bounded(
-                format!("reading the earliest offset of {internal}"),
-                pc.get_offset(OffsetAt::Earliest),
-            )
-            .await?;
+        let earliest = pc.earliest(&self.cluster).await?;
         // The end comes from a fetch's high watermark: exact on every broker we know,
-        // where ListOffsets(latest) is not (docs/compatibility.md).
-        let (_, end) = self
-            .cluster
-            .bounded(
-                format!("reading the end of {internal}"),
-                pc.fetch_records(earliest, 1..1, PROBE_WAIT_MS),
-            )
-            .await?;
+        // where ListOffsets(latest) is not (docs/compatibility.md). tansu sometimes
+        // answers a short fetch without the partition: wait longer on each try.
+        let mut end = -1;
+        for max_wait_ms in [PROBE_WAIT_MS, 100, 500] {
+            end = pc
+                .fetch(&self.cluster, earliest, 1, max_wait_ms)
+                .await?
+                .high_watermark;
+            if end >= 0 {
+                break;
+            }
+        }
+        if end < 0 {
+            return Err(ClusterError::NoRecord {
+                what: format!("reading the end of {internal}"),
+                role: self.cluster.role,
+                offset: earliest,
+            });
+        }
         if end <= earliest {
             return Ok(Ok(Tail {
                 end,
@@ -168,14 +168,14 @@ impl Forwarder {
         // wait longer on each try before calling the partition unreadable.
         let mut last = None;
         for max_wait_ms in [PROBE_WAIT_MS, 100, 500] {
-            let (records, _) = self
-                .cluster
-                .bounded(
-                    format!("reading the last record of {internal}"),
-                    pc.fetch_records(end - 1, 1..max, max_wait_ms),
-                )
-                .await?;
-            last = records.into_iter().rev().find(|r| r.offset == end - 1);
+            let fetched = pc.fetch(&self.cluster, end - 1, max, max_wait_ms).await?;
+            last = fetched
+                .decoded
+                .batch
+                .records
+                .into_iter()
+                .rev()
+                .find(|r| r.offset == end - 1);
             if last.is_some() {
                 break;
             }
@@ -187,16 +187,13 @@ impl Forwarder {
                 offset: end - 1,
             });
         };
-        Ok(tail::stored_next_from_headers(
-            &last.record.headers,
-            self.partition(),
-            &internal,
-            last.offset,
+        Ok(
+            tail::stored_next_from_headers(&last.headers, self.partition(), &internal, last.offset)
+                .map(|next| Tail {
+                    end,
+                    stored_next: Some(next),
+                }),
         )
-        .map(|next| Tail {
-            end,
-            stored_next: Some(next),
-        }))
     }
 
     /// Reads the tail until two reads [`SETTLE`] apart agree, so that a request of an
@@ -204,7 +201,7 @@ impl Forwarder {
     /// cancelled.
     pub async fn read_settled_tail(
         &self,
-        pc_slot: &mut Option<PartitionClient>,
+        pc_slot: &mut Option<PartitionWriter>,
     ) -> Result<Option<Tail>, SinkError> {
         let Some(mut tail) = self.read_tail_retrying(pc_slot).await? else {
             return Ok(None);
@@ -228,7 +225,7 @@ impl Forwarder {
     /// Reads the tail once, retrying transient errors until it succeeds or the task is cancelled.
     async fn read_tail_retrying(
         &self,
-        pc_slot: &mut Option<PartitionClient>,
+        pc_slot: &mut Option<PartitionWriter>,
     ) -> Result<Option<Tail>, SinkError> {
         let mut retry = Retry::new(Duration::from_secs(10));
         loop {
@@ -236,7 +233,7 @@ impl Forwarder {
                 if pc_slot.is_none() {
                     *pc_slot = Some(self.connect().await?);
                 }
-                self.read_tail(pc_slot.as_ref().expect("just connected"))
+                self.read_tail(pc_slot.as_mut().expect("just connected"))
                     .await
             };
             let result = tokio::select! {
@@ -280,7 +277,7 @@ impl Forwarder {
     pub async fn run(
         self,
         initial: Tail,
-        mut leader: Option<PartitionClient>,
+        mut leader: Option<PartitionWriter>,
     ) -> Result<(), SinkError> {
         let partition = self.partition().clone();
         let wal_err = |source| SinkError::Wal {
@@ -339,6 +336,7 @@ impl Forwarder {
             );
             records.truncate(count);
             let last_source_offset = records[count - 1].offset;
+            let oldest_timestamp_ms = records[0].timestamp_ms;
 
             if leader.is_none() {
                 match self.connect().await {
@@ -355,25 +353,22 @@ impl Forwarder {
                     Err(e) => return Err(self.cluster_failure(e)),
                 }
             }
-            let pc = leader.as_ref().expect("leader was just set");
-            let batch: Vec<Record> = records.into_iter().map(|r| self.to_internal(r)).collect();
-            let produce = pc.produce(batch, kafka_compression(self.compression));
+            let pc = leader.as_mut().expect("leader was just set");
+            let produce_started = std::time::Instant::now();
             // Not cancellable: a produce in flight is finished, then the loop ends.
-            let result = self
-                .cluster
-                .bounded(
-                    format!("producing {count} records to {}", self.internal_name()),
-                    produce,
-                )
+            let result = pc
+                .produce(&self.cluster, &partition, &records, self.compression)
                 .await;
             match result {
-                Ok(offsets) => {
+                Ok(base_offset) => {
                     retry.reset();
-                    if offsets.first() != Some(&tail.end) || offsets.len() != count {
+                    debug!(%partition, records = count, produce_ms = produce_started.elapsed().as_millis() as u64,
+                        first_record_age_ms = age_ms(oldest_timestamp_ms), "produced");
+                    if base_offset != tail.end {
                         self.metrics
                             .unexpected_produce_offsets
                             .fetch_add(1, Ordering::Relaxed);
-                        error!(%partition, internal = %self.internal_name(), expected_first = tail.end, assigned = ?offsets.first(), count,
+                        error!(%partition, internal = %self.internal_name(), expected_first = tail.end, assigned = base_offset, count,
                             "the broker stored the batch at an unexpected offset: another producer writes to this internal partition, or a request was stored twice");
                         // Re-read the truth before going on.
                         match self.read_settled_tail(&mut leader).await? {
@@ -472,45 +467,13 @@ impl Forwarder {
     fn header_overhead(&self) -> usize {
         96 + self.partition().topic.len()
     }
-
-    fn to_internal(&self, r: &SourceRecord) -> Record {
-        let mut headers: std::collections::BTreeMap<String, Vec<u8>> = r
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()))
-            .collect();
-        let p = self.partition();
-        headers.insert(source_headers::TOPIC.into(), p.topic.clone().into_bytes());
-        headers.insert(
-            source_headers::PARTITION.into(),
-            p.partition.to_string().into_bytes(),
-        );
-        headers.insert(
-            source_headers::OFFSET.into(),
-            r.offset.to_string().into_bytes(),
-        );
-        Record {
-            key: r.key.clone(),
-            value: r.value.clone(),
-            headers,
-            timestamp: Utc
-                .timestamp_millis_opt(r.timestamp_ms)
-                .single()
-                .unwrap_or_else(|| {
-                    Utc.timestamp_millis_opt(0)
-                        .single()
-                        .expect("epoch is a valid time")
-                }),
-        }
-    }
 }
 
-fn kafka_compression(c: Compression) -> KafkaCompression {
-    match c {
-        Compression::None => KafkaCompression::NoCompression,
-        Compression::Gzip => KafkaCompression::Gzip,
-        Compression::Lz4 => KafkaCompression::Lz4,
-        Compression::Snappy => KafkaCompression::Snappy,
-        Compression::Zstd => KafkaCompression::Zstd,
-    }
+/// Milliseconds since `timestamp_ms` (a record's timestamp) by this machine's clock.
+pub(crate) fn age_ms(timestamp_ms: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    now - timestamp_ms
 }

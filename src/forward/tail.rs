@@ -6,8 +6,6 @@
 //! below it is stored too. Resuming after it makes a re-sent batch harmless: a record
 //! may be sent twice, never stored twice, never skipped.
 
-use std::collections::BTreeMap;
-
 use crate::record::{source_headers, FetchedBatch, SourcePartition, SourceRecord};
 
 /// Why the tail could not be interpreted.
@@ -27,7 +25,7 @@ pub enum TailError {
 
 /// Reads the next source offset to forward from the headers of the last internal record.
 pub fn stored_next_from_headers(
-    headers: &BTreeMap<String, Vec<u8>>,
+    headers: &[(String, Option<Vec<u8>>)],
     source: &SourcePartition,
     internal: &str,
     offset: i64,
@@ -39,8 +37,13 @@ pub fn stored_next_from_headers(
     };
     let text = |name: &str| -> Result<String, TailError> {
         let raw = headers
-            .get(name)
-            .ok_or_else(|| foreign(format!("has no `{name}` header")))?;
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .ok_or_else(|| foreign(format!("has no `{name}` header")))?
+            .1
+            .as_ref()
+            .ok_or_else(|| foreign(format!("has a null `{name}` header")))?;
         String::from_utf8(raw.clone())
             .map_err(|_| foreign(format!("has a non-UTF-8 `{name}` header")))
     };
@@ -92,7 +95,7 @@ pub fn produce_chunk_len(
 mod tests {
     use super::*;
 
-    fn headers(topic: &str, partition: &str, offset: &str) -> BTreeMap<String, Vec<u8>> {
+    fn headers(topic: &str, partition: &str, offset: &str) -> Vec<(String, Option<Vec<u8>>)> {
         [
             (source_headers::TOPIC, topic),
             (source_headers::PARTITION, partition),
@@ -100,7 +103,7 @@ mod tests {
             ("user", "x"),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+        .map(|(k, v)| (k.to_owned(), Some(v.as_bytes().to_vec())))
         .collect()
     }
 
@@ -130,7 +133,13 @@ mod tests {
             headers("orders", "3", "41"),
             headers("payments", "2", "41"),
             headers("orders", "2", "x"),
-            BTreeMap::new(),
+            Vec::new(),
+            {
+                let mut h = headers("orders", "2", "41");
+                h.retain(|(k, _)| k != source_headers::OFFSET);
+                h.push((source_headers::OFFSET.into(), None));
+                h
+            },
         ] {
             let err = stored_next_from_headers(&h, &sp, "ext.orders/2", 9).unwrap_err();
             assert!(err.to_string().contains("ext.orders/2 (offset 9)"), "{err}");
