@@ -1,6 +1,6 @@
 //! Live counters per partition, shared by the fetcher, the forwarder and the progress log.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use crate::record::SourcePartition;
 
@@ -25,6 +25,9 @@ pub struct PartitionMetrics {
     pub fetched_next: AtomicI64,
     /// Next source offset to forward (-1 before it is known).
     pub forwarded_next: AtomicI64,
+    /// A produce's outcome is unknown and the internal partition's tail has not been
+    /// re-read since (the broker may still store that request).
+    pub produce_in_doubt: AtomicBool,
 }
 
 impl PartitionMetrics {
@@ -40,6 +43,7 @@ impl PartitionMetrics {
             source_high_watermark: AtomicI64::new(-1),
             fetched_next: AtomicI64::new(-1),
             forwarded_next: AtomicI64::new(-1),
+            produce_in_doubt: AtomicBool::new(false),
         }
     }
 

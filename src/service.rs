@@ -89,6 +89,20 @@ pub async fn run(
         .await
         .expect("opening the WAL does not panic")?;
     info!(data_dir = %config.data_dir.display(), wal_bytes = wal.used_bytes(), "WAL opened");
+    // The start-up tail check waits for the internal partitions' ends to settle only if
+    // a request of an earlier run may still be pending (docs/ARCHITECTURE.md).
+    let settle = {
+        let new = wal.is_new();
+        let wal = wal.clone();
+        let clean = tokio::task::spawn_blocking(move || wal.take_clean_stop())
+            .await
+            .expect("reading the clean-stop mark does not panic")?;
+        let settle = !(clean || new);
+        if settle {
+            info!("the previous run did not stop cleanly: the start-up tail check waits for the internal partitions to settle");
+        }
+        settle
+    };
     if let Some(dlq) = &connector.dead_letter_topic {
         warn!(topic = %dlq, "errors.deadletterqueue.topic.name is set, but this version routes no record there: with format=string every record is forwarded");
     }
@@ -194,7 +208,7 @@ pub async fn run(
         // the others back.
         tasks.spawn(async move {
             let mut leader = None;
-            let Some(tail) = forwarder.read_settled_tail(&mut leader).await? else {
+            let Some(tail) = forwarder.read_start_tail(&mut leader, settle).await? else {
                 return Ok(TaskEnd::Source(Ok(())));
             };
             if let Some(stored_next) = tail.stored_next {
@@ -274,6 +288,12 @@ pub async fn run(
         // flushes when its last handle is dropped, so one handle is kept until exit.
         std::mem::forget(wal.clone());
         return Err(ServiceError::WalStorage { detail });
+    }
+    if all_metrics
+        .iter()
+        .all(|m| !m.produce_in_doubt.load(Ordering::Relaxed))
+    {
+        wal.mark_clean_stop()?;
     }
     let wal_for_sync = wal.clone();
     tokio::task::spawn_blocking(move || wal_for_sync.sync_blocking())

@@ -138,8 +138,15 @@ async fn sigterm_mid_stream_then_restart_loses_nothing_and_refetches_nothing() {
     }
     producer.await.unwrap();
     p.assert_replicated(0, WAIT).await;
+    assert!(
+        !p.service.log_text().contains(NOT_CLEAN),
+        "a clean stop needs no settling at the next start"
+    );
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }
+
+/// Logged at start-up when the previous run may have left a produce request behind.
+const NOT_CLEAN: &str = "the previous run did not stop cleanly";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_three_times_mid_stream_loses_and_duplicates_nothing() {
@@ -151,6 +158,11 @@ async fn sigkill_three_times_mid_stream_loses_and_duplicates_nothing() {
         std::fs::write(&p.service.log, "").unwrap();
         p.service.start();
         wait_forwarded_at_least(&p.service, 500 + round * 300).await;
+        assert_eq!(
+            p.service.log_text().contains(NOT_CLEAN),
+            round > 0,
+            "after a crash (and only then) the start-up tail check settles"
+        );
         p.service.kill9();
     }
     std::fs::write(&p.service.log, "").unwrap();

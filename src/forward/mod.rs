@@ -196,6 +196,21 @@ impl Forwarder {
         )
     }
 
+    /// The tail at start-up: settled ([`Forwarder::read_settled_tail`]) unless no
+    /// request of an earlier run can still be pending (`settle` false: the WAL is new,
+    /// or the previous run stopped with no produce in doubt).
+    pub async fn read_start_tail(
+        &self,
+        pc_slot: &mut Option<PartitionWriter>,
+        settle: bool,
+    ) -> Result<Option<Tail>, SinkError> {
+        if settle {
+            self.read_settled_tail(pc_slot).await
+        } else {
+            self.read_tail_retrying(pc_slot).await
+        }
+    }
+
     /// Reads the tail until two reads [`SETTLE`] apart agree, so that a request of an
     /// earlier connection that the broker had not processed yet is seen. `None` when
     /// cancelled.
@@ -371,10 +386,14 @@ impl Forwarder {
                         error!(%partition, internal = %self.internal_name(), expected_first = tail.end, assigned = base_offset, count,
                             "the broker stored the batch at an unexpected offset: another producer writes to this internal partition, or a request was stored twice");
                         // Re-read the truth before going on.
+                        self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
                         match self.read_settled_tail(&mut leader).await? {
                             Some(t) => tail = t,
                             None => break,
                         }
+                        self.metrics
+                            .produce_in_doubt
+                            .store(false, Ordering::Relaxed);
                     } else {
                         tail = Tail {
                             end: tail.end + count as i64,
@@ -389,6 +408,7 @@ impl Forwarder {
                 }
                 Err(e) if e.is_transient() => {
                     // The outcome is unknown: the batch may or may not be stored.
+                    self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
                     leader = None;
                     let delay = retry.delay();
                     warn!(%partition, error = %e, retry_in = ?delay, "produce outcome unknown; will reconnect and re-read the internal partition's tail before re-sending");
@@ -399,6 +419,9 @@ impl Forwarder {
                     match self.read_settled_tail(&mut leader).await? {
                         Some(t) => {
                             info!(%partition, internal_end = t.end, stored_next = ?t.stored_next, "internal partition's tail re-read; resuming");
+                            self.metrics
+                                .produce_in_doubt
+                                .store(false, Ordering::Relaxed);
                             // Records the lost acknowledgement covered are forwarded too.
                             self.metrics
                                 .forwarded_records

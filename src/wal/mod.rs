@@ -119,6 +119,8 @@ pub struct WalOptions {
 }
 
 const FETCHED_NEXT: &[u8] = &[0, b'f'];
+/// In sled's default tree: the last run stopped with no produce in doubt.
+const CLEAN_STOP: &[u8] = b"clean-stop";
 const FORWARDED_NEXT: &[u8] = &[0, b'w'];
 const ENTRY_PREFIX: u8 = 1;
 const TREE_PREFIX: &[u8] = b"partition\0";
@@ -163,6 +165,8 @@ struct Shared {
     db_file: File,
     db_file_path: PathBuf,
     options: WalOptions,
+    /// Created by this open (no earlier run used this data dir).
+    new: bool,
     /// Encoded bytes of all unforwarded entries.
     used_bytes: AtomicU64,
     space_freed: Notify,
@@ -244,6 +248,7 @@ impl Wal {
         })?;
         let wal = Self {
             shared: Arc::new(Shared {
+                new: !db.was_recovered(),
                 db,
                 db_file,
                 db_file_path,
@@ -338,6 +343,29 @@ impl Wal {
                 .expect("the WAL flush task does not panic")?;
             self.shared.durable.send_replace(target);
         }
+    }
+
+    /// Whether this open created the WAL (no earlier run used the data dir).
+    pub fn is_new(&self) -> bool {
+        self.shared.new
+    }
+
+    /// Records that this run stops with no produce in doubt; durable with the next sync
+    /// (the service's final one).
+    pub fn mark_clean_stop(&self) -> Result<(), WalError> {
+        self.shared.db.insert(CLEAN_STOP, &[])?;
+        Ok(())
+    }
+
+    /// Whether the previous run stopped cleanly ([`Wal::mark_clean_stop`]). Removes the
+    /// mark and syncs before returning, so that a crash of this run is never taken for
+    /// a clean stop. Blocking.
+    pub fn take_clean_stop(&self) -> Result<bool, WalError> {
+        let had = self.shared.db.remove(CLEAN_STOP)?.is_some();
+        if had {
+            self.shared.sync()?;
+        }
+        Ok(had)
     }
 
     /// Flushes (and fsyncs, under [`SyncPolicy::Fsync`]) from a blocking context.
@@ -618,6 +646,33 @@ mod tests {
                 .collect(),
             next_offset: next,
         }
+    }
+
+    #[test]
+    fn the_clean_stop_mark_counts_for_the_next_open_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Wal::open(dir.path(), options()).unwrap();
+        let wal = open();
+        assert!(wal.is_new());
+        assert!(!wal.take_clean_stop().unwrap());
+        wal.mark_clean_stop().unwrap();
+        wal.sync_blocking().unwrap();
+        drop(wal);
+
+        let wal = open();
+        assert!(!wal.is_new());
+        assert!(
+            wal.take_clean_stop().unwrap(),
+            "the mark of a clean stop is read"
+        );
+        drop(wal); // this run stops without marking a clean stop
+
+        let wal = open();
+        assert!(
+            !wal.take_clean_stop().unwrap(),
+            "taking the mark removed it durably"
+        );
+        assert!(wal.partitions().is_empty(), "the mark is not a partition");
     }
 
     #[tokio::test]
