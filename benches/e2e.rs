@@ -1,0 +1,913 @@
+//! End-to-end throughput benchmark against real brokers (docs/benchmarks.md).
+//!
+//! `scripts/bench [OPTIONS]` (or `cargo bench --bench e2e -- [OPTIONS]`) starts two local
+//! brokers, preloads a source topic, and measures in the same run: `kcat -P` alone,
+//! `kcat -C` alone, a `kcat -C | kcat -P` pipe (one pipe, and one per partition), and
+//! kafka-direct with `wal.sync=fsync` and `wal.sync=flush`; then the end-to-end latency at
+//! a fixed rate, read by an independent consumer (kcat). `--spool N` runs the spool test
+//! instead: the internal broker stopped while N records are fetched into the WAL.
+//!
+//! Every figure comes from this run: wall time, records counted at the destination broker,
+//! CPU time and peak RSS from the kernel (`wait4`), latency from kcat's timestamps.
+#![allow(clippy::disallowed_methods)] // a benchmark driver: blocking waits are the point
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use common::{create_topic, end_offset, kcat, progress_field, Broker};
+
+#[derive(Parser, Debug, Serialize, Clone)]
+#[command(about = "kafka-direct end-to-end benchmark (docs/benchmarks.md)")]
+struct Args {
+    /// Records preloaded into the source topic.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Partitions of the source topic.
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    /// Value size in bytes (keys are 9 bytes more).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Seconds of the latency phase (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+    /// Records/s of the latency phase; default: half of kafka-direct's (fsync) measured rate.
+    #[arg(long)]
+    latency_rate: Option<u64>,
+    /// Runs the spool test with this many records instead of the throughput comparison.
+    #[arg(long)]
+    spool: Option<u64>,
+    /// Where the results go as JSON (default: target/bench/e2e-<mode>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Extra service configuration line for every kafka-direct run, `key=value`
+    /// (repeatable), e.g. `--set fetch.max.wait.ms=100`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+    /// Keeps the work directory (service configs and logs) and prints where it is.
+    #[arg(long)]
+    keep: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// One measured replicator (or one-sided kcat run).
+#[derive(Serialize, Debug, Default)]
+struct Row {
+    name: String,
+    records: u64,
+    bytes: u64,
+    seconds: f64,
+    records_per_sec: f64,
+    mb_per_sec: f64,
+    /// Seconds until the first record reached the destination (replicators only).
+    first_record_seconds: Option<f64>,
+    ratio_to_kcat_pipe: Option<f64>,
+    cpu_seconds: f64,
+    peak_rss_mb: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct Latency {
+    name: String,
+    rate: u64,
+    records: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// CPU time and peak RSS of a reaped child, from the kernel.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    cpu_seconds: f64,
+    peak_rss_mb: f64,
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            cpu_seconds: self.cpu_seconds + o.cpu_seconds,
+            peak_rss_mb: self.peak_rss_mb + o.peak_rss_mb,
+        }
+    }
+}
+
+/// Waits for `child` with `wait4`, which also returns its resource usage.
+fn reap(child: Child, what: &str) -> Result<Usage> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: plain FFI call with valid out-pointers; `rusage` is plain old data.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(
+        got == pid,
+        "wait4 on {what}: {}",
+        std::io::Error::last_os_error()
+    );
+    std::mem::forget(child); // reaped above; dropping it would not, but be explicit
+    ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+            || libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM,
+        "{what} failed (wait status {status:#x})"
+    );
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Usage {
+        cpu_seconds: secs(usage.ru_utime) + secs(usage.ru_stime),
+        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0, // kB on Linux
+    })
+}
+
+/// Current resident set of a running process, in MB.
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len).with_message(what.to_owned());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "  {msg:<34} [{bar:30}] {pos:>9}/{len:9} {per_sec:>14} {elapsed:>4}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// The generated records: 9-byte key, `size`-byte value, tab-separated lines for kcat.
+fn write_records(path: &Path, n: u64, size: usize) -> Result<u64> {
+    let mut out = BufWriter::new(std::fs::File::create(path)?);
+    let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut value = vec![0u8; size];
+    for i in 0..n {
+        for b in value.iter_mut() {
+            *b = alphabet[rng.usize(..alphabet.len())];
+        }
+        write!(out, "k{:08}\t", i % 100_000_000)?;
+        out.write_all(&value)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(n * (9 + size as u64))
+}
+
+fn kcat_cmd(broker: &str) -> Command {
+    let mut cmd = Command::new(kcat());
+    // librdkafka's configuration warnings would break the progress bars: kcat's stderr
+    // goes to a log file (failures are caught by exit status and by counting records).
+    let log = common::repo_root().join("target/bench/kcat-stderr.log");
+    let _ = std::fs::create_dir_all(log.parent().expect("has a parent"));
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log);
+    cmd.args(["-b", broker, "-q"])
+        .stderr(stderr.map(Stdio::from).unwrap_or_else(|_| Stdio::inherit()));
+    cmd
+}
+
+/// Counts the lines a child writes to stdout, on a thread.
+fn count_lines(child: &mut Child, counter: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+    let mut out = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+            counter.fetch_add(lines as u64, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Sum of the high watermarks of `topic`'s partitions.
+async fn total_end(addr: &str, topic: &str, partitions: i32) -> i64 {
+    let mut total = 0;
+    for p in 0..partitions {
+        total += end_offset(addr, topic, p).await;
+    }
+    total
+}
+
+struct Bench {
+    args: Args,
+    external: Broker,
+    internal: Broker,
+    work: tempfile::TempDir,
+    records_file: PathBuf,
+    payload_bytes: u64,
+}
+
+impl Bench {
+    fn row(&self, name: &str, seconds: f64, usage: Usage, first: Option<f64>) -> Row {
+        Row {
+            name: name.to_owned(),
+            records: self.args.records,
+            bytes: self.payload_bytes,
+            seconds,
+            records_per_sec: self.args.records as f64 / seconds,
+            mb_per_sec: self.payload_bytes as f64 / seconds / 1e6,
+            first_record_seconds: first,
+            ratio_to_kcat_pipe: None,
+            cpu_seconds: usage.cpu_seconds,
+            peak_rss_mb: usage.peak_rss_mb,
+        }
+    }
+
+    /// `kcat -P` of the generated records into the source topic (the preload itself).
+    fn kcat_produce(&self) -> Result<Row> {
+        let started = Instant::now();
+        let child = kcat_cmd(&self.external.addr())
+            .args(["-P", "-t", "bench", "-K", "\t", "-l"])
+            .arg(&self.records_file)
+            .spawn()?;
+        let spinner = bar(self.args.records, "kcat -P (preload, produce alone)");
+        spinner.enable_steady_tick(Duration::from_millis(200));
+        let usage = reap(child, "kcat -P")?;
+        let seconds = started.elapsed().as_secs_f64();
+        spinner.finish_and_clear();
+        Ok(self.row("kcat -P (produce alone)", seconds, usage, None))
+    }
+
+    /// `kcat -C` of the whole source topic, to a line counter.
+    fn kcat_consume(&self) -> Result<Row> {
+        let started = Instant::now();
+        let mut child = kcat_cmd(&self.external.addr())
+            .args([
+                "-C",
+                "-t",
+                "bench",
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%k\t%s\n",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let counter = Arc::new(AtomicU64::new(0));
+        let reader = count_lines(&mut child, counter.clone());
+        let progress = bar(self.args.records, "kcat -C (consume alone)");
+        while !reader.is_finished() {
+            progress.set_position(counter.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let usage = reap(child, "kcat -C")?;
+        let seconds = started.elapsed().as_secs_f64();
+        progress.finish_and_clear();
+        let got = counter.load(Ordering::Relaxed);
+        ensure!(
+            got == self.args.records,
+            "kcat -C read {got} records, not {}",
+            self.args.records
+        );
+        Ok(self.row("kcat -C (consume alone)", seconds, usage, None))
+    }
+
+    /// `kcat -C | kcat -P` into `dest`: one pipe for the topic, or one per partition.
+    async fn kcat_pipe(&self, dest: &str, per_partition: bool) -> Result<Row> {
+        let p = self.args.partitions;
+        create_topic(&self.internal.addr(), dest, p).await;
+        let started = Instant::now();
+        let mut children = Vec::new();
+        let pipes: Vec<Option<i32>> = if per_partition {
+            (0..p).map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for partition in pipes {
+            let mut consume = kcat_cmd(&self.external.addr());
+            consume.args([
+                "-C",
+                "-t",
+                "bench",
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%k\t%s\n",
+            ]);
+            let mut produce = kcat_cmd(&self.internal.addr());
+            produce.args(["-P", "-t", dest, "-K", "\t"]);
+            if let Some(partition) = partition {
+                consume.args(["-p", &partition.to_string()]);
+                produce.args(["-p", &partition.to_string()]);
+            }
+            let mut consumer = consume.stdout(Stdio::piped()).spawn()?;
+            let stdout = consumer.stdout.take().expect("piped");
+            let producer = produce.stdin(Stdio::from(stdout)).spawn()?;
+            children.push((consumer, producer));
+        }
+        let name = if per_partition {
+            format!("kcat -C | kcat -P, {p} pipes (1/partition)")
+        } else {
+            "kcat -C | kcat -P (one pipe)".to_owned()
+        };
+        let progress = bar(self.args.records, &name);
+        let watch = self.watch_destination(dest, &progress, started);
+        let mut usage = Usage::default();
+        let reaped = tokio::task::spawn_blocking(move || -> Result<Usage> {
+            let mut usage = Usage::default();
+            for (consumer, producer) in children {
+                usage = usage + reap(consumer, "kcat -C of the pipe")?;
+                usage = usage + reap(producer, "kcat -P of the pipe")?;
+            }
+            Ok(usage)
+        });
+        let first = watch.await?;
+        usage = usage + reaped.await??;
+        let seconds = started.elapsed().as_secs_f64();
+        progress.finish_and_clear();
+        Ok(self.row(&name, seconds, usage, Some(first)))
+    }
+
+    /// Polls the destination topic's total end until it holds every record; returns the
+    /// seconds until the first one arrived. Fails if it stops growing for 60 s.
+    async fn watch_destination(
+        &self,
+        dest: &str,
+        progress: &ProgressBar,
+        started: Instant,
+    ) -> Result<f64> {
+        let target = self.args.records as i64;
+        let mut first = None;
+        let mut last = (0, Instant::now());
+        loop {
+            let now = total_end(&self.internal.addr(), dest, self.args.partitions).await;
+            progress.set_position(now as u64);
+            if now > 0 && first.is_none() {
+                first = Some(started.elapsed().as_secs_f64());
+            }
+            if now >= target {
+                ensure!(
+                    now == target,
+                    "{dest} holds {now} records, more than {target}"
+                );
+                return Ok(first.unwrap_or_default());
+            }
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(60) {
+                bail!("{dest} stopped at {now} of {target} records");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The service's config for one run; `extra` lines are appended to the service part.
+    fn service_config(&self, dir: &Path, prefix: &str, topic: &str, extra: &str) -> PathBuf {
+        // `extra` holds `key = "value"` lines; --set overrides them.
+        let mut lines: Vec<(String, String)> = extra
+            .lines()
+            .filter_map(|l| l.split_once(" = "))
+            .map(|(k, v)| {
+                (
+                    k.trim_matches('"').to_owned(),
+                    v.trim_matches('"').to_owned(),
+                )
+            })
+            .collect();
+        for setting in &self.args.settings {
+            let (key, value) = setting.split_once('=').expect("--set takes key=value");
+            lines.retain(|(k, _)| k != key);
+            lines.push((key.to_owned(), value.to_owned()));
+        }
+        let extra: String = lines
+            .iter()
+            .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+            .collect();
+        let text = format!(
+            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\nprogress.interval.ms = 100\n{extra}\n\
+             [connector]\nname = \"bench-{prefix}\"\nkafka.bootstrap.servers = \"{}\"\n\
+             topic.prefix = \"{prefix}\"\ntopic.include.list = \"{topic}\"\nauto.offset.reset = \"earliest\"\n",
+            dir.join("data").display(),
+            self.internal.addr(),
+            self.external.addr(),
+        );
+        let path = dir.join("kafka-direct.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    fn spawn_service(&self, config: &Path, log: &Path) -> Result<Child> {
+        // KAFKA_DIRECT_BENCH_WRAP runs the service under a profiler, e.g.
+        // "perf record -F 999 -g -o target/bench/perf.data --" (docs/benchmarks.md).
+        let wrap = std::env::var("KAFKA_DIRECT_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(env!("CARGO_BIN_EXE_kafka-direct"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_kafka-direct")),
+        };
+        Ok(cmd
+            .args(["run", "--config"])
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("KAFKA_DIRECT_BENCH_RUST_LOG")
+                    .unwrap_or_else(|_| "info,rskafka=warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?)
+    }
+
+    /// " (+N settings)" when --set changed the service's configuration.
+    fn settings_note(&self) -> String {
+        match self.args.settings.len() {
+            0 => String::new(),
+            n => format!(" (+{n} --set)"),
+        }
+    }
+
+    /// kafka-direct replicating the preloaded topic into `<prefix>.bench`.
+    async fn kafka_direct(&self, prefix: &str, sync: &str) -> Result<Row> {
+        let dir = self.work.path().join(prefix);
+        std::fs::create_dir_all(&dir)?;
+        let config = self.service_config(&dir, prefix, "bench", &format!("wal.sync = \"{sync}\""));
+        let log = dir.join("service.log");
+        let started = Instant::now();
+        let child = self.spawn_service(&config, &log)?;
+        let pid = child.id();
+        let name = format!("kafka-direct, wal.sync={sync}{}", self.settings_note());
+        let progress = bar(self.args.records, &name);
+        let dest = format!("{prefix}.bench");
+        // Polling before the service created the topic would let the broker auto-create it.
+        started_up(&log).await?;
+        let first = self.watch_destination(&dest, &progress, started).await;
+        let seconds = started.elapsed().as_secs_f64();
+        progress.finish_and_clear();
+        common::signal(pid, "TERM");
+        let usage = tokio::task::spawn_blocking(move || reap(child, "kafka-direct")).await??;
+        let first = first.with_context(|| log_tail(&log))?;
+        let text = std::fs::read_to_string(&log)?;
+        ensure!(
+            progress_field(&text, "unexpected_produce_offsets") == Some(0),
+            "kafka-direct reported unexpected produce offsets: {}",
+            log_tail(&log)
+        );
+        Ok(self.row(&name, seconds, usage, Some(first)))
+    }
+
+    /// Latency at `rate` records/s for `secs` through a replicator started by `start`
+    /// (source topic `src`, destination `dest`), read by an independent kcat consumer.
+    async fn latency(
+        &self,
+        name: &str,
+        src: &str,
+        (dest_broker, dest): (&str, &str),
+        rate: u64,
+        replicator: Vec<Child>,
+    ) -> Result<Latency> {
+        let total = (rate * self.args.latency_secs) as usize;
+        // The consumer reads the destination from the beginning and prints each record's
+        // timestamp (the source's create time, set by the producer below).
+        let mut consumer = kcat_cmd(dest_broker)
+            .args(["-C", "-t", dest, "-o", "beginning", "-u", "-f", "%T\n"])
+            .args(["-X", "fetch.wait.max.ms=5"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let out = consumer.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut delays = Vec::with_capacity(total);
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+                if let Ok(ts) = line.trim().parse::<f64>() {
+                    delays.push(now.as_secs_f64() * 1e3 - ts);
+                }
+                if delays.len() >= total {
+                    break;
+                }
+            }
+            delays
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await; // let the consumer find its partitions
+        let mut producer = kcat_cmd(&self.external.addr())
+            .args(["-P", "-t", src, "-K", "\t", "-X", "linger.ms=1"])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        let mut stdin = producer.stdin.take().expect("piped");
+        let progress = bar(total as u64, &format!("{name} @ {rate}/s"));
+        let value: String = "v".repeat(self.args.size);
+        let started = Instant::now();
+        let tick = Duration::from_millis(10);
+        let mut sent = 0usize;
+        while sent < total {
+            let due = ((started.elapsed().as_secs_f64() * rate as f64) as usize).min(total);
+            let mut chunk = Vec::new();
+            for i in sent..due {
+                writeln!(chunk, "k{:08}\t{value}", i % 100_000_000)?;
+            }
+            stdin.write_all(&chunk)?;
+            stdin.flush()?;
+            sent = due;
+            progress.set_position(sent as u64);
+            tokio::time::sleep(tick).await;
+        }
+        drop(stdin);
+        reap(producer, "kcat -P (latency producer)")?;
+        let waited = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            reader
+                .is_finished()
+                .then(|| reader.join().expect("reader thread"))
+        })
+        .await?;
+        let got = progress.position();
+        let _ = consumer.kill();
+        let _ = consumer.wait();
+        for mut child in replicator {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        progress.finish_and_clear();
+        let Some(mut delays) = waited else {
+            let arrived = total_end(dest_broker, dest, self.args.partitions).await;
+            bail!("{name}: {arrived} of {total} records (sent {got}) reached {dest} within 60 s of the last produce");
+        };
+        ensure!(
+            delays.len() == total,
+            "{name}: read {} of {total} records",
+            delays.len()
+        );
+        delays.sort_by(f64::total_cmp);
+        let pct = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
+        Ok(Latency {
+            name: name.to_owned(),
+            rate,
+            records: total,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: *delays.last().expect("records"),
+        })
+    }
+
+    async fn latency_kafka_direct(&self, rate: u64) -> Result<Latency> {
+        let p = self.args.partitions;
+        create_topic(&self.external.addr(), "live", p).await;
+        let dir = self.work.path().join("live");
+        std::fs::create_dir_all(&dir)?;
+        // The same broker wait as the independent consumer's (see `latency`): tansu
+        // holds a fetch at the partition's end for most of its max wait even when
+        // records arrive meanwhile (docs/benchmarks.md).
+        let config = self.service_config(&dir, "live", "live", "fetch.max.wait.ms = 5");
+        let log = dir.join("service.log");
+        let child = self.spawn_service(&config, &log)?;
+        started_up(&log).await?;
+        self.latency(
+            &format!("kafka-direct, wal.sync=fsync{}", self.settings_note()),
+            "live",
+            (&self.internal.addr(), "live.live"),
+            rate,
+            vec![child],
+        )
+        .await
+    }
+
+    /// The tools' and broker's own share: kcat -P to kcat -C on the same topic.
+    async fn latency_broker(&self, rate: u64) -> Result<Latency> {
+        create_topic(&self.external.addr(), "direct", self.args.partitions).await;
+        self.latency(
+            "no replicator (kcat -P to kcat -C, one broker)",
+            "direct",
+            (&self.external.addr(), "direct"),
+            rate,
+            Vec::new(),
+        )
+        .await
+    }
+}
+
+/// Waits for the service's first progress line: started, internal topics created.
+async fn started_up(log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress_field(&std::fs::read_to_string(log)?, "forwarded").is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "kafka-direct did not start: {}",
+            log_tail(log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<_> = text.lines().rev().take(20).collect();
+    let lines: Vec<_> = lines.into_iter().rev().collect();
+    format!(
+        "kafka-direct log ({}), last lines:\n{}",
+        log.display(),
+        lines.join("\n")
+    )
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n{:<40} {:>12} {:>8} {:>9} {:>8} {:>10} {:>8} {:>9}",
+        "run", "records/s", "MB/s", "vs pipe", "wall s", "1st rec s", "CPU s", "RSS MB"
+    );
+    for r in rows {
+        println!(
+            "{:<40} {:>12.0} {:>8.1} {:>9} {:>8.2} {:>10} {:>8.2} {:>9.1}",
+            r.name,
+            r.records_per_sec,
+            r.mb_per_sec,
+            r.ratio_to_kcat_pipe
+                .map(|x| format!("{:.0} %", x * 100.0))
+                .unwrap_or_default(),
+            r.seconds,
+            r.first_record_seconds
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_default(),
+            r.cpu_seconds,
+            r.peak_rss_mb,
+        );
+    }
+}
+
+async fn throughput(args: Args) -> Result<serde_json::Value> {
+    let external = Broker::start();
+    let internal = Broker::start();
+    create_topic(&external.addr(), "bench", args.partitions).await;
+    let work = work_dir(&args)?;
+    let records_file = work.path().join("records.txt");
+    let payload_bytes = write_records(&records_file, args.records, args.size)?;
+    let bench = Bench {
+        args: args.clone(),
+        external,
+        internal,
+        work,
+        records_file,
+        payload_bytes,
+    };
+    println!(
+        "kafka-direct end-to-end benchmark: {} records of {} B values (+9 B keys), {} partitions; brokers {} -> {}",
+        args.records,
+        args.size,
+        args.partitions,
+        bench.external.addr(),
+        bench.internal.addr()
+    );
+    let mut rows = vec![bench.kcat_produce()?];
+    let stored = total_end(&bench.external.addr(), "bench", args.partitions).await;
+    ensure!(
+        stored == args.records as i64,
+        "source holds {stored} records after the preload"
+    );
+    rows.push(bench.kcat_consume()?);
+    rows.push(bench.kcat_pipe("pipe.bench", false).await?);
+    rows.push(bench.kcat_pipe("pipes.bench", true).await?);
+    rows.push(bench.kafka_direct("fsync", "fsync").await?);
+    rows.push(bench.kafka_direct("flush", "flush").await?);
+    let pipe = rows[2].records_per_sec;
+    for row in &mut rows[2..] {
+        row.ratio_to_kcat_pipe = Some(row.records_per_sec / pipe);
+    }
+    print_table(&rows);
+    let mut latencies = Vec::new();
+    if args.latency_secs > 0 {
+        let rate = args
+            .latency_rate
+            .unwrap_or((rows[4].records_per_sec / 2.0) as u64);
+        latencies.push(bench.latency_broker(rate).await?);
+        latencies.push(bench.latency_kafka_direct(rate).await?);
+        println!(
+            "\n{:<40} {:>12} {:>9} {:>9} {:>9} {:>9}",
+            "end-to-end latency", "records/s", "records", "p50 ms", "p99 ms", "max ms"
+        );
+        for l in &latencies {
+            println!(
+                "{:<40} {:>12} {:>9} {:>9.1} {:>9.1} {:>9.1}",
+                l.name, l.rate, l.records, l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
+    }
+    Ok(serde_json::json!({ "throughput": rows, "latency": latencies }))
+}
+
+/// The spool test: the internal broker stopped (SIGSTOP) while `n` records are fetched
+/// into the WAL; RSS sampled all along; then the drain rate once the broker answers again.
+async fn spool(args: Args, n: u64) -> Result<serde_json::Value> {
+    let external = Broker::start();
+    let internal = Broker::start();
+    create_topic(&external.addr(), "bench", args.partitions).await;
+    let work = work_dir(&args)?;
+    let records_file = work.path().join("records.txt");
+    let payload_bytes = write_records(&records_file, n, args.size)?;
+    let bench = Bench {
+        args: Args {
+            records: n,
+            ..args.clone()
+        },
+        external,
+        internal,
+        work,
+        records_file,
+        payload_bytes,
+    };
+    println!(
+        "kafka-direct spool test: {n} records of {} B values, {} partitions, internal broker stopped while they are fetched",
+        args.size, args.partitions
+    );
+    let dir = bench.work.path().join("spool");
+    std::fs::create_dir_all(&dir)?;
+    let config = bench.service_config(&dir, "spool", "bench", "wal.max.bytes = 68719476736");
+    let log = dir.join("service.log");
+    let child = bench.spawn_service(&config, &log)?;
+    let pid = child.id();
+    started_up(&log).await?;
+    bench.internal.pause();
+    let started = Instant::now();
+    let producer = kcat_cmd(&bench.external.addr())
+        .args(["-P", "-t", "bench", "-K", "\t", "-l"])
+        .arg(&bench.records_file)
+        .spawn()?;
+    let preload = std::thread::spawn(move || {
+        let usage = reap(producer, "kcat -P");
+        (usage, started.elapsed().as_secs_f64())
+    });
+    let mut samples: Vec<(f64, u64, f64)> = Vec::new(); // (s, fetched, RSS MB)
+    let progress = bar(n, "fetched into the WAL (internal down)");
+    loop {
+        let fetched = progress_field(&std::fs::read_to_string(&log)?, "fetched").unwrap_or(0);
+        progress.set_position(fetched);
+        if let Some(rss) = rss_mb(pid) {
+            samples.push((started.elapsed().as_secs_f64(), fetched, rss));
+        }
+        if fetched >= n {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "spool stalled: {}",
+            log_tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let fetch_seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    let wal_bytes = progress_field(&std::fs::read_to_string(&log)?, "wal_bytes").unwrap_or(0);
+    let disk = dir_size(&dir.join("data"));
+    bench.internal.resume();
+    let resumed = Instant::now();
+    let progress = bar(n, "drained to the internal broker");
+    let watch = bench.watch_destination("spool.bench", &progress, resumed);
+    let sampler = async {
+        loop {
+            if let Some(rss) = rss_mb(pid) {
+                let fetched = progress_field(
+                    &std::fs::read_to_string(&log).unwrap_or_default(),
+                    "fetched",
+                )
+                .unwrap_or(0);
+                samples.push((started.elapsed().as_secs_f64(), fetched, rss));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let drained = tokio::select! {
+        r = watch => r,
+        _ = sampler => unreachable!("the sampler loops forever"),
+    };
+    let drain_seconds = resumed.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    common::signal(pid, "TERM");
+    let usage = tokio::task::spawn_blocking(move || reap(child, "kafka-direct")).await??;
+    drained.with_context(|| log_tail(&log))?;
+    let sampled_peak = samples.iter().map(|s| s.2).fold(0.0, f64::max);
+    let at = |share: f64| {
+        samples
+            .iter()
+            .find(|s| s.1 as f64 >= share * n as f64)
+            .map(|s| s.2)
+            .unwrap_or_default()
+    };
+    let (preload_usage, preload_seconds) = preload.join().expect("preload thread");
+    preload_usage?;
+    println!(
+        "\n  preload (kcat -P)            {:>10.0} records/s",
+        n as f64 / preload_seconds
+    );
+    println!("  fetched into the WAL         {:>10.0} records/s ({n} in {fetch_seconds:.1} s, while being produced)", n as f64 / fetch_seconds);
+    println!(
+        "  WAL at the peak              {:>10.1} MB of entries, {:.1} MB on disk",
+        wal_bytes as f64 / 1e6,
+        disk as f64 / 1e6
+    );
+    println!(
+        "  RSS at 10/50/100 % fetched   {:>10.1} / {:.1} / {:.1} MB",
+        at(0.1),
+        at(0.5),
+        at(1.0)
+    );
+    println!(
+        "  peak RSS (kernel, whole run) {:>10.1} MB (sampled peak {sampled_peak:.1} MB)",
+        usage.peak_rss_mb
+    );
+    println!(
+        "  drain after the broker is back {:>8.0} records/s ({n} in {drain_seconds:.1} s)",
+        n as f64 / drain_seconds
+    );
+    println!(
+        "  CPU                          {:>10.1} s",
+        usage.cpu_seconds
+    );
+    Ok(serde_json::json!({
+        "records": n,
+        "fetch_seconds": fetch_seconds,
+        "fetch_records_per_sec": n as f64 / fetch_seconds,
+        "wal_entry_bytes": wal_bytes,
+        "wal_disk_bytes": disk,
+        "drain_seconds": drain_seconds,
+        "drain_records_per_sec": n as f64 / drain_seconds,
+        "peak_rss_mb": usage.peak_rss_mb,
+        "cpu_seconds": usage.cpu_seconds,
+        "rss_samples": samples.iter().map(|s| serde_json::json!({"t": s.0, "fetched": s.1, "rss_mb": s.2})).collect::<Vec<_>>(),
+    }))
+}
+
+fn work_dir(args: &Args) -> Result<tempfile::TempDir> {
+    let mut work = tempfile::Builder::new()
+        .prefix("kafka-direct-bench")
+        .tempdir()?;
+    if args.keep {
+        work.disable_cleanup(true);
+        println!("work directory (kept): {}", work.path().display());
+    }
+    Ok(work)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let (mode, results) = match args.spool {
+        Some(n) => ("spool", spool(args.clone(), n).await?),
+        None => ("throughput", throughput(args.clone()).await?),
+    };
+    let json = args
+        .json
+        .clone()
+        .unwrap_or_else(|| common::repo_root().join(format!("target/bench/e2e-{mode}.json")));
+    if let Some(parent) = json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let doc = serde_json::json!({
+        "mode": mode,
+        "args": args,
+        "commit": commit,
+        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "results": results,
+    });
+    std::fs::write(&json, serde_json::to_string_pretty(&doc)?)?;
+    println!("\nresults written to {}", json.display());
+    Ok(())
+}
