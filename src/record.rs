@@ -35,7 +35,7 @@ impl fmt::Display for SourcePartition {
 /// A record read from the external cluster, with its real source offset.
 ///
 /// Header values are optional because Kafka allows a header with a null value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct SourceRecord {
     /// Offset in the source partition (offsets may have gaps).
     pub offset: i64,
@@ -63,7 +63,9 @@ impl SourceRecord {
 }
 
 /// A fetched batch: consecutive records of one source partition, stored as one WAL entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 pub struct FetchedBatch {
     /// Records in source-offset order; never empty.
     pub records: Vec<SourceRecord>,

@@ -35,7 +35,10 @@ pub enum DecodeError {
 /// Encodes a batch as one WAL value.
 pub fn encode(batch: &FetchedBatch) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION, 0, 0, 0, 0];
-    bincode::serde::encode_into_std_write(batch, &mut out, bincode::config::standard())
+    // bincode's own derive, not its serde layer: same bytes, but byte strings are copied
+    // as slices instead of one `u8` at a time (a quarter of the CPU profile with 1 KB
+    // values). `serde_and_native_encodings_agree` keeps the format unchanged.
+    bincode::encode_into_std_write(batch, &mut out, bincode::config::standard())
         .expect("encoding into a Vec cannot fail");
     let crc = crc32fast::hash(&out[HEADER_LEN..]);
     out[1..HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
@@ -57,7 +60,7 @@ pub fn decode(bytes: &[u8]) -> Result<FetchedBatch, DecodeError> {
         return Err(DecodeError::Checksum { stored, computed });
     }
     let (batch, used): (FetchedBatch, usize) =
-        bincode::serde::decode_from_slice(payload, bincode::config::standard())
+        bincode::decode_from_slice(payload, bincode::config::standard())
             .map_err(|e| DecodeError::Payload(e.to_string()))?;
     if used != payload.len() {
         return Err(DecodeError::Payload(format!(
@@ -132,5 +135,18 @@ mod tests {
         let mut bytes = encode(&sample());
         bytes[0] = 42;
         assert_eq!(decode(&bytes), Err(DecodeError::UnknownVersion(42)));
+    }
+
+    #[test]
+    fn serde_and_native_encodings_agree() {
+        // Entries written by earlier builds (bincode's serde layer) read the same.
+        let batch = sample();
+        let serde = bincode::serde::encode_to_vec(&batch, bincode::config::standard()).unwrap();
+        let native = bincode::encode_to_vec(&batch, bincode::config::standard()).unwrap();
+        assert_eq!(serde, native);
+        let mut entry = vec![FORMAT_VERSION];
+        entry.extend_from_slice(&crc32fast::hash(&serde).to_be_bytes());
+        entry.extend_from_slice(&serde);
+        assert_eq!(decode(&entry).unwrap(), batch);
     }
 }
