@@ -241,20 +241,26 @@ impl Fetcher {
                 // Records exist but none came back: an open transaction holds the last
                 // stable offset back, or the broker could not read them within the wait
                 // (a slow storage backend), or it answered before they became readable
-                // (tansu does, often, while records arrive). Wait longer per fetch, and
-                // do not spin: the pause between fetches grows from nothing to 200 ms.
-                // An open transaction gets the long pause at once.
-                let longer = (*wait * 2).min(self.cluster.timeout / 2).max(self.max_wait);
-                if longer != *wait {
-                    debug!(%partition, offset, high_watermark, last_stable_offset = fetched.last_stable_offset, wait = ?longer, "fetch below the high watermark returned nothing; waiting longer per fetch");
-                }
-                *wait = longer;
+                // (tansu does, often, while records arrive). Do not spin: the pause
+                // between fetches grows from nothing to 200 ms. From the third empty
+                // fetch in a row the broker may also hold each fetch longer (a slow
+                // storage backend); not before, because tansu holds a fetch for about
+                // half its wait even when records arrive meanwhile (measured: a wait
+                // doubled by one race delayed records by seconds). An open transaction
+                // gets the long pause at once.
                 let transaction_open = (0..=offset).contains(&fetched.last_stable_offset);
                 *empty_streak = if transaction_open {
                     u32::MAX
                 } else {
                     empty_streak.saturating_add(1)
                 };
+                if *empty_streak >= 3 {
+                    let longer = (*wait * 2).min(self.cluster.timeout / 2).max(self.max_wait);
+                    if longer != *wait {
+                        debug!(%partition, offset, high_watermark, last_stable_offset = fetched.last_stable_offset, wait = ?longer, "fetches below the high watermark keep returning nothing; waiting longer per fetch");
+                    }
+                    *wait = longer;
+                }
                 return Ok(Step::Idle(empty_fetch_pause(*empty_streak)));
             }
             // Nothing new within max_wait: fetch again at once (the broker waited).
