@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use crate::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
 use crate::config::Compression;
 use crate::metrics::PartitionMetrics;
-use crate::record::{FetchedBatch, SourcePartition};
+use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
 use crate::wal::{PartitionLog, Wal, WalError};
 use tail::TailError;
 use writer::PartitionWriter;
@@ -164,20 +164,34 @@ impl Forwarder {
             }));
         }
         let max = (self.max_bytes as i32).saturating_mul(2).max(1 << 20);
-        // tansu sometimes answers a short fetch with no records although they exist:
-        // wait longer on each try before calling the partition unreadable.
-        let mut last = None;
-        for max_wait_ms in [PROBE_WAIT_MS, 100, 500] {
-            let fetched = pc.fetch(&self.cluster, end - 1, max, max_wait_ms).await?;
-            last = fetched
-                .decoded
-                .batch
-                .records
-                .into_iter()
-                .rev()
-                .find(|r| r.offset == end - 1);
-            if last.is_some() {
-                break;
+        let mut last = self
+            .read_from(pc, end - 1, end, max)
+            .await?
+            .filter(|r| r.offset == end - 1);
+        if last.is_none() {
+            // The broker counts records up to `end` but cannot return the last one: it
+            // lost records it had acknowledged (seen with tansu on S3 storage killed
+            // while writing). What counts is what consumers can read: find the last
+            // readable record (step back until a fetch returns one, then read forward
+            // to the gap); the records after it are sent again.
+            let mut back = 1i64;
+            loop {
+                let from = (end - 1 - back).max(earliest);
+                last = self.read_from(pc, from, end, max).await?;
+                if last.is_some() || from == earliest {
+                    break;
+                }
+                back = back.saturating_mul(10);
+            }
+            while let Some(found) = &last {
+                match self.read_from(pc, found.offset + 1, end, max).await? {
+                    Some(next) => last = Some(next),
+                    None => break,
+                }
+            }
+            if let Some(found) = &last {
+                warn!(partition = %self.partition(), internal = %internal, high_watermark = end, last_readable = found.offset,
+                    "the internal partition's broker cannot return its records above the last readable one (records lost by the broker); what follows it is sent again");
             }
         }
         let Some(last) = last else {
@@ -194,6 +208,32 @@ impl Forwarder {
                     stored_next: Some(next),
                 }),
         )
+    }
+
+    /// The highest record below `end` that a fetch from `offset` returns, or `None`.
+    /// tansu sometimes answers a short fetch with no records although they exist: each
+    /// read waits longer before it gives up.
+    async fn read_from(
+        &self,
+        pc: &mut PartitionWriter,
+        offset: i64,
+        end: i64,
+        max: i32,
+    ) -> Result<Option<SourceRecord>, ClusterError> {
+        for max_wait_ms in [PROBE_WAIT_MS, 100, 500] {
+            let fetched = pc.fetch(&self.cluster, offset, max, max_wait_ms).await?;
+            let last = fetched
+                .decoded
+                .batch
+                .records
+                .into_iter()
+                .rev()
+                .find(|r| r.offset >= offset && r.offset < end);
+            if last.is_some() {
+                return Ok(last);
+            }
+        }
+        Ok(None)
     }
 
     /// The tail at start-up: settled ([`Forwarder::read_settled_tail`]) unless no
