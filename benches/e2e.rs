@@ -170,6 +170,18 @@ fn write_records(path: &Path, n: u64, size: usize) -> Result<u64> {
     Ok(n * (9 + size as u64))
 }
 
+/// kcat arguments that read the preloaded source topic once, as `key<TAB>value` lines.
+const CONSUME_SOURCE: [&str; 8] = [
+    "-C",
+    "-t",
+    "bench",
+    "-o",
+    "beginning",
+    "-e",
+    "-f",
+    "%k\t%s\n",
+];
+
 fn kcat_cmd(broker: &str) -> Command {
     let mut cmd = Command::new(kcat());
     // librdkafka's configuration warnings would break the progress bars: kcat's stderr
@@ -253,16 +265,7 @@ impl Bench {
     fn kcat_consume(&self) -> Result<Row> {
         let started = Instant::now();
         let mut child = kcat_cmd(&self.external.addr())
-            .args([
-                "-C",
-                "-t",
-                "bench",
-                "-o",
-                "beginning",
-                "-e",
-                "-f",
-                "%k\t%s\n",
-            ])
+            .args(CONSUME_SOURCE)
             .stdout(Stdio::piped())
             .spawn()?;
         let counter = Arc::new(AtomicU64::new(0));
@@ -297,16 +300,7 @@ impl Bench {
         };
         for partition in pipes {
             let mut consume = kcat_cmd(&self.external.addr());
-            consume.args([
-                "-C",
-                "-t",
-                "bench",
-                "-o",
-                "beginning",
-                "-e",
-                "-f",
-                "%k\t%s\n",
-            ]);
+            consume.args(CONSUME_SOURCE);
             let mut produce = kcat_cmd(&self.internal.addr());
             produce.args(["-P", "-t", dest, "-K", "\t"]);
             if let Some(partition) = partition {
