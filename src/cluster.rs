@@ -8,7 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
@@ -259,20 +258,6 @@ impl Cluster {
             .backoff_config(backoff);
         let what = format!("connecting (key `{}`)", self.key);
         self.bounded(what, builder.build()).await.map(Arc::new)
-    }
-
-    /// A client for one partition's leader.
-    pub async fn partition(
-        &self,
-        client: &Client,
-        topic: &str,
-        partition: i32,
-    ) -> Result<PartitionClient, ClusterError> {
-        self.bounded(
-            format!("finding the leader of {topic}/{partition}"),
-            client.partition_client(topic, partition, UnknownTopicHandling::Error),
-        )
-        .await
     }
 }
 

@@ -111,6 +111,10 @@ pub struct Forwarder {
 /// (see docs/ARCHITECTURE.md for the residual risk).
 const SETTLE: Duration = Duration::from_millis(1500);
 
+/// Broker waits of the successive tries of one tail-check read: tansu sometimes answers
+/// a short fetch without the partition or without records although they exist.
+const TAIL_READ_WAITS_MS: [i32; 3] = [PROBE_WAIT_MS, 100, 500];
+
 impl Forwarder {
     fn partition(&self) -> &SourcePartition {
         self.log.source_partition()
@@ -141,7 +145,7 @@ impl Forwarder {
         // where ListOffsets(latest) is not (docs/compatibility.md). tansu sometimes
         // answers a short fetch without the partition: wait longer on each try.
         let mut end = -1;
-        for max_wait_ms in [PROBE_WAIT_MS, 100, 500] {
+        for max_wait_ms in TAIL_READ_WAITS_MS {
             end = pc
                 .fetch(&self.cluster, earliest, 1, max_wait_ms)
                 .await?
@@ -220,7 +224,7 @@ impl Forwarder {
         end: i64,
         max: i32,
     ) -> Result<Option<SourceRecord>, ClusterError> {
-        for max_wait_ms in [PROBE_WAIT_MS, 100, 500] {
+        for max_wait_ms in TAIL_READ_WAITS_MS {
             let fetched = pc.fetch(&self.cluster, offset, max, max_wait_ms).await?;
             let last = fetched
                 .decoded
