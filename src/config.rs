@@ -77,7 +77,9 @@ pub enum ConfigError {
 /// Value format of the source topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// Bytes forwarded as they are.
+    /// Bytes forwarded as they are, nothing checked.
+    Bytes,
+    /// UTF-8 text, forwarded as it is.
     String,
     /// JSON values.
     Json,
@@ -124,8 +126,8 @@ pub struct ConnectorConfig {
     pub schemas_enable: bool,
     /// Start of a partition without checkpoint.
     pub auto_offset_reset: OffsetReset,
-    /// Dead-letter topic, if configured.
-    pub dead_letter_topic: Option<String>,
+    /// Dead-letter topic on the internal cluster (`<topic.prefix>.dlq` by default).
+    pub dead_letter_topic: String,
 }
 
 impl ConnectorConfig {
@@ -271,7 +273,7 @@ const CONNECTOR_KEYS: &[Key] = &[
     Key {
         name: "format",
         default: Some("string"),
-        doc: "string | json",
+        doc: "string (UTF-8 checked) | json | bytes (copied unchecked)",
     },
     Key {
         name: "schemas.enable",
@@ -321,7 +323,7 @@ const CONNECTOR_KEYS: &[Key] = &[
     Key {
         name: "errors.deadletterqueue.topic.name",
         default: Some(""),
-        doc: "dead-letter topic",
+        doc: "dead-letter topic on the internal cluster (default <topic.prefix>.dlq)",
     },
 ];
 
@@ -501,18 +503,15 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
 
     let format = c.choice(
         "format",
-        &[("string", Format::String), ("json", Format::Json)],
+        &[
+            ("string", Format::String),
+            ("json", Format::Json),
+            ("bytes", Format::Bytes),
+        ],
     )?;
     let schemas_enable = c.choice("schemas.enable", &[("false", false), ("true", true)])?;
     if schemas_enable && format != Format::Json {
         return Err(c.invalid("schemas.enable", "true", "false unless format=json"));
-    }
-    if format == Format::Json {
-        return Err(ConfigError::NotSupported {
-            key: c.full("format"),
-            value: "json".into(),
-            reason: "this version forwards format=string only",
-        });
     }
     let security = c.get("security.protocol");
     match security.to_ascii_uppercase().as_str() {
@@ -552,9 +551,18 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
             });
         }
     }
-    let dlq = c.get("errors.deadletterqueue.topic.name");
-    if !dlq.is_empty() {
+    let mut dlq = c.get("errors.deadletterqueue.topic.name");
+    if dlq.is_empty() {
+        dlq = format!("{topic_prefix}.dlq");
+    } else {
         check_topic_name(c, "errors.deadletterqueue.topic.name", &dlq)?;
+    }
+    if let Some(topic) = topics.iter().find(|t| format!("{topic_prefix}.{t}") == dlq) {
+        return Err(c.invalid(
+            "errors.deadletterqueue.topic.name",
+            &dlq,
+            format!("a topic other than the internal topic of {topic}"),
+        ));
     }
 
     Ok(ConnectorConfig {
@@ -571,7 +579,7 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
                 ("latest", OffsetReset::Latest),
             ],
         )?,
-        dead_letter_topic: (!dlq.is_empty()).then_some(dlq),
+        dead_letter_topic: dlq,
     })
 }
 
@@ -815,7 +823,7 @@ topic.include.list = "orders,payments"
             ),
             (
                 "connector.format=avro",
-                &["connector.format", "string, json"],
+                &["connector.format", "string, json, bytes"],
             ),
             ("wal.sync=sometimes", &["wal.sync", "fsync, flush"]),
             ("wal.max.bytes=lots", &["wal.max.bytes", "an integer"]),
@@ -898,9 +906,18 @@ topic.include.list = "orders,payments"
     }
 
     #[test]
-    fn schemas_need_json_and_json_is_not_acted_on_yet() {
+    fn schemas_need_json_and_the_dead_letter_topic_defaults_to_the_prefix() {
         assert!(err(&["connector.schemas.enable=true"]).contains("unless format=json"));
-        assert!(err(&["connector.format=json"]).contains("not supported yet"));
+        let cfg = load(GOOD, &["connector.format=json", "connector.schemas.enable=true"]).unwrap();
+        assert_eq!(cfg.connector.format, Format::Json);
+        assert!(cfg.connector.schemas_enable);
+        let prefix = &cfg.connector.topic_prefix;
+        assert_eq!(cfg.connector.dead_letter_topic, format!("{prefix}.dlq"));
+        let clash = format!(
+            "connector.errors.deadletterqueue.topic.name={}",
+            cfg.connector.internal_topic(&cfg.connector.topics[0])
+        );
+        assert!(err(&[&clash]).contains("a topic other than the internal topic"));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod format;
 pub mod forward;
 pub mod metrics;
 pub mod record;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use kafka_direct::config::{describe_keys, RawConfig};
+use kafka_direct::format::registry::SchemaRegistry;
+use kafka_direct::format::schema::Type;
 use kafka_direct::wal::{SyncPolicy, Wal, WalOptions};
 
 #[derive(Parser, Debug)]
@@ -50,6 +52,18 @@ enum Command {
     },
     /// List every configuration key with its default.
     Keys,
+    /// List the schema registry of a stopped service (format=json, schemas.enable=true).
+    Schemas {
+        /// Config file (its data.dir and connector name are used).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this subject (an internal topic name), every version in full.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Print JSON: one object per version, {subject, version, schema}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the WAL of a stopped service.
     Wal {
         #[command(subcommand)]
@@ -181,6 +195,69 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Wal { command } => wal_command(command),
+        Command::Schemas {
+            config,
+            subject,
+            json,
+        } => {
+            let config = match load(&config, &[]) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("config error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let wal = open_wal(&config.data_dir)?;
+            let registry = SchemaRegistry::open(&wal, &config.connector.name)?;
+            let mut all = registry.all();
+            if let Some(subject) = &subject {
+                all.retain(|s, _| s == subject);
+                anyhow::ensure!(
+                    !all.is_empty(),
+                    "no schema for subject {subject} (subjects are internal topic names, e.g. {})",
+                    config.connector.internal_topic(&config.connector.topics[0])
+                );
+            }
+            let versions = all.values().flatten();
+            if json {
+                let list: Vec<serde_json::Value> = versions
+                    .map(|v| {
+                        serde_json::json!({
+                            "subject": v.subject,
+                            "version": v.version,
+                            "schema": serde_json::from_str::<serde_json::Value>(&v.connect)
+                                .expect("stored schemas are JSON"),
+                        })
+                    })
+                    .collect();
+                out!("{}", serde_json::to_string_pretty(&list)?);
+            } else if subject.is_some() {
+                for v in versions {
+                    let schema: serde_json::Value = serde_json::from_str(&v.connect)?;
+                    out!("{} version {}:\n{}", v.subject, v.version, serde_json::to_string_pretty(&schema)?);
+                }
+            } else if all.is_empty() {
+                out!("no schemas stored for connector {} (they are made with connector.format=json and connector.schemas.enable=true)", config.connector.name);
+            } else {
+                out!("{:<40} {:>8} fields (latest version)", "subject", "versions");
+                for (subject, list) in &all {
+                    let latest = list.last().expect("a subject has a version");
+                    let fields = match &latest.schema.ty {
+                        Type::Struct { fields } => fields
+                            .iter()
+                            .map(|f| {
+                                let opt = if f.schema.optional { "?" } else { "" };
+                                format!("{}{opt}:{}", f.name, f.schema.ty.name())
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        other => other.name().to_owned(),
+                    };
+                    out!("{subject:<40} {:>8} {fields}", list.len());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

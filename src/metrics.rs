@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
+use crate::format::ErrorKind;
 use crate::record::SourcePartition;
 
 /// Counters of one source partition. Updated with relaxed atomics: figures, not locks.
@@ -15,6 +16,9 @@ pub struct PartitionMetrics {
     pub fetched_bytes: AtomicU64,
     /// Records acknowledged by the internal cluster since start.
     pub forwarded_records: AtomicU64,
+    /// Records acknowledged by the dead-letter topic since start, per
+    /// [`ErrorKind::index`].
+    pub dead_lettered: [AtomicU64; ErrorKind::ALL.len()],
     /// Records of aborted transactions dropped by the fetcher since start.
     pub aborted_records: AtomicU64,
     /// Produce acknowledgements whose offsets were not the expected partition end.
@@ -38,6 +42,7 @@ impl PartitionMetrics {
             fetched_records: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
             forwarded_records: AtomicU64::new(0),
+            dead_lettered: Default::default(),
             aborted_records: AtomicU64::new(0),
             unexpected_produce_offsets: AtomicU64::new(0),
             source_high_watermark: AtomicI64::new(-1),
@@ -45,6 +50,14 @@ impl PartitionMetrics {
             forwarded_next: AtomicI64::new(-1),
             produce_in_doubt: AtomicBool::new(false),
         }
+    }
+
+    /// Records sent to the dead-letter topic since start, all kinds.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Records in the source not yet forwarded (0 when unknown).

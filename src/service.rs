@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cluster::{Cluster, ClusterError};
-use crate::config::ServiceConfig;
+use crate::config::{Format, ServiceConfig};
+use crate::format::registry::SchemaRegistry;
+use crate::format::Formatter;
+use crate::forward::dead_letter::{DeadLetterError, DeadLetterSender, DeadLetters};
 use crate::forward::{Forwarder, SinkError};
 use crate::metrics::PartitionMetrics;
 use crate::record::SourcePartition;
@@ -68,6 +71,15 @@ pub enum ServiceError {
     AllFailed(String),
 }
 
+impl From<DeadLetterError> for ServiceError {
+    fn from(e: DeadLetterError) -> Self {
+        match e {
+            DeadLetterError::Cluster(e) => ServiceError::Cluster(e),
+            DeadLetterError::Wal(e) => ServiceError::Wal(e),
+        }
+    }
+}
+
 enum TaskEnd {
     Source(Result<(), SourceError>),
     Sink(Result<(), SinkError>),
@@ -103,9 +115,6 @@ pub async fn run(
         }
         settle
     };
-    if let Some(dlq) = &connector.dead_letter_topic {
-        warn!(topic = %dlq, "errors.deadletterqueue.topic.name is set, but this version routes no record there: with format=string every record is forwarded");
-    }
 
     let source_cluster = Cluster {
         role: "external",
@@ -172,6 +181,47 @@ pub async fn run(
         }
     }
 
+    // The dead-letter topic is read before any forwarder starts: each one resumes after
+    // the highest source offset it stored there or in its internal partition.
+    let dead_letters = if connector.format == Format::Bytes {
+        None
+    } else {
+        let mut retry = crate::cluster::Retry::new(Duration::from_secs(5));
+        let mut attempts = 0;
+        loop {
+            let attempt = async {
+                let partitions =
+                    ensure_dead_letter_topic(&config, &internal_cluster, &internal_client).await?;
+                Ok::<_, ServiceError>(
+                    DeadLetters::open(
+                        internal_cluster.clone(),
+                        connector.dead_letter_topic.clone(),
+                        partitions,
+                        connector.name.clone(),
+                        wal.clone(),
+                        settle,
+                    )
+                    .await?,
+                )
+            };
+            match attempt.await {
+                Ok(dlq) => break Some(Arc::new(dlq)),
+                Err(ServiceError::Cluster(e)) if e.is_transient() && attempts < 5 => {
+                    attempts += 1;
+                    let delay = retry.delay();
+                    warn!(error = %e, retry_in = ?delay, "reading the dead-letter topic failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let registry = if connector.schemas_enable {
+        Some(Arc::new(SchemaRegistry::open(&wal, &connector.name)?))
+    } else {
+        None
+    };
+
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut all_metrics = Vec::new();
@@ -179,9 +229,18 @@ pub async fn run(
         let log = wal.partition(&connector.name, &partition)?;
         let metrics = Arc::new(PartitionMetrics::new(partition.clone()));
         let wake = Arc::new(Notify::new());
+        let internal_topic = connector.internal_topic(&partition.topic);
+        let formatter = Formatter::new(
+            connector.format,
+            registry.clone().map(|r| (r, internal_topic.clone())),
+        );
         let forwarder = Forwarder {
             cluster: internal_cluster.clone(),
-            internal_topic: connector.internal_topic(&partition.topic),
+            formatter,
+            dead_letters: dead_letters
+                .clone()
+                .map(|d| DeadLetterSender::new(d, partition.clone())),
+            internal_topic,
             log: log.clone(),
             wal: wal.clone(),
             compression: config.internal_compression,
@@ -211,12 +270,12 @@ pub async fn run(
             let Some(tail) = forwarder.read_start_tail(&mut leader, settle).await? else {
                 return Ok(TaskEnd::Source(Ok(())));
             };
-            if let Some(stored_next) = tail.stored_next {
+            if let Some(stored_next) = forwarder.frontier(&tail) {
                 forwarder.log.resume_from(stored_next).map_err(|source| SinkError::Wal {
                     partition: forwarder.log.source_partition().clone(),
                     source,
                 })?;
-                info!(partition = %forwarder.log.source_partition(), stored_next, "internal partition already stores everything below this source offset");
+                info!(partition = %forwarder.log.source_partition(), stored_next, "the internal partition and the dead-letter topic already store everything below this source offset");
             }
             let checkpoints = forwarder.log.checkpoints().map_err(|source| SinkError::Wal {
                 partition: forwarder.log.source_partition().clone(),
@@ -225,7 +284,7 @@ pub async fn run(
             forwarder
                 .metrics
                 .forwarded_next
-                .store(tail.stored_next.or(checkpoints.forwarded_next).unwrap_or(-1), Ordering::Relaxed);
+                .store(forwarder.frontier(&tail).or(checkpoints.forwarded_next).unwrap_or(-1), Ordering::Relaxed);
             let fetch = tokio::spawn(fetcher.run());
             let forward = forwarder.run(tail, leader).await;
             if let Err(e) = &forward {
@@ -293,6 +352,9 @@ pub async fn run(
         .iter()
         .all(|m| !m.produce_in_doubt.load(Ordering::Relaxed))
     {
+        if let Some(dlq) = &dead_letters {
+            dlq.persist()?;
+        }
         wal.mark_clean_stop()?;
     }
     let wal_for_sync = wal.clone();
@@ -308,6 +370,45 @@ pub async fn run(
         "stopped; checkpoints are flushed"
     );
     Ok(())
+}
+
+/// Creates the dead-letter topic (one partition) unless it exists; returns its
+/// partition count.
+async fn ensure_dead_letter_topic(
+    config: &ServiceConfig,
+    cluster: &Cluster,
+    client: &rskafka::client::Client,
+) -> Result<i32, ServiceError> {
+    let topic = &config.connector.dead_letter_topic;
+    let existing = cluster
+        .bounded("listing internal topics", client.list_topics())
+        .await?
+        .into_iter()
+        .find(|t| &t.name == topic);
+    if let Some(t) = existing {
+        return Ok(t.partitions.len() as i32);
+    }
+    let controller = client
+        .controller_client()
+        .map_err(|source| ClusterError::Client {
+            what: "finding the controller".into(),
+            role: cluster.role,
+            servers: cluster.servers.join(","),
+            source,
+        })?;
+    cluster
+        .bounded(
+            format!("creating dead-letter topic {topic}"),
+            controller.create_topic(
+                topic.clone(),
+                1,
+                config.internal_replication_factor,
+                config.request_timeout.as_millis() as i32,
+            ),
+        )
+        .await?;
+    info!(%topic, "created the dead-letter topic");
+    Ok(1)
 }
 
 async fn ensure_internal_topics(
@@ -409,6 +510,7 @@ fn log_progress(
         .iter()
         .map(|m| m.aborted_records.load(Ordering::Relaxed))
         .sum();
+    let dead_lettered: u64 = metrics.iter().map(|m| m.dead_lettered_total()).sum();
     let now = Instant::now();
     let rate = match last.insert("forwarded", (forwarded, now)) {
         Some((before, at)) if !interval.is_zero() => {
@@ -419,6 +521,7 @@ fn log_progress(
     info!(
         fetched,
         forwarded,
+        dead_lettered,
         lag,
         wal_bytes = wal.used_bytes(),
         forward_rate = format!("{rate:.0}/s"),

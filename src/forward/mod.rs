@@ -8,6 +8,7 @@
 //! - The offsets the broker assigns are compared with the partition end we expect (we are
 //!   the single writer); a mismatch is logged as an error and counted.
 
+pub mod dead_letter;
 pub mod tail;
 pub mod writer;
 
@@ -25,8 +26,10 @@ use crate::config::Compression;
 use crate::metrics::PartitionMetrics;
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
 use crate::wal::{PartitionLog, Wal, WalError};
-use tail::TailError;
-use writer::PartitionWriter;
+use crate::format::{Formatter, Verdict};
+use dead_letter::DeadLetterSender;
+use tail::{Routed, TailError};
+use writer::{Outgoing, PartitionWriter};
 
 /// Why a forwarder stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,10 @@ pub struct Forwarder {
     pub max_records: usize,
     /// Max bytes per produce.
     pub max_bytes: usize,
+    /// Checks each record's value against the connector's format.
+    pub formatter: Formatter,
+    /// Where refused records go (set whenever the format can refuse one).
+    pub dead_letters: Option<DeadLetterSender>,
     /// Woken by the fetcher after each commit.
     pub wake: Arc<Notify>,
     /// Counters.
@@ -322,6 +329,69 @@ impl Forwarder {
         }
     }
 
+    /// The next source offset to forward: after the highest one stored in the internal
+    /// partition or in the dead-letter topic (see [`dead_letter`]).
+    pub fn frontier(&self, tail: &Tail) -> Option<i64> {
+        let dead = self
+            .dead_letters
+            .as_ref()
+            .and_then(DeadLetterSender::stored_next);
+        tail.stored_next.max(dead)
+    }
+
+    /// How `record` is sent: as it is, in the schema envelope, or as a dead letter.
+    fn route<'a>(&self, record: &'a SourceRecord) -> Result<Routed<'a>, WalError> {
+        if self.formatter.accepts_everything() {
+            return Ok(Routed {
+                outgoing: Outgoing::plain(record),
+                refused: None,
+                new_schema: false,
+            });
+        }
+        let checked = self.formatter.check(record)?;
+        let (outgoing, refused) = match checked.verdict {
+            Verdict::Forward => (Outgoing::plain(record), None),
+            Verdict::ForwardAs(value) => (
+                Outgoing {
+                    record,
+                    value: Some(value),
+                    extra_headers: Vec::new(),
+                },
+                None,
+            ),
+            Verdict::Reject(why) => {
+                let dlq = self
+                    .dead_letters
+                    .as_ref()
+                    .expect("a format that refuses records has a dead-letter topic");
+                let connector = &dlq.dead_letters().connector;
+                (
+                    dead_letter::dead_letter(connector, self.partition(), record, &why),
+                    Some(why.kind),
+                )
+            }
+        };
+        Ok(Routed {
+            outgoing,
+            refused,
+            new_schema: checked.new_schema,
+        })
+    }
+
+    fn dead_letter_failure(&self, source: ClusterError) -> SinkError {
+        let topic = self
+            .dead_letters
+            .as_ref()
+            .map(|d| d.dead_letters().topic.clone())
+            .unwrap_or_default();
+        error!(partition = %self.partition(), dead_letter_topic = %topic, error = %source, "forwarding stops for this partition");
+        SinkError::Cluster {
+            partition: self.partition().clone(),
+            internal_topic: topic,
+            source,
+        }
+    }
+
     fn cluster_failure(&self, source: ClusterError) -> SinkError {
         error!(partition = %self.partition(), internal = %self.internal_name(), error = %source, "forwarding stops for this partition");
         SinkError::Cluster {
@@ -334,7 +404,7 @@ impl Forwarder {
     /// Runs until cancelled or a permanent error, starting from a tail read at start-up.
     /// `leader` is the connection the start-up tail check used, if still good.
     pub async fn run(
-        self,
+        mut self,
         initial: Tail,
         mut leader: Option<PartitionWriter>,
     ) -> Result<(), SinkError> {
@@ -379,23 +449,72 @@ impl Forwarder {
             // Needed here too, not only after a produce: an entry whose records are all
             // stored but whose next_offset lies beyond them (trailing control records)
             // survives the start-up alignment and would otherwise never be released.
-            self.release_stored(&mut pending, tail.stored_next)
+            let stored_next = self.frontier(&tail);
+            self.release_stored(&mut pending, stored_next)
                 .map_err(wal_err)?;
-            let mut records = tail::unstored_records(pending.make_contiguous(), tail.stored_next);
+            let records = tail::unstored_records(pending.make_contiguous(), stored_next);
             if records.is_empty() {
                 continue;
             }
-            // One produce request stays within the batch limits *after* the source
-            // headers are added; the rest waits for the next round.
-            let count = tail::produce_chunk_len(
+            // One produce request goes to one place and stays within the batch limits
+            // *after* the source headers are added; the rest waits for the next round.
+            let run = tail::next_run(
                 &records,
                 self.max_records,
                 self.max_bytes,
                 self.header_overhead(),
-            );
-            records.truncate(count);
-            let last_source_offset = records[count - 1].offset;
-            let oldest_timestamp_ms = records[0].timestamp_ms;
+                |r| self.route(r),
+            )
+            .map_err(wal_err)?;
+            if run.new_schema {
+                // A schema version is durable before any record that names it is stored.
+                self.wal.commit().await.map_err(wal_err)?;
+            }
+            let count = run.records.len();
+            let last_source_offset = run.records[count - 1].record.offset;
+            let oldest_timestamp_ms = run.records[0].record.timestamp_ms;
+
+            if run.destination == tail::Destination::DeadLetters {
+                let dlq = self
+                    .dead_letters
+                    .as_mut()
+                    .expect("records are refused only when a dead-letter topic is set");
+                match dlq.produce(&run.records, self.compression).await {
+                    Ok(()) => {
+                        retry.reset();
+                        debug!(%partition, records = count, last_source_offset, "dead-lettered");
+                        for kind in &run.refused {
+                            self.metrics.dead_lettered[kind.index()].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) if e.is_transient() => {
+                        self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
+                        let delay = retry.delay();
+                        warn!(%partition, error = %e, retry_in = ?delay, "dead-letter produce outcome unknown; will re-read the dead-letter topic before re-sending");
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        let dlq = self.dead_letters.as_mut().expect("set above");
+                        match dlq.resolve(&self.cancel).await {
+                            Ok(Some(found)) => {
+                                for (counter, n) in self.metrics.dead_lettered.iter().zip(found) {
+                                    counter.fetch_add(n, Ordering::Relaxed);
+                                }
+                                self.metrics.produce_in_doubt.store(false, Ordering::Relaxed);
+                                info!(%partition, stored_next = ?dlq.stored_next(), "dead-letter topic re-read; resuming");
+                            }
+                            Ok(None) => break,
+                            Err(e) => return Err(self.dead_letter_failure(e)),
+                        }
+                    }
+                    Err(e) => return Err(self.dead_letter_failure(e)),
+                }
+                let stored_next = self.frontier(&tail);
+                self.release_stored(&mut pending, stored_next)
+                    .map_err(wal_err)?;
+                continue;
+            }
 
             if leader.is_none() {
                 match self.connect().await {
@@ -416,7 +535,7 @@ impl Forwarder {
             let produce_started = std::time::Instant::now();
             // Not cancellable: a produce in flight is finished, then the loop ends.
             let result = pc
-                .produce(&self.cluster, &partition, &records, self.compression)
+                .produce(&self.cluster, &partition, &run.records, self.compression)
                 .await;
             match result {
                 Ok(base_offset) => {
@@ -444,7 +563,8 @@ impl Forwarder {
                             stored_next: Some(last_source_offset + 1),
                         };
                     }
-                    self.release_stored(&mut pending, tail.stored_next)
+                    let stored_next = self.frontier(&tail);
+                    self.release_stored(&mut pending, stored_next)
                         .map_err(wal_err)?;
                     self.metrics
                         .forwarded_records

@@ -6,6 +6,8 @@
 //! below it is stored too. Resuming after it makes a re-sent batch harmless: a record
 //! may be sent twice, never stored twice, never skipped.
 
+use super::writer::Outgoing;
+use crate::format::ErrorKind;
 use crate::record::{source_headers, FetchedBatch, SourcePartition, SourceRecord};
 
 /// Why the tail could not be interpreted.
@@ -73,22 +75,77 @@ pub fn unstored_records(entries: &[FetchedBatch], stored_next: Option<i64>) -> V
         .collect()
 }
 
-/// How many of `records` go into one produce request: at most `max_records`, and at
-/// most `max_bytes` counting `overhead` extra bytes per record; always at least one.
-pub fn produce_chunk_len(
-    records: &[&SourceRecord],
+/// Where a produce request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The internal partition.
+    Internal,
+    /// The dead-letter topic.
+    DeadLetters,
+}
+
+/// How one record is sent, as the forwarder's format check decided.
+#[derive(Debug)]
+pub struct Routed<'a> {
+    /// The record as produced.
+    pub outgoing: Outgoing<'a>,
+    /// Why it goes to the dead-letter topic; `None`: it goes to the internal partition.
+    pub refused: Option<ErrorKind>,
+    /// Deciding stored a new schema version.
+    pub new_schema: bool,
+}
+
+/// The next produce request: records from the front of the unstored ones that all go to
+/// one place.
+#[derive(Debug)]
+pub struct Run<'a> {
+    /// Where they go.
+    pub destination: Destination,
+    /// The records, in source-offset order.
+    pub records: Vec<Outgoing<'a>>,
+    /// Per dead letter, why.
+    pub refused: Vec<ErrorKind>,
+    /// A new schema version was stored while deciding (commit the WAL before sending).
+    pub new_schema: bool,
+}
+
+/// Takes records from the front of `records` while they go to the same place as the
+/// first, at most `max_records` and at most `max_bytes` counting `overhead` extra bytes
+/// per record (the source headers); always at least one. `route` decides each record.
+pub fn next_run<'a, E>(
+    records: &[&'a SourceRecord],
     max_records: usize,
     max_bytes: usize,
     overhead: usize,
-) -> usize {
+    mut route: impl FnMut(&'a SourceRecord) -> Result<Routed<'a>, E>,
+) -> Result<Run<'a>, E> {
+    let mut run = Run {
+        destination: Destination::Internal,
+        records: Vec::new(),
+        refused: Vec::new(),
+        new_schema: false,
+    };
     let mut bytes = 0;
-    for (i, r) in records.iter().enumerate().take(max_records) {
-        bytes += r.approximate_size() + overhead;
-        if bytes > max_bytes {
-            return i.max(1);
+    for (i, record) in records.iter().enumerate().take(max_records) {
+        let routed = route(record)?;
+        run.new_schema |= routed.new_schema;
+        let destination = match routed.refused {
+            None => Destination::Internal,
+            Some(_) => Destination::DeadLetters,
+        };
+        if i == 0 {
+            run.destination = destination;
+        } else if destination != run.destination {
+            break;
         }
+        bytes += routed.outgoing.approximate_size() + overhead;
+        if i > 0 && bytes > max_bytes {
+            break;
+        }
+        run.refused.extend(routed.refused);
+        run.records.push(routed.outgoing);
     }
-    records.len().min(max_records).max(1)
+    Ok(run)
 }
 
 #[cfg(test)]
@@ -146,19 +203,68 @@ mod tests {
         }
     }
 
+    fn plain(record: &SourceRecord) -> Result<Routed<'_>, ()> {
+        Ok(Routed {
+            outgoing: Outgoing::plain(record),
+            refused: None,
+            new_schema: false,
+        })
+    }
+
     #[test]
-    fn produce_chunks_respect_count_and_bytes_with_header_overhead() {
+    fn runs_respect_count_and_bytes_with_header_overhead() {
         let big = SourceRecord {
             value: Some(vec![0; 400]),
             ..record(0)
         };
         let records: Vec<&SourceRecord> = std::iter::repeat_n(&big, 10).collect();
-        assert_eq!(produce_chunk_len(&records, 100, 10_000, 100), 10);
-        assert_eq!(produce_chunk_len(&records, 3, 10_000, 100), 3);
+        let len = |max_records, max_bytes| {
+            next_run(&records, max_records, max_bytes, 100, plain)
+                .unwrap()
+                .records
+                .len()
+        };
+        assert_eq!(len(100, 10_000), 10);
+        assert_eq!(len(3, 10_000), 3);
         // 500 bytes per record with overhead: two fit in 1000, not three.
-        assert_eq!(produce_chunk_len(&records, 100, 1_000, 100), 2);
+        assert_eq!(len(100, 1_000), 2);
         // A single record larger than the limit still goes alone.
-        assert_eq!(produce_chunk_len(&records, 100, 10, 100), 1);
+        assert_eq!(len(100, 10), 1);
+    }
+
+    #[test]
+    fn a_run_ends_where_the_destination_changes() {
+        let owned: Vec<SourceRecord> = (0..8).map(record).collect();
+        let records: Vec<&SourceRecord> = owned.iter().collect();
+        // Offsets 3, 4 and 7 are refused.
+        fn route(r: &SourceRecord) -> Result<Routed<'_>, ()> {
+            let refused = [3, 4, 7].contains(&r.offset).then_some(ErrorKind::MalformedJson);
+            Ok(Routed {
+                outgoing: Outgoing::plain(r),
+                refused,
+                new_schema: r.offset == 1,
+            })
+        }
+        let mut at = 0;
+        let mut runs = Vec::new();
+        while at < records.len() {
+            let run = next_run(&records[at..], 100, 1 << 20, 0, route).unwrap();
+            at += run.records.len();
+            let offsets: Vec<i64> = run.records.iter().map(|o| o.record.offset).collect();
+            runs.push((run.destination, offsets, run.refused.len(), run.new_schema));
+        }
+        use Destination::*;
+        assert_eq!(
+            runs,
+            vec![
+                (Internal, vec![0, 1, 2], 0, true),
+                (DeadLetters, vec![3, 4], 2, false),
+                (Internal, vec![5, 6], 0, false),
+                (DeadLetters, vec![7], 1, false),
+            ]
+        );
+        let err = next_run(&records, 100, 1 << 20, 0, |_| Err::<Routed<'_>, _>("stop"));
+        assert_eq!(err.unwrap_err(), "stop");
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl PartitionWriter {
         &mut self,
         cluster: &Cluster,
         source: &SourcePartition,
-        records: &[&SourceRecord],
+        records: &[Outgoing<'_>],
         compression: Compression,
     ) -> Result<i64, ClusterError> {
         let what = format!(
@@ -134,11 +134,50 @@ impl PartitionWriter {
     }
 }
 
+/// A record as it is produced: a source record, possibly with another value and more
+/// headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing<'a> {
+    /// The source record (offset, timestamp, key, headers, value).
+    pub record: &'a SourceRecord,
+    /// Replaces the record's value (the schema envelope).
+    pub value: Option<Vec<u8>>,
+    /// Headers added after the record's own, before the source headers (the
+    /// dead-letter topic's error headers).
+    pub extra_headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// The record as it is.
+    pub fn plain(record: &'a SourceRecord) -> Self {
+        Self {
+            record,
+            value: None,
+            extra_headers: Vec::new(),
+        }
+    }
+
+    /// Approximate bytes (key, value, headers) before the source headers.
+    pub fn approximate_size(&self) -> usize {
+        let value = match &self.value {
+            Some(v) => v.len(),
+            None => self.record.value.as_ref().map_or(0, Vec::len),
+        };
+        self.record.approximate_size() - self.record.value.as_ref().map_or(0, Vec::len)
+            + value
+            + self
+                .extra_headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 /// One record batch (magic 2) of `records`, relative offsets 0..n, source headers added
 /// (the bytes of a produce request's partition).
 pub fn encode_batch(
     source: &SourcePartition,
-    records: &[&SourceRecord],
+    records: &[Outgoing<'_>],
     compression: Compression,
 ) -> Result<Bytes, anyhow::Error> {
     let topic = Bytes::from(source.topic.clone().into_bytes());
@@ -147,13 +186,18 @@ pub fn encode_batch(
     let wire: Vec<Record> = records
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            let mut headers = IndexMap::with_capacity(r.headers.len() + 3);
+        .map(|(i, out)| {
+            let r = out.record;
+            let mut headers =
+                IndexMap::with_capacity(r.headers.len() + out.extra_headers.len() + 3);
             for (k, v) in &r.headers {
                 headers.insert(
                     StrBytes::from_string(k.clone()),
                     v.as_deref().map(Bytes::copy_from_slice),
                 );
+            }
+            for (k, v) in &out.extra_headers {
+                headers.insert(header(k), Some(Bytes::copy_from_slice(v)));
             }
             headers.insert(header(source_headers::TOPIC), Some(topic.clone()));
             headers.insert(header(source_headers::PARTITION), Some(partition.clone()));
@@ -175,7 +219,10 @@ pub fn encode_batch(
                 sequence: i as i32 - 1,
                 timestamp: r.timestamp_ms,
                 key: r.key.as_deref().map(Bytes::copy_from_slice),
-                value: r.value.as_deref().map(Bytes::copy_from_slice),
+                value: match &out.value {
+                    Some(v) => Some(Bytes::copy_from_slice(v)),
+                    None => r.value.as_deref().map(Bytes::copy_from_slice),
+                },
                 headers,
             }
         })
@@ -224,7 +271,7 @@ mod tests {
             record(40, vec![("trace".into(), Some(b"abc".to_vec()))]),
             record(41, vec![("absent".into(), None)]),
         ];
-        let refs: Vec<&SourceRecord> = records.iter().collect();
+        let refs: Vec<Outgoing<'_>> = records.iter().map(Outgoing::plain).collect();
         for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
             let bytes = encode_batch(&source, &refs, compression).unwrap();
             // As the broker would store it: at internal offset 7.

@@ -88,6 +88,14 @@ pub enum WalError {
         /// Stored length.
         len: usize,
     },
+    /// A stored metadata value (schema, dead-letter bookkeeping) does not decode.
+    #[error("WAL metadata {key:?} is damaged: {detail}")]
+    Metadata {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl WalError {
@@ -124,6 +132,8 @@ const CLEAN_STOP: &[u8] = b"clean-stop";
 const FORWARDED_NEXT: &[u8] = &[0, b'w'];
 const ENTRY_PREFIX: u8 = 1;
 const TREE_PREFIX: &[u8] = b"partition\0";
+/// The tree of metadata other than partitions: schemas, dead-letter bookkeeping.
+const META_TREE: &[u8] = b"meta";
 
 fn entry_key(first_offset: i64) -> [u8; 9] {
     let mut key = [ENTRY_PREFIX; 9];
@@ -380,6 +390,34 @@ impl Wal {
             out.push(self.partition(&connector, &partition)?.stats()?);
         }
         Ok(out)
+    }
+
+    /// Stores `value` under `key` in the metadata tree (schemas, dead-letter
+    /// bookkeeping); durable with the next [`Wal::commit`].
+    pub fn meta_put(&self, key: &[u8], value: &[u8]) -> Result<(), WalError> {
+        self.meta()?.insert(key, value)?;
+        self.note_write();
+        Ok(())
+    }
+
+    /// The metadata value under `key`.
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
+        Ok(self.meta()?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Every metadata entry whose key starts with `prefix`, in key order.
+    pub fn meta_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+        self.meta()?
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn meta(&self) -> Result<sled::Tree, WalError> {
+        Ok(self.shared.db.open_tree(META_TREE)?)
     }
 
     fn note_write(&self) {

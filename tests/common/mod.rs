@@ -528,6 +528,11 @@ impl Service {
             "[connector]\nname = \"test\"\nkafka.bootstrap.servers = \"{}\"\ntopic.prefix = \"int\"\ntopic.include.list = \"{}\"\n",
             cfg.external, cfg.topics
         );
+        // The test records carry binary values: copied as bytes unless a test chooses
+        // a format.
+        if !cfg.extra.iter().any(|(k, _)| *k == "connector.format") {
+            connector.push_str("format = \"bytes\"\n");
+        }
         for (k, v) in cfg.extra {
             match k.strip_prefix("connector.") {
                 Some(k) => connector.push_str(&format!("\"{k}\" = \"{v}\"\n")),

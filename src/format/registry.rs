@@ -1,0 +1,238 @@
+//! The embedded schema registry: versioned schemas per subject (the internal topic's
+//! name), stored in the WAL's sled database so that they survive restarts.
+//!
+//! Versions are numbered 1..n per subject and never change once stored. A new version is
+//! written before any record that needs it is produced (the forwarder commits the WAL
+//! first), so a version number seen downstream always exists here after a crash.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use super::schema::{Fit, Mismatch, Schema};
+use crate::wal::{Wal, WalError};
+
+/// One stored version of a subject's schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    /// The subject (internal topic name).
+    pub subject: String,
+    /// 1..n.
+    pub version: u32,
+    /// The schema.
+    pub schema: Schema,
+    /// Its Kafka Connect JSON form with `"version"`, as written in envelopes.
+    pub connect: String,
+}
+
+impl Version {
+    fn new(subject: &str, version: u32, schema: Schema) -> Self {
+        let mut connect = schema.to_connect();
+        connect
+            .as_object_mut()
+            .expect("a schema is an object")
+            .insert("version".into(), version.into());
+        Self {
+            subject: subject.to_owned(),
+            version,
+            schema,
+            connect: connect.to_string(),
+        }
+    }
+}
+
+/// What [`SchemaRegistry::admit`] decided for a value.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The version the value fits.
+    pub version: Arc<Version>,
+    /// The version was created for this value: commit the WAL before producing.
+    pub created: bool,
+}
+
+/// The schemas of one connector.
+#[derive(Debug)]
+pub struct SchemaRegistry {
+    wal: Wal,
+    connector: String,
+    subjects: Mutex<BTreeMap<String, Vec<Arc<Version>>>>,
+}
+
+fn key_prefix(connector: &str) -> Vec<u8> {
+    let mut key = b"schema\0".to_vec();
+    key.extend_from_slice(connector.as_bytes());
+    key.push(0);
+    key
+}
+
+fn version_key(connector: &str, subject: &str, version: u32) -> Vec<u8> {
+    let mut key = key_prefix(connector);
+    key.extend_from_slice(subject.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+impl SchemaRegistry {
+    /// Loads the connector's stored schemas.
+    pub fn open(wal: &Wal, connector: &str) -> Result<Self, WalError> {
+        let mut subjects: BTreeMap<String, Vec<Arc<Version>>> = BTreeMap::new();
+        let prefix = key_prefix(connector);
+        for (key, value) in wal.meta_scan(&prefix)? {
+            let rest = &key[prefix.len()..];
+            let damaged = |detail: &str| WalError::Metadata {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                detail: detail.to_owned(),
+            };
+            let split = rest
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| damaged("no subject separator"))?;
+            let subject = std::str::from_utf8(&rest[..split])
+                .map_err(|_| damaged("subject is not UTF-8"))?;
+            let version = u32::from_be_bytes(
+                rest[split + 1..]
+                    .try_into()
+                    .map_err(|_| damaged("version is not 4 bytes"))?,
+            );
+            let schema: Schema = serde_json::from_slice(&value)
+                .map_err(|e| damaged(&format!("schema does not decode: {e}")))?;
+            subjects
+                .entry(subject.to_owned())
+                .or_default()
+                .push(Arc::new(Version::new(subject, version, schema)));
+        }
+        Ok(Self {
+            wal: wal.clone(),
+            connector: connector.to_owned(),
+            subjects: Mutex::new(subjects),
+        })
+    }
+
+    /// The version `value` fits under `subject`: the latest one, or a new one when the
+    /// value needs the schema to evolve (or is the subject's first); a mismatch when no
+    /// compatible evolution exists.
+    pub fn admit(
+        &self,
+        subject: &str,
+        value: &Value,
+    ) -> Result<Result<Admitted, Mismatch>, WalError> {
+        let latest = self.latest(subject);
+        if let Some(latest) = &latest {
+            match latest.schema.check(value) {
+                Ok(Fit::Fits) => {
+                    return Ok(Ok(Admitted {
+                        version: Arc::clone(latest),
+                        created: false,
+                    }))
+                }
+                Ok(Fit::NeedsEvolution) => {}
+                Err(m) => return Ok(Err(m)),
+            }
+        }
+        // A new version: decided under the lock, against whatever is latest by then
+        // (another partition of the topic may have evolved the schema meanwhile).
+        let mut subjects = self.subjects.lock().expect("registry lock");
+        let versions = subjects.entry(subject.to_owned()).or_default();
+        let next = match versions.last() {
+            None => match Schema::infer_record(value) {
+                Ok(s) => s,
+                Err(m) => return Ok(Err(m)),
+            },
+            Some(latest) => match latest.schema.check(value) {
+                Ok(Fit::Fits) => {
+                    return Ok(Ok(Admitted {
+                        version: Arc::clone(latest),
+                        created: false,
+                    }))
+                }
+                Ok(Fit::NeedsEvolution) => match latest.schema.evolve(value) {
+                    Ok(s) => s,
+                    Err(m) => return Ok(Err(m)),
+                },
+                Err(m) => return Ok(Err(m)),
+            },
+        };
+        // Inference takes an array's first element as the pattern: the others must fit.
+        if let Err(m) = next.check(value) {
+            return Ok(Err(m));
+        }
+        let number = versions.len() as u32 + 1;
+        let stored = serde_json::to_vec(&next).expect("a schema serializes");
+        self.wal.meta_put(
+            &version_key(&self.connector, subject, number),
+            &stored,
+        )?;
+        let version = Arc::new(Version::new(subject, number, next));
+        versions.push(Arc::clone(&version));
+        Ok(Ok(Admitted {
+            version,
+            created: true,
+        }))
+    }
+
+    /// The latest version of `subject`.
+    pub fn latest(&self, subject: &str) -> Option<Arc<Version>> {
+        self.subjects
+            .lock()
+            .expect("registry lock")
+            .get(subject)
+            .and_then(|v| v.last().cloned())
+    }
+
+    /// Every subject with its versions, oldest first.
+    pub fn all(&self) -> BTreeMap<String, Vec<Arc<Version>>> {
+        self.subjects.lock().expect("registry lock").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{SyncPolicy, WalOptions};
+    use serde_json::json;
+
+    fn open(dir: &std::path::Path) -> Wal {
+        Wal::open(
+            dir,
+            WalOptions {
+                sync: SyncPolicy::Flush,
+                max_bytes: 1 << 30,
+                cache_bytes: 1 << 20,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn versions_are_numbered_per_subject_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = open(dir.path());
+            let reg = SchemaRegistry::open(&wal, "c").unwrap();
+            let first = reg.admit("int.a", &json!({"id": 1})).unwrap().unwrap();
+            assert_eq!((first.version.version, first.created), (1, true));
+            let same = reg.admit("int.a", &json!({"id": 2})).unwrap().unwrap();
+            assert_eq!((same.version.version, same.created), (1, false));
+            let grown = reg.admit("int.a", &json!({"id": 3, "x": "y"})).unwrap().unwrap();
+            assert_eq!((grown.version.version, grown.created), (2, true));
+            assert!(reg.admit("int.a", &json!({"id": "three"})).unwrap().is_err());
+            let mixed = reg.admit("int.c", &json!({"l": [1, "two"]})).unwrap();
+            assert_eq!(mixed.unwrap_err().to_string(), "expected int64 at $.l[1], got string");
+            assert!(reg.latest("int.c").is_none(), "nothing stored for a refused first record");
+            let other = reg.admit("int.b", &json!({"z": true})).unwrap().unwrap();
+            assert_eq!(other.version.version, 1);
+            assert!(grown.version.connect.contains("\"version\":2"));
+            wal.sync_blocking().unwrap();
+        }
+        let wal = open(dir.path());
+        let reg = SchemaRegistry::open(&wal, "c").unwrap();
+        let all = reg.all();
+        assert_eq!(all["int.a"].len(), 2);
+        assert_eq!(all["int.b"].len(), 1);
+        let again = reg.admit("int.a", &json!({"id": 4})).unwrap().unwrap();
+        assert_eq!((again.version.version, again.created), (2, false));
+        assert!(SchemaRegistry::open(&wal, "other").unwrap().all().is_empty());
+    }
+}

@@ -1,0 +1,475 @@
+//! Formats, schemas and the dead-letter topic, against real brokers: each bad input
+//! reaches the dead-letter topic with the right headers while the good records around
+//! it are forwarded in order, and a kill -9 in a mixed stream leaves every record in
+//! exactly one of the two places.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rskafka::chrono::{TimeZone, Utc};
+use rskafka::record::{Record, RecordAndOffset};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(120);
+const DLQ: &str = "int.dlq";
+
+fn record(key: Option<&[u8]>, value: Option<Vec<u8>>, i: i64) -> Record {
+    let mut headers = BTreeMap::new();
+    headers.insert("trace".to_owned(), format!("t-{i}").into_bytes());
+    Record {
+        key: key.map(<[u8]>::to_vec),
+        value,
+        headers,
+        timestamp: Utc.timestamp_millis_opt(1_700_000_000_000 + i).unwrap(),
+    }
+}
+
+fn records(values: Vec<Option<Vec<u8>>>) -> Vec<Record> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| record(Some(b"k"), v, i as i64))
+        .collect()
+}
+
+fn text(r: &RecordAndOffset, header: &str) -> String {
+    let raw = r.record.headers.get(header).unwrap_or_else(|| {
+        panic!("no {header} header on offset {}", r.offset);
+    });
+    String::from_utf8(raw.clone()).unwrap()
+}
+
+fn source_offset(r: &RecordAndOffset) -> i64 {
+    text(r, SOURCE_OFFSET_HEADER).parse().unwrap()
+}
+
+/// Waits until the internal topic and the dead-letter topic together hold as many
+/// records as the source topic.
+async fn wait_all_placed(p: &Pipeline) {
+    // The service creates the dead-letter topic before it starts replicating; asking the
+    // broker about it earlier would create it with the broker's default partitions.
+    p.service
+        .wait_log("replication to start", WAIT, |log| log.contains("replicating"))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut source = 0;
+        let mut dead = 0;
+        for partition in 0..dlq_partitions(p).await {
+            dead += end_offset(&p.internal.addr(), DLQ, partition).await;
+        }
+        let mut placed = dead;
+        for partition in 0..p.partitions {
+            source += end_offset(&p.external.addr(), p.topic, partition).await;
+            placed += end_offset(&p.internal.addr(), &p.internal_topic(), partition).await;
+        }
+        if placed >= source {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{placed} of {source} records placed ({dead} dead letters) within {WAIT:?}; log:\n{}",
+            p.service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn dlq_partitions(p: &Pipeline) -> i32 {
+    let topics = client(&p.internal.addr()).await.list_topics().await.unwrap();
+    let dlq = topics.iter().find(|t| t.name == DLQ).expect("the dead-letter topic exists");
+    dlq.partitions.len() as i32
+}
+
+/// Every dead letter, from every partition of the dead-letter topic.
+async fn dead_letters(p: &Pipeline) -> Vec<RecordAndOffset> {
+    let mut all = Vec::new();
+    for partition in 0..dlq_partitions(p).await {
+        all.extend(read_all(&p.internal.addr(), DLQ, partition).await);
+    }
+    all
+}
+
+/// Checks that each source record of `partition` is stored exactly once, in order,
+/// intact: in the internal partition if `good` says so, else in the dead-letter topic
+/// with Connect's error headers. Returns the dead letters of the partition.
+async fn assert_placed(
+    p: &Pipeline,
+    partition: i32,
+    good: impl Fn(&RecordAndOffset) -> bool,
+) -> Vec<RecordAndOffset> {
+    assert_placed_as(p, partition, good, true).await
+}
+
+/// As [`assert_placed`]; with `intact` false the internal records' values are not
+/// compared (they are wrapped in the schema envelope), only their source offsets.
+async fn assert_placed_as(
+    p: &Pipeline,
+    partition: i32,
+    good: impl Fn(&RecordAndOffset) -> bool,
+    intact: bool,
+) -> Vec<RecordAndOffset> {
+    let source = read_all(&p.external.addr(), p.topic, partition).await;
+    let internal = read_all(&p.internal.addr(), &p.internal_topic(), partition).await;
+    let dead: Vec<RecordAndOffset> = dead_letters(p)
+        .await
+        .into_iter()
+        .filter(|r| {
+            text(r, SOURCE_TOPIC_HEADER) == p.topic
+                && text(r, SOURCE_PARTITION_HEADER) == partition.to_string()
+        })
+        .collect();
+    let (want_good, want_dead): (Vec<RecordAndOffset>, Vec<RecordAndOffset>) =
+        source.into_iter().partition(|r| good(r));
+    if intact {
+        assert_exactly_once(&want_good, &internal, p.topic, partition);
+    } else {
+        let stored: Vec<i64> = internal.iter().map(source_offset).collect();
+        let want: Vec<i64> = want_good.iter().map(|r| r.offset).collect();
+        assert_eq!(stored, want, "{}/{partition}: internal records by source offset", p.topic);
+    }
+    let offsets: Vec<i64> = dead.iter().map(source_offset).collect();
+    let want: Vec<i64> = want_dead.iter().map(|r| r.offset).collect();
+    assert_eq!(
+        offsets, want,
+        "{}/{partition}: dead letters by source offset",
+        p.topic
+    );
+    for (d, s) in dead.iter().zip(&want_dead) {
+        assert_eq!((&d.record.key, &d.record.value), (&s.record.key, &s.record.value));
+        assert_eq!(d.record.timestamp, s.record.timestamp);
+        for (k, v) in &s.record.headers {
+            assert_eq!(d.record.headers.get(k), Some(v), "user header {k} kept");
+        }
+        assert_eq!(text(d, "__connect.errors.topic"), p.topic);
+        assert_eq!(text(d, "__connect.errors.partition"), partition.to_string());
+        assert_eq!(text(d, "__connect.errors.offset"), s.offset.to_string());
+        assert_eq!(text(d, "__connect.errors.connector.name"), "test");
+    }
+    dead
+}
+
+fn error_of(r: &RecordAndOffset) -> (String, String) {
+    (
+        text(r, "__connect.errors.exception.class.name"),
+        text(r, "__connect.errors.exception.message"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn string_format_dead_letters_invalid_utf8_and_forwards_the_rest() {
+    let mut p = Pipeline::new("texts", 1, &[("connector.format", "string")]).await;
+    let big = vec![b'a'; 1 << 20];
+    let values = vec![
+        Some(b"hello".to_vec()),
+        Some(b"\xff\xfe binary".to_vec()),
+        Some(Vec::new()),
+        None,
+        Some(big),
+        Some("héllo wörld".as_bytes().to_vec()),
+        Some(b"cut \xc3".to_vec()),
+    ];
+    let pc = partition_client(&p.external.addr(), p.topic, 0).await;
+    produce(&pc, records(values)).await;
+    p.service.start();
+    wait_all_placed(&p).await;
+    let utf8 = |r: &RecordAndOffset| {
+        r.record
+            .value
+            .as_deref()
+            .is_none_or(|v| std::str::from_utf8(v).is_ok())
+    };
+    let dead = assert_placed(&p, 0, utf8).await;
+    let errors: Vec<(String, String)> = dead.iter().map(error_of).collect();
+    assert_eq!(
+        errors,
+        vec![
+            (
+                "InvalidUtf8".into(),
+                "value is not valid UTF-8: invalid byte 0xff at position 0 of 9".into()
+            ),
+            (
+                "InvalidUtf8".into(),
+                "value is not valid UTF-8: invalid byte 0xc3 at position 4 of 5".into()
+            ),
+        ]
+    );
+    // An independent client sees the same headers.
+    let seen = kcat_read(&p.internal.addr(), DLQ, 0, "%o %h");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen[0].contains("__connect.errors.exception.class.name=InvalidUtf8"),
+        "{seen:?}"
+    );
+    assert!(p.service.progress_field("dead_lettered") == Some(2));
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_format_dead_letters_what_is_not_one_json_document() {
+    let mut p = Pipeline::new("jsons", 1, &[("connector.format", "json")]).await;
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let big_good = format!("{{\"blob\": \"{}\"}}", "x".repeat(1 << 20));
+    let big_bad = format!("{{\"blob\": \"{}", "x".repeat(1 << 20));
+    let values: Vec<Option<Vec<u8>>> = [
+        Some(r#"{ "a" : 1 }"#),
+        Some(r#"{"a": "#),
+        Some(r#"{"a": 1} trailing"#),
+        Some(r#"{"a": NaN}"#),
+        Some(deep.as_str()),
+        Some(""),
+        None,
+        Some("[1, 2]"),
+        Some("42"),
+        Some(big_good.as_str()),
+        Some(big_bad.as_str()),
+    ]
+    .into_iter()
+    .map(|v| v.map(|s| s.as_bytes().to_vec()))
+    .collect();
+    let mut batch = records(values);
+    // Keys are not checked: a key that is not JSON (nor UTF-8) goes through.
+    batch.push(record(Some(b"\xff not json"), Some(br#"{"k": true}"#.to_vec()), 11));
+    let pc = partition_client(&p.external.addr(), p.topic, 0).await;
+    produce(&pc, batch).await;
+    p.service.start();
+    wait_all_placed(&p).await;
+    let json = |r: &RecordAndOffset| {
+        r.record
+            .value
+            .as_deref()
+            .is_none_or(|v| serde_json::from_slice::<Value>(v).is_ok())
+    };
+    let dead = assert_placed(&p, 0, json).await;
+    let errors: Vec<(String, String)> = dead.iter().map(error_of).collect();
+    assert_eq!(errors.len(), 6, "{errors:?}");
+    for (kind, message) in &errors {
+        assert_eq!(kind, "MalformedJson");
+        assert!(message.starts_with("value is not"), "{message}");
+    }
+    assert!(errors[0].1.contains("EOF while parsing"), "{errors:?}");
+    assert!(errors[1].1.contains("trailing characters"), "{errors:?}");
+    assert!(errors[3].1.contains("recursion limit exceeded"), "{errors:?}");
+    assert!(errors[4].1.contains("empty"), "{errors:?}");
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+fn envelope(r: &RecordAndOffset) -> Value {
+    serde_json::from_slice(r.record.value.as_deref().expect("a value")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemas_evolve_wrap_values_in_the_connect_envelope_and_refuse_drift() {
+    let mut p = Pipeline::new(
+        "orders",
+        1,
+        &[
+            ("connector.format", "json"),
+            ("connector.schemas.enable", "true"),
+        ],
+    )
+    .await;
+    let own = r#"{"schema": {"type": "struct", "optional": false, "fields": [{"field": "n", "type": "int32", "optional": false}]}, "payload": {"n": 5}}"#;
+    let values: Vec<Option<Vec<u8>>> = [
+        Some(r#"{"id": 1, "qty": 2, "note": null}"#),
+        Some(r#"{"id": 2, "qty": 3, "tag": "x"}"#),
+        Some(r#"{"id": 3, "qty": "four"}"#),
+        Some(r#"{"id": 4}"#),
+        Some("[1, 2]"),
+        Some(r#""scalar""#),
+        Some(own),
+        None,
+        Some(r#"{"id": 5, "qty": 6}"#),
+        Some(r#"{"id": 6, "qty": 7, "note": "now text"}"#),
+    ]
+    .into_iter()
+    .map(|v| v.map(|s| s.as_bytes().to_vec()))
+    .collect();
+    let pc = partition_client(&p.external.addr(), p.topic, 0).await;
+    produce(&pc, records(values)).await;
+    p.service.start();
+    wait_all_placed(&p).await;
+
+    let internal = read_all(&p.internal.addr(), &p.internal_topic(), 0).await;
+    let offsets: Vec<i64> = internal.iter().map(source_offset).collect();
+    assert_eq!(offsets, vec![0, 1, 6, 7, 8, 9]);
+    let versions: Vec<Option<i64>> = internal
+        .iter()
+        .map(|r| r.record.value.as_ref().and_then(|_| envelope(r)["schema"]["version"].as_i64()))
+        .collect();
+    assert_eq!(versions, vec![Some(1), Some(2), None, None, Some(2), Some(3)]);
+    assert_eq!(
+        envelope(&internal[0]),
+        json!({"schema": {"type": "struct", "optional": false, "version": 1, "fields": [
+                {"field": "id", "type": "int64", "optional": false},
+                {"field": "qty", "type": "int64", "optional": false}]},
+               "payload": {"id": 1, "qty": 2, "note": null}})
+    );
+    assert_eq!(
+        envelope(&internal[1])["schema"]["fields"][2],
+        json!({"field": "tag", "type": "string", "optional": true})
+    );
+    assert_eq!(internal[2].record.value.as_deref(), Some(own.as_bytes()), "an envelope passes as it is");
+    assert_eq!(internal[3].record.value, None, "a tombstone stays null");
+
+    let dead = assert_placed_as(&p, 0, |r| [0, 1, 6, 7, 8, 9].contains(&r.offset), false).await;
+    let errors: Vec<(String, String)> = dead.iter().map(error_of).collect();
+    assert_eq!(
+        errors,
+        vec![
+            ("SchemaMismatch".into(), "expected int64 at $.qty, got string (schema int.orders version 2)".into()),
+            ("SchemaMismatch".into(), "expected a int64 (the field is required) at $.qty, got no such field (schema int.orders version 2)".into()),
+            ("SchemaMismatch".into(), "expected a JSON object at $, got array (schema int.orders version 2)".into()),
+            ("SchemaMismatch".into(), "expected a JSON object at $, got string (schema int.orders version 2)".into()),
+        ]
+    );
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+
+    // The registry survives the restart: a record of the latest shape makes no version.
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
+        .args(["schemas", "--json", "--config"])
+        .arg(&p.service.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<(String, i64)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["subject"].as_str().unwrap().to_owned(), v["version"].as_i64().unwrap()))
+        .collect();
+    let subject = p.internal_topic();
+    assert_eq!(listed, vec![(subject.clone(), 1), (subject.clone(), 2), (subject, 3)]);
+    produce(&pc, vec![record(None, Some(br#"{"id": 7, "qty": 8, "tag": "t", "note": "n"}"#.to_vec()), 10)]).await;
+    p.service.start();
+    wait_all_placed(&p).await;
+    let internal = read_all(&p.internal.addr(), &p.internal_topic(), 0).await;
+    assert_eq!(envelope(internal.last().unwrap())["schema"]["version"], 3);
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// Values of a mixed stream: about one in five is not UTF-8, some are null.
+fn mixed_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
+    (start..start + n)
+        .map(|i| {
+            let value = (i % 13 != 5).then(|| {
+                let mut v = format!("p{partition}-seq{i}-").into_bytes();
+                v.extend(std::iter::repeat_n(b'v', (i * 37) % 700));
+                if i % 7 == 3 || i % 11 == 0 {
+                    v.push(0xff);
+                }
+                v
+            });
+            record(Some(format!("key-{i}").as_bytes()), value, i as i64)
+        })
+        .collect()
+}
+
+fn is_good(r: &RecordAndOffset) -> bool {
+    r.record
+        .value
+        .as_deref()
+        .is_none_or(|v| std::str::from_utf8(v).is_ok())
+}
+
+async fn produce_mixed_in_background(p: &Pipeline, batches: usize) -> tokio::task::JoinHandle<()> {
+    let (addr, topic, partitions) = (p.external.addr(), p.topic, p.partitions);
+    tokio::spawn(async move {
+        let mut clients = Vec::new();
+        for partition in 0..partitions {
+            clients.push(partition_client(&addr, topic, partition).await);
+        }
+        for b in 0..batches {
+            for (partition, pc) in clients.iter().enumerate() {
+                produce(pc, mixed_records(partition as i32, b * 100, 100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+async fn wait_dead_lettered_at_least(service: &Service, n: u64) {
+    service
+        .wait_log(&format!("{n} records dead-lettered"), WAIT, |_| {
+            service.progress_field("dead_lettered").is_some_and(|d| d >= n)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_in_a_mixed_stream_stores_each_record_once_in_one_place() {
+    // Small produce requests: runs of good and bad records are split further, so crashes
+    // land between dead-letter and internal produces of one WAL entry.
+    let mut p = Pipeline::new(
+        "mixed",
+        3,
+        &[
+            ("connector.format", "string"),
+            ("forward.batch.max.bytes", "16384"),
+        ],
+    )
+    .await;
+    let producer = produce_mixed_in_background(&p, 40).await;
+    for round in 0..3u64 {
+        std::fs::write(&p.service.log, "").unwrap();
+        p.service.start();
+        wait_dead_lettered_at_least(&p.service, 100 + round * 50).await;
+        p.service.kill9();
+    }
+    std::fs::write(&p.service.log, "").unwrap();
+    p.service.start();
+    producer.await.unwrap();
+    wait_all_placed(&p).await;
+    let mut dead = 0;
+    for partition in 0..p.partitions {
+        dead += assert_placed(&p, partition, is_good).await.len();
+    }
+    assert!(dead > 1000, "a mixed stream: {dead} dead letters");
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// Responses to produce requests are lost, dead-letter ones included: the forwarder
+/// re-reads the dead-letter topic before sending again, and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_dead_letter_produce_responses_never_store_a_dead_letter_twice() {
+    let (mut proxy, listener) = CuttingProxy::bind().await;
+    let internal = Broker::start_advertising(Some(proxy.port));
+    proxy.forward_to(listener, internal.port);
+    let mut p = Pipeline::with_internal(
+        "cutmix",
+        2,
+        &[
+            ("connector.format", "string"),
+            ("forward.batch.max.records", "30"),
+        ],
+        internal,
+    )
+    .await;
+    p.service.start();
+    for round in 0..20 {
+        for partition in 0..p.partitions {
+            let pc = partition_client(&p.external.addr(), p.topic, partition).await;
+            // Most of these values are binary: most produces go to the dead-letter topic.
+            produce(&pc, test_records(partition, round * 100, 100)).await;
+        }
+        proxy.cut_next(1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_all_placed(&p).await;
+    for partition in 0..p.partitions {
+        assert_placed(&p, partition, is_good).await;
+    }
+    let log = p.service.log_text();
+    let unknown = log.matches("dead-letter produce outcome unknown").count();
+    eprintln!(
+        "{} responses cut, {unknown} dead-letter produce outcomes unknown",
+        proxy.cuts_done.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(unknown >= 1, "no dead-letter produce lost its answer; log:\n{log}");
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
