@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kafka_direct::config::Compression;
-use kafka_direct::forward::writer::encode_batch;
+use kafka_direct::config::Format;
+use kafka_direct::format::registry::SchemaRegistry;
+use kafka_direct::format::schema::Schema;
+use kafka_direct::format::{Formatter, Verdict};
+use kafka_direct::forward::writer::{encode_batch, Outgoing};
 use kafka_direct::record::{FetchedBatch, SourcePartition, SourceRecord};
 use kafka_direct::source::batches;
 use kafka_direct::wal::{codec, SyncPolicy, Wal, WalOptions};
@@ -134,7 +138,7 @@ fn produce_encode_bench(c: &mut Criterion) {
     let source = SourcePartition::new("orders", 3);
     for size in [100usize, 1024] {
         let b = batch(0, 1000, size);
-        let refs: Vec<&SourceRecord> = b.records.iter().collect();
+        let refs: Vec<Outgoing<'_>> = b.records.iter().map(Outgoing::plain).collect();
         group.throughput(Throughput::Elements(1000));
         for (compression, name) in [(Compression::None, "none"), (Compression::Lz4, "lz4")] {
             group.bench_function(BenchmarkId::new(format!("1000_{name}"), size), |bench| {
@@ -158,7 +162,7 @@ fn in_process_path_bench(c: &mut Criterion) {
     for size in [100usize, 1024] {
         // The fetched bytes: what a broker returns for 1000 records (encoded once).
         let produced = batch(0, 1000, size);
-        let refs: Vec<&SourceRecord> = produced.records.iter().collect();
+        let refs: Vec<Outgoing<'_>> = produced.records.iter().map(Outgoing::plain).collect();
         let fetched = encode_batch(&source, &refs, Compression::None).expect("encode");
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = open_wal(dir.path(), SyncPolicy::Fsync);
@@ -171,7 +175,8 @@ fn in_process_path_bench(c: &mut Criterion) {
                 runtime.block_on(wal.commit()).expect("commit");
                 let entries = log.oldest(usize::MAX, usize::MAX).expect("read");
                 for entry in &entries {
-                    let refs: Vec<&SourceRecord> = entry.records.iter().collect();
+                    let refs: Vec<Outgoing<'_>> =
+                        entry.records.iter().map(Outgoing::plain).collect();
                     encode_batch(&source, &refs, Compression::None).expect("encode");
                 }
                 let firsts: Vec<i64> = entries.iter().map(|e| e.first_offset()).collect();
@@ -183,8 +188,77 @@ fn in_process_path_bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// A typical order event of about 1 KiB.
+fn order_json(i: usize) -> Vec<u8> {
+    let items: Vec<serde_json::Value> = (0..5)
+        .map(|n| {
+            serde_json::json!({"sku": format!("SKU-{:06}", i * 7 + n), "qty": n + 1,
+                "price": 9.99 + n as f64, "title": "A product with a reasonably long title"})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "id": i, "created_at": "2026-11-24T20:00:00Z", "status": "PAID",
+        "customer": {"id": i * 3, "name": "Jane Example", "email": "jane@example.com",
+                     "address": {"street": "1 Long Street Name", "city": "Springfield", "zip": "12345"}},
+        "items": items, "total": 123.45, "currency": "EUR", "coupon": null,
+        "note": "Leave the parcel at the door, please; ring twice and wait a minute."
+    }))
+    .expect("serializes")
+}
+
+/// Per record: JSON parse, schema check + envelope, schema inference (1 KiB objects).
+fn formats_bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("formats");
+    let records: Vec<SourceRecord> = (0..1000)
+        .map(|i| SourceRecord {
+            offset: i as i64,
+            timestamp_ms: 0,
+            key: None,
+            value: Some(order_json(i)),
+            headers: vec![],
+        })
+        .collect();
+    let size = records[0].value.as_ref().map_or(0, Vec::len);
+    group.throughput(Throughput::Elements(1000));
+    let check_all = |f: &Formatter| {
+        for r in &records {
+            let checked = f.check(r).expect("no WAL error");
+            assert!(!matches!(checked.verdict, Verdict::Reject(_)));
+        }
+    };
+    let string = Formatter::new(Format::String, None);
+    group.bench_function(BenchmarkId::new("string_utf8_check_1000", size), |b| {
+        b.iter(|| check_all(&string))
+    });
+    let json = Formatter::new(Format::Json, None);
+    group.bench_function(BenchmarkId::new("json_parse_1000", size), |b| {
+        b.iter(|| check_all(&json))
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = open_wal(dir.path(), SyncPolicy::Flush);
+    let registry = std::sync::Arc::new(SchemaRegistry::open(&wal, "bench").expect("registry"));
+    let schemas = Formatter::new(Format::Json, Some((registry, "int.orders".into())));
+    check_all(&schemas); // version 1 exists before the measurement
+    group.bench_function(BenchmarkId::new("json_schema_envelope_1000", size), |b| {
+        b.iter(|| check_all(&schemas))
+    });
+    let values: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| serde_json::from_slice(r.value.as_deref().expect("value")).expect("json"))
+        .collect();
+    group.bench_function(BenchmarkId::new("schema_inference_1000", size), |b| {
+        b.iter(|| {
+            for v in &values {
+                Schema::infer_record(v).expect("an object");
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    formats_bench,
     codec_bench,
     append_commit_bench,
     drain_bench,

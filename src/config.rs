@@ -908,7 +908,11 @@ topic.include.list = "orders,payments"
     #[test]
     fn schemas_need_json_and_the_dead_letter_topic_defaults_to_the_prefix() {
         assert!(err(&["connector.schemas.enable=true"]).contains("unless format=json"));
-        let cfg = load(GOOD, &["connector.format=json", "connector.schemas.enable=true"]).unwrap();
+        let cfg = load(
+            GOOD,
+            &["connector.format=json", "connector.schemas.enable=true"],
+        )
+        .unwrap();
         assert_eq!(cfg.connector.format, Format::Json);
         assert!(cfg.connector.schemas_enable);
         let prefix = &cfg.connector.topic_prefix;

@@ -234,12 +234,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else if subject.is_some() {
                 for v in versions {
                     let schema: serde_json::Value = serde_json::from_str(&v.connect)?;
-                    out!("{} version {}:\n{}", v.subject, v.version, serde_json::to_string_pretty(&schema)?);
+                    out!(
+                        "{} version {}:\n{}",
+                        v.subject,
+                        v.version,
+                        serde_json::to_string_pretty(&schema)?
+                    );
                 }
             } else if all.is_empty() {
                 out!("no schemas stored for connector {} (they are made with connector.format=json and connector.schemas.enable=true)", config.connector.name);
             } else {
-                out!("{:<40} {:>8} fields (latest version)", "subject", "versions");
+                out!(
+                    "{:<40} {:>8} fields (latest version)",
+                    "subject",
+                    "versions"
+                );
                 for (subject, list) in &all {
                     let latest = list.last().expect("a subject has a version");
                     let fields = match &latest.schema.ty {

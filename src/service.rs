@@ -275,7 +275,7 @@ pub async fn run(
                     partition: forwarder.log.source_partition().clone(),
                     source,
                 })?;
-                info!(partition = %forwarder.log.source_partition(), stored_next, "the internal partition and the dead-letter topic already store everything below this source offset");
+                info!(partition = %forwarder.log.source_partition(), stored_next, "internal partition already stores everything below this source offset (or, for refused records, the dead-letter topic)");
             }
             let checkpoints = forwarder.log.checkpoints().map_err(|source| SinkError::Wal {
                 partition: forwarder.log.source_partition().clone(),

@@ -53,7 +53,9 @@ async fn wait_all_placed(p: &Pipeline) {
     // The service creates the dead-letter topic before it starts replicating; asking the
     // broker about it earlier would create it with the broker's default partitions.
     p.service
-        .wait_log("replication to start", WAIT, |log| log.contains("replicating"))
+        .wait_log("replication to start", WAIT, |log| {
+            log.contains("replicating")
+        })
         .await;
     let deadline = Instant::now() + WAIT;
     loop {
@@ -80,8 +82,15 @@ async fn wait_all_placed(p: &Pipeline) {
 }
 
 async fn dlq_partitions(p: &Pipeline) -> i32 {
-    let topics = client(&p.internal.addr()).await.list_topics().await.unwrap();
-    let dlq = topics.iter().find(|t| t.name == DLQ).expect("the dead-letter topic exists");
+    let topics = client(&p.internal.addr())
+        .await
+        .list_topics()
+        .await
+        .unwrap();
+    let dlq = topics
+        .iter()
+        .find(|t| t.name == DLQ)
+        .expect("the dead-letter topic exists");
     dlq.partitions.len() as i32
 }
 
@@ -130,7 +139,11 @@ async fn assert_placed_as(
     } else {
         let stored: Vec<i64> = internal.iter().map(source_offset).collect();
         let want: Vec<i64> = want_good.iter().map(|r| r.offset).collect();
-        assert_eq!(stored, want, "{}/{partition}: internal records by source offset", p.topic);
+        assert_eq!(
+            stored, want,
+            "{}/{partition}: internal records by source offset",
+            p.topic
+        );
     }
     let offsets: Vec<i64> = dead.iter().map(source_offset).collect();
     let want: Vec<i64> = want_dead.iter().map(|r| r.offset).collect();
@@ -140,7 +153,10 @@ async fn assert_placed_as(
         p.topic
     );
     for (d, s) in dead.iter().zip(&want_dead) {
-        assert_eq!((&d.record.key, &d.record.value), (&s.record.key, &s.record.value));
+        assert_eq!(
+            (&d.record.key, &d.record.value),
+            (&s.record.key, &s.record.value)
+        );
         assert_eq!(d.record.timestamp, s.record.timestamp);
         for (k, v) in &s.record.headers {
             assert_eq!(d.record.headers.get(k), Some(v), "user header {k} kept");
@@ -233,7 +249,11 @@ async fn json_format_dead_letters_what_is_not_one_json_document() {
     .collect();
     let mut batch = records(values);
     // Keys are not checked: a key that is not JSON (nor UTF-8) goes through.
-    batch.push(record(Some(b"\xff not json"), Some(br#"{"k": true}"#.to_vec()), 11));
+    batch.push(record(
+        Some(b"\xff not json"),
+        Some(br#"{"k": true}"#.to_vec()),
+        11,
+    ));
     let pc = partition_client(&p.external.addr(), p.topic, 0).await;
     produce(&pc, batch).await;
     p.service.start();
@@ -253,7 +273,10 @@ async fn json_format_dead_letters_what_is_not_one_json_document() {
     }
     assert!(errors[0].1.contains("EOF while parsing"), "{errors:?}");
     assert!(errors[1].1.contains("trailing characters"), "{errors:?}");
-    assert!(errors[3].1.contains("recursion limit exceeded"), "{errors:?}");
+    assert!(
+        errors[3].1.contains("recursion limit exceeded"),
+        "{errors:?}"
+    );
     assert!(errors[4].1.contains("empty"), "{errors:?}");
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }
@@ -299,9 +322,17 @@ async fn schemas_evolve_wrap_values_in_the_connect_envelope_and_refuse_drift() {
     assert_eq!(offsets, vec![0, 1, 6, 7, 8, 9]);
     let versions: Vec<Option<i64>> = internal
         .iter()
-        .map(|r| r.record.value.as_ref().and_then(|_| envelope(r)["schema"]["version"].as_i64()))
+        .map(|r| {
+            r.record
+                .value
+                .as_ref()
+                .and_then(|_| envelope(r)["schema"]["version"].as_i64())
+        })
         .collect();
-    assert_eq!(versions, vec![Some(1), Some(2), None, None, Some(2), Some(3)]);
+    assert_eq!(
+        versions,
+        vec![Some(1), Some(2), None, None, Some(2), Some(3)]
+    );
     assert_eq!(
         envelope(&internal[0]),
         json!({"schema": {"type": "struct", "optional": false, "version": 1, "fields": [
@@ -313,7 +344,11 @@ async fn schemas_evolve_wrap_values_in_the_connect_envelope_and_refuse_drift() {
         envelope(&internal[1])["schema"]["fields"][2],
         json!({"field": "tag", "type": "string", "optional": true})
     );
-    assert_eq!(internal[2].record.value.as_deref(), Some(own.as_bytes()), "an envelope passes as it is");
+    assert_eq!(
+        internal[2].record.value.as_deref(),
+        Some(own.as_bytes()),
+        "an envelope passes as it is"
+    );
     assert_eq!(internal[3].record.value, None, "a tombstone stays null");
 
     let dead = assert_placed_as(&p, 0, |r| [0, 1, 6, 7, 8, 9].contains(&r.offset), false).await;
@@ -322,7 +357,7 @@ async fn schemas_evolve_wrap_values_in_the_connect_envelope_and_refuse_drift() {
         errors,
         vec![
             ("SchemaMismatch".into(), "expected int64 at $.qty, got string (schema int.orders version 2)".into()),
-            ("SchemaMismatch".into(), "expected a int64 (the field is required) at $.qty, got no such field (schema int.orders version 2)".into()),
+            ("SchemaMismatch".into(), "expected int64 (the field is required) at $.qty, got no such field (schema int.orders version 2)".into()),
             ("SchemaMismatch".into(), "expected a JSON object at $, got array (schema int.orders version 2)".into()),
             ("SchemaMismatch".into(), "expected a JSON object at $, got string (schema int.orders version 2)".into()),
         ]
@@ -335,17 +370,37 @@ async fn schemas_evolve_wrap_values_in_the_connect_envelope_and_refuse_drift() {
         .arg(&p.service.config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     let listed: Vec<(String, i64)> = listed
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["subject"].as_str().unwrap().to_owned(), v["version"].as_i64().unwrap()))
+        .map(|v| {
+            (
+                v["subject"].as_str().unwrap().to_owned(),
+                v["version"].as_i64().unwrap(),
+            )
+        })
         .collect();
     let subject = p.internal_topic();
-    assert_eq!(listed, vec![(subject.clone(), 1), (subject.clone(), 2), (subject, 3)]);
-    produce(&pc, vec![record(None, Some(br#"{"id": 7, "qty": 8, "tag": "t", "note": "n"}"#.to_vec()), 10)]).await;
+    assert_eq!(
+        listed,
+        vec![(subject.clone(), 1), (subject.clone(), 2), (subject, 3)]
+    );
+    produce(
+        &pc,
+        vec![record(
+            None,
+            Some(br#"{"id": 7, "qty": 8, "tag": "t", "note": "n"}"#.to_vec()),
+            10,
+        )],
+    )
+    .await;
     p.service.start();
     wait_all_placed(&p).await;
     let internal = read_all(&p.internal.addr(), &p.internal_topic(), 0).await;
@@ -396,7 +451,9 @@ async fn produce_mixed_in_background(p: &Pipeline, batches: usize) -> tokio::tas
 async fn wait_dead_lettered_at_least(service: &Service, n: u64) {
     service
         .wait_log(&format!("{n} records dead-lettered"), WAIT, |_| {
-            service.progress_field("dead_lettered").is_some_and(|d| d >= n)
+            service
+                .progress_field("dead_lettered")
+                .is_some_and(|d| d >= n)
         })
         .await;
 }
@@ -470,6 +527,9 @@ async fn lost_dead_letter_produce_responses_never_store_a_dead_letter_twice() {
         "{} responses cut, {unknown} dead-letter produce outcomes unknown",
         proxy.cuts_done.load(std::sync::atomic::Ordering::SeqCst)
     );
-    assert!(unknown >= 1, "no dead-letter produce lost its answer; log:\n{log}");
+    assert!(
+        unknown >= 1,
+        "no dead-letter produce lost its answer; log:\n{log}"
+    );
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }

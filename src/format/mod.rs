@@ -122,9 +122,7 @@ impl Formatter {
         let Some(value) = record.value.as_deref() else {
             return Ok(forward(Verdict::Forward));
         };
-        let reject = |kind, message| {
-            forward(Verdict::Reject(Rejection { kind, message }))
-        };
+        let reject = |kind, message| forward(Verdict::Reject(Rejection { kind, message }));
         match self.format {
             Format::Bytes => Ok(forward(Verdict::Forward)),
             Format::String => Ok(match std::str::from_utf8(value) {
@@ -143,7 +141,10 @@ impl Formatter {
                 if value.iter().all(u8::is_ascii_whitespace) {
                     return Ok(reject(
                         ErrorKind::MalformedJson,
-                        format!("value is not JSON: it is empty ({} bytes of whitespace)", value.len()),
+                        format!(
+                            "value is not JSON: it is empty ({} bytes of whitespace)",
+                            value.len()
+                        ),
                     ));
                 }
                 // serde_json refuses NaN/Infinity, and nesting deeper than 128 levels
@@ -252,7 +253,10 @@ mod tests {
     fn rejected(f: &Formatter, value: &[u8]) -> (ErrorKind, String) {
         match verdict(f, Some(value)) {
             Verdict::Reject(r) => (r.kind, r.message),
-            other => panic!("{:?} was not rejected: {other:?}", String::from_utf8_lossy(value)),
+            other => panic!(
+                "{:?} was not rejected: {other:?}",
+                String::from_utf8_lossy(value)
+            ),
         }
     }
 
@@ -274,12 +278,18 @@ mod tests {
     #[test]
     fn strings_must_be_utf8_and_bytes_pass_anything() {
         let string = Formatter::new(Format::String, None);
-        assert_eq!(verdict(&string, Some("ünïcode".as_bytes())), Verdict::Forward);
+        assert_eq!(
+            verdict(&string, Some("ünïcode".as_bytes())),
+            Verdict::Forward
+        );
         assert_eq!(verdict(&string, Some(b"")), Verdict::Forward);
         assert_eq!(verdict(&string, None), Verdict::Forward);
         let (kind, message) = rejected(&string, b"ab\xffc");
         assert_eq!(kind, ErrorKind::InvalidUtf8);
-        assert_eq!(message, "value is not valid UTF-8: invalid byte 0xff at position 2 of 4");
+        assert_eq!(
+            message,
+            "value is not valid UTF-8: invalid byte 0xff at position 2 of 4"
+        );
         let bytes = Formatter::new(Format::Bytes, None);
         assert_eq!(verdict(&bytes, Some(b"ab\xffc")), Verdict::Forward);
     }
@@ -305,7 +315,9 @@ mod tests {
             assert_eq!(kind, ErrorKind::MalformedJson);
             assert!(message.starts_with("value is not"), "{message}");
         }
-        assert!(rejected(&json, deep.as_bytes()).1.contains("recursion limit"));
+        assert!(rejected(&json, deep.as_bytes())
+            .1
+            .contains("recursion limit"));
     }
 
     #[test]
@@ -326,10 +338,17 @@ mod tests {
         );
         let (kind, message) = rejected(&f, br#"{"qty": "two"}"#);
         assert_eq!(kind, ErrorKind::SchemaMismatch);
-        assert_eq!(message, "expected int64 at $.qty, got string (schema int.orders version 1)");
+        assert_eq!(
+            message,
+            "expected int64 at $.qty, got string (schema int.orders version 1)"
+        );
         assert_eq!(rejected(&f, b"[1]").0, ErrorKind::SchemaMismatch);
         assert_eq!(rejected(&f, b"{").0, ErrorKind::MalformedJson);
-        assert_eq!(verdict(&f, None), Verdict::Forward, "tombstones are not wrapped");
+        assert_eq!(
+            verdict(&f, None),
+            Verdict::Forward,
+            "tombstones are not wrapped"
+        );
         // A record carrying its own schema is checked against it, not re-wrapped.
         let own = br#"{"schema": {"type": "struct", "fields": [{"field": "n", "type": "string", "optional": false}]}, "payload": {"n": "x"}}"#;
         assert_eq!(verdict(&f, Some(own)), Verdict::Forward);

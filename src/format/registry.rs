@@ -89,8 +89,8 @@ impl SchemaRegistry {
                 .iter()
                 .position(|b| *b == 0)
                 .ok_or_else(|| damaged("no subject separator"))?;
-            let subject = std::str::from_utf8(&rest[..split])
-                .map_err(|_| damaged("subject is not UTF-8"))?;
+            let subject =
+                std::str::from_utf8(&rest[..split]).map_err(|_| damaged("subject is not UTF-8"))?;
             let version = u32::from_be_bytes(
                 rest[split + 1..]
                     .try_into()
@@ -160,10 +160,8 @@ impl SchemaRegistry {
         }
         let number = versions.len() as u32 + 1;
         let stored = serde_json::to_vec(&next).expect("a schema serializes");
-        self.wal.meta_put(
-            &version_key(&self.connector, subject, number),
-            &stored,
-        )?;
+        self.wal
+            .meta_put(&version_key(&self.connector, subject, number), &stored)?;
         let version = Arc::new(Version::new(subject, number, next));
         versions.push(Arc::clone(&version));
         Ok(Ok(Admitted {
@@ -215,12 +213,24 @@ mod tests {
             assert_eq!((first.version.version, first.created), (1, true));
             let same = reg.admit("int.a", &json!({"id": 2})).unwrap().unwrap();
             assert_eq!((same.version.version, same.created), (1, false));
-            let grown = reg.admit("int.a", &json!({"id": 3, "x": "y"})).unwrap().unwrap();
+            let grown = reg
+                .admit("int.a", &json!({"id": 3, "x": "y"}))
+                .unwrap()
+                .unwrap();
             assert_eq!((grown.version.version, grown.created), (2, true));
-            assert!(reg.admit("int.a", &json!({"id": "three"})).unwrap().is_err());
+            assert!(reg
+                .admit("int.a", &json!({"id": "three"}))
+                .unwrap()
+                .is_err());
             let mixed = reg.admit("int.c", &json!({"l": [1, "two"]})).unwrap();
-            assert_eq!(mixed.unwrap_err().to_string(), "expected int64 at $.l[1], got string");
-            assert!(reg.latest("int.c").is_none(), "nothing stored for a refused first record");
+            assert_eq!(
+                mixed.unwrap_err().to_string(),
+                "expected int64 at $.l[1], got string"
+            );
+            assert!(
+                reg.latest("int.c").is_none(),
+                "nothing stored for a refused first record"
+            );
             let other = reg.admit("int.b", &json!({"z": true})).unwrap().unwrap();
             assert_eq!(other.version.version, 1);
             assert!(grown.version.connect.contains("\"version\":2"));
@@ -233,6 +243,9 @@ mod tests {
         assert_eq!(all["int.b"].len(), 1);
         let again = reg.admit("int.a", &json!({"id": 4})).unwrap().unwrap();
         assert_eq!((again.version.version, again.created), (2, false));
-        assert!(SchemaRegistry::open(&wal, "other").unwrap().all().is_empty());
+        assert!(SchemaRegistry::open(&wal, "other")
+            .unwrap()
+            .all()
+            .is_empty());
     }
 }

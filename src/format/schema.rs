@@ -94,10 +94,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn child(path: &str, name: &str) -> String {
-    let plain = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if plain {
         format!("{path}.{name}")
     } else {
@@ -189,7 +186,7 @@ impl Schema {
             } else {
                 Err(Mismatch {
                     path: path.to_owned(),
-                    expected: format!("a {} (the field is required)", self.ty.name()),
+                    expected: format!("{} (the field is required)", self.ty.name()),
                     found: "null".into(),
                 })
             };
@@ -301,7 +298,7 @@ impl Schema {
 fn missing(path: &str, field: &Field) -> Mismatch {
     Mismatch {
         path: child(path, &field.name),
-        expected: format!("a {} (the field is required)", field.schema.ty.name()),
+        expected: format!("{} (the field is required)", field.schema.ty.name()),
         found: "no such field".into(),
     }
 }
@@ -451,8 +448,10 @@ mod tests {
 
     #[test]
     fn the_first_record_defines_required_fields_and_nulls_stay_unknown() {
-        let s = v1(json!({"id": 7, "price": 1.5, "name": "a", "ok": true, "note": null,
-                           "tags": ["x"], "order": {"qty": 2}}));
+        let s = v1(
+            json!({"id": 7, "price": 1.5, "name": "a", "ok": true, "note": null,
+                           "tags": ["x"], "order": {"qty": 2}}),
+        );
         let connect = s.to_connect();
         assert_eq!(
             connect,
@@ -487,7 +486,11 @@ mod tests {
         assert_eq!(s.check(&v), Ok(Fit::NeedsEvolution));
         let next = s.evolve(&v).unwrap();
         assert_eq!(next.check(&v), Ok(Fit::Fits));
-        assert_eq!(next.check(&json!({"id": 3})), Ok(Fit::Fits), "the new field is optional");
+        assert_eq!(
+            next.check(&json!({"id": 3})),
+            Ok(Fit::Fits),
+            "the new field is optional"
+        );
         let Type::Struct { fields } = &next.ty else {
             panic!()
         };
@@ -503,7 +506,9 @@ mod tests {
         let next = s.evolve(&v).unwrap();
         assert_eq!(next.check(&v), Ok(Fit::Fits));
         assert_eq!(
-            next.check(&json!({"id": 1, "note": 5})).unwrap_err().to_string(),
+            next.check(&json!({"id": 1, "note": 5}))
+                .unwrap_err()
+                .to_string(),
             "expected string at $.note, got int64"
         );
     }
@@ -512,16 +517,26 @@ mod tests {
     fn mismatches_name_the_place_and_the_types() {
         let s = v1(json!({"order": {"qty": 1, "items": [{"sku": "a"}]}, "weird key": true}));
         let cases = [
-            (json!({"order": {"qty": "2", "items": []}, "weird key": true}),
-             "expected int64 at $.order.qty, got string"),
-            (json!({"order": {"qty": 1.5, "items": []}, "weird key": true}),
-             "expected int64 at $.order.qty, got double"),
-            (json!({"order": {"qty": 1, "items": [{"sku": 3}]}, "weird key": true}),
-             "expected string at $.order.items[0].sku, got int64"),
-            (json!({"order": {"qty": 1, "items": []}}),
-             "expected a boolean (the field is required) at $[\"weird key\"], got no such field"),
-            (json!({"order": null, "weird key": true}),
-             "expected a struct (the field is required) at $.order, got null"),
+            (
+                json!({"order": {"qty": "2", "items": []}, "weird key": true}),
+                "expected int64 at $.order.qty, got string",
+            ),
+            (
+                json!({"order": {"qty": 1.5, "items": []}, "weird key": true}),
+                "expected int64 at $.order.qty, got double",
+            ),
+            (
+                json!({"order": {"qty": 1, "items": [{"sku": 3}]}, "weird key": true}),
+                "expected string at $.order.items[0].sku, got int64",
+            ),
+            (
+                json!({"order": {"qty": 1, "items": []}}),
+                "expected boolean (the field is required) at $[\"weird key\"], got no such field",
+            ),
+            (
+                json!({"order": null, "weird key": true}),
+                "expected struct (the field is required) at $.order, got null",
+            ),
             (json!([1, 2]), "expected a JSON object at $, got array"),
             (json!("text"), "expected a JSON object at $, got string"),
         ];
@@ -545,12 +560,29 @@ mod tests {
             {"field": "tags", "type": "array", "items": {"type": "string"}, "optional": true},
             {"field": "attrs", "type": "map", "keys": {"type": "string"}, "values": {"type": "int64"}, "optional": true},
         ]});
-        assert!(check_connect(&schema, &json!({"id": 1, "tags": ["a"], "attrs": {"x": 1}}), "$").is_ok());
+        assert!(check_connect(
+            &schema,
+            &json!({"id": 1, "tags": ["a"], "attrs": {"x": 1}}),
+            "$"
+        )
+        .is_ok());
         assert!(check_connect(&schema, &json!({"id": 1}), "$").is_ok());
         let err = |v: Value| check_connect(&schema, &v, "$").unwrap_err().to_string();
-        assert_eq!(err(json!({"id": 1i64 << 40})), "expected int32 at $.id, got int64");
-        assert_eq!(err(json!({"tags": []})), "expected a value (the field is required) at $.id, got null");
-        assert_eq!(err(json!({"id": 1, "tags": [1]})), "expected string at $.tags[0], got int64");
-        assert_eq!(err(json!({"id": 1, "attrs": {"x": "y"}})), "expected int64 at $.attrs.x, got string");
+        assert_eq!(
+            err(json!({"id": 1i64 << 40})),
+            "expected int32 at $.id, got int64"
+        );
+        assert_eq!(
+            err(json!({"tags": []})),
+            "expected a value (the field is required) at $.id, got null"
+        );
+        assert_eq!(
+            err(json!({"id": 1, "tags": [1]})),
+            "expected string at $.tags[0], got int64"
+        );
+        assert_eq!(
+            err(json!({"id": 1, "attrs": {"x": "y"}})),
+            "expected int64 at $.attrs.x, got string"
+        );
     }
 }

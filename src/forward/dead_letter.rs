@@ -159,7 +159,12 @@ impl DeadLetters {
         for partition in 0..partitions {
             let mut conn = PartitionWriter::connect(&cluster, &topic, partition).await?;
             let earliest = conn.earliest(&cluster).await?;
-            let mut from = stored.floors.get(&partition).copied().unwrap_or(0).max(earliest);
+            let mut from = stored
+                .floors
+                .get(&partition)
+                .copied()
+                .unwrap_or(0)
+                .max(earliest);
             let mut end = high_watermark(&cluster, &mut conn, earliest, &topic, partition).await?;
             loop {
                 scanned += scan(&cluster, &mut conn, from, end, |source, offset, _| {
@@ -171,7 +176,8 @@ impl DeadLetters {
                     break;
                 }
                 tokio::time::sleep(SETTLE).await;
-                let again = high_watermark(&cluster, &mut conn, earliest, &topic, partition).await?;
+                let again =
+                    high_watermark(&cluster, &mut conn, earliest, &topic, partition).await?;
                 if again == end {
                     break;
                 }
@@ -225,7 +231,12 @@ impl DeadLetters {
     /// The dead-letter partition of `source`'s records: the same one on every run
     /// while the topic's partition count stays the same.
     fn partition_for(&self, source: &SourcePartition) -> i32 {
-        let count = self.state.lock().expect("dead-letter state").known_end.len() as u64;
+        let count = self
+            .state
+            .lock()
+            .expect("dead-letter state")
+            .known_end
+            .len() as u64;
         // FNV-1a of the topic, plus the partition number: stable across runs and builds.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for b in source.topic.bytes() {
@@ -255,7 +266,10 @@ async fn high_watermark(
     partition: i32,
 ) -> Result<i64, ClusterError> {
     for max_wait_ms in TAIL_READ_WAITS_MS {
-        let hw = conn.fetch(cluster, earliest, 1, max_wait_ms).await?.high_watermark;
+        let hw = conn
+            .fetch(cluster, earliest, 1, max_wait_ms)
+            .await?
+            .high_watermark;
         if hw >= 0 {
             return Ok(hw);
         }
@@ -354,15 +368,23 @@ impl DeadLetterSender {
     ) -> Result<(), ClusterError> {
         let dlq = &self.dlq;
         if self.conn.is_none() {
-            self.conn = Some(PartitionWriter::connect(&dlq.cluster, &dlq.topic, self.partition).await?);
+            self.conn =
+                Some(PartitionWriter::connect(&dlq.cluster, &dlq.topic, self.partition).await?);
         }
         let from = dlq.state.lock().expect("dead-letter state").known_end[self.partition as usize];
         self.in_doubt_from = Some(from);
         let conn = self.conn.as_mut().expect("just connected");
-        match conn.produce(&dlq.cluster, &self.source, records, compression).await {
+        match conn
+            .produce(&dlq.cluster, &self.source, records, compression)
+            .await
+        {
             Ok(base) => {
                 self.in_doubt_from = None;
-                let last = records.last().expect("a produce is never empty").record.offset;
+                let last = records
+                    .last()
+                    .expect("a produce is never empty")
+                    .record
+                    .offset;
                 let mut state = dlq.state.lock().expect("dead-letter state");
                 let end = &mut state.known_end[self.partition as usize];
                 *end = (*end).max(base + records.len() as i64);
@@ -428,20 +450,27 @@ impl DeadLetterSender {
     ) -> Result<i64, ClusterError> {
         let dlq = &self.dlq;
         if self.conn.is_none() {
-            self.conn = Some(PartitionWriter::connect(&dlq.cluster, &dlq.topic, self.partition).await?);
+            self.conn =
+                Some(PartitionWriter::connect(&dlq.cluster, &dlq.topic, self.partition).await?);
         }
         let conn = self.conn.as_mut().expect("just connected");
         let earliest = conn.earliest(&dlq.cluster).await?;
         let end = high_watermark(&dlq.cluster, conn, earliest, &dlq.topic, self.partition).await?;
         let mut newest = None;
-        scan(&dlq.cluster, conn, from.max(earliest), end, |source, offset, kind| {
-            if source == self.source {
-                newest = Some(offset + 1);
-                if let Some(kind) = kind {
-                    counts[kind.index()] += 1;
+        scan(
+            &dlq.cluster,
+            conn,
+            from.max(earliest),
+            end,
+            |source, offset, kind| {
+                if source == self.source {
+                    newest = Some(offset + 1);
+                    if let Some(kind) = kind {
+                        counts[kind.index()] += 1;
+                    }
                 }
-            }
-        })
+            },
+        )
         .await?;
         let mut state = dlq.state.lock().expect("dead-letter state");
         let known = &mut state.known_end[self.partition as usize];
@@ -483,16 +512,25 @@ mod tests {
         assert_eq!(header(connect_headers::TOPIC).as_deref(), Some("orders"));
         assert_eq!(header(connect_headers::PARTITION).as_deref(), Some("3"));
         assert_eq!(header(connect_headers::OFFSET).as_deref(), Some("42"));
-        assert_eq!(header(connect_headers::CLASS).as_deref(), Some("MalformedJson"));
+        assert_eq!(
+            header(connect_headers::CLASS).as_deref(),
+            Some("MalformedJson")
+        );
         // As the topic stores it, with the source headers the writer adds.
         let mut stored = record.clone();
         for (k, v) in &out.extra_headers {
             stored.headers.push(((*k).to_owned(), Some(v.clone())));
         }
         use crate::record::source_headers as s;
-        stored.headers.push((s::TOPIC.into(), Some(b"orders".to_vec())));
-        stored.headers.push((s::PARTITION.into(), Some(b"3".to_vec())));
-        stored.headers.push((s::OFFSET.into(), Some(b"42".to_vec())));
+        stored
+            .headers
+            .push((s::TOPIC.into(), Some(b"orders".to_vec())));
+        stored
+            .headers
+            .push((s::PARTITION.into(), Some(b"3".to_vec())));
+        stored
+            .headers
+            .push((s::OFFSET.into(), Some(b"42".to_vec())));
         assert_eq!(
             source_of(&stored),
             Some((source, 42, Some(ErrorKind::MalformedJson)))

@@ -23,10 +23,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
 use crate::config::Compression;
+use crate::format::{Formatter, Verdict};
 use crate::metrics::PartitionMetrics;
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
 use crate::wal::{PartitionLog, Wal, WalError};
-use crate::format::{Formatter, Verdict};
 use dead_letter::DeadLetterSender;
 use tail::{Routed, TailError};
 use writer::{Outgoing, PartitionWriter};
@@ -484,7 +484,8 @@ impl Forwarder {
                         retry.reset();
                         debug!(%partition, records = count, last_source_offset, "dead-lettered");
                         for kind in &run.refused {
-                            self.metrics.dead_lettered[kind.index()].fetch_add(1, Ordering::Relaxed);
+                            self.metrics.dead_lettered[kind.index()]
+                                .fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Err(e) if e.is_transient() => {
@@ -501,7 +502,9 @@ impl Forwarder {
                                 for (counter, n) in self.metrics.dead_lettered.iter().zip(found) {
                                     counter.fetch_add(n, Ordering::Relaxed);
                                 }
-                                self.metrics.produce_in_doubt.store(false, Ordering::Relaxed);
+                                self.metrics
+                                    .produce_in_doubt
+                                    .store(false, Ordering::Relaxed);
                                 info!(%partition, stored_next = ?dlq.stored_next(), "dead-letter topic re-read; resuming");
                             }
                             Ok(None) => break,

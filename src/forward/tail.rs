@@ -238,7 +238,9 @@ mod tests {
         let records: Vec<&SourceRecord> = owned.iter().collect();
         // Offsets 3, 4 and 7 are refused.
         fn route(r: &SourceRecord) -> Result<Routed<'_>, ()> {
-            let refused = [3, 4, 7].contains(&r.offset).then_some(ErrorKind::MalformedJson);
+            let refused = [3, 4, 7]
+                .contains(&r.offset)
+                .then_some(ErrorKind::MalformedJson);
             Ok(Routed {
                 outgoing: Outgoing::plain(r),
                 refused,

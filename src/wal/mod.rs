@@ -193,6 +193,9 @@ pub struct Wal {
     shared: Arc<Shared>,
 }
 
+/// A metadata key and its value ([`Wal::meta_scan`]).
+pub type MetaEntry = (Vec<u8>, Vec<u8>);
+
 /// Offsets checkpointed for one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Checkpoints {
@@ -406,7 +409,7 @@ impl Wal {
     }
 
     /// Every metadata entry whose key starts with `prefix`, in key order.
-    pub fn meta_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WalError> {
+    pub fn meta_scan(&self, prefix: &[u8]) -> Result<Vec<MetaEntry>, WalError> {
         self.meta()?
             .scan_prefix(prefix)
             .map(|item| {
