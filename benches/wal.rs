@@ -201,7 +201,9 @@ fn order_json(i: usize) -> Vec<u8> {
         "customer": {"id": i * 3, "name": "Jane Example", "email": "jane@example.com",
                      "address": {"street": "1 Long Street Name", "city": "Springfield", "zip": "12345"}},
         "items": items, "total": 123.45, "currency": "EUR", "coupon": null,
-        "note": "Leave the parcel at the door, please; ring twice and wait a minute."
+        "referrer": "https://www.example.com/campaigns/winter?utm_source=newsletter&utm_medium=email",
+        "tags": ["gift", "express", "fragile", "priority"], "shipping": {"method": "courier", "eta_days": 2},
+        "note": "Leave the parcel at the door, please; ring twice and wait a minute. Thanks!"
     }))
     .expect("serializes")
 }

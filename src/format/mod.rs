@@ -16,6 +16,7 @@ pub mod schema;
 
 use std::sync::Arc;
 
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::config::Format;
@@ -149,6 +150,22 @@ impl Formatter {
                 }
                 // serde_json refuses NaN/Infinity, and nesting deeper than 128 levels
                 // (no stack overflow on hostile input).
+                let Some((registry, subject)) = &self.schemas else {
+                    // Syntax only: nothing is built.
+                    return Ok(match serde_json::from_slice::<Syntax>(value) {
+                        Ok(_) => forward(Verdict::Forward),
+                        Err(e) => reject(
+                            ErrorKind::MalformedJson,
+                            format!("value is not valid JSON: {e}"),
+                        ),
+                    });
+                };
+                // The common case, a value that fits the latest version, without a tree.
+                if let Some(latest) = registry.latest(subject) {
+                    if !latest.schema.has_envelope_fields() && latest.schema.fits_bytes(value) {
+                        return Ok(forward(Verdict::ForwardAs(wrap(&latest.connect, value))));
+                    }
+                }
                 let parsed: Value = match serde_json::from_slice(value) {
                     Ok(v) => v,
                     Err(e) => {
@@ -158,12 +175,7 @@ impl Formatter {
                         ))
                     }
                 };
-                match &self.schemas {
-                    None => Ok(forward(Verdict::Forward)),
-                    Some((registry, subject)) => {
-                        Self::check_schema(registry, subject, value, &parsed)
-                    }
-                }
+                Self::check_schema(registry, subject, value, &parsed)
             }
         }
     }
@@ -193,20 +205,10 @@ impl Formatter {
             });
         }
         Ok(match registry.admit(subject, value)? {
-            Ok(admitted) => {
-                let connect = &admitted.version.connect;
-                let mut out = Vec::with_capacity(raw.len() + connect.len() + 24);
-                out.extend_from_slice(b"{\"schema\":");
-                out.extend_from_slice(connect.as_bytes());
-                out.extend_from_slice(b",\"payload\":");
-                // The value is valid JSON: it goes in as the bytes it came in.
-                out.extend_from_slice(raw);
-                out.push(b'}');
-                Checked {
-                    verdict: Verdict::ForwardAs(out),
-                    new_schema: admitted.created,
-                }
-            }
+            Ok(admitted) => Checked {
+                verdict: Verdict::ForwardAs(wrap(&admitted.version.connect, raw)),
+                new_schema: admitted.created,
+            },
             Err(m) => {
                 let latest = registry
                     .latest(subject)
@@ -216,6 +218,74 @@ impl Formatter {
             }
         })
     }
+}
+
+/// A JSON value read for its syntax only, building nothing. Unlike serde's `IgnoredAny`
+/// (which serde_json skips iteratively, at any depth) it goes through serde_json's
+/// recursion limit, so a value nested deeper than 128 levels is refused as it is in the
+/// other JSON paths.
+struct Syntax;
+
+impl<'de> serde::Deserialize<'de> for Syntax {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SyntaxVisitor)
+    }
+}
+
+struct SyntaxVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SyntaxVisitor {
+    type Value = Syntax;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Syntax, E> {
+        Ok(Syntax)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Syntax, E> {
+        Ok(Syntax)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Syntax, E> {
+        Ok(Syntax)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Syntax, E> {
+        Ok(Syntax)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Syntax, E> {
+        Ok(Syntax)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Syntax, E> {
+        Ok(Syntax)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Syntax, A::Error> {
+        while seq.next_element::<Syntax>()?.is_some() {}
+        Ok(Syntax)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Syntax, A::Error> {
+        while map.next_entry::<IgnoredAny, Syntax>()?.is_some() {}
+        Ok(Syntax)
+    }
+}
+
+/// The Kafka Connect envelope of `raw` (valid JSON, which goes in as the bytes it came
+/// in) with the schema `connect`.
+fn wrap(connect: &str, raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + connect.len() + 24);
+    out.extend_from_slice(b"{\"schema\":");
+    out.extend_from_slice(connect.as_bytes());
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(raw);
+    out.push(b'}');
+    out
 }
 
 /// The `(schema, payload)` of a value in the Kafka Connect envelope: an object with

@@ -295,6 +295,156 @@ impl Schema {
     }
 }
 
+/// The fast path of [`Schema::fits_bytes`]: walks the JSON text with serde's visitors
+/// against the schema, building no tree and allocating nothing while the value fits.
+/// Any doubt (a mismatch, a field to add, malformed text) ends the walk with an error;
+/// the caller then takes the full path, which says precisely what is wrong.
+struct Fits<'s>(&'s Schema);
+
+fn no<E: serde::de::Error>() -> E {
+    E::custom("does not fit")
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fits<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Fits<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a value of type {}", self.0.ty.name())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        if self.0.optional {
+            Ok(())
+        } else {
+            Err(no())
+        }
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        match self.0.ty {
+            Type::Boolean => Ok(()),
+            _ => Err(no()),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        match self.0.ty {
+            Type::Int64 | Type::Double => Ok(()),
+            _ => Err(no()),
+        }
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        match self.0.ty {
+            Type::Int64 if i64::try_from(v).is_ok() => Ok(()),
+            Type::Double => Ok(()),
+            _ => Err(no()),
+        }
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        match self.0.ty {
+            Type::Double => Ok(()),
+            _ => Err(no()),
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+        match self.0.ty {
+            Type::String => Ok(()),
+            _ => Err(no()),
+        }
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Type::Array { items } = &self.0.ty else {
+            return Err(no());
+        };
+        while seq.next_element_seed(Fits(items))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Type::Struct { fields } = &self.0.ty else {
+            return Err(no());
+        };
+        // Required fields seen, as a bit set (structs with more than 128 fields take the
+        // full path).
+        if fields.len() > 128 {
+            return Err(no());
+        }
+        let mut seen = 0u128;
+        while let Some(i) = map.next_key_seed(FieldIndex(fields))? {
+            let Some(i) = i else {
+                return Err(no()); // a field the schema lacks: evolution
+            };
+            map.next_value_seed(Fits(&fields[i].schema))?;
+            seen |= 1 << i;
+        }
+        let all_required = fields
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f.schema.optional || seen & (1 << i) != 0);
+        if all_required {
+            Ok(())
+        } else {
+            Err(no())
+        }
+    }
+}
+
+/// Reads an object key as the index of the field of that name, without copying it.
+struct FieldIndex<'s>(&'s [Field]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldIndex<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldIndex<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|f| f.name == key))
+    }
+}
+
+impl Schema {
+    /// Whether this is a struct with a field `schema` or `payload`: a value of that shape
+    /// might be an envelope, which the fast path cannot tell.
+    pub fn has_envelope_fields(&self) -> bool {
+        match &self.ty {
+            Type::Struct { fields } => fields
+                .iter()
+                .any(|f| f.name == "schema" || f.name == "payload"),
+            _ => false,
+        }
+    }
+
+    /// Whether `raw` is one JSON document that fits this schema as it is: the common
+    /// case, checked without building a tree. `false` says nothing more (malformed, a
+    /// mismatch, or a field to add): use [`Schema::check`] on the parsed value for that.
+    pub fn fits_bytes(&self, raw: &[u8]) -> bool {
+        let mut de = serde_json::Deserializer::from_slice(raw);
+        serde::de::DeserializeSeed::deserialize(Fits(self), &mut de).is_ok() && de.end().is_ok()
+    }
+}
+
 fn missing(path: &str, field: &Field) -> Mismatch {
     Mismatch {
         path: child(path, &field.name),
@@ -544,6 +694,33 @@ mod tests {
             assert_eq!(s.check(&value).unwrap_err().to_string(), want, "{value}");
         }
         assert!(Schema::infer_record(&json!(3)).is_err());
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_check() {
+        let s = v1(json!({"id": 1, "price": 2.5, "tags": ["a"], "o": {"q": 1}, "n": null}));
+        let cases = [
+            json!({"id": 2, "price": 3, "tags": [], "o": {"q": 2}}),
+            json!({"id": 2, "price": 3, "tags": ["b", "c"], "o": {"q": 2}, "n": null}),
+            json!({"id": "2", "price": 3, "tags": [], "o": {"q": 2}}),
+            json!({"id": 2, "price": 3, "tags": [1], "o": {"q": 2}}),
+            json!({"id": 2, "price": 3, "tags": [], "o": {"q": 2.5}}),
+            json!({"id": 2, "price": 3, "tags": [], "o": {}}),
+            json!({"id": 2, "price": 3, "tags": [], "o": {"q": 2}, "new": 1}),
+            json!({"id": 2, "price": 3, "tags": [], "o": {"q": 2}, "n": "now known"}),
+            json!({"id": u64::MAX, "price": 3, "tags": [], "o": {"q": 2}}),
+            json!({"price": 3, "tags": [], "o": {"q": 2}}),
+            json!({"id": null, "price": 3, "tags": [], "o": {"q": 2}}),
+            json!([1]),
+            json!(null),
+        ];
+        for v in cases {
+            let full = s.check(&v) == Ok(Fit::Fits);
+            assert_eq!(s.fits_bytes(v.to_string().as_bytes()), full, "{v}");
+        }
+        for malformed in [&b"{\"id\": 1"[..], b"{\"id\": 1} x", b"", b"{\"id\": NaN}"] {
+            assert!(!s.fits_bytes(malformed));
+        }
     }
 
     #[test]
