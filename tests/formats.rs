@@ -401,8 +401,26 @@ async fn schemas_evolve_wrap_values_in_the_connect_envelope_and_refuse_drift() {
         )],
     )
     .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
+        .args(["schemas", "--config"])
+        .arg(&p.service.config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("id:int64, qty:int64, note?:string, tag?:string"),
+        "{table}"
+    );
+    std::fs::write(&p.service.log, "").unwrap();
     p.service.start();
     wait_all_placed(&p).await;
+    // After a clean stop the dead-letter topic is read from where the last run left it.
+    let log = p.service.log_text();
+    assert!(
+        log.contains("dead-letter topic read") && log.contains("read=0"),
+        "{log}"
+    );
+    assert!(!log.contains("new schema version"), "{log}");
     let internal = read_all(&p.internal.addr(), &p.internal_topic(), 0).await;
     assert_eq!(envelope(internal.last().unwrap())["schema"]["version"], 3);
     assert!(p.service.terminate(Duration::from_secs(30)).success());

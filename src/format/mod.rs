@@ -84,16 +84,6 @@ pub enum Verdict {
     Reject(Rejection),
 }
 
-/// A verdict, and whether reaching it stored a new schema version (which must be
-/// durable before a record that uses it is produced).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checked {
-    /// The verdict.
-    pub verdict: Verdict,
-    /// A new schema version was stored.
-    pub new_schema: bool,
-}
-
 /// Checks the records of one source topic.
 #[derive(Debug, Clone)]
 pub struct Formatter {
@@ -115,11 +105,8 @@ impl Formatter {
     }
 
     /// Decides what happens to `record`. Errors only when storing a new schema fails.
-    pub fn check(&self, record: &SourceRecord) -> Result<Checked, WalError> {
-        let forward = |verdict| Checked {
-            verdict,
-            new_schema: false,
-        };
+    pub fn check(&self, record: &SourceRecord) -> Result<Verdict, WalError> {
+        let forward = |verdict| verdict;
         let Some(value) = record.value.as_deref() else {
             return Ok(forward(Verdict::Forward));
         };
@@ -185,30 +172,23 @@ impl Formatter {
         subject: &str,
         raw: &[u8],
         value: &Value,
-    ) -> Result<Checked, WalError> {
-        let reject = |message: String| Checked {
-            verdict: Verdict::Reject(Rejection {
+    ) -> Result<Verdict, WalError> {
+        let reject = |message: String| {
+            Verdict::Reject(Rejection {
                 kind: ErrorKind::SchemaMismatch,
                 message,
-            }),
-            new_schema: false,
+            })
         };
         // A value already in the envelope is checked against its own schema and
         // forwarded as it is.
         if let Some((schema, payload)) = envelope(value) {
             return Ok(match schema::check_connect(schema, payload, "$.payload") {
-                Ok(()) => Checked {
-                    verdict: Verdict::Forward,
-                    new_schema: false,
-                },
+                Ok(()) => Verdict::Forward,
                 Err(m) => reject(format!("{m} (the record's own schema)")),
             });
         }
         Ok(match registry.admit(subject, value)? {
-            Ok(admitted) => Checked {
-                verdict: Verdict::ForwardAs(wrap(&admitted.version.connect, raw)),
-                new_schema: admitted.created,
-            },
+            Ok(admitted) => Verdict::ForwardAs(wrap(&admitted.version.connect, raw)),
             Err(m) => {
                 let latest = registry
                     .latest(subject)
@@ -317,7 +297,7 @@ mod tests {
     }
 
     fn verdict(f: &Formatter, value: Option<&[u8]>) -> Verdict {
-        f.check(&record(value)).unwrap().verdict
+        f.check(&record(value)).unwrap()
     }
 
     fn rejected(f: &Formatter, value: &[u8]) -> (ErrorKind, String) {
@@ -395,8 +375,7 @@ mod tests {
         let (_dir, reg) = registry();
         let f = Formatter::new(Format::Json, Some((reg, "int.orders".into())));
         let first = f.check(&record(Some(br#"{"qty": 1}"#))).unwrap();
-        assert!(first.new_schema);
-        let Verdict::ForwardAs(bytes) = first.verdict else {
+        let Verdict::ForwardAs(bytes) = first else {
             panic!("not wrapped")
         };
         let envelope: Value = serde_json::from_slice(&bytes).unwrap();

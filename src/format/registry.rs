@@ -2,8 +2,9 @@
 //! name), stored in the WAL's sled database so that they survive restarts.
 //!
 //! Versions are numbered 1..n per subject and never change once stored. A new version is
-//! written before any record that needs it is produced (the forwarder commits the WAL
-//! first), so a version number seen downstream always exists here after a crash.
+//! made durable (the WAL is synced) before any forwarder can see it, so a version number
+//! seen downstream always exists here after a crash. Versions are rare: the sync blocks
+//! the forwarder that makes one for a few milliseconds.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -47,7 +48,7 @@ impl Version {
 pub struct Admitted {
     /// The version the value fits.
     pub version: Arc<Version>,
-    /// The version was created for this value: commit the WAL before producing.
+    /// The version was created for this value.
     pub created: bool,
 }
 

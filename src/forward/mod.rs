@@ -345,11 +345,9 @@ impl Forwarder {
             return Ok(Routed {
                 outgoing: Outgoing::plain(record),
                 refused: None,
-                new_schema: false,
             });
         }
-        let checked = self.formatter.check(record)?;
-        let (outgoing, refused) = match checked.verdict {
+        let (outgoing, refused) = match self.formatter.check(record)? {
             Verdict::Forward => (Outgoing::plain(record), None),
             Verdict::ForwardAs(value) => (
                 Outgoing {
@@ -371,11 +369,7 @@ impl Forwarder {
                 )
             }
         };
-        Ok(Routed {
-            outgoing,
-            refused,
-            new_schema: checked.new_schema,
-        })
+        Ok(Routed { outgoing, refused })
     }
 
     fn dead_letter_failure(&self, source: ClusterError) -> SinkError {
@@ -466,10 +460,6 @@ impl Forwarder {
                 |r| self.route(r),
             )
             .map_err(wal_err)?;
-            if run.new_schema {
-                // A schema version is durable before any record that names it is stored.
-                self.wal.commit().await.map_err(wal_err)?;
-            }
             let count = run.records.len();
             let last_source_offset = run.records[count - 1].record.offset;
             let oldest_timestamp_ms = run.records[0].record.timestamp_ms;

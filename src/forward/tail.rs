@@ -91,8 +91,6 @@ pub struct Routed<'a> {
     pub outgoing: Outgoing<'a>,
     /// Why it goes to the dead-letter topic; `None`: it goes to the internal partition.
     pub refused: Option<ErrorKind>,
-    /// Deciding stored a new schema version.
-    pub new_schema: bool,
 }
 
 /// The next produce request: records from the front of the unstored ones that all go to
@@ -105,8 +103,6 @@ pub struct Run<'a> {
     pub records: Vec<Outgoing<'a>>,
     /// Per dead letter, why.
     pub refused: Vec<ErrorKind>,
-    /// A new schema version was stored while deciding (commit the WAL before sending).
-    pub new_schema: bool,
 }
 
 /// Takes records from the front of `records` while they go to the same place as the
@@ -123,12 +119,10 @@ pub fn next_run<'a, E>(
         destination: Destination::Internal,
         records: Vec::new(),
         refused: Vec::new(),
-        new_schema: false,
     };
     let mut bytes = 0;
     for (i, record) in records.iter().enumerate().take(max_records) {
         let routed = route(record)?;
-        run.new_schema |= routed.new_schema;
         let destination = match routed.refused {
             None => Destination::Internal,
             Some(_) => Destination::DeadLetters,
@@ -207,7 +201,6 @@ mod tests {
         Ok(Routed {
             outgoing: Outgoing::plain(record),
             refused: None,
-            new_schema: false,
         })
     }
 
@@ -244,7 +237,6 @@ mod tests {
             Ok(Routed {
                 outgoing: Outgoing::plain(r),
                 refused,
-                new_schema: r.offset == 1,
             })
         }
         let mut at = 0;
@@ -253,16 +245,16 @@ mod tests {
             let run = next_run(&records[at..], 100, 1 << 20, 0, route).unwrap();
             at += run.records.len();
             let offsets: Vec<i64> = run.records.iter().map(|o| o.record.offset).collect();
-            runs.push((run.destination, offsets, run.refused.len(), run.new_schema));
+            runs.push((run.destination, offsets, run.refused.len()));
         }
         use Destination::*;
         assert_eq!(
             runs,
             vec![
-                (Internal, vec![0, 1, 2], 0, true),
-                (DeadLetters, vec![3, 4], 2, false),
-                (Internal, vec![5, 6], 0, false),
-                (DeadLetters, vec![7], 1, false),
+                (Internal, vec![0, 1, 2], 0),
+                (DeadLetters, vec![3, 4], 2),
+                (Internal, vec![5, 6], 0),
+                (DeadLetters, vec![7], 1),
             ]
         );
         let err = next_run(&records, 100, 1 << 20, 0, |_| Err::<Routed<'_>, _>("stop"));
