@@ -372,6 +372,36 @@ pub async fn run(
     Ok(())
 }
 
+/// Creates `topic` with `partitions` partitions on the internal cluster.
+async fn create_topic(
+    config: &ServiceConfig,
+    cluster: &Cluster,
+    client: &rskafka::client::Client,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), ServiceError> {
+    let controller = client
+        .controller_client()
+        .map_err(|source| ClusterError::Client {
+            what: "finding the controller".into(),
+            role: cluster.role,
+            servers: cluster.servers.join(","),
+            source,
+        })?;
+    cluster
+        .bounded(
+            format!("creating topic {topic}"),
+            controller.create_topic(
+                topic.to_owned(),
+                partitions,
+                config.internal_replication_factor,
+                config.request_timeout.as_millis() as i32,
+            ),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Creates the dead-letter topic (one partition) unless it exists; returns its
 /// partition count.
 async fn ensure_dead_letter_topic(
@@ -388,25 +418,7 @@ async fn ensure_dead_letter_topic(
     if let Some(t) = existing {
         return Ok(t.partitions.len() as i32);
     }
-    let controller = client
-        .controller_client()
-        .map_err(|source| ClusterError::Client {
-            what: "finding the controller".into(),
-            role: cluster.role,
-            servers: cluster.servers.join(","),
-            source,
-        })?;
-    cluster
-        .bounded(
-            format!("creating dead-letter topic {topic}"),
-            controller.create_topic(
-                topic.clone(),
-                1,
-                config.internal_replication_factor,
-                config.request_timeout.as_millis() as i32,
-            ),
-        )
-        .await?;
+    create_topic(config, cluster, client, topic, 1).await?;
     info!(%topic, "created the dead-letter topic");
     Ok(1)
 }
@@ -423,14 +435,6 @@ async fn ensure_internal_topics(
         .into_iter()
         .map(|t| (t.name, t.partitions.len()))
         .collect();
-    let controller = client
-        .controller_client()
-        .map_err(|source| ClusterError::Client {
-            what: "finding the controller".into(),
-            role: cluster.role,
-            servers: cluster.servers.join(","),
-            source,
-        })?;
     for topic in &config.connector.topics {
         let Some(&source_count) = source_topics.get(topic) else {
             continue;
@@ -447,17 +451,7 @@ async fn ensure_internal_topics(
                 })
             }
             None => {
-                cluster
-                    .bounded(
-                        format!("creating internal topic {internal}"),
-                        controller.create_topic(
-                            internal.clone(),
-                            source_count as i32,
-                            config.internal_replication_factor,
-                            config.request_timeout.as_millis() as i32,
-                        ),
-                    )
-                    .await?;
+                create_topic(config, cluster, client, &internal, source_count as i32).await?;
                 info!(topic = %internal, partitions = source_count, "created internal topic");
             }
         }

@@ -450,22 +450,6 @@ fn is_good(r: &RecordAndOffset) -> bool {
         .is_none_or(|v| std::str::from_utf8(v).is_ok())
 }
 
-async fn produce_mixed_in_background(p: &Pipeline, batches: usize) -> tokio::task::JoinHandle<()> {
-    let (addr, topic, partitions) = (p.external.addr(), p.topic, p.partitions);
-    tokio::spawn(async move {
-        let mut clients = Vec::new();
-        for partition in 0..partitions {
-            clients.push(partition_client(&addr, topic, partition).await);
-        }
-        for b in 0..batches {
-            for (partition, pc) in clients.iter().enumerate() {
-                produce(pc, mixed_records(partition as i32, b * 100, 100)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-}
-
 async fn wait_dead_lettered_at_least(service: &Service, n: u64) {
     service
         .wait_log(&format!("{n} records dead-lettered"), WAIT, |_| {
@@ -489,7 +473,7 @@ async fn sigkill_in_a_mixed_stream_stores_each_record_once_in_one_place() {
         ],
     )
     .await;
-    let producer = produce_mixed_in_background(&p, 40).await;
+    let producer = produce_in_background_with(&p, 40, mixed_records);
     for round in 0..3u64 {
         std::fs::write(&p.service.log, "").unwrap();
         p.service.start();

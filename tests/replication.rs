@@ -80,19 +80,7 @@ async fn latest_skips_existing_records_and_copies_new_ones() {
 
 /// Produces `batches` batches of 100 records per partition in the background.
 fn produce_in_background(p: &Pipeline, batches: usize) -> tokio::task::JoinHandle<()> {
-    let (addr, topic, partitions) = (p.external.addr(), p.topic, p.partitions);
-    tokio::spawn(async move {
-        let mut clients = Vec::new();
-        for partition in 0..partitions {
-            clients.push(partition_client(&addr, topic, partition).await);
-        }
-        for b in 0..batches {
-            for (partition, pc) in clients.iter().enumerate() {
-                produce(pc, test_records(partition as i32, b * 100, 100)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+    produce_in_background_with(p, batches, test_records)
 }
 
 async fn wait_forwarded_at_least(service: &Service, n: u64) {

@@ -377,6 +377,28 @@ pub fn test_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
         .collect()
 }
 
+/// Produces `batches` rounds of 100 records to every partition in the background, 20 ms
+/// apart; `records(partition, first, n)` makes each round's records.
+pub fn produce_in_background_with(
+    p: &Pipeline,
+    batches: usize,
+    records: fn(i32, usize, usize) -> Vec<Record>,
+) -> tokio::task::JoinHandle<()> {
+    let (addr, topic, partitions) = (p.external.addr(), p.topic, p.partitions);
+    tokio::spawn(async move {
+        let mut clients = Vec::new();
+        for partition in 0..partitions {
+            clients.push(partition_client(&addr, topic, partition).await);
+        }
+        for b in 0..batches {
+            for (partition, pc) in clients.iter().enumerate() {
+                produce(pc, records(partition as i32, b * 100, 100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
 pub async fn produce(pc: &PartitionClient, records: Vec<Record>) {
     for chunk in records.chunks(200) {
         pc.produce(chunk.to_vec(), Compression::NoCompression)
