@@ -112,8 +112,13 @@ fn stored_key(connector: &str) -> Vec<u8> {
     key
 }
 
-/// The (source partition, source offset, kind) a dead letter's headers name.
-fn source_of(record: &SourceRecord) -> Option<(SourcePartition, i64, Option<ErrorKind>)> {
+/// The (source partition, source offset, kind) a dead letter of `connector` names; `None`
+/// for a record of another connector (a dead-letter topic may be shared) or of another
+/// writer.
+fn source_of(
+    record: &SourceRecord,
+    connector: &str,
+) -> Option<(SourcePartition, i64, Option<ErrorKind>)> {
     let text = |name: &str| {
         record
             .headers
@@ -122,6 +127,9 @@ fn source_of(record: &SourceRecord) -> Option<(SourcePartition, i64, Option<Erro
             .find(|(k, _)| k == name)
             .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
     };
+    if text(connect_headers::CONNECTOR)? != connector {
+        return None;
+    }
     use crate::record::source_headers as s;
     let source = SourcePartition::new(text(s::TOPIC)?, text(s::PARTITION)?.parse().ok()?);
     let offset = text(s::OFFSET)?.parse().ok()?;
@@ -167,10 +175,17 @@ impl DeadLetters {
                 .max(earliest);
             let mut end = high_watermark(&cluster, &mut conn, earliest, &topic, partition).await?;
             loop {
-                scanned += scan(&cluster, &mut conn, from, end, |source, offset, _| {
-                    let n = next.entry(source).or_insert(offset + 1);
-                    *n = (*n).max(offset + 1);
-                })
+                scanned += scan(
+                    &cluster,
+                    &mut conn,
+                    &connector,
+                    from,
+                    end,
+                    |source, offset, _| {
+                        let n = next.entry(source).or_insert(offset + 1);
+                        *n = (*n).max(offset + 1);
+                    },
+                )
                 .await?;
                 if !settle {
                     break;
@@ -281,18 +296,19 @@ async fn high_watermark(
     })
 }
 
-/// Reads records `from..end`, handing each dead letter's source to `found`; returns how
-/// many records were read.
+/// Reads records `from..end`, handing the source of each dead letter of `connector` to
+/// `found`; returns how many records were read.
 async fn scan(
     cluster: &Cluster,
     conn: &mut PartitionWriter,
+    connector: &str,
     from: i64,
     end: i64,
     mut found: impl FnMut(SourcePartition, i64, Option<ErrorKind>),
 ) -> Result<u64, ClusterError> {
     let mut at = from;
     let mut read = 0;
-    let mut foreign = 0u64;
+    let mut others = 0u64;
     while at < end {
         let mut records = Vec::new();
         for max_wait_ms in TAIL_READ_WAITS_MS {
@@ -313,14 +329,14 @@ async fn scan(
         at = last.offset + 1;
         for r in &records {
             read += 1;
-            match source_of(r) {
+            match source_of(r, connector) {
                 Some((source, offset, kind)) => found(source, offset, kind),
-                None => foreign += 1,
+                None => others += 1,
             }
         }
     }
-    if foreign > 0 {
-        warn!(records = foreign, from, end, "the dead-letter topic holds records without kafka-direct's source headers; they are ignored");
+    if others > 0 {
+        info!(records = others, from, end, "the dead-letter topic holds records of other connectors or writers; they are left alone");
     }
     Ok(read)
 }
@@ -460,6 +476,7 @@ impl DeadLetterSender {
         scan(
             &dlq.cluster,
             conn,
+            &dlq.connector,
             from.max(earliest),
             end,
             |source, offset, kind| {
@@ -532,9 +549,14 @@ mod tests {
             .headers
             .push((s::OFFSET.into(), Some(b"42".to_vec())));
         assert_eq!(
-            source_of(&stored),
+            source_of(&stored, "conn"),
             Some((source, 42, Some(ErrorKind::MalformedJson)))
         );
-        assert_eq!(source_of(&record), None, "no source headers: not ours");
+        assert_eq!(source_of(&stored, "other"), None, "another connector's");
+        assert_eq!(
+            source_of(&record, "conn"),
+            None,
+            "no source headers: not ours"
+        );
     }
 }
