@@ -55,12 +55,12 @@ pub enum ConfigError {
         expected: String,
     },
     /// A key this version does not know.
-    #[error("unknown key `{key}`; known keys: {known}")]
+    #[error("unknown key `{key}`; {hint}")]
     Unknown {
         /// The key.
         key: String,
-        /// Every accepted key.
-        known: String,
+        /// The closest known key, or every accepted key.
+        hint: String,
     },
     /// A value this version recognises but cannot act on yet.
     #[error("`{key}` = {value:?} is not supported yet: {reason}")]
@@ -407,9 +407,14 @@ impl RawConfig {
                 None => SERVICE_KEYS.iter().any(|k| k.name == key),
             };
             if !known {
+                let known = known_keys();
+                let hint = match closest(key, known.iter().map(String::as_str)) {
+                    Some(k) => format!("did you mean `{k}`? (`kafka-direct keys` lists every key)"),
+                    None => format!("known keys: {}", known.join(", ")),
+                };
                 return Err(ConfigError::Unknown {
                     key: key.clone(),
-                    known: known_keys(),
+                    hint,
                 });
             }
         }
@@ -605,7 +610,7 @@ fn check_topic_name(c: &Lookup<'_>, key: &str, topic: &str) -> Result<(), Config
     }
 }
 
-fn known_keys() -> String {
+fn known_keys() -> Vec<String> {
     SERVICE_KEYS
         .iter()
         .map(|k| k.name.to_owned())
@@ -614,8 +619,37 @@ fn known_keys() -> String {
                 .iter()
                 .map(|k| format!("{CONNECTOR_PREFIX}{}", k.name)),
         )
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
+}
+
+/// The candidate nearest to `word` by edit distance, if it is near enough to be a typo
+/// (at most a third of the word's length, and at most 4 edits).
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).clamp(1, 4);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), by characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Every key with its default and meaning, for `--help`-style listings and the docs.
@@ -869,6 +903,15 @@ topic.include.list = "orders,payments"
     }
 
     #[test]
+    fn edit_distance_and_closest() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+        assert_eq!(closest("ordres", ["orders", "payments"]), Some("orders"));
+        assert_eq!(closest("xyz", ["orders", "payments"]), None);
+    }
+
+    #[test]
     fn missing_and_unknown_keys_are_named() {
         let message = load("[connector]\nname = \"x\"\n", &[])
             .unwrap_err()
@@ -879,7 +922,12 @@ topic.include.list = "orders,payments"
             message.contains("unknown key `connector.topic.prefx`"),
             "{message}"
         );
-        assert!(message.contains("connector.topic.prefix"), "{message}");
+        assert!(
+            message.contains("did you mean `connector.topic.prefix`?"),
+            "{message}"
+        );
+        let message = err(&["something.else.entirely=x"]);
+        assert!(message.contains("known keys: data.dir"), "{message}");
         let message = err(&[
             "connector.topic.include.list=",
             "connector.topic.include.list.user.defined=",

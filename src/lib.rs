@@ -14,6 +14,7 @@
     clippy::disallowed_methods
 )]
 
+pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod format;

@@ -50,6 +50,20 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Diagnose a config before running it: keys, connectivity (and the addresses the
+    /// brokers advertise), topics, a sample of values against the format, internal topics.
+    /// Exit 0 when everything needed to run passes.
+    Check {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides, as for `run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Print JSON: {passed, findings: [{step, status, finding, fix}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// List every configuration key with its default.
     Keys,
     /// List the schema registry of a stopped service (format=json, schemas.enable=true).
@@ -185,6 +199,33 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        Command::Check {
+            config,
+            overrides,
+            json,
+        } => {
+            let report = match load(&config, &overrides) {
+                Ok(c) => {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .enable_all()
+                        .build()
+                        .context("starting the async runtime")?;
+                    runtime.block_on(kafka_direct::check::run(&c))
+                }
+                Err(e) => kafka_direct::check::Report::bad_config(e.to_string()),
+            };
+            if json {
+                out!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let text = report.to_text();
+                out!("{}", text.trim_end());
+            }
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Keys => {
             for (key, default, doc) in describe_keys() {
                 match default {

@@ -223,6 +223,15 @@ impl Connection {
         self.call(&request, version).await
     }
 
+    /// Metadata of every topic, creating none (brokers, topics, partition leaders).
+    pub async fn metadata_all(&mut self) -> Result<MetadataResponse, WireError> {
+        let version = self.version::<MetadataRequest>(1..=12)?;
+        let request = MetadataRequest::default()
+            .with_topics(None)
+            .with_allow_auto_topic_creation(false);
+        self.call(&request, version).await
+    }
+
     fn io_error(&self, source: std::io::Error) -> WireError {
         WireError::Io {
             addr: self.addr.clone(),

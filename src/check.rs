@@ -1,0 +1,578 @@
+//! `kafka-direct check`: the steps a support engineer would take before blaming the
+//! service, each with a finding and, when something is wrong, what to do.
+//!
+//! 1. config (loaded by the caller; a bad key ends the check there);
+//! 2. connectivity of each bootstrap server of both clusters: DNS, TCP + ApiVersions, and
+//!    whether every broker the cluster *advertises* is reachable from here;
+//! 3. security (PLAINTEXT only in this version);
+//! 4. the configured topics: existence (else the closest names), partitions, leaders,
+//!    offsets, what `auto.offset.reset` means for them;
+//! 5. a sample of each topic's values against the configured format;
+//! 6. the internal cluster: internal topics and the dead-letter topic present or creatable.
+//!
+//! Only a finding that stops the service from running is a failure; a finding that
+//! makes it copy less than expected is a warning.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::MetadataResponse;
+use serde_json::Value;
+
+use crate::cluster::Cluster;
+use crate::config::{closest, Format, OffsetReset, ServiceConfig};
+use crate::format::schema::{Fit, Schema};
+use crate::format::{Formatter, Verdict};
+use crate::record::SourceRecord;
+use crate::source::reader::PartitionReader;
+use crate::wire::Connection;
+
+/// Values sampled per topic for the format step.
+pub const SAMPLE: usize = 100;
+/// Bound on each network step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a finding reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, but probably not as the user expects.
+    Warn,
+    /// Stops the service from running.
+    Fail,
+}
+
+/// One line of the checklist.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// The step: config, external, internal, security, topics, format.
+    pub step: &'static str,
+    /// Ok, warn or fail.
+    pub status: Status,
+    /// What was found.
+    pub finding: String,
+    /// What to do, for a warning or a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// The checklist.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    /// Whether everything needed to run passed.
+    pub passed: bool,
+    /// The findings, in the order they were made.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    fn add(&mut self, step: &'static str, status: Status, finding: String, fix: Option<String>) {
+        self.findings.push(Finding {
+            step,
+            status,
+            finding,
+            fix,
+        });
+        self.passed = self.findings.iter().all(|f| f.status != Status::Fail);
+    }
+
+    fn ok(&mut self, step: &'static str, finding: String) {
+        self.add(step, Status::Ok, finding, None);
+    }
+
+    fn warn(&mut self, step: &'static str, finding: String, fix: impl Into<String>) {
+        self.add(step, Status::Warn, finding, Some(fix.into()));
+    }
+
+    fn fail(&mut self, step: &'static str, finding: String, fix: impl Into<String>) {
+        self.add(step, Status::Fail, finding, Some(fix.into()));
+    }
+
+    /// A report of a config that did not load.
+    pub fn bad_config(message: String) -> Self {
+        let mut report = Report::default();
+        report.fail(
+            "config",
+            message,
+            "fix the key named above (`kafka-direct keys` lists every key with its default and accepted values)",
+        );
+        report
+    }
+
+    /// The checklist as text: `✔`, `!` or `✘`, the step, the finding, and `→ fix`.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for f in &self.findings {
+            let mark = match f.status {
+                Status::Ok => "✔",
+                Status::Warn => "!",
+                Status::Fail => "✘",
+            };
+            out.push_str(&format!("{mark} {:<9} {}\n", f.step, f.finding));
+            if let Some(fix) = &f.fix {
+                out.push_str(&format!("  {:<9} → {fix}\n", ""));
+            }
+        }
+        let (fails, warns) = self
+            .findings
+            .iter()
+            .fold((0, 0), |(f, w), x| match x.status {
+                Status::Fail => (f + 1, w),
+                Status::Warn => (f, w + 1),
+                Status::Ok => (f, w),
+            });
+        out.push_str(&if self.passed {
+            format!("ready to run ({warns} warnings)\n")
+        } else {
+            format!("not ready: {fails} failed, {warns} warnings\n")
+        });
+        out
+    }
+}
+
+/// Runs steps 2 to 6 for a loaded config.
+pub async fn run(config: &ServiceConfig) -> Report {
+    let mut report = Report::default();
+    report.ok(
+        "config",
+        format!(
+            "every key is valid (connector {}, {} topics)",
+            config.connector.name,
+            config.connector.topics.len()
+        ),
+    );
+    let external = connect(
+        &mut report,
+        "external",
+        "connector.kafka.bootstrap.servers",
+        &config.connector.bootstrap_servers,
+    )
+    .await;
+    let internal = connect(
+        &mut report,
+        "internal",
+        "internal.bootstrap.servers",
+        &config.internal_bootstrap_servers,
+    )
+    .await;
+    report.ok(
+        "security",
+        "security.protocol=PLAINTEXT: no TLS or SASL is configured (this version connects with PLAINTEXT only)".into(),
+    );
+    let Some(external) = external else {
+        return report;
+    };
+    let cluster = Cluster {
+        role: "external",
+        key: "connector.kafka.bootstrap.servers",
+        servers: config.connector.bootstrap_servers.clone(),
+        timeout: STEP_TIMEOUT,
+        internal_retries: false,
+        client_id: format!("kafka-direct-check-{}", config.connector.name),
+    };
+    let partitions = topics(&mut report, config, &external, &cluster).await;
+    for (topic, count) in &partitions {
+        format(&mut report, config, &cluster, topic, *count).await;
+    }
+    if let Some(internal) = internal {
+        internal_topics(&mut report, config, &internal, &partitions);
+    }
+    report
+}
+
+/// Partition count of each topic in a metadata answer.
+fn topic_partitions(metadata: &MetadataResponse) -> BTreeMap<String, usize> {
+    metadata
+        .topics
+        .iter()
+        .filter_map(|t| Some((t.name.as_ref()?.0.to_string(), t.partitions.len())))
+        .collect()
+}
+
+fn describe_ip(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => "loopback",
+        IpAddr::V4(v4) if v4.is_private() || v4.is_link_local() => "private network",
+        IpAddr::V6(v6) if v6.is_loopback() => "loopback",
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xfe00) == 0xfc00 => "private network",
+        _ => "public",
+    }
+}
+
+fn looks_internal(host: &str) -> bool {
+    host == "localhost"
+        || [
+            ".internal",
+            ".local",
+            ".localdomain",
+            ".svc",
+            ".cluster.local",
+            ".lan",
+        ]
+        .iter()
+        .any(|suffix| host.ends_with(suffix))
+}
+
+async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    match tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host(addr)).await {
+        Ok(Ok(found)) => Ok(found.collect()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {STEP_TIMEOUT:?}")),
+    }
+}
+
+/// Step 2 for one cluster: the metadata of the first server that answers.
+async fn connect(
+    report: &mut Report,
+    step: &'static str,
+    key: &str,
+    servers: &[String],
+) -> Option<MetadataResponse> {
+    let mut metadata = None;
+    for server in servers {
+        let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h);
+        let addrs = match resolve(server).await {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) | Err(_) => {
+                let why = resolve(server)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| "no address".into());
+                report.fail(step, format!("{server}: the name {host} does not resolve ({why})"),
+                    format!("check the host name in {key}, and this machine's DNS (is it a name only known inside the cluster's network?)"));
+                continue;
+            }
+        };
+        let ip = addrs[0].ip();
+        let started = Instant::now();
+        let conn = tokio::time::timeout(STEP_TIMEOUT, async {
+            let mut conn = Connection::open(server, "kafka-direct-check").await?;
+            let metadata = conn.metadata_all().await?;
+            Ok::<_, crate::wire::WireError>(metadata)
+        })
+        .await;
+        let answer = match conn {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                report.fail(
+                    step,
+                    format!("{server} ({ip}, {}): {e}", describe_ip(ip)),
+                    format!("check the port in {key} and that a Kafka listener runs there (connection refused: nothing listens; a timeout: a firewall or a wrong address)"),
+                );
+                continue;
+            }
+            Err(_) => {
+                report.fail(
+                    step,
+                    format!("{server} ({ip}): no answer within {STEP_TIMEOUT:?}"),
+                    format!("check {key}: a firewall, a wrong address, or a TLS listener (this version speaks PLAINTEXT only)"),
+                );
+                continue;
+            }
+        };
+        let mut line = format!(
+            "{server} resolves to {ip} ({}), answers in {} ms",
+            describe_ip(ip),
+            started.elapsed().as_millis()
+        );
+        if looks_internal(host) && describe_ip(ip) == "public" {
+            line.push_str(&format!("; {host} looks like an internal name"));
+        }
+        report.ok(step, line);
+        // The brokers the cluster advertises are where clients really connect.
+        let remote = describe_ip(ip) != "loopback";
+        for broker in &answer.brokers {
+            let advertised = format!("{}:{}", &*broker.host, broker.port);
+            let reachable = match resolve(&advertised).await {
+                Ok(found) => match found.first() {
+                    Some(a) => {
+                        tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(a))
+                            .await
+                            .map_err(|_| format!("no answer within {STEP_TIMEOUT:?}"))
+                            .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+                    }
+                    None => Err("no address".into()),
+                },
+                Err(e) => Err(format!("does not resolve: {e}")),
+            };
+            let loopback_from_remote =
+                remote && (broker.host.as_str() == "localhost" || broker.host.starts_with("127."));
+            match reachable {
+                Ok(()) if !loopback_from_remote => report.ok(
+                    step,
+                    format!("broker {} advertises {advertised}: reachable from here", broker.node_id.0),
+                ),
+                result => report.fail(
+                    step,
+                    format!(
+                        "broker {} advertises {advertised}, which this machine cannot use ({})",
+                        broker.node_id.0,
+                        match result {
+                            Err(e) => e,
+                            Ok(()) => "a loopback address advertised by a remote broker".into(),
+                        }
+                    ),
+                    "clients connect to the advertised address, not to the bootstrap one: set the broker's advertised.listeners to an address reachable from here (the usual cause of \"works inside, times out outside\")",
+                ),
+            }
+        }
+        metadata = Some(answer);
+        break;
+    }
+    metadata
+}
+
+/// Step 4: the configured topics. Returns the partition count of those that exist.
+async fn topics(
+    report: &mut Report,
+    config: &ServiceConfig,
+    metadata: &MetadataResponse,
+    cluster: &Cluster,
+) -> BTreeMap<String, usize> {
+    let existing = topic_partitions(metadata);
+    let mut found = BTreeMap::new();
+    for topic in &config.connector.topics {
+        let Some(&count) = existing.get(topic) else {
+            let near = closest(topic, existing.keys().map(String::as_str))
+                .map(|t| format!("; did you mean `{t}`?"))
+                .unwrap_or_default();
+            let others: Vec<&str> = existing
+                .keys()
+                .filter(|t| !t.starts_with("__"))
+                .map(String::as_str)
+                .take(20)
+                .collect();
+            report.fail(
+                "topics",
+                format!(
+                    "{topic} does not exist on the external cluster{near} (topics there: {})",
+                    others.join(", ")
+                ),
+                "fix connector.topic.include.list (names are case-sensitive)",
+            );
+            continue;
+        };
+        found.insert(topic.clone(), count);
+        let mut records = 0i64;
+        let mut problems = Vec::new();
+        for partition in 0..count as i32 {
+            let offsets = async {
+                let mut reader = PartitionReader::connect(cluster, topic, partition).await?;
+                let earliest = reader.earliest(cluster).await?;
+                let end = reader.fetch(cluster, earliest, 1, 1).await?.high_watermark;
+                Ok::<_, crate::cluster::ClusterError>((earliest, end))
+            };
+            match offsets.await {
+                Ok((earliest, end)) => records += (end - earliest).max(0),
+                Err(e) => problems.push(format!("partition {partition}: {e}")),
+            }
+        }
+        if !problems.is_empty() {
+            report.fail(
+                "topics",
+                format!("{topic}: {}", problems.join("; ")),
+                "a partition without a reachable leader cannot be copied: check the brokers' health",
+            );
+            continue;
+        }
+        report.ok(
+            "topics",
+            format!(
+                "{topic}: {count} partitions, every leader answers, {records} records available"
+            ),
+        );
+        match (config.connector.auto_offset_reset, records) {
+            (_, 0) => report.warn(
+                "topics",
+                format!("{topic} is empty: nothing arrives until producers write to it"),
+                "produce to the topic, or check that producers write to this cluster and topic",
+            ),
+            (OffsetReset::Latest, n) => report.warn(
+                "topics",
+                format!("auto.offset.reset=latest: the {n} records already in {topic} are not copied (for partitions without a checkpoint); nothing arrives until producers write"),
+                "set connector.auto.offset.reset=earliest to copy what the topic holds",
+            ),
+            (OffsetReset::Earliest, _) => {}
+        }
+    }
+    found
+}
+
+/// Up to [`SAMPLE`] records of `topic`, from the start of each partition in turn.
+async fn sample(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: usize,
+) -> Result<Vec<(i32, SourceRecord)>, crate::cluster::ClusterError> {
+    let mut out = Vec::new();
+    for partition in 0..partitions as i32 {
+        let mut reader = PartitionReader::connect(cluster, topic, partition).await?;
+        let mut offset = reader.earliest(cluster).await?;
+        while out.len() < SAMPLE {
+            let fetched = reader.fetch(cluster, offset, 1 << 20, 100).await?;
+            let records = fetched.decoded.batch.records;
+            let Some(last) = records.last() else { break };
+            offset = last.offset + 1;
+            let take = SAMPLE - out.len();
+            out.extend(records.into_iter().take(take).map(|r| (partition, r)));
+            if offset >= fetched.high_watermark {
+                break;
+            }
+        }
+        if out.len() >= SAMPLE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Step 5: a sample of the topic's values against the configured format.
+async fn format(
+    report: &mut Report,
+    config: &ServiceConfig,
+    cluster: &Cluster,
+    topic: &str,
+    partitions: usize,
+) {
+    let connector = &config.connector;
+    if connector.format == Format::Bytes {
+        report.ok(
+            "format",
+            format!("{topic}: format=bytes, values are copied unchecked"),
+        );
+        return;
+    }
+    let records = match sample(cluster, topic, partitions).await {
+        Ok(r) => r,
+        Err(e) => {
+            report.warn(
+                "format",
+                format!("{topic}: could not read a sample: {e}"),
+                "run check again; see the topics step",
+            );
+            return;
+        }
+    };
+    if records.is_empty() {
+        return;
+    }
+    // The syntax check is the service's own; the schema check runs on a private copy
+    // of the rules (the registry lives in the WAL, which a running service holds).
+    let syntax = Formatter::new(connector.format, None);
+    let mut schema: Option<Schema> = None;
+    let mut versions = 0;
+    let mut bad = Vec::new();
+    for (partition, record) in &records {
+        let verdict = syntax.check(record).expect("no registry, no storage error");
+        let reason = match verdict {
+            Verdict::Reject(why) => Some(format!("{}: {}", why.kind.name(), why.message)),
+            _ if connector.schemas_enable => {
+                let value: Option<Value> = record
+                    .value
+                    .as_deref()
+                    .map(|v| serde_json::from_slice(v).expect("checked above"));
+                match (value, &schema) {
+                    (None, _) => None,
+                    (Some(v), None) => match Schema::infer_record(&v) {
+                        Ok(s) => {
+                            schema = Some(s);
+                            versions = 1;
+                            None
+                        }
+                        Err(m) => Some(format!("SchemaMismatch: {m}")),
+                    },
+                    (Some(v), Some(s)) => match s.check(&v) {
+                        Ok(Fit::Fits) => None,
+                        Ok(Fit::NeedsEvolution) => {
+                            schema = s.evolve(&v).ok();
+                            versions += 1;
+                            None
+                        }
+                        Err(m) => Some(format!("SchemaMismatch: {m}")),
+                    },
+                }
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            bad.push((*partition, record, reason));
+        }
+    }
+    let n = records.len();
+    let what = match (connector.format, connector.schemas_enable) {
+        (Format::Json, true) => "JSON objects that fit one evolving schema",
+        (Format::Json, false) => "valid JSON",
+        _ => "UTF-8 text",
+    };
+    let good = n - bad.len();
+    let Some((partition, record, reason)) = bad.first() else {
+        let mut line = format!("{topic}: {good} of {n} sampled values are {what}");
+        if connector.schemas_enable && versions > 1 {
+            line.push_str(&format!(
+                " ({versions} schema versions: fields were added along the way)"
+            ));
+        }
+        report.ok("format", line);
+        return;
+    };
+    let shown: String = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+        .chars()
+        .take(120)
+        .collect();
+    let finding = format!(
+        "{topic}: {} of {n} sampled values are not {what} and would go to the dead-letter topic {}; e.g. partition {partition} offset {}: {shown:?}: {reason}",
+        bad.len(),
+        connector.dead_letter_topic,
+        record.offset
+    );
+    let fix = match (connector.format, good) {
+        (Format::Json, 0) => "the topic does not hold JSON: set connector.format=string for text or bytes for binary data",
+        (Format::String, 0) => "the topic holds binary values: set connector.format=bytes (Avro, Protobuf…)",
+        _ if connector.schemas_enable => "fields change type between records: fix the producers, send the Connect envelope with your own schema, or turn schemas.enable off",
+        _ => "the dead-letter topic will receive these; fix the producers if they should not exist",
+    };
+    if good == 0 {
+        report.fail("format", finding, fix);
+    } else {
+        report.warn("format", finding, fix);
+    }
+}
+
+/// Step 6: internal topics and the dead-letter topic.
+fn internal_topics(
+    report: &mut Report,
+    config: &ServiceConfig,
+    metadata: &MetadataResponse,
+    partitions: &BTreeMap<String, usize>,
+) {
+    let existing = topic_partitions(metadata);
+    let connector = &config.connector;
+    for (topic, &count) in partitions {
+        let internal = connector.internal_topic(topic);
+        match existing.get(&internal) {
+            Some(&n) if n >= count => report.ok("internal", format!("{internal} exists with {n} partitions (source: {count})")),
+            Some(&n) => report.fail(
+                "internal",
+                format!("{internal} has {n} partitions but {topic} has {count}: each source partition is copied to the internal partition of the same number"),
+                format!("add partitions to {internal} (kafka-topics --alter --partitions {count})"),
+            ),
+            None => report.ok("internal", format!("{internal} will be created with {count} partitions")),
+        }
+    }
+    if connector.format != Format::Bytes {
+        let dlq = &connector.dead_letter_topic;
+        match existing.get(dlq) {
+            Some(n) => report.ok(
+                "internal",
+                format!("dead-letter topic {dlq} exists with {n} partitions"),
+            ),
+            None => report.ok(
+                "internal",
+                format!("dead-letter topic {dlq} will be created with 1 partition"),
+            ),
+        }
+    }
+}
