@@ -160,61 +160,33 @@ pub async fn run(
             found: source_topics.keys().cloned().collect::<Vec<_>>().join(","),
         });
     }
-    // Start-up steps on the internal cluster retry transient errors a few times: its
-    // client has no internal retries (see cluster.rs), and a broken connection here says
-    // nothing about the cluster being unusable. Each attempt re-lists the topics, so a
-    // topic created by an attempt whose answer was lost is seen as existing.
-    let mut retry = crate::cluster::Retry::new(Duration::from_secs(5));
-    let mut attempts = 0;
-    loop {
-        match ensure_internal_topics(&config, &internal_cluster, &internal_client, &source_topics)
-            .await
-        {
-            Ok(()) => break,
-            Err(ServiceError::Cluster(e)) if e.is_transient() && attempts < 5 => {
-                attempts += 1;
-                let delay = retry.delay();
-                warn!(error = %e, retry_in = ?delay, "preparing internal topics failed; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    // Each attempt re-lists the topics, so a topic created by an attempt whose answer was
+    // lost is seen as existing.
+    retry_start_up("preparing internal topics", || {
+        ensure_internal_topics(&config, &internal_cluster, &internal_client, &source_topics)
+    })
+    .await?;
 
     // The dead-letter topic is read before any forwarder starts: each one resumes after
     // the highest source offset it stored there or in its internal partition.
     let dead_letters = if connector.format == Format::Bytes {
         None
     } else {
-        let mut retry = crate::cluster::Retry::new(Duration::from_secs(5));
-        let mut attempts = 0;
-        loop {
-            let attempt = async {
-                let partitions =
-                    ensure_dead_letter_topic(&config, &internal_cluster, &internal_client).await?;
-                Ok::<_, ServiceError>(
-                    DeadLetters::open(
-                        internal_cluster.clone(),
-                        connector.dead_letter_topic.clone(),
-                        partitions,
-                        connector.name.clone(),
-                        wal.clone(),
-                        settle,
-                    )
-                    .await?,
-                )
-            };
-            match attempt.await {
-                Ok(dlq) => break Some(Arc::new(dlq)),
-                Err(ServiceError::Cluster(e)) if e.is_transient() && attempts < 5 => {
-                    attempts += 1;
-                    let delay = retry.delay();
-                    warn!(error = %e, retry_in = ?delay, "reading the dead-letter topic failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let dlq = retry_start_up("reading the dead-letter topic", || async {
+            let partitions =
+                ensure_dead_letter_topic(&config, &internal_cluster, &internal_client).await?;
+            Ok(DeadLetters::open(
+                internal_cluster.clone(),
+                connector.dead_letter_topic.clone(),
+                partitions,
+                connector.name.clone(),
+                wal.clone(),
+                settle,
+            )
+            .await?)
+        })
+        .await?;
+        Some(Arc::new(dlq))
     };
     let registry = if connector.schemas_enable {
         Some(Arc::new(SchemaRegistry::open(&wal, &connector.name)?))
@@ -370,6 +342,29 @@ pub async fn run(
         "stopped; checkpoints are flushed"
     );
     Ok(())
+}
+
+/// Runs a start-up step on the internal cluster, retrying transient errors a few times:
+/// its client has no internal retries (see cluster.rs), and a broken connection here
+/// says nothing about the cluster being unusable.
+async fn retry_start_up<T, F, Fut>(what: &str, mut step: F) -> Result<T, ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ServiceError>>,
+{
+    let mut retry = crate::cluster::Retry::new(Duration::from_secs(5));
+    let mut attempts = 0;
+    loop {
+        match step().await {
+            Err(ServiceError::Cluster(e)) if e.is_transient() && attempts < 5 => {
+                attempts += 1;
+                let delay = retry.delay();
+                warn!(error = %e, retry_in = ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Creates `topic` with `partitions` partitions on the internal cluster.
