@@ -345,12 +345,14 @@ async fn topics(
                 .map(String::as_str)
                 .take(20)
                 .collect();
+            let there = if others.is_empty() {
+                "the cluster has no topics".to_owned()
+            } else {
+                format!("topics there: {}", others.join(", "))
+            };
             report.fail(
                 "topics",
-                format!(
-                    "{topic} does not exist on the external cluster{near} (topics there: {})",
-                    others.join(", ")
-                ),
+                format!("{topic} does not exist on the external cluster{near} ({there})"),
                 "fix connector.topic.include.list (names are case-sensitive)",
             );
             continue;
@@ -381,7 +383,8 @@ async fn topics(
         report.ok(
             "topics",
             format!(
-                "{topic}: {count} partitions, every leader answers, {records} records available"
+                "{topic}: {count} partitions, every leader answers, {records} record{} available",
+                if records == 1 { "" } else { "s" }
             ),
         );
         match (config.connector.auto_offset_reset, records) {
