@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::writer::{Outgoing, PartitionWriter};
-use super::{SETTLE, TAIL_READ_WAITS_MS};
+use super::SETTLE;
 use crate::cluster::{Cluster, ClusterError, Retry};
 use crate::config::Compression;
 use crate::format::{ErrorKind, Rejection};
@@ -173,7 +173,7 @@ impl DeadLetters {
                 .copied()
                 .unwrap_or(0)
                 .max(earliest);
-            let mut end = high_watermark(&cluster, &mut conn, earliest, &topic, partition).await?;
+            let mut end = conn.high_watermark(&cluster, earliest).await?;
             loop {
                 scanned += scan(
                     &cluster,
@@ -191,8 +191,7 @@ impl DeadLetters {
                     break;
                 }
                 tokio::time::sleep(SETTLE).await;
-                let again =
-                    high_watermark(&cluster, &mut conn, earliest, &topic, partition).await?;
+                let again = conn.high_watermark(&cluster, earliest).await?;
                 if again == end {
                     break;
                 }
@@ -272,30 +271,6 @@ pub enum DeadLetterError {
     Wal(#[from] WalError),
 }
 
-/// The high watermark of a partition, from a fetch (exact on every broker we know).
-async fn high_watermark(
-    cluster: &Cluster,
-    conn: &mut PartitionWriter,
-    earliest: i64,
-    topic: &str,
-    partition: i32,
-) -> Result<i64, ClusterError> {
-    for max_wait_ms in TAIL_READ_WAITS_MS {
-        let hw = conn
-            .fetch(cluster, earliest, 1, max_wait_ms)
-            .await?
-            .high_watermark;
-        if hw >= 0 {
-            return Ok(hw);
-        }
-    }
-    Err(ClusterError::NoRecord {
-        what: format!("reading the end of {topic}/{partition}"),
-        role: cluster.role,
-        offset: earliest,
-    })
-}
-
 /// Reads records `from..end`, handing the source of each dead letter of `connector` to
 /// `found`; returns how many records were read.
 async fn scan(
@@ -310,15 +285,7 @@ async fn scan(
     let mut read = 0;
     let mut others = 0u64;
     while at < end {
-        let mut records = Vec::new();
-        for max_wait_ms in TAIL_READ_WAITS_MS {
-            let fetched = conn.fetch(cluster, at, 1 << 20, max_wait_ms).await?;
-            records = fetched.decoded.batch.records;
-            records.retain(|r| r.offset >= at && r.offset < end);
-            if !records.is_empty() {
-                break;
-            }
-        }
+        let records = conn.records_between(cluster, at, end, 1 << 20).await?;
         let Some(last) = records.last() else {
             return Err(ClusterError::NoRecord {
                 what: "reading the dead-letter topic".into(),
@@ -471,7 +438,7 @@ impl DeadLetterSender {
         }
         let conn = self.conn.as_mut().expect("just connected");
         let earliest = conn.earliest(&dlq.cluster).await?;
-        let end = high_watermark(&dlq.cluster, conn, earliest, &dlq.topic, self.partition).await?;
+        let end = conn.high_watermark(&dlq.cluster, earliest).await?;
         let mut newest = None;
         scan(
             &dlq.cluster,

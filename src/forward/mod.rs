@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
+use crate::cluster::{Cluster, ClusterError, Retry};
 use crate::config::Compression;
 use crate::format::{Formatter, Verdict};
 use crate::metrics::PartitionMetrics;
@@ -118,10 +118,6 @@ pub struct Forwarder {
 /// (see docs/ARCHITECTURE.md for the residual risk).
 const SETTLE: Duration = Duration::from_millis(1500);
 
-/// Broker waits of the successive tries of one tail-check read: tansu sometimes answers
-/// a short fetch without the partition or without records although they exist.
-const TAIL_READ_WAITS_MS: [i32; 3] = [PROBE_WAIT_MS, 100, 500];
-
 impl Forwarder {
     fn partition(&self) -> &SourcePartition {
         self.log.source_partition()
@@ -148,26 +144,7 @@ impl Forwarder {
     ) -> Result<Result<Tail, TailError>, ClusterError> {
         let internal = self.internal_name();
         let earliest = pc.earliest(&self.cluster).await?;
-        // The end comes from a fetch's high watermark: exact on every broker we know,
-        // where ListOffsets(latest) is not (docs/compatibility.md). tansu sometimes
-        // answers a short fetch without the partition: wait longer on each try.
-        let mut end = -1;
-        for max_wait_ms in TAIL_READ_WAITS_MS {
-            end = pc
-                .fetch(&self.cluster, earliest, 1, max_wait_ms)
-                .await?
-                .high_watermark;
-            if end >= 0 {
-                break;
-            }
-        }
-        if end < 0 {
-            return Err(ClusterError::NoRecord {
-                what: format!("reading the end of {internal}"),
-                role: self.cluster.role,
-                offset: earliest,
-            });
-        }
+        let end = pc.high_watermark(&self.cluster, earliest).await?;
         if end <= earliest {
             return Ok(Ok(Tail {
                 end,
@@ -222,8 +199,6 @@ impl Forwarder {
     }
 
     /// The highest record below `end` that a fetch from `offset` returns, or `None`.
-    /// tansu sometimes answers a short fetch with no records although they exist: each
-    /// read waits longer before it gives up.
     async fn read_from(
         &self,
         pc: &mut PartitionWriter,
@@ -231,20 +206,10 @@ impl Forwarder {
         end: i64,
         max: i32,
     ) -> Result<Option<SourceRecord>, ClusterError> {
-        for max_wait_ms in TAIL_READ_WAITS_MS {
-            let fetched = pc.fetch(&self.cluster, offset, max, max_wait_ms).await?;
-            let last = fetched
-                .decoded
-                .batch
-                .records
-                .into_iter()
-                .rev()
-                .find(|r| r.offset >= offset && r.offset < end);
-            if last.is_some() {
-                return Ok(last);
-            }
-        }
-        Ok(None)
+        Ok(pc
+            .records_between(&self.cluster, offset, end, max)
+            .await?
+            .pop())
     }
 
     /// The tail at start-up: settled ([`Forwarder::read_settled_tail`]) unless no

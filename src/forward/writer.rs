@@ -18,7 +18,7 @@ use kafka_protocol::records::{
 };
 use kafka_protocol::ResponseError;
 
-use crate::cluster::{Cluster, ClusterError, WireFailure};
+use crate::cluster::{Cluster, ClusterError, WireFailure, PROBE_WAIT_MS};
 use crate::config::Compression;
 use crate::record::{source_headers, SourcePartition, SourceRecord};
 use crate::source::reader::{Fetched, PartitionReader};
@@ -27,6 +27,10 @@ use crate::wire::{topic_name, WireError};
 /// Produce versions used: 3 is the first with record batches (magic 2); 13 replaces
 /// topic names with topic ids.
 const PRODUCE_VERSIONS: std::ops::RangeInclusive<i16> = 3..=12;
+/// Broker waits of the successive tries of one read of what a partition stores (the tail
+/// check, the dead-letter topic): tansu sometimes answers a short fetch without the
+/// partition or without records although they exist.
+const READ_WAITS_MS: [i32; 3] = [PROBE_WAIT_MS, 100, 500];
 /// `acks=all`: the answer comes once every in-sync replica has the batch.
 const ACKS_ALL: i16 = -1;
 
@@ -77,6 +81,55 @@ impl PartitionWriter {
         self.reader
             .fetch(cluster, offset, max_bytes, max_wait_ms)
             .await
+    }
+
+    /// The partition's end (high watermark) from a fetch at `earliest`: exact on every
+    /// broker we know, where ListOffsets(latest) is not (docs/compatibility.md). tansu
+    /// sometimes answers a short fetch without the partition: each try waits longer.
+    pub async fn high_watermark(
+        &mut self,
+        cluster: &Cluster,
+        earliest: i64,
+    ) -> Result<i64, ClusterError> {
+        for max_wait_ms in READ_WAITS_MS {
+            let hw = self
+                .fetch(cluster, earliest, 1, max_wait_ms)
+                .await?
+                .high_watermark;
+            if hw >= 0 {
+                return Ok(hw);
+            }
+        }
+        Err(ClusterError::NoRecord {
+            what: format!("reading the end of {}/{}", self.topic, self.partition),
+            role: cluster.role,
+            offset: earliest,
+        })
+    }
+
+    /// The records in `from..end` that one fetch from `from` (up to `max_bytes`) returns,
+    /// in offset order; empty when the broker returns none of them. tansu sometimes
+    /// answers a short fetch with no records although they exist: each try waits longer.
+    pub async fn records_between(
+        &mut self,
+        cluster: &Cluster,
+        from: i64,
+        end: i64,
+        max_bytes: i32,
+    ) -> Result<Vec<SourceRecord>, ClusterError> {
+        for max_wait_ms in READ_WAITS_MS {
+            let mut records = self
+                .fetch(cluster, from, max_bytes, max_wait_ms)
+                .await?
+                .decoded
+                .batch
+                .records;
+            records.retain(|r| r.offset >= from && r.offset < end);
+            if !records.is_empty() {
+                return Ok(records);
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// Produces `records` of `source` as one batch, each with the source headers added;
