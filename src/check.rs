@@ -236,11 +236,8 @@ async fn connect(
         let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h);
         let addrs = match resolve(server).await {
             Ok(a) if !a.is_empty() => a,
-            Ok(_) | Err(_) => {
-                let why = resolve(server)
-                    .await
-                    .err()
-                    .unwrap_or_else(|| "no address".into());
+            result => {
+                let why = result.err().unwrap_or_else(|| "no address".into());
                 report.fail(step, format!("{server}: the name {host} does not resolve ({why})"),
                     format!("check the host name in {key}, and this machine's DNS (is it a name only known inside the cluster's network?)"));
                 continue;

@@ -99,11 +99,6 @@ impl Formatter {
         Self { format, schemas }
     }
 
-    /// Whether no record can ever be refused (`format=bytes`).
-    pub fn accepts_everything(&self) -> bool {
-        self.format == Format::Bytes
-    }
-
     /// Decides what happens to `record`. Errors only when storing a new schema fails.
     pub fn check(&self, record: &SourceRecord) -> Result<Verdict, WalError> {
         let forward = |verdict| verdict;

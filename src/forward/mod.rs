@@ -306,12 +306,6 @@ impl Forwarder {
 
     /// How `record` is sent: as it is, in the schema envelope, or as a dead letter.
     fn route<'a>(&self, record: &'a SourceRecord) -> Result<Routed<'a>, WalError> {
-        if self.formatter.accepts_everything() {
-            return Ok(Routed {
-                outgoing: Outgoing::plain(record),
-                refused: None,
-            });
-        }
         let (outgoing, refused) = match self.formatter.check(record)? {
             Verdict::Forward => (Outgoing::plain(record), None),
             Verdict::ForwardAs(value) => (
