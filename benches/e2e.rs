@@ -231,6 +231,24 @@ struct Bench {
 }
 
 impl Bench {
+    /// Two brokers, the source topic, and the file of `args.records` records to preload.
+    async fn prepare(args: Args) -> Result<Self> {
+        let external = Broker::start();
+        let internal = Broker::start();
+        create_topic(&external.addr(), "bench", args.partitions).await;
+        let work = work_dir(&args)?;
+        let records_file = work.path().join("records.txt");
+        let payload_bytes = write_records(&records_file, args.records, args.size)?;
+        Ok(Self {
+            args,
+            external,
+            internal,
+            work,
+            records_file,
+            payload_bytes,
+        })
+    }
+
     fn row(&self, name: &str, seconds: f64, usage: Usage, first: Option<f64>) -> Row {
         Row {
             name: name.to_owned(),
@@ -663,20 +681,7 @@ fn print_table(rows: &[Row]) {
 }
 
 async fn throughput(args: Args) -> Result<serde_json::Value> {
-    let external = Broker::start();
-    let internal = Broker::start();
-    create_topic(&external.addr(), "bench", args.partitions).await;
-    let work = work_dir(&args)?;
-    let records_file = work.path().join("records.txt");
-    let payload_bytes = write_records(&records_file, args.records, args.size)?;
-    let bench = Bench {
-        args: args.clone(),
-        external,
-        internal,
-        work,
-        records_file,
-        payload_bytes,
-    };
+    let bench = Bench::prepare(args.clone()).await?;
     println!(
         "kafka-direct end-to-end benchmark: {} records of {} B values (+9 B keys), {} partitions; brokers {} -> {}",
         args.records,
@@ -725,23 +730,11 @@ async fn throughput(args: Args) -> Result<serde_json::Value> {
 /// The spool test: the internal broker stopped (SIGSTOP) while `n` records are fetched
 /// into the WAL; RSS sampled all along; then the drain rate once the broker answers again.
 async fn spool(args: Args, n: u64) -> Result<serde_json::Value> {
-    let external = Broker::start();
-    let internal = Broker::start();
-    create_topic(&external.addr(), "bench", args.partitions).await;
-    let work = work_dir(&args)?;
-    let records_file = work.path().join("records.txt");
-    let payload_bytes = write_records(&records_file, n, args.size)?;
-    let bench = Bench {
-        args: Args {
-            records: n,
-            ..args.clone()
-        },
-        external,
-        internal,
-        work,
-        records_file,
-        payload_bytes,
-    };
+    let bench = Bench::prepare(Args {
+        records: n,
+        ..args.clone()
+    })
+    .await?;
     println!(
         "kafka-direct spool test: {n} records of {} B values, {} partitions, internal broker stopped while they are fetched",
         args.size, args.partitions
