@@ -409,7 +409,7 @@ impl Bench {
             .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
             .collect();
         let text = format!(
-            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\nprogress.interval.ms = 100\n{extra}\n\
+            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\nprogress.interval.ms = 100\napi.listen = \"127.0.0.1:0\"\n{extra}\n\
              [connector]\nname = \"bench-{prefix}\"\nkafka.bootstrap.servers = \"{}\"\n\
              topic.prefix = \"{prefix}\"\ntopic.include.list = \"{topic}\"\nauto.offset.reset = \"earliest\"\n",
             dir.join("data").display(),

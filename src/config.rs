@@ -128,6 +128,9 @@ pub struct ConnectorConfig {
     pub auto_offset_reset: OffsetReset,
     /// Dead-letter topic on the internal cluster (`<topic.prefix>.dlq` by default).
     pub dead_letter_topic: String,
+    /// The `connector.*` keys as given (without the prefix), secrets replaced by
+    /// [`HIDDEN`]: what the API shows as the connector's config.
+    pub settings: BTreeMap<String, String>,
 }
 
 impl ConnectorConfig {
@@ -166,6 +169,10 @@ pub struct ServiceConfig {
     pub request_timeout: Duration,
     /// Interval of the progress log line.
     pub progress_interval: Duration,
+    /// Address of the HTTP API (`None`: no API).
+    pub api_listen: Option<String>,
+    /// Bearer token every API request must carry (`None`: no token asked).
+    pub api_token: Option<Secret>,
     /// The connector.
     pub connector: ConnectorConfig,
 }
@@ -242,7 +249,40 @@ const SERVICE_KEYS: &[Key] = &[
         default: Some("5000"),
         doc: "interval of the progress log line; 0 = off",
     },
+    Key {
+        name: "api.listen",
+        default: Some("127.0.0.1:8083"),
+        doc: "host:port of the HTTP API (REST, /metrics, /health); port 0 = any free port; none = no API",
+    },
+    Key {
+        name: "api.token",
+        default: Some(""),
+        doc: "bearer token required on every API request (or the env var KAFKA_DIRECT_API_TOKEN); empty = none",
+    },
 ];
+
+/// Keys whose values are secrets: never printed, logged or returned by the API.
+pub const SECRET_KEYS: &[&str] = &["connector.sasl.password", "api.token"];
+
+/// What a secret is shown as.
+pub const HIDDEN: &str = "[hidden]";
+
+/// A secret value: its `Debug` output is [`HIDDEN`], so printing a config never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The value itself, for the one place that must compare or send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(HIDDEN)
+    }
+}
 
 const CONNECTOR_KEYS: &[Key] = &[
     Key {
@@ -394,6 +434,22 @@ impl RawConfig {
         Ok(())
     }
 
+    /// The keys under `prefix` (given without it), secrets replaced by [`HIDDEN`].
+    pub fn redacted(&self, prefix: &str) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .filter_map(|(k, v)| {
+                let short = k.strip_prefix(prefix)?;
+                let value = if SECRET_KEYS.contains(&k.as_str()) {
+                    HIDDEN.to_owned()
+                } else {
+                    v.clone()
+                };
+                Some((short.to_owned(), value))
+            })
+            .collect()
+    }
+
     /// Sets one key.
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         self.0.insert(key.to_owned(), value.into());
@@ -469,6 +525,12 @@ impl RawConfig {
                 0,
                 3_600_000,
             )? as u64),
+            api_listen: api_listen(&s)?,
+            api_token: Some(s.get("api.token"))
+                .filter(|t| !t.is_empty())
+                .or_else(|| std::env::var("KAFKA_DIRECT_API_TOKEN").ok())
+                .filter(|t| !t.is_empty())
+                .map(Secret),
             connector,
         })
     }
@@ -548,7 +610,7 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
             return Err(ConfigError::NotSupported {
                 key: c.full(key),
                 value: if key == "sasl.password" {
-                    "[hidden]".into()
+                    HIDDEN.into()
                 } else {
                     c.get(key)
                 },
@@ -585,7 +647,26 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
             ],
         )?,
         dead_letter_topic: dlq,
+        settings: c.raw.redacted(CONNECTOR_PREFIX),
     })
+}
+
+fn api_listen(s: &Lookup<'_>) -> Result<Option<String>, ConfigError> {
+    let value = s.get("api.listen");
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        return Err(s.invalid(
+            "api.listen",
+            &value,
+            "host:port (e.g. 127.0.0.1:8083, or 0.0.0.0:8083 to listen on every interface), or none",
+        ));
+    }
+    Ok(Some(value))
 }
 
 /// Characters Kafka allows in topic names; connector names use the same set.

@@ -14,9 +14,11 @@
     clippy::disallowed_methods
 )]
 
+pub mod api;
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod format;
 pub mod forward;
 pub mod metrics;

@@ -20,11 +20,12 @@ use tracing::{error, info, warn};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Format, ServiceConfig};
+use crate::control::ConnectorHandle;
 use crate::format::registry::SchemaRegistry;
 use crate::format::Formatter;
 use crate::forward::dead_letter::{DeadLetterError, DeadLetterSender, DeadLetters};
 use crate::forward::{Forwarder, SinkError};
-use crate::metrics::PartitionMetrics;
+use crate::metrics::{PartitionMetrics, TaskState};
 use crate::record::SourcePartition;
 use crate::source::{Fetcher, SourceError};
 use crate::wal::{Wal, WalError, WalOptions};
@@ -66,6 +67,9 @@ pub enum ServiceError {
         /// The first failure.
         detail: String,
     },
+    /// The API could not listen.
+    #[error(transparent)]
+    Api(#[from] crate::api::ListenError),
     /// Every partition task stopped on an error.
     #[error("every partition stopped on an error; first: {0}")]
     AllFailed(String),
@@ -115,6 +119,31 @@ pub async fn run(
         }
         settle
     };
+
+    let registry = if connector.schemas_enable {
+        Some(Arc::new(SchemaRegistry::open(&wal, &connector.name)?))
+    } else {
+        None
+    };
+    let handle = Arc::new(ConnectorHandle::open(
+        connector.clone(),
+        wal.clone(),
+        registry.clone(),
+    )?);
+    // The API answers from here on (/health at once, /ready once every task works), and
+    // stops after the final flush.
+    let api_stop = CancellationToken::new();
+    let _api_stop_on_return = api_stop.clone().drop_guard();
+    if let Some(address) = &config.api_listen {
+        crate::api::serve(
+            address,
+            config.api_token.clone(),
+            vec![Arc::clone(&handle)],
+            wal.clone(),
+            api_stop.clone(),
+        )
+        .await?;
+    }
 
     let source_cluster = Cluster {
         role: "external",
@@ -188,11 +217,6 @@ pub async fn run(
         .await?;
         Some(Arc::new(dlq))
     };
-    let registry = if connector.schemas_enable {
-        Some(Arc::new(SchemaRegistry::open(&wal, &connector.name)?))
-    } else {
-        None
-    };
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -220,6 +244,8 @@ pub async fn run(
             max_bytes: config.forward_batch_max_bytes,
             wake: Arc::clone(&wake),
             metrics: Arc::clone(&metrics),
+            latencies: handle.latencies.clone(),
+            gate: handle.gate(),
             cancel: cancel.clone(),
         };
         let fetcher = Fetcher {
@@ -231,32 +257,45 @@ pub async fn run(
             max_wait: config.fetch_max_wait,
             forwarder_wake: wake,
             metrics: Arc::clone(&metrics),
+            latencies: handle.latencies.clone(),
+            gate: handle.gate(),
             cancel: cancel.clone(),
         };
-        all_metrics.push(metrics);
+        all_metrics.push(Arc::clone(&metrics));
         let cancel_all = cancel.clone();
         // Each partition starts on its own: one slow internal partition does not hold
         // the others back.
-        tasks.spawn(async move {
+        let task_metrics = Arc::clone(&metrics);
+        let task = async move {
             let mut leader = None;
             let Some(tail) = forwarder.read_start_tail(&mut leader, settle).await? else {
                 return Ok(TaskEnd::Source(Ok(())));
             };
             if let Some(stored_next) = forwarder.frontier(&tail) {
-                forwarder.log.resume_from(stored_next).map_err(|source| SinkError::Wal {
+                forwarder
+                    .log
+                    .resume_from(stored_next)
+                    .map_err(|source| SinkError::Wal {
+                        partition: forwarder.log.source_partition().clone(),
+                        source,
+                    })?;
+                info!(partition = %forwarder.log.source_partition(), stored_next, "internal partition already stores everything below this source offset (or, for refused records, the dead-letter topic)");
+            }
+            let checkpoints = forwarder
+                .log
+                .checkpoints()
+                .map_err(|source| SinkError::Wal {
                     partition: forwarder.log.source_partition().clone(),
                     source,
                 })?;
-                info!(partition = %forwarder.log.source_partition(), stored_next, "internal partition already stores everything below this source offset (or, for refused records, the dead-letter topic)");
-            }
-            let checkpoints = forwarder.log.checkpoints().map_err(|source| SinkError::Wal {
-                partition: forwarder.log.source_partition().clone(),
-                source,
-            })?;
-            forwarder
-                .metrics
-                .forwarded_next
-                .store(forwarder.frontier(&tail).or(checkpoints.forwarded_next).unwrap_or(-1), Ordering::Relaxed);
+            forwarder.metrics.forwarded_next.store(
+                forwarder
+                    .frontier(&tail)
+                    .or(checkpoints.forwarded_next)
+                    .unwrap_or(-1),
+                Ordering::Relaxed,
+            );
+            forwarder.metrics.set_state(TaskState::Running);
             let fetch = tokio::spawn(fetcher.run());
             let forward = forwarder.run(tail, leader).await;
             if let Err(e) = &forward {
@@ -269,8 +308,18 @@ pub async fn run(
                 (Ok(()), forward) => TaskEnd::Sink(forward),
                 (fetch, _) => TaskEnd::Source(fetch),
             })
+        };
+        tasks.spawn(async move {
+            let end = task.await;
+            match &end {
+                Ok(TaskEnd::Source(Err(e))) => task_metrics.fail(e.to_string()),
+                Ok(TaskEnd::Sink(Err(e))) | Err(e) => task_metrics.fail(e.to_string()),
+                Ok(_) => task_metrics.set_state(TaskState::Stopped),
+            }
+            end
         });
     }
+    handle.set_partitions(all_metrics.clone());
     info!(partitions = all_metrics.len(), topics = %connector.topics.join(","), "replicating");
 
     let progress = spawn_progress(

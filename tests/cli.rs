@@ -30,7 +30,7 @@ fn run_with(
 
 fn config(dir: &std::path::Path, external: &str, internal: &str) -> String {
     format!(
-        "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{internal}\"\nrequest.timeout.ms = 3000\n[connector]\nname = \"c\"\nkafka.bootstrap.servers = \"{external}\"\ntopic.prefix = \"int\"\ntopic.include.list = \"t\"\n",
+        "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{internal}\"\nrequest.timeout.ms = 3000\napi.listen = \"127.0.0.1:0\"\n[connector]\nname = \"c\"\nkafka.bootstrap.servers = \"{external}\"\ntopic.prefix = \"int\"\ntopic.include.list = \"t\"\n",
         dir.join("data").display()
     )
 }

@@ -23,8 +23,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::cluster::{Cluster, ClusterError, Retry};
 use crate::config::Compression;
+use crate::control::Gate;
 use crate::format::{Formatter, Verdict};
-use crate::metrics::PartitionMetrics;
+use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
 use crate::wal::{PartitionLog, Wal, WalError};
 use dead_letter::DeadLetterSender;
@@ -106,6 +107,10 @@ pub struct Forwarder {
     pub wake: Arc<Notify>,
     /// Counters.
     pub metrics: Arc<PartitionMetrics>,
+    /// Produce and end-to-end latencies of the connector.
+    pub latencies: Latencies,
+    /// Closed while the connector is paused.
+    pub gate: Gate,
     /// Stops the task (after the produce in flight).
     pub cancel: CancellationToken,
 }
@@ -374,6 +379,10 @@ impl Forwarder {
         let mut read_after: Option<i64> = None;
 
         while !self.cancel.is_cancelled() {
+            let cancel = self.cancel.clone();
+            if !self.gate.pass(&cancel, &self.metrics).await {
+                break;
+            }
             if pending.is_empty() {
                 // Read before the entries: whatever is appended after this read lies
                 // at or above it.
@@ -389,6 +398,7 @@ impl Forwarder {
                     if let Some(next) = fetched_next {
                         self.forwarded_up_to(next).map_err(wal_err)?;
                     }
+                    self.metrics.forwarder_ready.store(true, Ordering::Relaxed);
                     tokio::select! {
                         _ = self.cancel.cancelled() => break,
                         _ = self.wake.notified() => {}
@@ -439,6 +449,9 @@ impl Forwarder {
                     }
                     Err(e) if e.is_transient() => {
                         self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
+                        self.metrics
+                            .dead_letter_errors
+                            .fetch_add(1, Ordering::Relaxed);
                         let delay = retry.delay();
                         warn!(%partition, error = %e, retry_in = ?delay, "dead-letter produce outcome unknown; will re-read the dead-letter topic before re-sending");
                         tokio::select! {
@@ -492,7 +505,20 @@ impl Forwarder {
             match result {
                 Ok(base_offset) => {
                     retry.reset();
-                    debug!(%partition, records = count, produce_ms = produce_started.elapsed().as_millis() as u64,
+                    let produce_took = produce_started.elapsed();
+                    self.latencies.observe_produce(
+                        produce_took,
+                        run.records.iter().map(|r| r.record.timestamp_ms),
+                    );
+                    self.metrics.forwarder_ready.store(true, Ordering::Relaxed);
+                    self.metrics.forwarded_bytes.fetch_add(
+                        run.records
+                            .iter()
+                            .map(|r| r.record.approximate_size() as u64)
+                            .sum(),
+                        Ordering::Relaxed,
+                    );
+                    debug!(%partition, records = count, produce_ms = produce_took.as_millis() as u64,
                         first_record_age_ms = age_ms(oldest_timestamp_ms), "produced");
                     if base_offset != tail.end {
                         self.metrics
@@ -525,6 +551,7 @@ impl Forwarder {
                 Err(e) if e.is_transient() => {
                     // The outcome is unknown: the batch may or may not be stored.
                     self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
+                    self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
                     leader = None;
                     let delay = retry.delay();
                     warn!(%partition, error = %e, retry_in = ?delay, "produce outcome unknown; will reconnect and re-read the internal partition's tail before re-sending");

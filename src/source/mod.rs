@@ -14,7 +14,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
 use crate::config::OffsetReset;
-use crate::metrics::PartitionMetrics;
+use crate::control::Gate;
+use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
 use crate::wal::{PartitionLog, Wal, WalError};
 
@@ -73,6 +74,10 @@ pub struct Fetcher {
     pub forwarder_wake: Arc<Notify>,
     /// Counters.
     pub metrics: Arc<PartitionMetrics>,
+    /// Fetch latencies of the connector.
+    pub latencies: Latencies,
+    /// Closed while the connector is paused.
+    pub gate: Gate,
     /// Stops the task.
     pub cancel: CancellationToken,
 }
@@ -83,7 +88,7 @@ impl Fetcher {
     }
 
     /// Runs until cancelled or a permanent error.
-    pub async fn run(self) -> Result<(), SourceError> {
+    pub async fn run(mut self) -> Result<(), SourceError> {
         let partition = self.partition().clone();
         let wal_err = |source| SourceError::Wal {
             partition: partition.clone(),
@@ -115,6 +120,10 @@ impl Fetcher {
             if was_full {
                 was_full = false;
                 info!(%partition, "WAL has room again: fetching resumes");
+            }
+            let cancel = self.cancel.clone();
+            if !self.gate.pass(&cancel, &self.metrics).await {
+                break;
             }
 
             let result = self
@@ -153,6 +162,7 @@ impl Fetcher {
                 Err(StepError::Cluster(e)) if e.is_transient() => {
                     leader = None;
                     failing = true;
+                    self.metrics.fetch_errors.fetch_add(1, Ordering::Relaxed);
                     let delay = retry.delay();
                     warn!(%partition, error = %e, retry_in = ?delay, "fetch failed; reconnecting");
                     tokio::select! {
@@ -217,7 +227,10 @@ impl Fetcher {
             _ = self.cancel.cancelled() => return Ok(Step::Cancelled),
             r = fetch => r?,
         };
-        let fetch_ms = fetch_started.elapsed().as_millis() as u64;
+        let fetch_took = fetch_started.elapsed();
+        let fetch_ms = fetch_took.as_millis() as u64;
+        self.latencies.fetch.observe(fetch_took.as_secs_f64());
+        self.metrics.fetched_once.store(true, Ordering::Relaxed);
         let high_watermark = fetched.high_watermark;
         if high_watermark >= 0 {
             self.metrics

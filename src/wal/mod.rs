@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{watch, Mutex, Notify};
 
 use crate::record::{FetchedBatch, SourcePartition};
@@ -185,6 +186,8 @@ struct Shared {
     /// Highest `written` count known durable.
     durable: watch::Sender<u64>,
     flush_lock: Mutex<()>,
+    /// Duration of each sync (flush, and fsync under [`SyncPolicy::Fsync`]), seconds.
+    sync_seconds: Histogram,
 }
 
 /// The write-ahead log of one data dir. Cheap to clone.
@@ -271,6 +274,7 @@ impl Wal {
                 written: AtomicU64::new(0),
                 durable: watch::channel(0).0,
                 flush_lock: Mutex::new(()),
+                sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             }),
         };
         let mut used = 0;
@@ -358,6 +362,16 @@ impl Wal {
         }
     }
 
+    /// Bytes the database's files take on disk (0 if sled cannot tell).
+    pub fn size_on_disk(&self) -> u64 {
+        self.shared.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Durations of the WAL's syncs (group commits), in seconds.
+    pub fn sync_seconds(&self) -> &Histogram {
+        &self.shared.sync_seconds
+    }
+
     /// Whether this open created the WAL (no earlier run used the data dir).
     pub fn is_new(&self) -> bool {
         self.shared.new
@@ -403,6 +417,13 @@ impl Wal {
         Ok(())
     }
 
+    /// Removes the metadata value under `key`; durable with the next [`Wal::commit`].
+    pub fn meta_remove(&self, key: &[u8]) -> Result<(), WalError> {
+        self.meta()?.remove(key)?;
+        self.note_write();
+        Ok(())
+    }
+
     /// The metadata value under `key`.
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
         Ok(self.meta()?.get(key)?.map(|v| v.to_vec()))
@@ -430,6 +451,7 @@ impl Wal {
 
 impl Shared {
     fn sync(&self) -> Result<(), WalError> {
+        let started = std::time::Instant::now();
         self.db.flush()?;
         if self.options.sync == SyncPolicy::Fsync {
             self.db_file.sync_data().map_err(|source| WalError::Sync {
@@ -437,6 +459,7 @@ impl Shared {
                 source,
             })?;
         }
+        self.sync_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }

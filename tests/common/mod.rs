@@ -546,6 +546,10 @@ impl Service {
             dir.join("data").display(),
             cfg.internal
         );
+        // Tests run side by side: each API takes a free port (`Service::api`).
+        if !cfg.extra.iter().any(|(k, _)| *k == "api.listen") {
+            text.push_str("api.listen = \"127.0.0.1:0\"\n");
+        }
         let mut connector = format!(
             "[connector]\nname = \"test\"\nkafka.bootstrap.servers = \"{}\"\ntopic.prefix = \"int\"\ntopic.include.list = \"{}\"\n",
             cfg.external, cfg.topics
@@ -664,6 +668,23 @@ impl Service {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// `http://host:port` of the API of the current run, from its "API listening" line.
+    pub async fn api(&self) -> String {
+        let marker = "API listening address=";
+        let runs = self.runs;
+        self.wait_log("the API to listen", Duration::from_secs(30), |log| {
+            log.matches(marker).count() >= runs
+        })
+        .await;
+        let log = self.log_text();
+        let at = log.rfind(marker).unwrap() + marker.len();
+        let address: String = log[at..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        format!("http://{address}")
     }
 }
 

@@ -1,0 +1,479 @@
+//! The HTTP API, in the conventions of the Kafka Connect REST API: connectors, their
+//! status per partition, config (secrets hidden), topics, offsets, pause and resume;
+//! the schema registry's subjects; Prometheus `/metrics`; `/health` and `/ready`.
+//! docs/api.md documents every endpoint.
+//!
+//! Errors are JSON `{error_code, message}` as in Connect. When `api.token` is set, every
+//! request must carry `Authorization: Bearer <token>`, compared in constant time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Secret;
+use crate::control::{ConnectorHandle, Target};
+use crate::metrics::PartitionMetrics;
+use crate::wal::Wal;
+
+pub mod client;
+pub mod exposition;
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} (api.listen): {source}; choose a free port, or api.listen=none to run without the API")]
+pub struct ListenError {
+    /// The address.
+    pub address: String,
+    /// The bind error.
+    pub source: std::io::Error,
+}
+
+#[derive(Debug)]
+struct Shared {
+    connectors: Vec<Arc<ConnectorHandle>>,
+    wal: Wal,
+    token: Option<Secret>,
+    worker_id: String,
+}
+
+type Api = State<Arc<Shared>>;
+
+/// An error answer: `{error_code, message}` with the status as the code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error_code": self.status.as_u16(), "message": self.message}));
+        (self.status, body).into_response()
+    }
+}
+
+type Answer = Result<Json<Value>, ApiError>;
+
+/// Binds `address` and serves the API until `cancel` fires. Returns the address bound
+/// (the port is chosen by the system when `address` asks for port 0).
+pub async fn serve(
+    address: &str,
+    token: Option<Secret>,
+    connectors: Vec<Arc<ConnectorHandle>>,
+    wal: Wal,
+    cancel: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ListenError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ListenError {
+            address: address.to_owned(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| ListenError {
+        address: address.to_owned(),
+        source,
+    })?;
+    if token.is_none() && !bound.ip().is_loopback() {
+        warn!(address = %bound, "the API listens beyond loopback without a token: anyone who reaches this address can pause connectors; set api.token");
+    }
+    let shared = Arc::new(Shared {
+        connectors,
+        wal,
+        token,
+        worker_id: bound.to_string(),
+    });
+    let app = router(shared);
+    info!(address = %bound, "API listening");
+    let handle = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "the API stopped");
+        }
+    });
+    Ok((bound, handle))
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let not_yet = |what: &'static str| {
+        move || async move {
+            ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("{what} is not supported by this version; the connector is defined by the config file the service was started with"),
+            )
+        }
+    };
+    Router::new()
+        .route("/", get(root))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route(
+            "/connectors",
+            get(list_connectors).post(not_yet("creating a connector")),
+        )
+        .route(
+            "/connectors/{name}",
+            get(connector_info).delete(not_yet("deleting a connector")),
+        )
+        .route(
+            "/connectors/{name}/config",
+            get(connector_config).put(not_yet("changing a connector's config")),
+        )
+        .route("/connectors/{name}/status", get(connector_status))
+        .route("/connectors/{name}/topics", get(connector_topics))
+        .route(
+            "/connectors/{name}/offsets",
+            get(connector_offsets)
+                .patch(not_yet("altering offsets"))
+                .delete(not_yet("resetting offsets")),
+        )
+        .route("/connectors/{name}/pause", put(pause))
+        .route("/connectors/{name}/resume", put(resume))
+        .route(
+            "/connectors/{name}/stop",
+            put(not_yet("stopping a connector")),
+        )
+        .route(
+            "/connectors/{name}/restart",
+            axum::routing::post(not_yet("restarting a connector")),
+        )
+        .route("/subjects", get(subjects))
+        .route("/subjects/{subject}/versions", get(subject_versions))
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(subject_version),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint (docs/api.md lists them)",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method (docs/api.md)",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            authorize,
+        ))
+        .with_state(shared)
+}
+
+async fn authorize(State(shared): Api, request: Request, next: Next) -> Response {
+    let Some(token) = &shared.token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "this API needs `Authorization: Bearer <api.token>`",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+async fn root() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "name": "kafka-direct"}))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "UP"}))
+}
+
+async fn ready(State(shared): Api) -> Response {
+    let waiting: Vec<&str> = shared
+        .connectors
+        .iter()
+        .filter(|c| !c.ready())
+        .map(|c| c.config.name.as_str())
+        .collect();
+    if waiting.is_empty() {
+        Json(json!({"status": "READY"})).into_response()
+    } else {
+        let body = json!({
+            "status": "NOT_READY",
+            "message": format!("waiting for the first fetch and produce of every running task of: {}", waiting.join(", ")),
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(shared): Api) -> Response {
+    let text = exposition::render(&shared.connectors, &shared.wal);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn find(shared: &Shared, name: &str) -> Result<Arc<ConnectorHandle>, ApiError> {
+    shared
+        .connectors
+        .iter()
+        .find(|c| c.config.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<&str> = shared
+                .connectors
+                .iter()
+                .map(|c| c.config.name.as_str())
+                .collect();
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "connector {name} not found; connectors: {}",
+                    known.join(", ")
+                ),
+            )
+        })
+}
+
+/// `GET /connectors`, with `?expand=status` and/or `?expand=info` as in Connect.
+async fn list_connectors(State(shared): Api, Query(query): Query<Vec<(String, String)>>) -> Answer {
+    let expand: Vec<String> = query
+        .into_iter()
+        .filter(|(k, _)| k == "expand")
+        .map(|(_, v)| v)
+        .collect();
+    if expand.is_empty() {
+        let names: Vec<&str> = shared
+            .connectors
+            .iter()
+            .map(|c| c.config.name.as_str())
+            .collect();
+        return Ok(Json(json!(names)));
+    }
+    let mut out = serde_json::Map::new();
+    for c in &shared.connectors {
+        let mut entry = serde_json::Map::new();
+        for what in &expand {
+            match what.as_str() {
+                "status" => entry.insert("status".into(), status_of(&shared, c)),
+                "info" => entry.insert("info".into(), info_of(c)),
+                other => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown expand={other}; accepted: status, info"),
+                    ))
+                }
+            };
+        }
+        out.insert(c.config.name.clone(), Value::Object(entry));
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+fn info_of(c: &ConnectorHandle) -> Value {
+    let tasks: Vec<Value> = (0..c.partitions().len())
+        .map(|task| json!({"connector": c.config.name, "task": task}))
+        .collect();
+    json!({
+        "name": c.config.name,
+        "config": c.config.settings,
+        "tasks": tasks,
+        "type": "source",
+    })
+}
+
+async fn connector_info(State(shared): Api, Path(name): Path<String>) -> Answer {
+    Ok(Json(info_of(&*find(&shared, &name)?)))
+}
+
+async fn connector_config(State(shared): Api, Path(name): Path<String>) -> Answer {
+    Ok(Json(json!(find(&shared, &name)?.config.settings)))
+}
+
+fn task_of(id: usize, p: &PartitionMetrics, worker_id: &str) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let known = |v: i64| (v >= 0).then_some(v);
+    let mut task = json!({
+        "id": id,
+        "state": p.state().name(),
+        "worker_id": worker_id,
+        "topic": p.partition.topic,
+        "partition": p.partition.partition,
+        "high_watermark": known(p.source_high_watermark.load(Relaxed)),
+        "fetched_next": known(p.fetched_next.load(Relaxed)),
+        "forwarded_next": known(p.forwarded_next.load(Relaxed)),
+        "lag": p.source_lag(),
+        "wal_backlog": p.wal_backlog(),
+        "records_fetched": p.fetched_records.load(Relaxed),
+        "records_forwarded": p.forwarded_records.load(Relaxed),
+        "records_dead_lettered": p.dead_lettered_total(),
+        "produce_in_doubt": p.produce_in_doubt.load(Relaxed),
+    });
+    if let Some(error) = p.error() {
+        task["trace"] = json!(error);
+    }
+    task
+}
+
+fn status_of(shared: &Shared, c: &ConnectorHandle) -> Value {
+    let tasks: Vec<Value> = c
+        .partitions()
+        .iter()
+        .enumerate()
+        .map(|(id, p)| task_of(id, p, &shared.worker_id))
+        .collect();
+    json!({
+        "name": c.config.name,
+        "connector": {"state": c.state().name(), "worker_id": shared.worker_id},
+        "tasks": tasks,
+        "type": "source",
+    })
+}
+
+async fn connector_status(State(shared): Api, Path(name): Path<String>) -> Answer {
+    let c = find(&shared, &name)?;
+    Ok(Json(status_of(&shared, &c)))
+}
+
+async fn connector_topics(State(shared): Api, Path(name): Path<String>) -> Answer {
+    let c = find(&shared, &name)?;
+    Ok(Json(json!({ name: {"topics": c.config.topics} })))
+}
+
+/// KIP-875's shape: one entry per partition with a checkpoint, the offset being the
+/// next source offset to forward (everything below it is stored in the internal topic
+/// or the dead-letter topic).
+async fn connector_offsets(State(shared): Api, Path(name): Path<String>) -> Answer {
+    let c = find(&shared, &name)?;
+    let mut offsets = Vec::new();
+    for p in c.partitions() {
+        let checkpoints = c
+            .wal
+            .partition(&c.config.name, &p.partition)
+            .and_then(|log| log.checkpoints())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if let Some(next) = checkpoints.forwarded_next {
+            offsets.push(json!({
+                "partition": {"kafka_topic": p.partition.topic, "kafka_partition": p.partition.partition},
+                "offset": {"kafka_offset": next},
+            }));
+        }
+    }
+    Ok(Json(json!({ "offsets": offsets })))
+}
+
+async fn set_target(shared: &Shared, name: &str, target: Target) -> Result<Response, ApiError> {
+    let c = find(shared, name)?;
+    c.set_target(target)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn pause(State(shared): Api, Path(name): Path<String>) -> Result<Response, ApiError> {
+    set_target(&shared, &name, Target::Paused).await
+}
+
+async fn resume(State(shared): Api, Path(name): Path<String>) -> Result<Response, ApiError> {
+    set_target(&shared, &name, Target::Running).await
+}
+
+fn registries(shared: &Shared) -> impl Iterator<Item = &crate::format::registry::SchemaRegistry> {
+    shared
+        .connectors
+        .iter()
+        .filter_map(|c| c.registry.as_deref())
+}
+
+async fn subjects(State(shared): Api) -> Answer {
+    let names: Vec<String> = registries(&shared)
+        .flat_map(|r| r.all().into_keys())
+        .collect();
+    Ok(Json(json!(names)))
+}
+
+fn versions_of(
+    shared: &Shared,
+    subject: &str,
+) -> Result<Vec<Arc<crate::format::registry::Version>>, ApiError> {
+    registries(shared)
+        .find_map(|r| r.all().remove(subject))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("subject {subject} not found (subjects are internal topic names; GET /subjects lists them)"),
+            )
+        })
+}
+
+async fn subject_versions(State(shared): Api, Path(subject): Path<String>) -> Answer {
+    let versions: Vec<u32> = versions_of(&shared, &subject)?
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    Ok(Json(json!(versions)))
+}
+
+async fn subject_version(
+    State(shared): Api,
+    Path((subject, version)): Path<(String, String)>,
+) -> Answer {
+    let versions = versions_of(&shared, &subject)?;
+    let found = if version == "latest" {
+        versions.last()
+    } else {
+        let wanted: u32 = version.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("version {version:?} is neither a number nor latest"),
+            )
+        })?;
+        versions.iter().find(|v| v.version == wanted)
+    };
+    let v = found.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "subject {subject} has no version {version}; versions: 1 to {}",
+                versions.len()
+            ),
+        )
+    })?;
+    let schema: Value = serde_json::from_str(&v.connect)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(
+        json!({"subject": v.subject, "version": v.version, "schema": schema}),
+    ))
+}

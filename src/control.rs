@@ -1,0 +1,213 @@
+//! A connector's run-time state, shared by the service, which runs it, and the API, which
+//! shows and steers it: its config, its partitions' counters and latencies, and the
+//! target state (running or paused) its tasks follow.
+//!
+//! Pausing is durable: the target is kept in the WAL's metadata, so a paused connector
+//! stays paused across a restart of the service, as in Kafka Connect.
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::ConnectorConfig;
+use crate::format::registry::SchemaRegistry;
+use crate::metrics::{Latencies, PartitionMetrics, TaskState};
+use crate::wal::{Wal, WalError};
+
+/// What the connector's tasks should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Fetch and forward.
+    Running,
+    /// Hold: no fetch and no produce is started (one in flight finishes).
+    Paused,
+}
+
+/// The connector's state as the API reports it (Kafka Connect's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectorState {
+    /// Partitions not known yet (the service is starting).
+    Unassigned,
+    /// Running (some tasks may have failed: see the task list).
+    Running,
+    /// Paused on request.
+    Paused,
+    /// Every task failed.
+    Failed,
+}
+
+impl ConnectorState {
+    /// Every state.
+    pub const ALL: [ConnectorState; 4] = [
+        ConnectorState::Unassigned,
+        ConnectorState::Running,
+        ConnectorState::Paused,
+        ConnectorState::Failed,
+    ];
+
+    /// The API's name for the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectorState::Unassigned => "UNASSIGNED",
+            ConnectorState::Running => "RUNNING",
+            ConnectorState::Paused => "PAUSED",
+            ConnectorState::Failed => "FAILED",
+        }
+    }
+}
+
+/// One connector as the service runs it.
+#[derive(Debug)]
+pub struct ConnectorHandle {
+    /// Its config.
+    pub config: ConnectorConfig,
+    /// The WAL it writes (checkpoints, sizes).
+    pub wal: Wal,
+    /// Its latency histograms.
+    pub latencies: Latencies,
+    /// Its schema registry, when `schemas.enable` is set.
+    pub registry: Option<Arc<SchemaRegistry>>,
+    partitions: RwLock<Vec<Arc<PartitionMetrics>>>,
+    target: watch::Sender<Target>,
+}
+
+fn target_key(connector: &str) -> Vec<u8> {
+    format!("target\0{connector}").into_bytes()
+}
+
+impl ConnectorHandle {
+    /// The handle of `config`'s connector, paused if it was paused when the service
+    /// last ran.
+    pub fn open(
+        config: ConnectorConfig,
+        wal: Wal,
+        registry: Option<Arc<SchemaRegistry>>,
+    ) -> Result<Self, WalError> {
+        let target = match wal.meta_get(&target_key(&config.name))?.as_deref() {
+            Some(b"paused") => Target::Paused,
+            _ => Target::Running,
+        };
+        if target == Target::Paused {
+            info!(connector = %config.name, "the connector was paused when the service stopped; it stays paused until resumed (PUT /connectors/{}/resume)", config.name);
+        }
+        Ok(Self {
+            config,
+            wal,
+            latencies: Latencies::new(),
+            registry,
+            partitions: RwLock::new(Vec::new()),
+            target: watch::channel(target).0,
+        })
+    }
+
+    /// Publishes the partitions once they are known.
+    pub fn set_partitions(&self, partitions: Vec<Arc<PartitionMetrics>>) {
+        *self.partitions.write().unwrap_or_else(|e| e.into_inner()) = partitions;
+    }
+
+    /// The partitions' counters (empty while starting).
+    pub fn partitions(&self) -> Vec<Arc<PartitionMetrics>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What the tasks should be doing.
+    pub fn target(&self) -> Target {
+        *self.target.borrow()
+    }
+
+    /// A gate the connector's tasks wait at while it is paused.
+    pub fn gate(&self) -> Gate {
+        Gate {
+            target: self.target.subscribe(),
+        }
+    }
+
+    /// Sets the target, durably first: a pause acknowledged by the API survives a crash.
+    pub async fn set_target(&self, target: Target) -> Result<(), WalError> {
+        let key = target_key(&self.config.name);
+        match target {
+            Target::Paused => self.wal.meta_put(&key, b"paused")?,
+            Target::Running => self.wal.meta_remove(&key)?,
+        }
+        self.wal.commit().await?;
+        if self.target.send_replace(target) != target {
+            info!(connector = %self.config.name, ?target, "connector target changed");
+        }
+        Ok(())
+    }
+
+    /// The connector's state, from its target and its tasks' states.
+    pub fn state(&self) -> ConnectorState {
+        let partitions = self.partitions();
+        if partitions.is_empty() {
+            return ConnectorState::Unassigned;
+        }
+        if partitions.iter().all(|p| p.state() == TaskState::Failed) {
+            return ConnectorState::Failed;
+        }
+        match self.target() {
+            Target::Running => ConnectorState::Running,
+            Target::Paused => ConnectorState::Paused,
+        }
+    }
+
+    /// Whether every running task has fetched and forwarded at least once (or has
+    /// nothing to forward), so the pipeline is proven end to end.
+    pub fn ready(&self) -> bool {
+        let partitions = self.partitions();
+        !partitions.is_empty()
+            && partitions.iter().all(|p| match p.state() {
+                TaskState::Running => {
+                    p.fetched_once.load(std::sync::atomic::Ordering::Relaxed)
+                        && p.forwarder_ready.load(std::sync::atomic::Ordering::Relaxed)
+                }
+                TaskState::Starting => false,
+                TaskState::Paused | TaskState::Failed | TaskState::Stopped => true,
+            })
+    }
+}
+
+/// Where a fetcher or forwarder waits while its connector is paused.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    target: watch::Receiver<Target>,
+}
+
+impl Gate {
+    /// A gate that never closes (tests, benchmarks).
+    pub fn open() -> Self {
+        Self {
+            target: watch::channel(Target::Running).1,
+        }
+    }
+
+    /// Returns at once while running; while paused, marks the task paused and waits for
+    /// a resume. `false` when `cancel` fired first.
+    pub async fn pass(&mut self, cancel: &CancellationToken, metrics: &PartitionMetrics) -> bool {
+        if *self.target.borrow_and_update() == Target::Running {
+            return true;
+        }
+        metrics.set_state(TaskState::Paused);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                changed = self.target.changed() => {
+                    if changed.is_err() {
+                        // The handle is gone: the service is shutting down.
+                        cancel.cancelled().await;
+                        return false;
+                    }
+                    if *self.target.borrow_and_update() == Target::Running {
+                        metrics.set_state(TaskState::Running);
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+}
