@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use kafka_direct::api::client::ApiClient;
+use kafka_direct::api::text;
 use kafka_direct::config::{describe_keys, RawConfig};
 use kafka_direct::format::registry::SchemaRegistry;
 use kafka_direct::format::schema::Type;
@@ -78,10 +80,72 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Status of a running service's connectors and partitions (through its API).
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the API's JSON (`GET /connectors?expand=status`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, pause or resume the connectors of a running service (through its API).
+    Connectors {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: ConnectorsCommand,
+    },
+    /// Offsets of a running service's connector (through its API).
+    Offsets {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: OffsetsCommand,
+    },
     /// Inspect the WAL of a stopped service.
     Wal {
         #[command(subcommand)]
         command: WalCommand,
+    },
+}
+
+/// Where the API of a running service is. Its token, if it needs one, comes from
+/// `KAFKA_DIRECT_API_TOKEN` or from the config file's `api.token`.
+#[derive(clap::Args, Debug)]
+struct ApiArgs {
+    /// host:port or URL of the API [default: api.listen of --config, else 127.0.0.1:8083].
+    #[arg(long, global = true)]
+    api: Option<String>,
+    /// The service's config file: its api.listen and api.token are used.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConnectorsCommand {
+    /// Names of the connectors.
+    List,
+    /// Pause a connector: no fetch and no produce starts until it is resumed (kept across restarts).
+    Pause {
+        /// Connector name.
+        name: String,
+    },
+    /// Resume a paused connector.
+    Resume {
+        /// Connector name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OffsetsCommand {
+    /// Next source offset to forward, per partition.
+    Get {
+        /// Connector name.
+        name: String,
+        /// Print the API's JSON (KIP-875 shape).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -226,6 +290,50 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Status { api, json } => {
+            let client = api_client(&api)?;
+            let status = client.get_json("/connectors?expand=status")?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                out!("{}", text::status_table(&status).trim_end());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Connectors { api, command } => {
+            let client = api_client(&api)?;
+            match command {
+                ConnectorsCommand::List => {
+                    let names = client.get_json("/connectors")?;
+                    for name in names.as_array().into_iter().flatten() {
+                        out!("{}", name.as_str().unwrap_or_default());
+                    }
+                }
+                ConnectorsCommand::Pause { name } => {
+                    put_action(&client, &name, "pause")?;
+                    out!("connector {name}: pause requested");
+                }
+                ConnectorsCommand::Resume { name } => {
+                    put_action(&client, &name, "resume")?;
+                    out!("connector {name}: resume requested");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Offsets { api, command } => {
+            let client = api_client(&api)?;
+            match command {
+                OffsetsCommand::Get { name, json } => {
+                    let offsets = client.get_json(&format!("/connectors/{name}/offsets"))?;
+                    if json {
+                        out!("{}", serde_json::to_string_pretty(&offsets)?);
+                    } else {
+                        out!("{}", text::offsets_table(&offsets).trim_end());
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys => {
             for (key, default, doc) in describe_keys() {
                 match default {
@@ -309,6 +417,56 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The client of the API `args` point at.
+fn api_client(args: &ApiArgs) -> anyhow::Result<ApiClient> {
+    let mut token = std::env::var("KAFKA_DIRECT_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let mut address = args.api.clone();
+    if let Some(path) = &args.config {
+        let config = load(path, &[]).with_context(|| format!("reading {}", path.display()))?;
+        if token.is_none() {
+            token = config.api_token.map(|t| t.expose().to_owned());
+        }
+        if address.is_none() {
+            let listen = config.api_listen.with_context(|| {
+                format!(
+                    "{} sets api.listen=none: the service runs without an API",
+                    path.display()
+                )
+            })?;
+            let (host, port) = listen.rsplit_once(':').expect("api.listen was validated");
+            anyhow::ensure!(
+                port != "0",
+                "{} sets api.listen to port 0 (any free port): pass the port the service logged (\"API listening\") with --api",
+                path.display()
+            );
+            // A service listening on every interface is reached on loopback.
+            let host = match host {
+                "0.0.0.0" => "127.0.0.1",
+                "[::]" => "[::1]",
+                other => other,
+            };
+            address = Some(format!("{host}:{port}"));
+        }
+    }
+    let address = address.unwrap_or_else(|| "127.0.0.1:8083".to_owned());
+    Ok(ApiClient::new(&address, token))
+}
+
+/// `PUT /connectors/{name}/{action}`, expecting 202.
+fn put_action(client: &ApiClient, name: &str, action: &str) -> anyhow::Result<()> {
+    let (status, body) = client.call("PUT", &format!("/connectors/{name}/{action}"))?;
+    if !(200..300).contains(&status) {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        anyhow::bail!("{action} {name}: the API answered {status}: {message}");
+    }
+    Ok(())
 }
 
 fn open_wal(data_dir: &std::path::Path) -> anyhow::Result<Wal> {

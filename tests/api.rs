@@ -27,6 +27,22 @@ async fn get(api: &ApiClient, path: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// Runs the CLI: (success, stdout + stderr).
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Sum of every sample of `name` in an exposition text (any labels).
 fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -132,6 +148,33 @@ async fn status_offsets_and_metrics_agree_with_the_brokers() {
     listed.sort();
     assert_eq!(listed, vec![(0, 300), (1, 300)]);
 
+    // The CLI prints the same, through the API.
+    let base = p.service.api().await;
+    let (ok, text) = cli(&["status", "--api", &base]);
+    assert!(ok, "{text}");
+    assert!(text.starts_with("connector test: RUNNING"), "{text}");
+    for partition in ["orders/0", "orders/1"] {
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(partition))
+            .unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[1..5], ["RUNNING", "300", "300", "300"], "{row}");
+    }
+    let (ok, text) = cli(&["offsets", "get", "test", "--api", &base]);
+    assert!(ok, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["orders/1", "300"]),
+        "{text}"
+    );
+    let (ok, text) = cli(&["status", "--api", "127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(
+        text.contains("cannot reach the kafka-direct API at http://127.0.0.1:1"),
+        "{text}"
+    );
+
     // Metrics move as records flow.
     let before = metrics(&api).await;
     assert_eq!(
@@ -205,8 +248,14 @@ async fn pause_holds_the_pipeline_across_a_restart_and_resume_copies_the_rest_on
     let api = ApiClient::new(&p.service.api().await, None);
     p.assert_replicated(0, WAIT).await;
 
-    let (status, body) = call(&api, "PUT", "/connectors/test/pause").await;
-    assert_eq!(status, 202, "{body}");
+    let (ok, text) = cli(&[
+        "connectors",
+        "pause",
+        "test",
+        "--api",
+        &p.service.api().await,
+    ]);
+    assert!(ok, "{text}");
     wait_json(&api, "/connectors/test/status", "every task paused", |s| {
         s["connector"]["state"] == "PAUSED"
             && s["tasks"]

@@ -27,6 +27,7 @@ use crate::wal::Wal;
 
 pub mod client;
 pub mod exposition;
+pub mod text;
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
