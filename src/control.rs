@@ -23,6 +23,8 @@ pub enum Target {
     Running,
     /// Hold: no fetch and no produce is started (one in flight finishes).
     Paused,
+    /// No tasks: they are stopped (the state in which offsets may be changed).
+    Stopped,
 }
 
 /// The connector's state as the API reports it (Kafka Connect's names).
@@ -36,15 +38,18 @@ pub enum ConnectorState {
     Paused,
     /// Every task failed.
     Failed,
+    /// Stopped on request: no tasks.
+    Stopped,
 }
 
 impl ConnectorState {
     /// Every state.
-    pub const ALL: [ConnectorState; 4] = [
+    pub const ALL: [ConnectorState; 5] = [
         ConnectorState::Unassigned,
         ConnectorState::Running,
         ConnectorState::Paused,
         ConnectorState::Failed,
+        ConnectorState::Stopped,
     ];
 
     /// The API's name for the state.
@@ -54,6 +59,7 @@ impl ConnectorState {
             ConnectorState::Running => "RUNNING",
             ConnectorState::Paused => "PAUSED",
             ConnectorState::Failed => "FAILED",
+            ConnectorState::Stopped => "STOPPED",
         }
     }
 }
@@ -87,10 +93,11 @@ impl ConnectorHandle {
     ) -> Result<Self, WalError> {
         let target = match wal.meta_get(&target_key(&config.name))?.as_deref() {
             Some(b"paused") => Target::Paused,
+            Some(b"stopped") => Target::Stopped,
             _ => Target::Running,
         };
-        if target == Target::Paused {
-            info!(connector = %config.name, "the connector was paused when the service stopped; it stays paused until resumed (PUT /connectors/{}/resume)", config.name);
+        if target != Target::Running {
+            info!(connector = %config.name, ?target, "the connector was {} when the service last ran; it stays so until resumed (PUT /connectors/{}/resume)", if target == Target::Paused { "paused" } else { "stopped" }, config.name);
         }
         Ok(Self {
             config,
@@ -132,6 +139,7 @@ impl ConnectorHandle {
         let key = target_key(&self.config.name);
         match target {
             Target::Paused => self.wal.meta_put(&key, b"paused")?,
+            Target::Stopped => self.wal.meta_put(&key, b"stopped")?,
             Target::Running => self.wal.meta_remove(&key)?,
         }
         self.wal.commit().await?;
@@ -143,6 +151,9 @@ impl ConnectorHandle {
 
     /// The connector's state, from its target and its tasks' states.
     pub fn state(&self) -> ConnectorState {
+        if self.target() == Target::Stopped {
+            return ConnectorState::Stopped;
+        }
         let partitions = self.partitions();
         if partitions.is_empty() {
             return ConnectorState::Unassigned;
@@ -152,13 +163,17 @@ impl ConnectorHandle {
         }
         match self.target() {
             Target::Running => ConnectorState::Running,
-            Target::Paused => ConnectorState::Paused,
+            Target::Paused | Target::Stopped => ConnectorState::Paused,
         }
     }
 
     /// Whether every running task has fetched and forwarded at least once (or has
-    /// nothing to forward), so the pipeline is proven end to end.
+    /// nothing to forward), so the pipeline is proven end to end. A stopped connector
+    /// is ready: it has nothing to do.
     pub fn ready(&self) -> bool {
+        if self.target() == Target::Stopped {
+            return true;
+        }
         let partitions = self.partitions();
         !partitions.is_empty()
             && partitions.iter().all(|p| match p.state() {

@@ -27,6 +27,34 @@ async fn get(api: &ApiClient, path: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// `method path` with a JSON body: (status, body).
+async fn send(api: &ApiClient, method: &'static str, path: &str, body: Value) -> (u16, String) {
+    let api = api.clone();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        api.send(method, &path, Some(&body))
+            .expect("the API answers")
+    })
+    .await
+    .unwrap()
+}
+
+/// The source offset header of every record of an internal partition, in order.
+async fn copied_source_offsets(addr: &str, topic: &str, partition: i32) -> Vec<i64> {
+    read_all(addr, topic, partition)
+        .await
+        .iter()
+        .map(|r| {
+            let v = r
+                .record
+                .headers
+                .get(SOURCE_OFFSET_HEADER)
+                .expect("source offset header");
+            std::str::from_utf8(v).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
 /// Runs the CLI: (success, stdout + stderr).
 fn cli(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
@@ -234,7 +262,7 @@ async fn status_offsets_and_metrics_agree_with_the_brokers() {
             .contains("connector nope not found"),
         "{body}"
     );
-    let (status, body) = call(&api, "PATCH", "/connectors/test/offsets").await;
+    let (status, body) = call(&api, "POST", "/connectors").await;
     assert_eq!(status, 501, "{body}");
 
     assert!(p.service.terminate(Duration::from_secs(30)).success());
@@ -417,5 +445,158 @@ async fn subjects_serve_the_schema_registry() {
     assert_eq!(status, 404, "{body}");
     let (status, _) = call(&api, "GET", "/subjects/int.other/versions").await;
     assert_eq!(status, 404);
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offsets_change_only_while_stopped_and_a_rewind_copies_again_exactly_from_there() {
+    let mut p = Pipeline::new("rewind", 1, &[]).await;
+    p.produce_each(0, 100).await;
+    p.service.start();
+    let api = ApiClient::new(&p.service.api().await, None);
+    p.assert_replicated(0, WAIT).await;
+    let to = |offset: Value| serde_json::json!({"offsets": [{"partition": {"kafka_topic": "rewind", "kafka_partition": 0}, "offset": offset}]});
+
+    // Refused while running, with the reason.
+    let (status, body) = send(
+        &api,
+        "PATCH",
+        "/connectors/test/offsets",
+        to(serde_json::json!({"kafka_offset": 40})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("only while it is STOPPED"), "{body}");
+    assert_eq!(
+        call(&api, "DELETE", "/connectors/test/offsets").await.0,
+        400
+    );
+
+    let (status, body) = call(&api, "PUT", "/connectors/test/stop").await;
+    assert_eq!(status, 202, "{body}");
+    let status = get(&api, "/connectors/test/status").await;
+    assert_eq!(status["connector"]["state"], "STOPPED");
+    assert!(
+        status["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "STOPPED"),
+        "{status}"
+    );
+    // A bad body names what is wrong; an unknown topic is refused.
+    let (status, body) = send(
+        &api,
+        "PATCH",
+        "/connectors/test/offsets",
+        serde_json::json!({"offsets": [{"partition": {"kafka_topic": "rewind"}}]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("offsets[0].partition.kafka_partition"),
+        "{body}"
+    );
+    let (status, body) = send(&api, "PATCH", "/connectors/test/offsets", serde_json::json!({"offsets": [{"partition": {"kafka_topic": "other", "kafka_partition": 0}, "offset": {"kafka_offset": 1}}]})).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("topic other is not in"), "{body}");
+
+    let (status, body) = send(
+        &api,
+        "PATCH",
+        "/connectors/test/offsets",
+        to(serde_json::json!({"kafka_offset": 40})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let offsets = get(&api, "/connectors/test/offsets").await;
+    assert_eq!(
+        offsets["offsets"][0]["offset"]["kafka_offset"], 40,
+        "{offsets}"
+    );
+
+    // Resumed, it copies 40..99 again on purpose, then new records once.
+    assert_eq!(call(&api, "PUT", "/connectors/test/resume").await.0, 202);
+    wait_for_end(&p.internal.addr(), "int.rewind", 0, 160, WAIT).await;
+    p.produce_each(100, 10).await;
+    wait_for_end(&p.internal.addr(), "int.rewind", 0, 170, WAIT).await;
+    let expected: Vec<i64> = (0..100).chain(40..110).collect();
+    assert_eq!(
+        copied_source_offsets(&p.internal.addr(), "int.rewind", 0).await,
+        expected
+    );
+
+    // A restart (after a crash, so with the settled tail check) copies nothing twice:
+    // the barrier only hides what predates the change.
+    p.service.kill9();
+    p.service.start();
+    let api = ApiClient::new(&p.service.api().await, None);
+    p.produce_each(110, 5).await;
+    wait_for_end(&p.internal.addr(), "int.rewind", 0, 175, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let expected: Vec<i64> = (0..100).chain(40..115).collect();
+    assert_eq!(
+        copied_source_offsets(&p.internal.addr(), "int.rewind", 0).await,
+        expected
+    );
+
+    // DELETE goes back to auto.offset.reset (earliest here): everything again.
+    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 202);
+    let (status, body) = call(&api, "DELETE", "/connectors/test/offsets").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        get(&api, "/connectors/test/offsets").await["offsets"],
+        serde_json::json!([])
+    );
+    assert_eq!(call(&api, "PUT", "/connectors/test/resume").await.0, 202);
+    wait_for_end(&p.internal.addr(), "int.rewind", 0, 290, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let expected: Vec<i64> = (0..100).chain(40..115).chain(0..115).collect();
+    assert_eq!(
+        copied_source_offsets(&p.internal.addr(), "int.rewind", 0).await,
+        expected
+    );
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_connector_stays_stopped_across_a_restart_and_restart_resumes_tasks() {
+    let mut p = Pipeline::new("halted", 2, &[]).await;
+    p.produce_each(0, 50).await;
+    p.service.start();
+    let api = ApiClient::new(&p.service.api().await, None);
+    p.assert_replicated(0, WAIT).await;
+    assert_eq!(call(&api, "POST", "/connectors/test/restart").await.0, 202);
+    wait_json(
+        &api,
+        "/connectors/test/status",
+        "running after restart",
+        |s| {
+            s["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["state"] == "RUNNING")
+        },
+    )
+    .await;
+    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 202);
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+
+    p.produce_each(50, 30).await;
+    p.service.start();
+    let api = ApiClient::new(&p.service.api().await, None);
+    let status = get(&api, "/connectors/test/status").await;
+    assert_eq!(status["connector"]["state"], "STOPPED", "{status}");
+    assert_eq!(status["tasks"], serde_json::json!([]));
+    assert_eq!(
+        call(&api, "GET", "/ready").await.0,
+        200,
+        "a stopped connector has nothing to do"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(end_offset(&p.internal.addr(), "int.halted", 0).await, 50);
+    assert_eq!(call(&api, "PUT", "/connectors/test/resume").await.0, 202);
+    p.assert_replicated(0, WAIT).await;
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }

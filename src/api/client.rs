@@ -62,6 +62,16 @@ impl ApiClient {
 
     /// `method path`: the status and the body, whatever the status.
     pub fn call(&self, method: &str, path: &str) -> Result<(u16, String), ClientError> {
+        self.send(method, path, None)
+    }
+
+    /// `method path` with a JSON body (PUT, PATCH, POST): the status and the body.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), ClientError> {
         let url = format!("{}{path}", self.base);
         let unreachable = |source| ClientError::Unreachable {
             url: url.clone(),
@@ -89,7 +99,12 @@ impl ApiClient {
                 if let Some(auth) = &auth {
                     request = request.header("Authorization", auth);
                 }
-                request.send_empty()
+                match body {
+                    Some(body) => request
+                        .header("Content-Type", "application/json")
+                        .send(body.to_string()),
+                    None => request.send_empty(),
+                }
             }
         };
         let mut response = response.map_err(unreachable)?;

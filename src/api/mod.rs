@@ -23,6 +23,8 @@ use tracing::{info, warn};
 use crate::config::Secret;
 use crate::control::{ConnectorHandle, Target};
 use crate::metrics::PartitionMetrics;
+use crate::record::SourcePartition;
+use crate::service::{ConnectorRuntime, Connectors, ControlError};
 use crate::wal::Wal;
 
 pub mod client;
@@ -41,7 +43,7 @@ pub struct ListenError {
 
 #[derive(Debug)]
 struct Shared {
-    connectors: Vec<Arc<ConnectorHandle>>,
+    connectors: Arc<Connectors>,
     wal: Wal,
     token: Option<Secret>,
     worker_id: String,
@@ -79,7 +81,7 @@ type Answer = Result<Json<Value>, ApiError>;
 pub async fn serve(
     address: &str,
     token: Option<Secret>,
-    connectors: Vec<Arc<ConnectorHandle>>,
+    connectors: Arc<Connectors>,
     wal: Wal,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ListenError> {
@@ -146,19 +148,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/connectors/{name}/offsets",
             get(connector_offsets)
-                .patch(not_yet("altering offsets"))
-                .delete(not_yet("resetting offsets")),
+                .patch(alter_offsets)
+                .delete(reset_offsets),
         )
         .route("/connectors/{name}/pause", put(pause))
         .route("/connectors/{name}/resume", put(resume))
-        .route(
-            "/connectors/{name}/stop",
-            put(not_yet("stopping a connector")),
-        )
-        .route(
-            "/connectors/{name}/restart",
-            axum::routing::post(not_yet("restarting a connector")),
-        )
+        .route("/connectors/{name}/stop", put(stop))
+        .route("/connectors/{name}/restart", axum::routing::post(restart))
         .route("/subjects", get(subjects))
         .route("/subjects/{subject}/versions", get(subject_versions))
         .route(
@@ -217,11 +213,12 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(shared): Api) -> Response {
-    let waiting: Vec<&str> = shared
+    let waiting: Vec<String> = shared
         .connectors
+        .handles()
         .iter()
         .filter(|c| !c.ready())
-        .map(|c| c.config.name.as_str())
+        .map(|c| c.config.name.clone())
         .collect();
     if waiting.is_empty() {
         Json(json!({"status": "READY"})).into_response()
@@ -235,7 +232,7 @@ async fn ready(State(shared): Api) -> Response {
 }
 
 async fn metrics(State(shared): Api) -> Response {
-    let text = exposition::render(&shared.connectors, &shared.wal);
+    let text = exposition::render(&shared.connectors.handles(), &shared.wal);
     (
         [(
             header::CONTENT_TYPE,
@@ -246,26 +243,26 @@ async fn metrics(State(shared): Api) -> Response {
         .into_response()
 }
 
+fn find_runtime(shared: &Shared, name: &str) -> Result<Arc<ConnectorRuntime>, ApiError> {
+    shared.connectors.get(name).ok_or_else(|| {
+        let known: Vec<String> = shared
+            .connectors
+            .handles()
+            .iter()
+            .map(|c| c.config.name.clone())
+            .collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "connector {name} not found; connectors: {}",
+                known.join(", ")
+            ),
+        )
+    })
+}
+
 fn find(shared: &Shared, name: &str) -> Result<Arc<ConnectorHandle>, ApiError> {
-    shared
-        .connectors
-        .iter()
-        .find(|c| c.config.name == name)
-        .cloned()
-        .ok_or_else(|| {
-            let known: Vec<&str> = shared
-                .connectors
-                .iter()
-                .map(|c| c.config.name.as_str())
-                .collect();
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "connector {name} not found; connectors: {}",
-                    known.join(", ")
-                ),
-            )
-        })
+    Ok(Arc::clone(&find_runtime(shared, name)?.handle))
 }
 
 /// `GET /connectors`, with `?expand=status` and/or `?expand=info` as in Connect.
@@ -275,16 +272,13 @@ async fn list_connectors(State(shared): Api, Query(query): Query<Vec<(String, St
         .filter(|(k, _)| k == "expand")
         .map(|(_, v)| v)
         .collect();
+    let handles = shared.connectors.handles();
     if expand.is_empty() {
-        let names: Vec<&str> = shared
-            .connectors
-            .iter()
-            .map(|c| c.config.name.as_str())
-            .collect();
+        let names: Vec<&str> = handles.iter().map(|c| c.config.name.as_str()).collect();
         return Ok(Json(json!(names)));
     }
     let mut out = serde_json::Map::new();
-    for c in &shared.connectors {
+    for c in &handles {
         let mut entry = serde_json::Map::new();
         for what in &expand {
             match what.as_str() {
@@ -395,11 +389,18 @@ async fn connector_offsets(State(shared): Api, Path(name): Path<String>) -> Answ
     Ok(Json(json!({ "offsets": offsets })))
 }
 
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let status = match e {
+            ControlError::Refused(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
 async fn set_target(shared: &Shared, name: &str, target: Target) -> Result<Response, ApiError> {
-    let c = find(shared, name)?;
-    c.set_target(target)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    find_runtime(shared, name)?.set_target(target).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -407,19 +408,93 @@ async fn pause(State(shared): Api, Path(name): Path<String>) -> Result<Response,
     set_target(&shared, &name, Target::Paused).await
 }
 
+/// Resumes a paused connector, or starts a stopped one.
 async fn resume(State(shared): Api, Path(name): Path<String>) -> Result<Response, ApiError> {
     set_target(&shared, &name, Target::Running).await
 }
 
-fn registries(shared: &Shared) -> impl Iterator<Item = &crate::format::registry::SchemaRegistry> {
+async fn stop(State(shared): Api, Path(name): Path<String>) -> Result<Response, ApiError> {
+    set_target(&shared, &name, Target::Stopped).await
+}
+
+async fn restart(State(shared): Api, Path(name): Path<String>) -> Result<Response, ApiError> {
+    find_runtime(&shared, &name)?.restart().await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `PATCH /connectors/{name}/offsets` with KIP-875's body:
+/// `{"offsets": [{"partition": {"kafka_topic", "kafka_partition"}, "offset": {"kafka_offset"} | null}]}`.
+async fn alter_offsets(
+    State(shared): Api,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    let runtime = find_runtime(&shared, &name)?;
+    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let changes = parse_offsets(&body).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    runtime.alter_offsets(&changes).await?;
+    Ok(Json(json!({
+        "message": format!("the offsets of connector {name} were changed; records below them that the internal topic already holds will be copied again after it is resumed")
+    })))
+}
+
+fn parse_offsets(body: &Value) -> Result<Vec<(SourcePartition, Option<i64>)>, String> {
+    let list = body["offsets"]
+        .as_array()
+        .ok_or("the body must be {\"offsets\": [{\"partition\": {\"kafka_topic\": T, \"kafka_partition\": P}, \"offset\": {\"kafka_offset\": N}}]}")?;
+    if list.is_empty() {
+        return Err("offsets is empty".into());
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let topic = entry["partition"]["kafka_topic"]
+                .as_str()
+                .ok_or(format!("offsets[{i}].partition.kafka_topic must be a string"))?;
+            let partition = entry["partition"]["kafka_partition"]
+                .as_i64()
+                .and_then(|p| i32::try_from(p).ok())
+                .filter(|p| *p >= 0)
+                .ok_or(format!("offsets[{i}].partition.kafka_partition must be a partition number"))?;
+            let offset = match &entry["offset"] {
+                Value::Null => None,
+                o => Some(o["kafka_offset"].as_i64().ok_or(format!(
+                    "offsets[{i}].offset must be {{\"kafka_offset\": N}} or null (back to auto.offset.reset)"
+                ))?),
+            };
+            Ok((SourcePartition::new(topic, partition), offset))
+        })
+        .collect()
+}
+
+/// `DELETE /connectors/{name}/offsets`: every partition back to `auto.offset.reset`.
+async fn reset_offsets(State(shared): Api, Path(name): Path<String>) -> Answer {
+    let runtime = find_runtime(&shared, &name)?;
+    let changes: Vec<(SourcePartition, Option<i64>)> = runtime
+        .logged_partitions()
+        .into_iter()
+        .map(|p| (p, None))
+        .collect();
+    if !changes.is_empty() {
+        runtime.alter_offsets(&changes).await?;
+    }
+    Ok(Json(json!({
+        "message": format!("the offsets of connector {name} were reset; it starts from auto.offset.reset after it is resumed")
+    })))
+}
+
+fn registries(shared: &Shared) -> Vec<Arc<crate::format::registry::SchemaRegistry>> {
     shared
         .connectors
+        .handles()
         .iter()
-        .filter_map(|c| c.registry.as_deref())
+        .filter_map(|c| c.registry.clone())
+        .collect()
 }
 
 async fn subjects(State(shared): Api) -> Answer {
     let names: Vec<String> = registries(&shared)
+        .iter()
         .flat_map(|r| r.all().into_keys())
         .collect();
     Ok(Json(json!(names)))
@@ -430,6 +505,7 @@ fn versions_of(
     subject: &str,
 ) -> Result<Vec<Arc<crate::format::registry::Version>>, ApiError> {
     registries(shared)
+        .iter()
         .find_map(|r| r.all().remove(subject))
         .ok_or_else(|| {
             ApiError::new(

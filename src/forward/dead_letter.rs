@@ -137,6 +137,25 @@ fn source_of(
     Some((source, offset, kind))
 }
 
+/// Forgets the dead-letter tails of `sources` kept in the WAL (after their offsets were
+/// changed): the next [`DeadLetters::open`] reads only from the floors, which must
+/// already lie at the topic's ends (an `open` just before does that).
+pub fn forget(wal: &Wal, connector: &str, sources: &[SourcePartition]) -> Result<(), WalError> {
+    let key = stored_key(connector);
+    let Some(bytes) = wal.meta_get(&key)? else {
+        return Ok(());
+    };
+    let mut stored: Stored = serde_json::from_slice(&bytes).map_err(|e| WalError::Metadata {
+        key: String::from_utf8_lossy(&key).into_owned(),
+        detail: e.to_string(),
+    })?;
+    stored
+        .next
+        .retain(|(t, p, _)| !sources.iter().any(|s| s.topic == *t && s.partition == *p));
+    let bytes = serde_json::to_vec(&stored).expect("the state serializes");
+    wal.meta_put(&key, &bytes)
+}
+
 impl DeadLetters {
     /// Reads what the dead-letter topic (which must exist, with `partitions`
     /// partitions) stores for each source partition, from the floors kept in the WAL.

@@ -89,6 +89,10 @@ pub struct Forwarder {
     pub cluster: Cluster,
     /// Internal topic name.
     pub internal_topic: String,
+    /// Internal offsets below this were written before the partition's source offset
+    /// was last changed (`PATCH`/`DELETE /connectors/{name}/offsets`): they say nothing
+    /// about where to resume. 0 when it never was.
+    pub barrier: i64,
     /// The partition's WAL log.
     pub log: PartitionLog,
     /// The WAL (for commits).
@@ -121,7 +125,7 @@ pub struct Forwarder {
 /// request stored ~100 ms *after* a fresh connection had read the tail. Two equal reads
 /// this far apart, with the broker answering, leave no such request behind in practice
 /// (see docs/ARCHITECTURE.md for the residual risk).
-const SETTLE: Duration = Duration::from_millis(1500);
+pub(crate) const SETTLE: Duration = Duration::from_millis(1500);
 
 impl Forwarder {
     fn partition(&self) -> &SourcePartition {
@@ -150,7 +154,7 @@ impl Forwarder {
         let internal = self.internal_name();
         let earliest = pc.earliest(&self.cluster).await?;
         let end = pc.high_watermark(&self.cluster, earliest).await?;
-        if end <= earliest {
+        if end <= earliest.max(self.barrier) {
             return Ok(Ok(Tail {
                 end,
                 stored_next: None,
@@ -186,6 +190,13 @@ impl Forwarder {
                 warn!(partition = %self.partition(), internal = %internal, high_watermark = end, last_readable = found.offset,
                     "the internal partition's broker cannot return its records above the last readable one (records lost by the broker); what follows it is sent again");
             }
+        }
+        if last.as_ref().is_some_and(|r| r.offset < self.barrier) {
+            // The last readable record predates the offset change.
+            return Ok(Ok(Tail {
+                end,
+                stored_next: None,
+            }));
         }
         let Some(last) = last else {
             return Err(ClusterError::NoRecord {

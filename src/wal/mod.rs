@@ -644,6 +644,33 @@ impl PartitionLog {
         self.apply_removal(write, freed)
     }
 
+    /// Drops every entry and sets both checkpoints to `offset`, or removes them with
+    /// `None` (the next fetch applies `auto.offset.reset`). Atomic; durable with the
+    /// next [`Wal::commit`].
+    pub fn reset(&self, offset: Option<i64>) -> Result<(), WalError> {
+        let mut write = sled::Batch::default();
+        let mut freed = 0u64;
+        for item in self.tree.range(entry_key(0)..) {
+            let (key, value) = item?;
+            if entry_offset(&key).is_none() {
+                continue;
+            }
+            write.remove(key);
+            freed += value.len() as u64;
+        }
+        match offset {
+            Some(next) => {
+                write.insert(FETCHED_NEXT, &next.to_be_bytes());
+                write.insert(FORWARDED_NEXT, &next.to_be_bytes());
+            }
+            None => {
+                write.remove(FETCHED_NEXT);
+                write.remove(FORWARDED_NEXT);
+            }
+        }
+        self.apply_removal(write, freed)
+    }
+
     /// Entry count, sizes and checkpoints; decodes every entry to count damage.
     pub fn stats(&self) -> Result<PartitionStats, WalError> {
         let cp = self.checkpoints()?;

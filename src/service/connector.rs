@@ -1,0 +1,550 @@
+//! One connector's tasks: started, stopped and restarted as a whole, by the service at
+//! start-up and shutdown and by the API (stop, resume from stopped, restart), with the
+//! offset changes that are allowed only while it is stopped.
+//!
+//! A start connects to the external cluster, lists the configured topics' partitions,
+//! prepares the internal topics and the dead-letter topic, then runs one fetcher and one
+//! forwarder per partition under a supervisor task, which collects their ends.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Mutex, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::topics::{ensure_dead_letter_topic, ensure_internal_topics, retry_start_up};
+use super::ServiceError;
+use crate::cluster::{Cluster, ClusterError};
+use crate::config::{Format, ServiceConfig};
+use crate::control::{ConnectorHandle, Target};
+use crate::format::Formatter;
+use crate::forward::dead_letter::{self, DeadLetterSender, DeadLetters};
+use crate::forward::writer::PartitionWriter;
+use crate::forward::{Forwarder, SinkError, SETTLE};
+use crate::metrics::{PartitionMetrics, TaskState};
+use crate::record::SourcePartition;
+use crate::source::{Fetcher, SourceError};
+use crate::wal::{Wal, WalError};
+
+/// What every connector of the service shares.
+#[derive(Debug)]
+pub struct Context {
+    /// The service's settings (internal cluster, tuning).
+    pub config: ServiceConfig,
+    /// The WAL.
+    pub wal: Wal,
+    /// The internal cluster.
+    pub internal: Cluster,
+    /// Its client (topic listing and creation).
+    pub internal_client: Arc<rskafka::client::Client>,
+    /// Fires on a WAL storage failure: every task of every connector stops.
+    pub storage_failed: CancellationToken,
+    /// The first storage failure.
+    pub storage_failure: std::sync::Mutex<Option<String>>,
+    /// Each run's end, for the service's main loop.
+    pub ended: mpsc::UnboundedSender<(String, RunEnd)>,
+}
+
+/// How a run of a connector's tasks ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Stopped on request (shutdown, stop, restart).
+    Stopped,
+    /// Every task stopped on an error; the first one.
+    AllFailed(String),
+}
+
+enum TaskEnd {
+    Source(Result<(), SourceError>),
+    Sink(Result<(), SinkError>),
+}
+
+struct Run {
+    cancel: CancellationToken,
+    supervisor: tokio::task::JoinHandle<()>,
+    dead_letters: Option<Arc<DeadLetters>>,
+}
+
+/// Why an API request on a connector's lifecycle or offsets was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The request does not fit the connector's state or config (HTTP 400).
+    #[error("{0}")]
+    Refused(String),
+    /// Starting failed.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The WAL failed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The internal cluster failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// One connector and, while it runs, its tasks.
+#[derive(Debug)]
+pub struct ConnectorRuntime {
+    /// What the API shows and steers.
+    pub handle: Arc<ConnectorHandle>,
+    ctx: Arc<Context>,
+    run: Mutex<Option<Run>>,
+    /// Whether the next start must let the internal partitions' ends settle (a request
+    /// of an earlier run may still be pending).
+    settle: AtomicBool,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run").finish_non_exhaustive()
+    }
+}
+
+fn barrier_key(connector: &str, partition: &SourcePartition) -> Vec<u8> {
+    format!(
+        "barrier\0{connector}\0{}\0{}",
+        partition.topic, partition.partition
+    )
+    .into_bytes()
+}
+
+/// The internal offset below which records predate an offset change of `partition`
+/// (0 when its offsets were never changed).
+fn barrier(wal: &Wal, connector: &str, partition: &SourcePartition) -> Result<i64, WalError> {
+    Ok(wal
+        .meta_get(&barrier_key(connector, partition))?
+        .and_then(|v| v.try_into().ok())
+        .map(i64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+impl ConnectorRuntime {
+    /// A connector, not started.
+    pub fn new(handle: Arc<ConnectorHandle>, ctx: Arc<Context>, settle: bool) -> Self {
+        Self {
+            handle,
+            ctx,
+            run: Mutex::new(None),
+            settle: AtomicBool::new(settle),
+        }
+    }
+
+    /// Starts the tasks unless the connector is stopped or already running.
+    pub async fn start(&self) -> Result<(), ServiceError> {
+        let mut run = self.run.lock().await;
+        if run.is_some() || self.handle.target() == Target::Stopped {
+            return Ok(());
+        }
+        *run = Some(self.start_tasks().await?);
+        Ok(())
+    }
+
+    /// Stops the tasks (each after its produce in flight) and waits for them.
+    pub async fn stop(&self) -> Result<(), WalError> {
+        let mut run = self.run.lock().await;
+        let Some(current) = run.take() else {
+            return Ok(());
+        };
+        current.cancel.cancel();
+        let _ = current.supervisor.await;
+        let partitions = self.handle.partitions();
+        let in_doubt = partitions
+            .iter()
+            .any(|m| m.produce_in_doubt.load(Ordering::Relaxed));
+        if in_doubt {
+            self.settle.store(true, Ordering::Relaxed);
+        } else if let Some(dlq) = &current.dead_letters {
+            dlq.persist()?;
+        }
+        Ok(())
+    }
+
+    /// Whether nothing of this connector may still be pending at the internal cluster:
+    /// no produce in doubt, and no settle owed by an earlier crash or in-doubt stop.
+    pub fn clean(&self) -> bool {
+        !self.settle.load(Ordering::Relaxed)
+            && self
+                .handle
+                .partitions()
+                .iter()
+                .all(|m| !m.produce_in_doubt.load(Ordering::Relaxed))
+    }
+
+    /// Sets the target (durably), starting or stopping the tasks as it asks.
+    pub async fn set_target(&self, target: Target) -> Result<(), ControlError> {
+        self.handle.set_target(target).await?;
+        match target {
+            Target::Stopped => self.stop().await?,
+            Target::Running | Target::Paused => self.start().await?,
+        }
+        Ok(())
+    }
+
+    /// Stops and starts the tasks again (a no-op for a stopped connector).
+    pub async fn restart(&self) -> Result<(), ControlError> {
+        self.stop().await?;
+        self.start().await?;
+        Ok(())
+    }
+
+    /// Moves the source positions of a stopped connector: each partition to the given
+    /// offset, or with `None` back to `auto.offset.reset`. The WAL's unforwarded entries
+    /// of those partitions are dropped. Records below the new position that the internal
+    /// topic already holds are copied again on purpose: the internal partition's current
+    /// end becomes a barrier below which the start-up tail check ignores what it finds.
+    pub async fn alter_offsets(
+        &self,
+        changes: &[(SourcePartition, Option<i64>)],
+    ) -> Result<(), ControlError> {
+        let run = self.run.lock().await;
+        let name = &self.handle.config.name;
+        if run.is_some() || self.handle.target() != Target::Stopped {
+            return Err(ControlError::Refused(format!(
+                "connector {name} is {}: offsets can be changed only while it is STOPPED (PUT /connectors/{name}/stop first)",
+                self.handle.state().name()
+            )));
+        }
+        for (partition, offset) in changes {
+            if !self.handle.config.topics.contains(&partition.topic) {
+                return Err(ControlError::Refused(format!(
+                    "topic {} is not in connector {name}'s topic.include.list ({})",
+                    partition.topic,
+                    self.handle.config.topics.join(", ")
+                )));
+            }
+            if offset.is_some_and(|o| o < 0) {
+                return Err(ControlError::Refused(format!(
+                    "offset {} for {partition} is negative",
+                    offset.unwrap_or_default()
+                )));
+            }
+        }
+        let wal = &self.ctx.wal;
+        // After a crash or a stop with a produce in doubt, a request may still land: the
+        // ends read below must have settled.
+        let settle = self.settle.load(Ordering::Relaxed);
+        let connector = &self.handle.config;
+        if connector.format != Format::Bytes {
+            // Brings the dead-letter floors up to the topic's ends (and keeps them), so
+            // that the dead letters of the changed partitions written so far are not
+            // read again at the next start.
+            let count = ensure_dead_letter_topic(
+                &self.ctx.config,
+                connector,
+                &self.ctx.internal,
+                &self.ctx.internal_client,
+            )
+            .await?;
+            DeadLetters::open(
+                self.ctx.internal.clone(),
+                connector.dead_letter_topic.clone(),
+                count,
+                name.clone(),
+                wal.clone(),
+                settle,
+            )
+            .await
+            .map_err(ServiceError::from)?;
+        }
+        for (partition, offset) in changes {
+            let internal_topic = connector.internal_topic(&partition.topic);
+            let end = self
+                .internal_end(&internal_topic, partition.partition, settle)
+                .await?;
+            wal.meta_put(&barrier_key(name, partition), &end.to_be_bytes())?;
+            wal.partition(name, partition)?.reset(*offset)?;
+            info!(connector = %name, %partition, offset = ?offset, internal_barrier = end, "offset changed");
+        }
+        let sources: Vec<SourcePartition> = changes.iter().map(|(p, _)| p.clone()).collect();
+        dead_letter::forget(wal, name, &sources)?;
+        wal.commit().await?;
+        Ok(())
+    }
+
+    /// Every partition this connector has a log for in the WAL.
+    pub fn logged_partitions(&self) -> Vec<SourcePartition> {
+        self.ctx
+            .wal
+            .partitions()
+            .into_iter()
+            .filter(|(c, _)| *c == self.handle.config.name)
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// The end of an internal partition (0 if the topic does not exist yet); with
+    /// `settle`, once two reads [`SETTLE`] apart agree.
+    async fn internal_end(
+        &self,
+        topic: &str,
+        partition: i32,
+        settle: bool,
+    ) -> Result<i64, ClusterError> {
+        let cluster = &self.ctx.internal;
+        let exists = cluster
+            .bounded(
+                "listing internal topics",
+                self.ctx.internal_client.list_topics(),
+            )
+            .await?
+            .iter()
+            .any(|t| t.name == topic && t.partitions.contains(&partition));
+        if !exists {
+            return Ok(0);
+        }
+        let mut writer = PartitionWriter::connect(cluster, topic, partition).await?;
+        let earliest = writer.earliest(cluster).await?;
+        let mut end = writer.high_watermark(cluster, earliest).await?;
+        while settle {
+            tokio::time::sleep(SETTLE).await;
+            let again = writer.high_watermark(cluster, earliest).await?;
+            if again == end {
+                break;
+            }
+            end = again;
+        }
+        Ok(end)
+    }
+
+    async fn start_tasks(&self) -> Result<Run, ServiceError> {
+        let ctx = &self.ctx;
+        let config = &ctx.config;
+        let connector = &self.handle.config;
+        let wal = &ctx.wal;
+        let settle = self.settle.load(Ordering::Relaxed);
+        let source_cluster = Cluster {
+            role: "external",
+            key: "connector.kafka.bootstrap.servers",
+            servers: connector.bootstrap_servers.clone(),
+            timeout: config.request_timeout,
+            internal_retries: true,
+            client_id: format!("kafka-direct-{}", connector.name),
+        };
+        let internal_cluster = ctx.internal.clone();
+        let source_client = source_cluster.connect().await?;
+        info!(connector = %connector.name, external = %connector.bootstrap_servers.join(","), "connected to the external cluster");
+
+        let source_topics: BTreeMap<String, usize> = source_cluster
+            .bounded("listing topics", source_client.list_topics())
+            .await?
+            .into_iter()
+            .map(|t| (t.name, t.partitions.len()))
+            .collect();
+        let mut partitions = Vec::new();
+        for topic in &connector.topics {
+            match source_topics.get(topic) {
+                Some(&count) => {
+                    partitions.extend((0..count as i32).map(|p| SourcePartition::new(topic, p)))
+                }
+                None => {
+                    error!(connector = %connector.name, %topic, "topic not found on the external cluster; it is skipped (check connector.topic.include.list)")
+                }
+            }
+        }
+        if partitions.is_empty() {
+            return Err(ServiceError::NoTopics {
+                wanted: connector.topics.join(","),
+                servers: connector.bootstrap_servers.join(","),
+                found: source_topics.keys().cloned().collect::<Vec<_>>().join(","),
+            });
+        }
+        // Each attempt re-lists the topics, so a topic created by an attempt whose answer
+        // was lost is seen as existing.
+        retry_start_up("preparing internal topics", || {
+            ensure_internal_topics(
+                config,
+                connector,
+                &internal_cluster,
+                &ctx.internal_client,
+                &source_topics,
+            )
+        })
+        .await?;
+
+        // The dead-letter topic is read before any forwarder starts: each one resumes
+        // after the highest source offset it stored there or in its internal partition.
+        let dead_letters = if connector.format == Format::Bytes {
+            None
+        } else {
+            let dlq = retry_start_up("reading the dead-letter topic", || async {
+                let count = ensure_dead_letter_topic(
+                    config,
+                    connector,
+                    &internal_cluster,
+                    &ctx.internal_client,
+                )
+                .await?;
+                Ok(DeadLetters::open(
+                    internal_cluster.clone(),
+                    connector.dead_letter_topic.clone(),
+                    count,
+                    connector.name.clone(),
+                    wal.clone(),
+                    settle,
+                )
+                .await?)
+            })
+            .await?;
+            Some(Arc::new(dlq))
+        };
+
+        // A child of the storage-failure token: a failed WAL stops every connector.
+        let cancel = ctx.storage_failed.child_token();
+        let mut tasks = JoinSet::new();
+        let mut all_metrics = Vec::new();
+        for partition in partitions {
+            let log = wal.partition(&connector.name, &partition)?;
+            let metrics = Arc::new(PartitionMetrics::new(partition.clone()));
+            let wake = Arc::new(Notify::new());
+            let internal_topic = connector.internal_topic(&partition.topic);
+            let formatter = Formatter::new(
+                connector.format,
+                self.handle
+                    .registry
+                    .clone()
+                    .map(|r| (r, internal_topic.clone())),
+            );
+            let forwarder = Forwarder {
+                cluster: internal_cluster.clone(),
+                formatter,
+                dead_letters: dead_letters
+                    .clone()
+                    .map(|d| DeadLetterSender::new(d, partition.clone())),
+                internal_topic,
+                barrier: barrier(wal, &connector.name, &partition)?,
+                log: log.clone(),
+                wal: wal.clone(),
+                compression: config.internal_compression,
+                max_records: config.forward_batch_max_records,
+                max_bytes: config.forward_batch_max_bytes,
+                wake: Arc::clone(&wake),
+                metrics: Arc::clone(&metrics),
+                latencies: self.handle.latencies.clone(),
+                gate: self.handle.gate(),
+                cancel: cancel.clone(),
+            };
+            let fetcher = Fetcher {
+                cluster: source_cluster.clone(),
+                log: log.clone(),
+                wal: wal.clone(),
+                reset: connector.auto_offset_reset,
+                max_bytes: config.fetch_max_bytes,
+                max_wait: config.fetch_max_wait,
+                forwarder_wake: wake,
+                metrics: Arc::clone(&metrics),
+                latencies: self.handle.latencies.clone(),
+                gate: self.handle.gate(),
+                cancel: cancel.clone(),
+            };
+            all_metrics.push(Arc::clone(&metrics));
+            let storage_failed = ctx.storage_failed.clone();
+            tasks.spawn(async move {
+                let end = run_partition(fetcher, forwarder, settle, storage_failed).await;
+                match &end {
+                    Ok(TaskEnd::Source(Err(e))) => metrics.fail(e.to_string()),
+                    Ok(TaskEnd::Sink(Err(e))) | Err(e) => metrics.fail(e.to_string()),
+                    Ok(_) => metrics.set_state(TaskState::Stopped),
+                }
+                end
+            });
+        }
+        self.handle.set_partitions(all_metrics.clone());
+        self.settle.store(false, Ordering::Relaxed);
+        info!(connector = %connector.name, partitions = all_metrics.len(), topics = %connector.topics.join(","), "replicating");
+
+        let supervisor = tokio::spawn(supervise(
+            connector.name.clone(),
+            tasks,
+            cancel.clone(),
+            Arc::clone(&self.ctx),
+        ));
+        Ok(Run {
+            cancel,
+            supervisor,
+            dead_letters,
+        })
+    }
+}
+
+/// One partition: the start-up tail check, then its fetcher and forwarder.
+async fn run_partition(
+    fetcher: Fetcher,
+    forwarder: Forwarder,
+    settle: bool,
+    storage_failed: CancellationToken,
+) -> Result<TaskEnd, SinkError> {
+    let mut leader = None;
+    let Some(tail) = forwarder.read_start_tail(&mut leader, settle).await? else {
+        return Ok(TaskEnd::Source(Ok(())));
+    };
+    let wal_err = |source| SinkError::Wal {
+        partition: forwarder.log.source_partition().clone(),
+        source,
+    };
+    if let Some(stored_next) = forwarder.frontier(&tail) {
+        forwarder.log.resume_from(stored_next).map_err(wal_err)?;
+        info!(partition = %forwarder.log.source_partition(), stored_next, "internal partition already stores everything below this source offset (or, for refused records, the dead-letter topic)");
+    }
+    let checkpoints = forwarder.log.checkpoints().map_err(wal_err)?;
+    forwarder.metrics.forwarded_next.store(
+        forwarder
+            .frontier(&tail)
+            .or(checkpoints.forwarded_next)
+            .unwrap_or(-1),
+        Ordering::Relaxed,
+    );
+    forwarder.metrics.set_state(TaskState::Running);
+    let fetch = tokio::spawn(fetcher.run());
+    let forward = forwarder.run(tail, leader).await;
+    if let Err(e) = &forward {
+        if e.wal_error().is_some_and(WalError::is_storage_failure) {
+            storage_failed.cancel(); // as the fetcher does: sled refuses further writes
+        }
+    }
+    let fetch = fetch.await.expect("the fetcher task does not panic");
+    Ok(match (fetch, forward) {
+        (Ok(()), forward) => TaskEnd::Sink(forward),
+        (fetch, _) => TaskEnd::Source(fetch),
+    })
+}
+
+/// Collects a run's task ends; reports the run's end to the service.
+async fn supervise(
+    connector: String,
+    mut tasks: JoinSet<Result<TaskEnd, SinkError>>,
+    cancel: CancellationToken,
+    ctx: Arc<Context>,
+) {
+    let count = tasks.len();
+    let mut failures: Vec<String> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let end = joined.expect("partition tasks do not panic");
+        let (failure, storage) = match &end {
+            Ok(TaskEnd::Source(Err(e))) => (Some(e.to_string()), e.wal_error()),
+            Ok(TaskEnd::Sink(Err(e))) | Err(e) => (Some(e.to_string()), e.wal_error()),
+            Ok(_) => (None, None),
+        };
+        if let Some(e) = storage.filter(|e| e.is_storage_failure()) {
+            let mut first = ctx
+                .storage_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if first.is_none() {
+                *first = Some(e.to_string());
+            }
+            ctx.storage_failed.cancel();
+        } else if let Some(f) = failure {
+            warn!(%connector, error = %f, "a partition stopped; the others go on");
+            failures.push(f);
+        }
+    }
+    let end = if !cancel.is_cancelled() && failures.len() == count && count > 0 {
+        RunEnd::AllFailed(failures.remove(0))
+    } else {
+        RunEnd::Stopped
+    };
+    let _ = ctx.ended.send((connector, end));
+}

@@ -1,0 +1,354 @@
+//! The service: opens the WAL, connects to the internal cluster, serves the API, starts
+//! its connectors (one fetcher and one forwarder per source partition, see
+//! [`connector`]), and owns shutdown.
+//!
+//! Start-up order per partition: the forwarder's tail check first, so the WAL's
+//! checkpoints are aligned with what the internal partition already stores before
+//! anything is fetched; then both tasks. Shutdown (the `shutdown` future resolving):
+//! fetchers stop before their next fetch, forwarders after the produce in flight, then
+//! the WAL is flushed.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::config::ServiceConfig;
+use crate::control::{ConnectorHandle, ConnectorState};
+use crate::format::registry::SchemaRegistry;
+use crate::forward::dead_letter::DeadLetterError;
+use crate::metrics::{PartitionMetrics, TaskState};
+use crate::wal::{Wal, WalError, WalOptions};
+
+pub mod connector;
+mod topics;
+
+pub use connector::{ConnectorRuntime, Context, ControlError, RunEnd};
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The WAL could not be opened or flushed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A cluster could not be reached or refused a start-up step.
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    /// No configured topic exists on the external cluster.
+    #[error("none of the configured topics ({wanted}) exists on the external cluster ({servers}); topics there: {found}")]
+    NoTopics {
+        /// Configured topics.
+        wanted: String,
+        /// The external servers.
+        servers: String,
+        /// What exists.
+        found: String,
+    },
+    /// An internal topic exists with too few partitions.
+    #[error("internal topic {topic} has {internal} partitions but source topic {source_topic} has {source_count}; add partitions to {topic} (each source partition is copied to the internal partition of the same number)")]
+    PartitionMismatch {
+        /// Internal topic.
+        topic: String,
+        /// Its partition count.
+        internal: usize,
+        /// Source topic.
+        source_topic: String,
+        /// Its partition count.
+        source_count: usize,
+    },
+    /// Writing the WAL failed (disk full, I/O error): the whole process stops.
+    #[error("writing the WAL failed ({detail}); kafka-direct stopped. Free space in data.dir (or set wal.max.bytes below the free space) and start it again: it resumes from its last checkpoints, losing and repeating nothing")]
+    WalStorage {
+        /// The first failure.
+        detail: String,
+    },
+    /// The API could not listen.
+    #[error(transparent)]
+    Api(#[from] crate::api::ListenError),
+    /// Every partition task stopped on an error.
+    #[error("every partition stopped on an error; first: {0}")]
+    AllFailed(String),
+}
+
+impl From<DeadLetterError> for ServiceError {
+    fn from(e: DeadLetterError) -> Self {
+        match e {
+            DeadLetterError::Cluster(e) => ServiceError::Cluster(e),
+            DeadLetterError::Wal(e) => ServiceError::Wal(e),
+        }
+    }
+}
+
+/// Every connector the service runs, as the API sees them.
+#[derive(Debug, Default)]
+pub struct Connectors {
+    list: std::sync::RwLock<Vec<Arc<ConnectorRuntime>>>,
+}
+
+impl Connectors {
+    /// Adds a connector.
+    pub fn add(&self, runtime: Arc<ConnectorRuntime>) {
+        self.list
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(runtime);
+    }
+
+    /// Every connector, in the order added.
+    pub fn all(&self) -> Vec<Arc<ConnectorRuntime>> {
+        self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The connector called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<ConnectorRuntime>> {
+        self.all()
+            .into_iter()
+            .find(|c| c.handle.config.name == name)
+    }
+
+    /// Every connector's handle.
+    pub fn handles(&self) -> Vec<Arc<ConnectorHandle>> {
+        self.all().iter().map(|c| Arc::clone(&c.handle)).collect()
+    }
+
+    /// Every partition of every connector.
+    fn partitions(&self) -> Vec<Arc<PartitionMetrics>> {
+        self.all()
+            .iter()
+            .flat_map(|c| c.handle.partitions())
+            .collect()
+    }
+}
+
+/// Runs the service until `shutdown` resolves (exit 0) or every connector's partitions
+/// failed.
+pub async fn run(
+    config: ServiceConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    let connector = &config.connector;
+    let data_dir = config.data_dir.clone();
+    let options = WalOptions {
+        sync: config.wal_sync,
+        max_bytes: config.wal_max_bytes,
+        cache_bytes: config.wal_cache_bytes,
+    };
+    let wal = tokio::task::spawn_blocking(move || Wal::open(&data_dir, options))
+        .await
+        .expect("opening the WAL does not panic")?;
+    info!(data_dir = %config.data_dir.display(), wal_bytes = wal.used_bytes(), "WAL opened");
+    // The start-up tail check waits for the internal partitions' ends to settle only if
+    // a request of an earlier run may still be pending (docs/ARCHITECTURE.md).
+    let settle = {
+        let new = wal.is_new();
+        let wal = wal.clone();
+        let clean = tokio::task::spawn_blocking(move || wal.take_clean_stop())
+            .await
+            .expect("reading the clean-stop mark does not panic")?;
+        let settle = !(clean || new);
+        if settle {
+            info!("the previous run did not stop cleanly: the start-up tail check waits for the internal partitions to settle");
+        }
+        settle
+    };
+
+    let internal = Cluster {
+        role: "internal",
+        key: "internal.bootstrap.servers",
+        servers: config.internal_bootstrap_servers.clone(),
+        timeout: config.request_timeout,
+        internal_retries: false,
+        client_id: format!("kafka-direct-{}", connector.name),
+    };
+    let internal_client = internal.connect().await?;
+    info!(internal = %config.internal_bootstrap_servers.join(","), "connected to the internal cluster");
+
+    let (ended, mut ends) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        wal: wal.clone(),
+        internal,
+        internal_client,
+        storage_failed: CancellationToken::new(),
+        storage_failure: std::sync::Mutex::new(None),
+        ended,
+    });
+    let registry = if connector.schemas_enable {
+        Some(Arc::new(SchemaRegistry::open(&wal, &connector.name)?))
+    } else {
+        None
+    };
+    let handle = Arc::new(ConnectorHandle::open(
+        connector.clone(),
+        wal.clone(),
+        registry,
+    )?);
+    let connectors = Arc::new(Connectors::default());
+    let runtime = Arc::new(ConnectorRuntime::new(handle, Arc::clone(&ctx), settle));
+    connectors.add(Arc::clone(&runtime));
+
+    // The API answers from here on (/health at once, /ready once every task works), and
+    // stops after the final flush.
+    let api_stop = CancellationToken::new();
+    let _api_stop_on_return = api_stop.clone().drop_guard();
+    if let Some(address) = &config.api_listen {
+        crate::api::serve(
+            address,
+            config.api_token.clone(),
+            Arc::clone(&connectors),
+            wal.clone(),
+            api_stop.clone(),
+        )
+        .await?;
+    }
+
+    runtime.start().await?;
+    let progress_stop = CancellationToken::new();
+    let progress = spawn_progress(
+        config.progress_interval,
+        Arc::clone(&connectors),
+        wal.clone(),
+        progress_stop.clone(),
+    );
+
+    tokio::pin!(shutdown);
+    let mut last_end: BTreeMap<String, RunEnd> = BTreeMap::new();
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutdown requested: finishing in-flight writes and produces");
+                break;
+            }
+            _ = ctx.storage_failed.cancelled() => break,
+            Some((name, end)) = ends.recv() => {
+                last_end.insert(name, end);
+                let all = connectors.all();
+                let failed: Vec<&String> = all
+                    .iter()
+                    .filter_map(|c| match last_end.get(&c.handle.config.name) {
+                        Some(RunEnd::AllFailed(first)) if c.handle.state() == ConnectorState::Failed => Some(first),
+                        _ => None,
+                    })
+                    .collect();
+                if !all.is_empty() && failed.len() == all.len() {
+                    failure = failed.first().map(|f| f.to_string());
+                    break;
+                }
+            }
+        }
+    }
+    let storage_failure = ctx
+        .storage_failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for c in connectors.all() {
+        if let Err(e) = c.stop().await {
+            if storage_failure.is_none() {
+                return Err(e.into());
+            }
+        }
+    }
+    progress_stop.cancel();
+    let _ = progress.await;
+    if let Some(detail) = storage_failure {
+        // No final flush: after a failed write sled's flush never returns, and sled
+        // flushes when its last handle is dropped, so one handle is kept until exit.
+        std::mem::forget(wal.clone());
+        return Err(ServiceError::WalStorage { detail });
+    }
+    if connectors.all().iter().all(|c| c.clean()) {
+        wal.mark_clean_stop()?;
+    }
+    let wal_for_sync = wal.clone();
+    tokio::task::spawn_blocking(move || wal_for_sync.sync_blocking())
+        .await
+        .expect("the final WAL flush does not panic")?;
+    let partitions = connectors.partitions();
+    log_progress(&partitions, &wal, Duration::ZERO, &mut BTreeMap::new());
+    if let Some(first) = failure {
+        return Err(ServiceError::AllFailed(first));
+    }
+    let failed = partitions
+        .iter()
+        .filter(|m| m.state() == TaskState::Failed)
+        .count();
+    info!(
+        failed_partitions = failed,
+        "stopped; checkpoints are flushed"
+    );
+    Ok(())
+}
+
+fn spawn_progress(
+    interval: Duration,
+    connectors: Arc<Connectors>,
+    wal: Wal,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if interval.is_zero() {
+            return;
+        }
+        let mut last = BTreeMap::new();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => log_progress(&connectors.partitions(), &wal, interval, &mut last),
+            }
+        }
+    })
+}
+
+fn log_progress(
+    metrics: &[Arc<PartitionMetrics>],
+    wal: &Wal,
+    interval: Duration,
+    last: &mut BTreeMap<&'static str, (u64, Instant)>,
+) {
+    let fetched: u64 = metrics
+        .iter()
+        .map(|m| m.fetched_records.load(Ordering::Relaxed))
+        .sum();
+    let forwarded: u64 = metrics
+        .iter()
+        .map(|m| m.forwarded_records.load(Ordering::Relaxed))
+        .sum();
+    let lag: i64 = metrics.iter().map(|m| m.lag()).sum();
+    let unexpected: u64 = metrics
+        .iter()
+        .map(|m| m.unexpected_produce_offsets.load(Ordering::Relaxed))
+        .sum();
+    let aborted: u64 = metrics
+        .iter()
+        .map(|m| m.aborted_records.load(Ordering::Relaxed))
+        .sum();
+    let dead_lettered: u64 = metrics.iter().map(|m| m.dead_lettered_total()).sum();
+    let now = Instant::now();
+    let rate = match last.insert("forwarded", (forwarded, now)) {
+        Some((before, at)) if !interval.is_zero() => {
+            (forwarded - before) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)
+        }
+        _ => 0.0,
+    };
+    info!(
+        fetched,
+        forwarded,
+        dead_lettered,
+        lag,
+        wal_bytes = wal.used_bytes(),
+        forward_rate = format!("{rate:.0}/s"),
+        unexpected_produce_offsets = unexpected,
+        aborted_skipped = aborted,
+        "progress"
+    );
+}
