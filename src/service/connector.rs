@@ -298,13 +298,15 @@ impl ConnectorRuntime {
         let mut writer = PartitionWriter::connect(cluster, topic, partition).await?;
         let earliest = writer.earliest(cluster).await?;
         let mut end = writer.high_watermark(cluster, earliest).await?;
-        while settle {
-            tokio::time::sleep(SETTLE).await;
-            let again = writer.high_watermark(cluster, earliest).await?;
-            if again == end {
-                break;
+        if settle {
+            loop {
+                tokio::time::sleep(SETTLE).await;
+                let again = writer.high_watermark(cluster, earliest).await?;
+                if again == end {
+                    break;
+                }
+                end = again;
             }
-            end = again;
         }
         Ok(end)
     }
