@@ -169,6 +169,9 @@ pub struct ServiceConfig {
     pub request_timeout: Duration,
     /// Interval of the progress log line.
     pub progress_interval: Duration,
+    /// How often the external cluster's metadata is read for new partitions and for
+    /// configured topics that appeared or disappeared.
+    pub metadata_refresh_interval: Duration,
     /// Address of the HTTP API (`None`: no API).
     pub api_listen: Option<String>,
     /// Bearer token every API request must carry (`None`: no token asked).
@@ -248,6 +251,11 @@ const SERVICE_KEYS: &[Key] = &[
         name: "progress.interval.ms",
         default: Some("5000"),
         doc: "interval of the progress log line; 0 = off",
+    },
+    Key {
+        name: "topic.metadata.refresh.interval.ms",
+        default: Some("30000"),
+        doc: "how often new partitions (and configured topics created or deleted) are looked for; new ones start from earliest",
     },
     Key {
         name: "api.listen",
@@ -524,6 +532,11 @@ impl RawConfig {
                 "progress.interval.ms",
                 0,
                 3_600_000,
+            )? as u64),
+            metadata_refresh_interval: Duration::from_millis(s.number(
+                "topic.metadata.refresh.interval.ms",
+                100,
+                86_400_000,
             )? as u64),
             api_listen: api_listen(&s)?,
             api_token: Some(s.get("api.token"))

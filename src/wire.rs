@@ -232,6 +232,35 @@ impl Connection {
         self.call(&request, version).await
     }
 
+    /// Grows `topic` to `count` partitions (CreatePartitions; the broker forwards it to
+    /// the controller). `Ok(Err(..))` carries the broker's refusal and message.
+    pub async fn create_partitions(
+        &mut self,
+        topic: &str,
+        count: i32,
+        timeout: Duration,
+    ) -> Result<Result<(), String>, WireError> {
+        use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+        use kafka_protocol::messages::CreatePartitionsRequest;
+        let version = self.version::<CreatePartitionsRequest>(0..=3)?;
+        let request = CreatePartitionsRequest::default()
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(topic_name(topic))
+                .with_count(count)])
+            .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32);
+        let response = self.call(&request, version).await?;
+        for result in response.results {
+            if let Some(error) = kafka_protocol::ResponseError::try_from_code(result.error_code) {
+                let message = result
+                    .error_message
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                return Ok(Err(format!("{error:?} {message}").trim().to_owned()));
+            }
+        }
+        Ok(Ok(()))
+    }
+
     fn io_error(&self, source: std::io::Error) -> WireError {
         WireError::Io {
             addr: self.addr.clone(),

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use super::topics::{ensure_dead_letter_topic, ensure_internal_topics, retry_start_up};
 use super::ServiceError;
 use crate::cluster::{Cluster, ClusterError};
-use crate::config::{Format, ServiceConfig};
+use crate::config::{Format, OffsetReset, ServiceConfig};
 use crate::control::{ConnectorHandle, Target};
 use crate::format::Formatter;
 use crate::forward::dead_letter::{self, DeadLetterSender, DeadLetters};
@@ -342,7 +342,7 @@ impl ConnectorRuntime {
                     partitions.extend((0..count as i32).map(|p| SourcePartition::new(topic, p)))
                 }
                 None => {
-                    error!(connector = %connector.name, %topic, "topic not found on the external cluster; it is skipped (check connector.topic.include.list)")
+                    warn!(connector = %connector.name, %topic, "topic not found on the external cluster; it starts from its earliest offset once it exists (looked for every topic.metadata.refresh.interval.ms; check connector.topic.include.list)")
                 }
             }
         }
@@ -395,79 +395,270 @@ impl ConnectorRuntime {
 
         // A child of the storage-failure token: a failed WAL stops every connector.
         let cancel = ctx.storage_failed.child_token();
+        let spawner = Spawner {
+            handle: Arc::clone(&self.handle),
+            ctx: Arc::clone(&self.ctx),
+            source_cluster,
+            source_client,
+            dead_letters: dead_letters.clone(),
+            settle,
+            cancel: cancel.clone(),
+        };
         let mut tasks = JoinSet::new();
-        let mut all_metrics = Vec::new();
+        let mut running = BTreeMap::new();
         for partition in partitions {
-            let log = wal.partition(&connector.name, &partition)?;
-            let metrics = Arc::new(PartitionMetrics::new(partition.clone()));
-            let wake = Arc::new(Notify::new());
-            let internal_topic = connector.internal_topic(&partition.topic);
-            let formatter = Formatter::new(
-                connector.format,
-                self.handle
-                    .registry
-                    .clone()
-                    .map(|r| (r, internal_topic.clone())),
-            );
-            let forwarder = Forwarder {
-                cluster: internal_cluster.clone(),
-                formatter,
-                dead_letters: dead_letters
-                    .clone()
-                    .map(|d| DeadLetterSender::new(d, partition.clone())),
-                internal_topic,
-                barrier: barrier(wal, &connector.name, &partition)?,
-                log: log.clone(),
-                wal: wal.clone(),
-                compression: config.internal_compression,
-                max_records: config.forward_batch_max_records,
-                max_bytes: config.forward_batch_max_bytes,
-                wake: Arc::clone(&wake),
-                metrics: Arc::clone(&metrics),
-                latencies: self.handle.latencies.clone(),
-                gate: self.handle.gate(),
-                cancel: cancel.clone(),
-            };
-            let fetcher = Fetcher {
-                cluster: source_cluster.clone(),
-                log: log.clone(),
-                wal: wal.clone(),
-                reset: connector.auto_offset_reset,
-                max_bytes: config.fetch_max_bytes,
-                max_wait: config.fetch_max_wait,
-                forwarder_wake: wake,
-                metrics: Arc::clone(&metrics),
-                latencies: self.handle.latencies.clone(),
-                gate: self.handle.gate(),
-                cancel: cancel.clone(),
-            };
-            all_metrics.push(Arc::clone(&metrics));
-            let storage_failed = ctx.storage_failed.clone();
-            tasks.spawn(async move {
-                let end = run_partition(fetcher, forwarder, settle, storage_failed).await;
-                match &end {
-                    Ok(TaskEnd::Source(Err(e))) => metrics.fail(e.to_string()),
-                    Ok(TaskEnd::Sink(Err(e))) | Err(e) => metrics.fail(e.to_string()),
-                    Ok(_) => metrics.set_state(TaskState::Stopped),
-                }
-                end
-            });
+            let metrics = spawner.spawn(&mut tasks, &partition, connector.auto_offset_reset)?;
+            running.insert(partition, metrics);
         }
-        self.handle.set_partitions(all_metrics.clone());
+        self.handle
+            .set_partitions(running.values().map(|r| Arc::clone(&r.metrics)).collect());
         self.settle.store(false, Ordering::Relaxed);
-        info!(connector = %connector.name, partitions = all_metrics.len(), topics = %connector.topics.join(","), "replicating");
+        info!(connector = %connector.name, partitions = running.len(), topics = %connector.topics.join(","), "replicating");
 
-        let supervisor = tokio::spawn(supervise(
-            connector.name.clone(),
-            tasks,
-            cancel.clone(),
-            Arc::clone(&self.ctx),
-        ));
+        let supervisor = tokio::spawn(supervise(spawner, tasks, running));
         Ok(Run {
             cancel,
             supervisor,
             dead_letters,
         })
+    }
+}
+
+/// A running partition, as the supervisor tracks it.
+struct Running {
+    metrics: Arc<PartitionMetrics>,
+    /// Stops its fetcher only (its source topic was deleted): the forwarder drains what
+    /// the WAL holds.
+    stop_fetching: CancellationToken,
+    /// No tasks yet: its internal partition could not be made (retried at each refresh).
+    pending: bool,
+}
+
+/// What starting one partition's tasks needs.
+struct Spawner {
+    handle: Arc<ConnectorHandle>,
+    ctx: Arc<Context>,
+    source_cluster: Cluster,
+    source_client: Arc<rskafka::client::Client>,
+    dead_letters: Option<Arc<DeadLetters>>,
+    settle: bool,
+    cancel: CancellationToken,
+}
+
+type Tasks = JoinSet<Result<TaskEnd, SinkError>>;
+
+impl Spawner {
+    /// Starts `partition`'s tail check, fetcher and forwarder; `reset` applies if the
+    /// partition has no checkpoint.
+    fn spawn(
+        &self,
+        tasks: &mut Tasks,
+        partition: &SourcePartition,
+        reset: OffsetReset,
+    ) -> Result<Running, WalError> {
+        let ctx = &self.ctx;
+        let config = &ctx.config;
+        let connector = &self.handle.config;
+        let wal = &ctx.wal;
+        let log = wal.partition(&connector.name, partition)?;
+        let metrics = Arc::new(PartitionMetrics::new(partition.clone()));
+        let wake = Arc::new(Notify::new());
+        let internal_topic = connector.internal_topic(&partition.topic);
+        let formatter = Formatter::new(
+            connector.format,
+            self.handle
+                .registry
+                .clone()
+                .map(|r| (r, internal_topic.clone())),
+        );
+        let stop_fetching = self.cancel.child_token();
+        let forwarder = Forwarder {
+            cluster: ctx.internal.clone(),
+            formatter,
+            dead_letters: self
+                .dead_letters
+                .clone()
+                .map(|d| DeadLetterSender::new(d, partition.clone())),
+            internal_topic,
+            barrier: barrier(wal, &connector.name, partition)?,
+            log: log.clone(),
+            wal: wal.clone(),
+            compression: config.internal_compression,
+            max_records: config.forward_batch_max_records,
+            max_bytes: config.forward_batch_max_bytes,
+            wake: Arc::clone(&wake),
+            metrics: Arc::clone(&metrics),
+            latencies: self.handle.latencies.clone(),
+            gate: self.handle.gate(),
+            cancel: self.cancel.clone(),
+        };
+        let fetcher = Fetcher {
+            cluster: self.source_cluster.clone(),
+            log,
+            wal: wal.clone(),
+            reset,
+            max_bytes: config.fetch_max_bytes,
+            max_wait: config.fetch_max_wait,
+            forwarder_wake: wake,
+            metrics: Arc::clone(&metrics),
+            latencies: self.handle.latencies.clone(),
+            gate: self.handle.gate(),
+            cancel: stop_fetching.clone(),
+        };
+        let storage_failed = ctx.storage_failed.clone();
+        let task_metrics = Arc::clone(&metrics);
+        let settle = self.settle;
+        tasks.spawn(async move {
+            let end = run_partition(fetcher, forwarder, settle, storage_failed).await;
+            match &end {
+                Ok(TaskEnd::Source(Err(e))) => task_metrics.fail(e.to_string()),
+                Ok(TaskEnd::Sink(Err(e))) | Err(e) => task_metrics.fail(e.to_string()),
+                Ok(_) => task_metrics.set_state(TaskState::Stopped),
+            }
+            end
+        });
+        Ok(Running {
+            metrics,
+            stop_fetching,
+            pending: false,
+        })
+    }
+
+    /// Makes sure the internal topic of `partition` has it: creates the topic with as
+    /// many partitions as its source topic (`source_count`), or grows it to that many
+    /// with CreatePartitions.
+    async fn prepare_internal(
+        &self,
+        partition: &SourcePartition,
+        source_count: i32,
+    ) -> Result<(), String> {
+        let ctx = &self.ctx;
+        let connector = &self.handle.config;
+        let internal = connector.internal_topic(&partition.topic);
+        let wanted = source_count.max(partition.partition + 1);
+        let existing = ctx
+            .internal
+            .bounded("listing internal topics", ctx.internal_client.list_topics())
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|t| t.name == internal)
+            .map(|t| t.partitions.len() as i32);
+        match existing {
+            Some(count) if count > partition.partition => Ok(()),
+            None => {
+                let sources = BTreeMap::from([(partition.topic.clone(), wanted as usize)]);
+                ensure_internal_topics(
+                    &ctx.config,
+                    connector,
+                    &ctx.internal,
+                    &ctx.internal_client,
+                    &sources,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            Some(count) => {
+                let refused = |detail: String| {
+                    format!("internal topic {internal} has {count} partitions and source partition {partition} needs {}; adding partitions failed: {detail}. Add them by hand (kafka-topics --alter --partitions {wanted}); kafka-direct retries at each metadata refresh", partition.partition + 1)
+                };
+                let mut last = String::from("no internal server answered");
+                for server in &ctx.internal.servers {
+                    let attempt = async {
+                        let mut conn =
+                            crate::wire::Connection::open(server, &ctx.internal.client_id).await?;
+                        conn.create_partitions(&internal, wanted, ctx.config.request_timeout)
+                            .await
+                    };
+                    match tokio::time::timeout(ctx.config.request_timeout, attempt).await {
+                        Ok(Ok(Ok(()))) => {
+                            info!(topic = %internal, partitions = wanted, "added partitions to the internal topic");
+                            return Ok(());
+                        }
+                        Ok(Ok(Err(refusal))) => return Err(refused(refusal)),
+                        Ok(Err(e)) => last = e.to_string(),
+                        Err(_) => last = format!("{server} did not answer in time"),
+                    }
+                }
+                Err(refused(last))
+            }
+        }
+    }
+}
+
+/// Starts the partitions that appeared in the external cluster's metadata since the
+/// last look (new partitions of a topic, or a configured topic created meanwhile), from
+/// the earliest offset whatever `auto.offset.reset` says: records written before they
+/// were noticed must not be skipped. Stops fetching from partitions whose topic is gone.
+async fn refresh(
+    spawner: &Spawner,
+    tasks: &mut Tasks,
+    running: &mut BTreeMap<SourcePartition, Running>,
+) {
+    let connector = &spawner.handle.config;
+    let listed = spawner
+        .source_cluster
+        .bounded("listing topics", spawner.source_client.list_topics())
+        .await;
+    let topics: BTreeMap<String, i32> = match listed {
+        Ok(topics) => topics
+            .into_iter()
+            .map(|t| (t.name, t.partitions.len() as i32))
+            .collect(),
+        Err(e) => {
+            warn!(connector = %connector.name, error = %e, "reading the external cluster's metadata failed; new partitions are looked for again later");
+            return;
+        }
+    };
+    let mut changed = false;
+    for (partition, run) in running.iter() {
+        if !run.pending
+            && !topics.contains_key(&partition.topic)
+            && !run.stop_fetching.is_cancelled()
+        {
+            run.stop_fetching.cancel();
+            run.metrics.fail(format!("source topic {} no longer exists on the external cluster (deleted?); fetching stopped, what the WAL holds is still forwarded", partition.topic));
+            error!(connector = %connector.name, %partition, "source topic deleted: fetching stopped for this partition");
+            changed = true;
+        }
+    }
+    for topic in &connector.topics {
+        let Some(&count) = topics.get(topic) else {
+            continue;
+        };
+        for number in 0..count {
+            let partition = SourcePartition::new(topic, number);
+            if running.get(&partition).is_some_and(|r| !r.pending) {
+                continue;
+            }
+            changed = true;
+            if let Err(message) = spawner.prepare_internal(&partition, count).await {
+                warn!(connector = %connector.name, %partition, error = %message, "a new source partition cannot start yet");
+                let metrics = Arc::new(PartitionMetrics::new(partition.clone()));
+                metrics.fail(message);
+                let pending = Running {
+                    metrics,
+                    stop_fetching: CancellationToken::new(),
+                    pending: true,
+                };
+                running.insert(partition, pending);
+                continue;
+            }
+            match spawner.spawn(tasks, &partition, OffsetReset::Earliest) {
+                Ok(run) => {
+                    info!(connector = %connector.name, %partition, "new source partition: replicating it from its earliest offset");
+                    running.insert(partition, run);
+                }
+                Err(e) => {
+                    error!(connector = %connector.name, %partition, error = %e, "starting a new source partition failed")
+                }
+            }
+        }
+    }
+    if changed {
+        spawner
+            .handle
+            .set_partitions(running.values().map(|r| Arc::clone(&r.metrics)).collect());
     }
 }
 
@@ -513,16 +704,36 @@ async fn run_partition(
     })
 }
 
-/// Collects a run's task ends; reports the run's end to the service.
+/// Collects a run's task ends and looks for new partitions at each metadata refresh;
+/// reports the run's end to the service.
 async fn supervise(
-    connector: String,
-    mut tasks: JoinSet<Result<TaskEnd, SinkError>>,
-    cancel: CancellationToken,
-    ctx: Arc<Context>,
+    spawner: Spawner,
+    mut tasks: Tasks,
+    mut running: BTreeMap<SourcePartition, Running>,
 ) {
-    let count = tasks.len();
+    let ctx = Arc::clone(&spawner.ctx);
+    let connector = spawner.handle.config.name.clone();
+    let mut refresh_tick = tokio::time::interval(ctx.config.metadata_refresh_interval);
+    refresh_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    refresh_tick.tick().await;
     let mut failures: Vec<String> = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next() => joined,
+            _ = refresh_tick.tick(), if !spawner.cancel.is_cancelled() => {
+                refresh(&spawner, &mut tasks, &mut running).await;
+                continue;
+            }
+        };
+        let Some(joined) = joined else {
+            if spawner.cancel.is_cancelled() || !failures.is_empty() {
+                break;
+            }
+            // No task left and none failed (none could start yet): keep looking.
+            refresh_tick.tick().await;
+            refresh(&spawner, &mut tasks, &mut running).await;
+            continue;
+        };
         let end = joined.expect("partition tasks do not panic");
         let (failure, storage) = match &end {
             Ok(TaskEnd::Source(Err(e))) => (Some(e.to_string()), e.wal_error()),
@@ -543,8 +754,17 @@ async fn supervise(
             failures.push(f);
         }
     }
-    let end = if !cancel.is_cancelled() && failures.len() == count && count > 0 {
-        RunEnd::AllFailed(failures.remove(0))
+    let all_failed = !running.is_empty()
+        && running
+            .values()
+            .all(|r| r.metrics.state() == TaskState::Failed);
+    let end = if !spawner.cancel.is_cancelled() && all_failed {
+        let first = failures
+            .into_iter()
+            .next()
+            .or_else(|| running.values().find_map(|r| r.metrics.error()))
+            .unwrap_or_default();
+        RunEnd::AllFailed(first)
     } else {
         RunEnd::Stopped
     };

@@ -1,0 +1,180 @@
+//! Metadata refresh against real brokers: a configured topic created while the service
+//! runs is copied from its earliest offset (even with auto.offset.reset=latest, so the
+//! records written before it was noticed are not lost), and a deleted source topic
+//! fails its tasks with a message saying so while the other topics go on.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use kafka_direct::api::client::ApiClient;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn status(api: &ApiClient) -> Value {
+    let api = api.clone();
+    tokio::task::spawn_blocking(move || api.get_json("/connectors/test/status").unwrap())
+        .await
+        .unwrap()
+}
+
+async fn wait_status(api: &ApiClient, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = status(api).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tasks_of<'a>(status: &'a Value, topic: &str) -> Vec<&'a Value> {
+    status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["topic"] == topic)
+        .collect()
+}
+
+fn start(external: &Broker, internal: &Broker, dir: &std::path::Path, topics: &str) -> Service {
+    let mut service = Service::configure(
+        dir,
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics,
+            extra: &[
+                ("connector.auto.offset.reset", "latest"),
+                ("topic.metadata.refresh.interval.ms", "300"),
+            ],
+        },
+    );
+    service.start();
+    service
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_created_while_running_is_copied_from_its_earliest_offset() {
+    let external = Broker::start();
+    let internal = Broker::start();
+    create_topic(&external.addr(), "present", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = start(&external, &internal, dir.path(), "present,later");
+    let api = ApiClient::new(&service.api().await, None);
+    wait_status(&api, "present running", |s| {
+        tasks_of(s, "present")
+            .iter()
+            .all(|t| t["state"] == "RUNNING")
+            && !tasks_of(s, "present").is_empty()
+    })
+    .await;
+    assert!(service
+        .log_text()
+        .contains("it starts from its earliest offset once it exists"));
+
+    // Created and written at once: the records land before the next refresh notices
+    // the topic, and auto.offset.reset=latest would skip them.
+    create_topic(&external.addr(), "later", 2).await;
+    for p in 0..2 {
+        let pc = partition_client(&external.addr(), "later", p).await;
+        produce(&pc, test_records(p, 0, 40)).await;
+    }
+    let s = wait_status(&api, "later's partitions running", |s| {
+        let later = tasks_of(s, "later");
+        later.len() == 2 && later.iter().all(|t| t["state"] == "RUNNING")
+    })
+    .await;
+    assert_eq!(s["tasks"].as_array().unwrap().len(), 3);
+    for p in 0..2 {
+        reach_end(&internal.addr(), "int.later", p, 40, WAIT)
+            .await
+            .unwrap_or_else(|now| panic!("int.later/{p} at {now}; log:\n{}", service.log_text()));
+        let source = read_all(&external.addr(), "later", p).await;
+        let copied = read_all(&internal.addr(), "int.later", p).await;
+        assert_exactly_once(&source, &copied, "later", p);
+    }
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_source_topic_fails_its_tasks_and_the_others_go_on() {
+    let external = Broker::start();
+    let internal = Broker::start();
+    create_topic(&external.addr(), "stays", 1).await;
+    create_topic(&external.addr(), "goes", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = start(&external, &internal, dir.path(), "stays,goes");
+    let api = ApiClient::new(&service.api().await, None);
+    wait_status(&api, "every task running", |s| {
+        let tasks = s["tasks"].as_array().unwrap();
+        tasks.len() == 3 && tasks.iter().all(|t| t["state"] == "RUNNING")
+    })
+    .await;
+
+    client(&external.addr())
+        .await
+        .controller_client()
+        .unwrap()
+        .delete_topic("goes", 5000)
+        .await
+        .unwrap();
+    let s = wait_status(&api, "goes's tasks failed", |s| {
+        tasks_of(s, "goes").iter().all(|t| t["state"] == "FAILED")
+    })
+    .await;
+    for task in tasks_of(&s, "goes") {
+        assert!(
+            task["trace"]
+                .as_str()
+                .unwrap()
+                .contains("source topic goes no longer exists"),
+            "{task}"
+        );
+    }
+    assert_eq!(s["connector"]["state"], "RUNNING");
+
+    // The other topic is still copied.
+    let pc = partition_client(&external.addr(), "stays", 0).await;
+    produce(&pc, test_records(0, 0, 25)).await;
+    reach_end(&internal.addr(), "int.stays", 0, 25, WAIT)
+        .await
+        .unwrap_or_else(|now| panic!("int.stays/0 at {now}; log:\n{}", service.log_text()));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_partition_whose_internal_partition_cannot_be_added_fails_with_what_to_do() {
+    // tansu offers no CreatePartitions: the internal topic cannot grow, and the task
+    // must say so (a broker that offers it gets the partitions added).
+    let external = Broker::start();
+    let internal = Broker::start();
+    create_topic(&external.addr(), "present", 1).await;
+    create_topic(&internal.addr(), "int.wider", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = start(&external, &internal, dir.path(), "present,wider");
+    let api = ApiClient::new(&service.api().await, None);
+    create_topic(&external.addr(), "wider", 2).await;
+    let s = wait_status(&api, "wider's partitions listed", |s| {
+        tasks_of(s, "wider").len() == 2
+    })
+    .await;
+    let wider = tasks_of(&s, "wider");
+    assert_eq!(wider[0]["state"], "RUNNING", "{s:#}");
+    assert_eq!(wider[1]["state"], "FAILED", "{s:#}");
+    let trace = wider[1]["trace"].as_str().unwrap();
+    assert!(
+        trace.contains(
+            "internal topic int.wider has 1 partitions and source partition wider/1 needs 2"
+        ) && trace.contains("Add them by hand"),
+        "{trace}"
+    );
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}
