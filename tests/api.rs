@@ -97,8 +97,10 @@ async fn wait_json(
 ) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
-        let v = get(api, path).await;
-        if pred(&v) {
+        // Not found yet (a subject before its first record) counts as not there yet.
+        let (status, body) = call(api, "GET", path).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if status == 200 && pred(&v) {
             return v;
         }
         assert!(

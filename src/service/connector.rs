@@ -690,7 +690,18 @@ async fn run_partition(
         Ordering::Relaxed,
     );
     forwarder.metrics.set_state(TaskState::Running);
-    let fetch = tokio::spawn(fetcher.run());
+    let fetch_storage_failed = storage_failed.clone();
+    let fetch = tokio::spawn(async move {
+        let fetched = fetcher.run().await;
+        if let Err(e) = &fetched {
+            if e.wal_error().is_some_and(WalError::is_storage_failure) {
+                // sled refuses every write after this: every task of every connector
+                // stops (a restart resumes from the last commit).
+                fetch_storage_failed.cancel();
+            }
+        }
+        fetched
+    });
     let forward = forwarder.run(tail, leader).await;
     if let Err(e) = &forward {
         if e.wal_error().is_some_and(WalError::is_storage_failure) {

@@ -244,17 +244,19 @@ pub async fn run(
             }
         }
     }
+    let mut stop_error = None;
+    for c in connectors.all() {
+        if let Err(e) = c.stop().await {
+            stop_error.get_or_insert(e);
+        }
+    }
     let storage_failure = ctx
         .storage_failure
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    for c in connectors.all() {
-        if let Err(e) = c.stop().await {
-            if storage_failure.is_none() {
-                return Err(e.into());
-            }
-        }
+    if let (Some(e), None) = (stop_error, &storage_failure) {
+        return Err(e.into());
     }
     progress_stop.cancel();
     let _ = progress.await;
