@@ -133,6 +133,13 @@ pub struct ConnectorConfig {
     pub settings: BTreeMap<String, String>,
 }
 
+impl ServiceConfig {
+    /// Whether this instance's shard runs `partition`.
+    pub fn owns(&self, partition: &crate::record::SourcePartition) -> bool {
+        partition.stable_hash() % u64::from(self.shard_count) == u64::from(self.shard_index)
+    }
+}
+
 impl ConnectorConfig {
     /// Name of the internal topic a source topic is copied to.
     pub fn internal_topic(&self, source_topic: &str) -> String {
@@ -172,6 +179,11 @@ pub struct ServiceConfig {
     /// How often the external cluster's metadata is read for new partitions and for
     /// configured topics that appeared or disappeared.
     pub metadata_refresh_interval: Duration,
+    /// This instance's shard: it runs the partitions whose stable hash modulo
+    /// `shard_count` is `shard_index`.
+    pub shard_index: u32,
+    /// Number of instances sharing each connector's partitions.
+    pub shard_count: u32,
     /// Address of the HTTP API (`None`: no API).
     pub api_listen: Option<String>,
     /// Bearer token every API request must carry (`None`: no token asked).
@@ -256,6 +268,16 @@ const SERVICE_KEYS: &[Key] = &[
         name: "topic.metadata.refresh.interval.ms",
         default: Some("30000"),
         doc: "how often new partitions (and configured topics created or deleted) are looked for; new ones start from earliest",
+    },
+    Key {
+        name: "shard.count",
+        default: Some("1"),
+        doc: "instances sharing each connector's partitions (each with its own data.dir)",
+    },
+    Key {
+        name: "shard.index",
+        default: Some("0"),
+        doc: "this instance's shard, 0 to shard.count-1 (a StatefulSet pod's ordinal)",
     },
     Key {
         name: "api.listen",
@@ -538,6 +560,11 @@ impl RawConfig {
                 100,
                 86_400_000,
             )? as u64),
+            shard_count: s.number("shard.count", 1, 1024)? as u32,
+            shard_index: {
+                let count = s.number("shard.count", 1, 1024)?;
+                s.number("shard.index", 0, count - 1)? as u32
+            },
             api_listen: api_listen(&s)?,
             api_token: Some(s.get("api.token"))
                 .filter(|t| !t.is_empty())
@@ -954,6 +981,8 @@ topic.include.list = "orders,payments"
                 &["connector.format", "string, json, bytes"],
             ),
             ("wal.sync=sometimes", &["wal.sync", "fsync, flush"]),
+            ("shard.index=1", &["shard.index", "from 0 to 0"]),
+            ("api.listen=8083", &["api.listen", "host:port"]),
             ("wal.max.bytes=lots", &["wal.max.bytes", "an integer"]),
             (
                 "fetch.max.wait.ms=-5",

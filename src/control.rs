@@ -75,7 +75,8 @@ pub struct ConnectorHandle {
     pub latencies: Latencies,
     /// Its schema registry, when `schemas.enable` is set.
     pub registry: Option<Arc<SchemaRegistry>>,
-    partitions: RwLock<Vec<Arc<PartitionMetrics>>>,
+    /// `None` until the first start listed them.
+    partitions: RwLock<Option<Vec<Arc<PartitionMetrics>>>>,
     target: watch::Sender<Target>,
 }
 
@@ -104,14 +105,14 @@ impl ConnectorHandle {
             wal,
             latencies: Latencies::new(),
             registry,
-            partitions: RwLock::new(Vec::new()),
+            partitions: RwLock::new(None),
             target: watch::channel(target).0,
         })
     }
 
     /// Publishes the partitions once they are known.
     pub fn set_partitions(&self, partitions: Vec<Arc<PartitionMetrics>>) {
-        *self.partitions.write().unwrap_or_else(|e| e.into_inner()) = partitions;
+        *self.partitions.write().unwrap_or_else(|e| e.into_inner()) = Some(partitions);
     }
 
     /// The partitions' counters (empty while starting).
@@ -120,6 +121,15 @@ impl ConnectorHandle {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+            .unwrap_or_default()
+    }
+
+    /// Whether the partitions were listed (the first start got that far).
+    fn assigned(&self) -> bool {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// What the tasks should be doing.
@@ -154,11 +164,11 @@ impl ConnectorHandle {
         if self.target() == Target::Stopped {
             return ConnectorState::Stopped;
         }
-        let partitions = self.partitions();
-        if partitions.is_empty() {
+        if !self.assigned() {
             return ConnectorState::Unassigned;
         }
-        if partitions.iter().all(|p| p.state() == TaskState::Failed) {
+        let partitions = self.partitions();
+        if !partitions.is_empty() && partitions.iter().all(|p| p.state() == TaskState::Failed) {
             return ConnectorState::Failed;
         }
         match self.target() {
@@ -174,9 +184,8 @@ impl ConnectorHandle {
         if self.target() == Target::Stopped {
             return true;
         }
-        let partitions = self.partitions();
-        !partitions.is_empty()
-            && partitions.iter().all(|p| match p.state() {
+        self.assigned()
+            && self.partitions().iter().all(|p| match p.state() {
                 TaskState::Running => {
                     p.fetched_once.load(std::sync::atomic::Ordering::Relaxed)
                         && p.forwarder_ready.load(std::sync::atomic::Ordering::Relaxed)

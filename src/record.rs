@@ -24,6 +24,17 @@ impl SourcePartition {
             partition,
         }
     }
+
+    /// A hash that is the same on every run, build and machine: FNV-1a of the topic
+    /// name plus the partition number, so a topic's partitions take consecutive values
+    /// (they spread evenly over shards and dead-letter partitions).
+    pub fn stable_hash(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.topic.bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        hash.wrapping_add(self.partition as u64)
+    }
 }
 
 impl fmt::Display for SourcePartition {

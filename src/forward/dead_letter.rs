@@ -270,12 +270,7 @@ impl DeadLetters {
             .expect("dead-letter state")
             .known_end
             .len() as u64;
-        // FNV-1a of the topic, plus the partition number: stable across runs and builds.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in source.topic.bytes() {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        (hash.wrapping_add(source.partition as u64) % count.max(1)) as i32
+        (source.stable_hash() % count.max(1)) as i32
     }
 }
 

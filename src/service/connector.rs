@@ -338,15 +338,21 @@ impl ConnectorRuntime {
         let mut partitions = Vec::new();
         for topic in &connector.topics {
             match source_topics.get(topic) {
-                Some(&count) => {
-                    partitions.extend((0..count as i32).map(|p| SourcePartition::new(topic, p)))
-                }
+                Some(&count) => partitions.extend(
+                    (0..count as i32)
+                        .map(|p| SourcePartition::new(topic, p))
+                        .filter(|p| config.owns(p)),
+                ),
                 None => {
                     warn!(connector = %connector.name, %topic, "topic not found on the external cluster; it starts from its earliest offset once it exists (looked for every topic.metadata.refresh.interval.ms; check connector.topic.include.list)")
                 }
             }
         }
-        if partitions.is_empty() {
+        let found = connector
+            .topics
+            .iter()
+            .any(|t| source_topics.contains_key(t));
+        if !found {
             return Err(ServiceError::NoTopics {
                 wanted: connector.topics.join(","),
                 servers: connector.bootstrap_servers.join(","),
@@ -413,7 +419,8 @@ impl ConnectorRuntime {
         self.handle
             .set_partitions(running.values().map(|r| Arc::clone(&r.metrics)).collect());
         self.settle.store(false, Ordering::Relaxed);
-        info!(connector = %connector.name, partitions = running.len(), topics = %connector.topics.join(","), "replicating");
+        info!(connector = %connector.name, partitions = running.len(), topics = %connector.topics.join(","),
+            shard = %format!("{}/{}", config.shard_index, config.shard_count), "replicating");
 
         let supervisor = tokio::spawn(supervise(spawner, tasks, running));
         Ok(Run {
@@ -628,7 +635,9 @@ async fn refresh(
         };
         for number in 0..count {
             let partition = SourcePartition::new(topic, number);
-            if running.get(&partition).is_some_and(|r| !r.pending) {
+            if !spawner.ctx.config.owns(&partition)
+                || running.get(&partition).is_some_and(|r| !r.pending)
+            {
                 continue;
             }
             changed = true;
@@ -740,9 +749,12 @@ async fn supervise(
             if spawner.cancel.is_cancelled() || !failures.is_empty() {
                 break;
             }
-            // No task left and none failed (none could start yet): keep looking.
-            refresh_tick.tick().await;
-            refresh(&spawner, &mut tasks, &mut running).await;
+            // No task left and none failed (none could start yet, or this shard owns
+            // no partition yet): keep looking.
+            tokio::select! {
+                _ = spawner.cancel.cancelled() => break,
+                _ = refresh_tick.tick() => refresh(&spawner, &mut tasks, &mut running).await,
+            }
             continue;
         };
         let end = joined.expect("partition tasks do not panic");

@@ -49,7 +49,7 @@ async fn create_topic(
             servers: cluster.servers.join(","),
             source,
         })?;
-    cluster
+    let created = cluster
         .bounded(
             format!("creating topic {topic}"),
             controller.create_topic(
@@ -59,8 +59,17 @@ async fn create_topic(
                 config.request_timeout.as_millis() as i32,
             ),
         )
-        .await?;
-    Ok(())
+        .await;
+    match created {
+        // Another shard (or an earlier attempt whose answer was lost) created it.
+        Err(e)
+            if e.protocol_error()
+                == Some(rskafka::client::error::ProtocolError::TopicAlreadyExists) =>
+        {
+            Ok(())
+        }
+        other => Ok(other?),
+    }
 }
 
 /// Creates the dead-letter topic (one partition) unless it exists; returns its
