@@ -133,22 +133,33 @@ impl Report {
     }
 }
 
+/// The connector `run` checks (it returns early when the file declares none).
+fn declared(config: &ServiceConfig) -> &crate::config::ConnectorConfig {
+    config
+        .connector
+        .as_ref()
+        .expect("check::run returns before any step when no connector is declared")
+}
+
 /// Runs steps 2 to 6 for a loaded config.
 pub async fn run(config: &ServiceConfig) -> Report {
     let mut report = Report::default();
+    if let Err(e) = config.file_connector() {
+        return Report::bad_config(e.to_string());
+    }
     report.ok(
         "config",
         format!(
             "every key is valid (connector {}, {} topics)",
-            config.connector.name,
-            config.connector.topics.len()
+            declared(config).name,
+            declared(config).topics.len()
         ),
     );
     let external = connect(
         &mut report,
         "external",
         "connector.kafka.bootstrap.servers",
-        &config.connector.bootstrap_servers,
+        &declared(config).bootstrap_servers,
     )
     .await;
     let internal = connect(
@@ -168,10 +179,10 @@ pub async fn run(config: &ServiceConfig) -> Report {
     let cluster = Cluster {
         role: "external",
         key: "connector.kafka.bootstrap.servers",
-        servers: config.connector.bootstrap_servers.clone(),
+        servers: declared(config).bootstrap_servers.clone(),
         timeout: STEP_TIMEOUT,
         internal_retries: false,
-        client_id: format!("kafka-direct-check-{}", config.connector.name),
+        client_id: format!("kafka-direct-check-{}", declared(config).name),
     };
     let partitions = topics(&mut report, config, &external, &cluster).await;
     for (topic, count) in &partitions {
@@ -331,7 +342,7 @@ async fn topics(
 ) -> BTreeMap<String, usize> {
     let existing = topic_partitions(metadata);
     let mut found = BTreeMap::new();
-    for topic in &config.connector.topics {
+    for topic in &declared(config).topics {
         let Some(&count) = existing.get(topic) else {
             let near = closest(topic, existing.keys().map(String::as_str))
                 .map(|t| format!("; did you mean `{t}`?"))
@@ -384,7 +395,7 @@ async fn topics(
                 if records == 1 { "" } else { "s" }
             ),
         );
-        match (config.connector.auto_offset_reset, records) {
+        match (declared(config).auto_offset_reset, records) {
             (_, 0) => report.warn(
                 "topics",
                 format!("{topic} is empty: nothing arrives until producers write to it"),
@@ -437,7 +448,7 @@ async fn format(
     topic: &str,
     partitions: usize,
 ) {
-    let connector = &config.connector;
+    let connector = declared(config);
     if connector.format == Format::Bytes {
         report.ok(
             "format",
@@ -549,7 +560,7 @@ fn internal_topics(
     partitions: &BTreeMap<String, usize>,
 ) {
     let existing = topic_partitions(metadata);
-    let connector = &config.connector;
+    let connector = declared(config);
     for (topic, &count) in partitions {
         let internal = connector.internal_topic(topic);
         match existing.get(&internal) {

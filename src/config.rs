@@ -134,6 +134,14 @@ pub struct ConnectorConfig {
 }
 
 impl ServiceConfig {
+    /// The connector the file declares, for commands that need one (`check`, `schemas`).
+    pub fn file_connector(&self) -> Result<&ConnectorConfig, ConfigError> {
+        self.connector.as_ref().ok_or(ConfigError::Missing {
+            key: "connector.name".into(),
+            hint: "this command needs a connector declared in the config file ([connector] with name, kafka.bootstrap.servers, topic.prefix, topic.include.list)",
+        })
+    }
+
     /// Whether this instance's shard runs `partition`.
     pub fn owns(&self, partition: &crate::record::SourcePartition) -> bool {
         partition.stable_hash() % u64::from(self.shard_count) == u64::from(self.shard_index)
@@ -188,8 +196,9 @@ pub struct ServiceConfig {
     pub api_listen: Option<String>,
     /// Bearer token every API request must carry (`None`: no token asked).
     pub api_token: Option<Secret>,
-    /// The connector.
-    pub connector: ConnectorConfig,
+    /// The connector the file declares (`connector.*` keys), if any; more can be
+    /// created through the API.
+    pub connector: Option<ConnectorConfig>,
 }
 
 struct Key {
@@ -515,7 +524,12 @@ impl RawConfig {
             keys: CONNECTOR_KEYS,
         };
 
-        let connector = build_connector(&c)?;
+        let declares_connector = self.0.keys().any(|k| k.starts_with(CONNECTOR_PREFIX));
+        let connector = if declares_connector {
+            Some(build_connector(&c)?)
+        } else {
+            None
+        };
         Ok(ServiceConfig {
             data_dir: PathBuf::from(
                 s.required("data.dir", "a directory for the WAL, e.g. ./data")?,
@@ -689,6 +703,56 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
         dead_letter_topic: dlq,
         settings: c.raw.redacted(CONNECTOR_PREFIX),
     })
+}
+
+/// A connector's config given through the API: its keys without the `connector.`
+/// prefix (a prefix is accepted too), validated as the file's `[connector]` section is.
+pub fn connector_from_settings(
+    name: &str,
+    settings: &BTreeMap<String, String>,
+) -> Result<ConnectorConfig, ConfigError> {
+    let mut raw = RawConfig::default();
+    for (key, value) in settings {
+        let short = key.strip_prefix(CONNECTOR_PREFIX).unwrap_or(key);
+        if short == "name" {
+            if value != name {
+                return Err(ConfigError::Invalid {
+                    key: "name".into(),
+                    value: value.clone(),
+                    expected: format!("the connector's name, {name}"),
+                });
+            }
+            continue;
+        }
+        if !CONNECTOR_KEYS.iter().any(|k| k.name == short) {
+            let names = CONNECTOR_KEYS.iter().map(|k| k.name);
+            let hint = match closest(short, names) {
+                Some(k) => format!("did you mean `{k}`?"),
+                None => format!(
+                    "connector keys: {}",
+                    CONNECTOR_KEYS
+                        .iter()
+                        .map(|k| k.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Err(ConfigError::Unknown {
+                key: short.to_owned(),
+                hint,
+            });
+        }
+        raw.set(&format!("{CONNECTOR_PREFIX}{short}"), value.clone());
+    }
+    raw.set(&format!("{CONNECTOR_PREFIX}name"), name);
+    let mut connector = build_connector(&Lookup {
+        raw: &raw,
+        prefix: CONNECTOR_PREFIX,
+        keys: CONNECTOR_KEYS,
+    })?;
+    connector.settings.remove("name");
+    connector.settings.insert("name".into(), name.to_owned());
+    Ok(connector)
 }
 
 fn api_listen(s: &Lookup<'_>) -> Result<Option<String>, ConfigError> {
@@ -930,13 +994,22 @@ topic.include.list = "orders,payments"
     #[test]
     fn good_file_gets_defaults_and_merged_topics() {
         let cfg = load(GOOD, &[]).unwrap();
-        assert_eq!(cfg.connector.topics, vec!["orders", "payments", "refunds"]);
         assert_eq!(
-            cfg.connector.bootstrap_servers,
+            cfg.connector.as_ref().unwrap().topics,
+            vec!["orders", "payments", "refunds"]
+        );
+        assert_eq!(
+            cfg.connector.as_ref().unwrap().bootstrap_servers,
             vec!["127.0.0.1:9092", "127.0.0.2:9092"]
         );
-        assert_eq!(cfg.connector.auto_offset_reset, OffsetReset::Earliest);
-        assert_eq!(cfg.connector.internal_topic("orders"), "ext.orders");
+        assert_eq!(
+            cfg.connector.as_ref().unwrap().auto_offset_reset,
+            OffsetReset::Earliest
+        );
+        assert_eq!(
+            cfg.connector.as_ref().unwrap().internal_topic("orders"),
+            "ext.orders"
+        );
         assert_eq!(cfg.wal_sync, SyncPolicy::Fsync);
         assert_eq!(cfg.request_timeout, Duration::from_secs(30));
     }
@@ -954,8 +1027,11 @@ topic.include.list = "orders,payments"
         let path = dir.path().join("service.json");
         std::fs::write(&path, json).unwrap();
         let cfg = RawConfig::from_file(&path).unwrap().build().unwrap();
-        assert_eq!(cfg.connector.topics, vec!["a", "b"]);
-        assert_eq!(cfg.connector.auto_offset_reset, OffsetReset::Latest);
+        assert_eq!(cfg.connector.as_ref().unwrap().topics, vec!["a", "b"]);
+        assert_eq!(
+            cfg.connector.as_ref().unwrap().auto_offset_reset,
+            OffsetReset::Latest
+        );
     }
 
     #[test]
@@ -965,8 +1041,56 @@ topic.include.list = "orders,payments"
             &["connector.auto.offset.reset=latest", "wal.sync=flush"],
         )
         .unwrap();
-        assert_eq!(cfg.connector.auto_offset_reset, OffsetReset::Latest);
+        assert_eq!(
+            cfg.connector.as_ref().unwrap().auto_offset_reset,
+            OffsetReset::Latest
+        );
         assert_eq!(cfg.wal_sync, SyncPolicy::Flush);
+    }
+
+    #[test]
+    fn a_file_without_connector_keys_declares_no_connector() {
+        let raw = RawConfig::from_toml_str(
+            "data.dir = \"/tmp/kd\"\ninternal.bootstrap.servers = \"127.0.0.1:9093\"\n",
+        )
+        .unwrap();
+        let cfg = raw.build().unwrap();
+        assert!(cfg.connector.is_none());
+        assert!(cfg
+            .file_connector()
+            .unwrap_err()
+            .to_string()
+            .contains("connector.name"));
+    }
+
+    #[test]
+    fn api_settings_are_validated_like_the_file_section() {
+        let settings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let good = settings(&[
+            ("kafka.bootstrap.servers", "h:1"),
+            ("connector.topic.prefix", "p"),
+            ("topic.include.list", "a,b"),
+            ("name", "c"),
+        ]);
+        let c = connector_from_settings("c", &good).unwrap();
+        assert_eq!(c.topics, ["a", "b"]);
+        assert_eq!(c.internal_topic("a"), "p.a");
+        let mut typo = good.clone();
+        typo.insert("auto.offset.rest".into(), "latest".into());
+        let e = connector_from_settings("c", &typo).unwrap_err().to_string();
+        assert!(e.contains("did you mean `auto.offset.reset`"), "{e}");
+        let e = connector_from_settings("other", &good)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the connector's name, other"), "{e}");
+        let mut missing = good.clone();
+        missing.remove("topic.include.list");
+        assert!(connector_from_settings("c", &missing).is_err());
     }
 
     #[test]
@@ -1084,13 +1208,19 @@ topic.include.list = "orders,payments"
             &["connector.format=json", "connector.schemas.enable=true"],
         )
         .unwrap();
-        assert_eq!(cfg.connector.format, Format::Json);
-        assert!(cfg.connector.schemas_enable);
-        let prefix = &cfg.connector.topic_prefix;
-        assert_eq!(cfg.connector.dead_letter_topic, format!("{prefix}.dlq"));
+        assert_eq!(cfg.connector.as_ref().unwrap().format, Format::Json);
+        assert!(cfg.connector.as_ref().unwrap().schemas_enable);
+        let prefix = &cfg.connector.as_ref().unwrap().topic_prefix;
+        assert_eq!(
+            cfg.connector.as_ref().unwrap().dead_letter_topic,
+            format!("{prefix}.dlq")
+        );
         let clash = format!(
             "connector.errors.deadletterqueue.topic.name={}",
-            cfg.connector.internal_topic(&cfg.connector.topics[0])
+            cfg.connector
+                .as_ref()
+                .unwrap()
+                .internal_topic(&cfg.connector.as_ref().unwrap().topics[0])
         );
         assert!(err(&[&clash]).contains("a topic other than the internal topic"));
     }

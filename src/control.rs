@@ -67,8 +67,10 @@ impl ConnectorState {
 /// One connector as the service runs it.
 #[derive(Debug)]
 pub struct ConnectorHandle {
-    /// Its config.
-    pub config: ConnectorConfig,
+    /// Its config (replaced when topics are added at run time).
+    config: RwLock<Arc<ConnectorConfig>>,
+    /// Why it could not start, if it could not.
+    error: std::sync::Mutex<Option<String>>,
     /// The WAL it writes (checkpoints, sizes).
     pub wal: Wal,
     /// Its latency histograms.
@@ -101,13 +103,34 @@ impl ConnectorHandle {
             info!(connector = %config.name, ?target, "the connector was {} when the service last ran; it stays so until resumed (PUT /connectors/{}/resume)", if target == Target::Paused { "paused" } else { "stopped" }, config.name);
         }
         Ok(Self {
-            config,
+            config: RwLock::new(Arc::new(config)),
+            error: std::sync::Mutex::new(None),
             wal,
             latencies: Latencies::new(),
             registry,
             partitions: RwLock::new(None),
             target: watch::channel(target).0,
         })
+    }
+
+    /// Its current config.
+    pub fn config(&self) -> Arc<ConnectorConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the config (the tasks read it at their next start or refresh).
+    pub fn set_config(&self, config: ConnectorConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    /// Records why the connector could not start (`None`: it started).
+    pub fn set_error(&self, error: Option<String>) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    /// Why the connector could not start, if it could not.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Publishes the partitions once they are known.
@@ -146,7 +169,8 @@ impl ConnectorHandle {
 
     /// Sets the target, durably first: a pause acknowledged by the API survives a crash.
     pub async fn set_target(&self, target: Target) -> Result<(), WalError> {
-        let key = target_key(&self.config.name);
+        let name = self.config().name.clone();
+        let key = target_key(&name);
         match target {
             Target::Paused => self.wal.meta_put(&key, b"paused")?,
             Target::Stopped => self.wal.meta_put(&key, b"stopped")?,
@@ -154,7 +178,7 @@ impl ConnectorHandle {
         }
         self.wal.commit().await?;
         if self.target.send_replace(target) != target {
-            info!(connector = %self.config.name, ?target, "connector target changed");
+            info!(connector = %name, ?target, "connector target changed");
         }
         Ok(())
     }
@@ -163,6 +187,9 @@ impl ConnectorHandle {
     pub fn state(&self) -> ConnectorState {
         if self.target() == Target::Stopped {
             return ConnectorState::Stopped;
+        }
+        if self.error().is_some() {
+            return ConnectorState::Failed;
         }
         if !self.assigned() {
             return ConnectorState::Unassigned;

@@ -76,6 +76,9 @@ enum Command {
         /// Only this subject (an internal topic name), every version in full.
         #[arg(long)]
         subject: Option<String>,
+        /// The connector [default: the one the config file declares].
+        #[arg(long)]
+        connector: Option<String>,
         /// Print JSON: one object per version, {subject, version, schema}.
         #[arg(long)]
         json: bool,
@@ -347,6 +350,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Schemas {
             config,
             subject,
+            connector,
             json,
         } => {
             let config = match load(&config, &[]) {
@@ -356,15 +360,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            let connector = match &connector {
+                Some(name) => name.clone(),
+                None => config.file_connector()?.name.clone(),
+            };
             let wal = open_wal(&config.data_dir)?;
-            let registry = SchemaRegistry::open(&wal, &config.connector.name)?;
+            let registry = SchemaRegistry::open(&wal, &connector)?;
             let mut all = registry.all();
             if let Some(subject) = &subject {
                 all.retain(|s, _| s == subject);
                 anyhow::ensure!(
                     !all.is_empty(),
-                    "no schema for subject {subject} (subjects are internal topic names, e.g. {})",
-                    config.connector.internal_topic(&config.connector.topics[0])
+                    "connector {connector} has no schema for subject {subject} (subjects are internal topic names)"
                 );
             }
             let versions = all.values().flatten();
@@ -391,7 +398,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     );
                 }
             } else if all.is_empty() {
-                out!("no schemas stored for connector {} (they are made with connector.format=json and connector.schemas.enable=true)", config.connector.name);
+                out!("no schemas stored for connector {connector} (they are made with connector.format=json and connector.schemas.enable=true)");
             } else {
                 out!(
                     "{:<40} {:>8} fields (latest version)",

@@ -264,8 +264,12 @@ async fn status_offsets_and_metrics_agree_with_the_brokers() {
             .contains("connector nope not found"),
         "{body}"
     );
-    let (status, body) = call(&api, "POST", "/connectors").await;
-    assert_eq!(status, 501, "{body}");
+    let (status, body) = call(&api, "DELETE", "/connectors/test").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("declared in the service's config file"),
+        "{body}"
+    );
 
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }

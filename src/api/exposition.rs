@@ -34,7 +34,7 @@ pub fn render(connectors: &[Arc<ConnectorHandle>], wal: &Wal) -> String {
     }));
     for c in connectors {
         let sub =
-            registry.sub_registry_with_label(("connector".into(), c.config.name.clone().into()));
+            registry.sub_registry_with_label(("connector".into(), c.config().name.clone().into()));
         sub.register(
             "fetch_seconds",
             "Duration of fetch requests to the external cluster",
@@ -147,7 +147,7 @@ impl Collector for Snapshot {
         let parts: Vec<(String, Vec<Arc<PartitionMetrics>>)> = self
             .connectors
             .iter()
-            .map(|c| (c.config.name.clone(), c.partitions()))
+            .map(|c| (c.config().name.clone(), c.partitions()))
             .collect();
         for (name, help, value) in COUNTERS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -230,7 +230,7 @@ impl Collector for Snapshot {
             let now = c.state();
             for state in ConnectorState::ALL {
                 let labels: Labels = vec![
-                    ("connector", c.config.name.clone()),
+                    ("connector", c.config().name.clone()),
                     ("state", state.name().to_owned()),
                 ];
                 ConstGauge::new((state == now) as i64).encode(family.encode_family(&labels)?)?;

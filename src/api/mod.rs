@@ -6,6 +6,7 @@
 //! Errors are JSON `{error_code, message}` as in Connect. When `api.token` is set, every
 //! request must carry `Authorization: Bearer <token>`, compared in constant time.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -118,30 +119,19 @@ pub async fn serve(
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    let not_yet = |what: &'static str| {
-        move || async move {
-            ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                format!("{what} is not supported by this version; the connector is defined by the config file the service was started with"),
-            )
-        }
-    };
     Router::new()
         .route("/", get(root))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route(
-            "/connectors",
-            get(list_connectors).post(not_yet("creating a connector")),
-        )
+        .route("/connectors", get(list_connectors).post(create_connector))
         .route(
             "/connectors/{name}",
-            get(connector_info).delete(not_yet("deleting a connector")),
+            get(connector_info).delete(delete_connector),
         )
         .route(
             "/connectors/{name}/config",
-            get(connector_config).put(not_yet("changing a connector's config")),
+            get(connector_config).put(put_config),
         )
         .route("/connectors/{name}/status", get(connector_status))
         .route("/connectors/{name}/topics", get(connector_topics))
@@ -218,7 +208,7 @@ async fn ready(State(shared): Api) -> Response {
         .handles()
         .iter()
         .filter(|c| !c.ready())
-        .map(|c| c.config.name.clone())
+        .map(|c| c.config().name.clone())
         .collect();
     if waiting.is_empty() {
         Json(json!({"status": "READY"})).into_response()
@@ -249,7 +239,7 @@ fn find_runtime(shared: &Shared, name: &str) -> Result<Arc<ConnectorRuntime>, Ap
             .connectors
             .handles()
             .iter()
-            .map(|c| c.config.name.clone())
+            .map(|c| c.config().name.clone())
             .collect();
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -274,7 +264,7 @@ async fn list_connectors(State(shared): Api, Query(query): Query<Vec<(String, St
         .collect();
     let handles = shared.connectors.handles();
     if expand.is_empty() {
-        let names: Vec<&str> = handles.iter().map(|c| c.config.name.as_str()).collect();
+        let names: Vec<String> = handles.iter().map(|c| c.config().name.clone()).collect();
         return Ok(Json(json!(names)));
     }
     let mut out = serde_json::Map::new();
@@ -292,18 +282,18 @@ async fn list_connectors(State(shared): Api, Query(query): Query<Vec<(String, St
                 }
             };
         }
-        out.insert(c.config.name.clone(), Value::Object(entry));
+        out.insert(c.config().name.clone(), Value::Object(entry));
     }
     Ok(Json(Value::Object(out)))
 }
 
 fn info_of(c: &ConnectorHandle) -> Value {
     let tasks: Vec<Value> = (0..c.partitions().len())
-        .map(|task| json!({"connector": c.config.name, "task": task}))
+        .map(|task| json!({"connector": c.config().name, "task": task}))
         .collect();
     json!({
-        "name": c.config.name,
-        "config": c.config.settings,
+        "name": c.config().name,
+        "config": c.config().settings,
         "tasks": tasks,
         "type": "source",
     })
@@ -314,7 +304,7 @@ async fn connector_info(State(shared): Api, Path(name): Path<String>) -> Answer 
 }
 
 async fn connector_config(State(shared): Api, Path(name): Path<String>) -> Answer {
-    Ok(Json(json!(find(&shared, &name)?.config.settings)))
+    Ok(Json(json!(find(&shared, &name)?.config().settings)))
 }
 
 fn task_of(id: usize, p: &PartitionMetrics, worker_id: &str) -> Value {
@@ -349,9 +339,13 @@ fn status_of(shared: &Shared, c: &ConnectorHandle) -> Value {
         .enumerate()
         .map(|(id, p)| task_of(id, p, &shared.worker_id))
         .collect();
+    let mut connector = json!({"state": c.state().name(), "worker_id": shared.worker_id});
+    if let Some(error) = c.error() {
+        connector["trace"] = json!(error);
+    }
     json!({
-        "name": c.config.name,
-        "connector": {"state": c.state().name(), "worker_id": shared.worker_id},
+        "name": c.config().name,
+        "connector": connector,
         "tasks": tasks,
         "type": "source",
     })
@@ -364,7 +358,7 @@ async fn connector_status(State(shared): Api, Path(name): Path<String>) -> Answe
 
 async fn connector_topics(State(shared): Api, Path(name): Path<String>) -> Answer {
     let c = find(&shared, &name)?;
-    Ok(Json(json!({ name: {"topics": c.config.topics} })))
+    Ok(Json(json!({ name: {"topics": c.config().topics} })))
 }
 
 /// KIP-875's shape: one entry per partition with a checkpoint, the offset being the
@@ -376,7 +370,7 @@ async fn connector_offsets(State(shared): Api, Path(name): Path<String>) -> Answ
     for p in c.partitions() {
         let checkpoints = c
             .wal
-            .partition(&c.config.name, &p.partition)
+            .partition(&c.config().name, &p.partition)
             .and_then(|log| log.checkpoints())
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         if let Some(next) = checkpoints.forwarded_next {
@@ -389,10 +383,96 @@ async fn connector_offsets(State(shared): Api, Path(name): Path<String>) -> Answ
     Ok(Json(json!({ "offsets": offsets })))
 }
 
+/// A JSON body, or a 400 naming what is wrong with it.
+type Body = Result<Json<Value>, axum::extract::rejection::JsonRejection>;
+
+fn body(body: Body) -> Result<Value, ApiError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+/// A connector config object as a string map (numbers and booleans written as text,
+/// lists joined with commas, as in the config file).
+fn settings_of(config: &Value) -> Result<BTreeMap<String, String>, ApiError> {
+    let object = config.as_object().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "config must be an object of connector keys, e.g. {\"kafka.bootstrap.servers\": \"host:9092\", \"topic.prefix\": \"ext\", \"topic.include.list\": \"orders\"}",
+        )
+    })?;
+    object
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(_) | Value::Bool(_) => v.to_string(),
+                Value::Array(items) => items
+                    .iter()
+                    .map(|i| {
+                        i.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| i.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("config key {k}: expected a string, number, boolean or list"),
+                    ))
+                }
+            };
+            Ok((k.clone(), text))
+        })
+        .collect()
+}
+
+/// `POST /connectors` `{name, config}`: 201 with the connector's info.
+async fn create_connector(State(shared): Api, request: Body) -> Result<Response, ApiError> {
+    let request = body(request)?;
+    let name = request["name"].as_str().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"name\": ..., \"config\": {...}}",
+        )
+    })?;
+    let settings = settings_of(&request["config"])?;
+    let runtime = shared.connectors.create(name, &settings).await?;
+    Ok((StatusCode::CREATED, Json(info_of(&runtime.handle))).into_response())
+}
+
+/// `PUT /connectors/{name}/config`: 201 when created, 200 when changed.
+async fn put_config(
+    State(shared): Api,
+    Path(name): Path<String>,
+    request: Body,
+) -> Result<Response, ApiError> {
+    let settings = settings_of(&body(request)?)?;
+    let created = shared.connectors.put(&name, &settings).await?;
+    let runtime = find_runtime(&shared, &name)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(info_of(&runtime.handle))).into_response())
+}
+
+/// `DELETE /connectors/{name}`: 204.
+async fn delete_connector(
+    State(shared): Api,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    shared.connectors.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
         let status = match e {
             ControlError::Refused(_) => StatusCode::BAD_REQUEST,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -424,13 +504,9 @@ async fn restart(State(shared): Api, Path(name): Path<String>) -> Result<Respons
 
 /// `PATCH /connectors/{name}/offsets` with KIP-875's body:
 /// `{"offsets": [{"partition": {"kafka_topic", "kafka_partition"}, "offset": {"kafka_offset"} | null}]}`.
-async fn alter_offsets(
-    State(shared): Api,
-    Path(name): Path<String>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Answer {
+async fn alter_offsets(State(shared): Api, Path(name): Path<String>, request: Body) -> Answer {
     let runtime = find_runtime(&shared, &name)?;
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let body = body(request)?;
     let changes = parse_offsets(&body).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     runtime.alter_offsets(&changes).await?;
     Ok(Json(json!({

@@ -74,15 +74,33 @@ pub enum ControlError {
     /// The request does not fit the connector's state or config (HTTP 400).
     #[error("{0}")]
     Refused(String),
+    /// The request conflicts with another connector or with the config file (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// No connector of that name (HTTP 404).
+    #[error("connector {0} not found")]
+    NotFound(String),
     /// Starting failed.
     #[error(transparent)]
-    Service(#[from] ServiceError),
+    Service(Box<ServiceError>),
     /// The WAL failed.
     #[error(transparent)]
     Wal(#[from] WalError),
     /// The internal cluster failed.
     #[error(transparent)]
-    Cluster(#[from] ClusterError),
+    Cluster(Box<ClusterError>),
+}
+
+impl From<ServiceError> for ControlError {
+    fn from(e: ServiceError) -> Self {
+        ControlError::Service(Box::new(e))
+    }
+}
+
+impl From<ClusterError> for ControlError {
+    fn from(e: ClusterError) -> Self {
+        ControlError::Cluster(Box::new(e))
+    }
 }
 
 /// One connector and, while it runs, its tasks.
@@ -95,6 +113,8 @@ pub struct ConnectorRuntime {
     /// Whether the next start must let the internal partitions' ends settle (a request
     /// of an earlier run may still be pending).
     settle: AtomicBool,
+    /// Wakes the supervisor for a metadata refresh before its next tick.
+    refresh: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Run {
@@ -129,7 +149,13 @@ impl ConnectorRuntime {
             ctx,
             run: Mutex::new(None),
             settle: AtomicBool::new(settle),
+            refresh: Arc::new(Notify::new()),
         }
+    }
+
+    /// Looks for new partitions (of topics added to the config) now.
+    pub fn refresh_now(&self) {
+        self.refresh.notify_one();
     }
 
     /// Starts the tasks unless the connector is stopped or already running.
@@ -200,7 +226,8 @@ impl ConnectorRuntime {
         changes: &[(SourcePartition, Option<i64>)],
     ) -> Result<(), ControlError> {
         let run = self.run.lock().await;
-        let name = &self.handle.config.name;
+        let connector = self.handle.config();
+        let name = &connector.name;
         if run.is_some() || self.handle.target() != Target::Stopped {
             return Err(ControlError::Refused(format!(
                 "connector {name} is {}: offsets can be changed only while it is STOPPED (PUT /connectors/{name}/stop first)",
@@ -208,11 +235,11 @@ impl ConnectorRuntime {
             )));
         }
         for (partition, offset) in changes {
-            if !self.handle.config.topics.contains(&partition.topic) {
+            if !connector.topics.contains(&partition.topic) {
                 return Err(ControlError::Refused(format!(
                     "topic {} is not in connector {name}'s topic.include.list ({})",
                     partition.topic,
-                    self.handle.config.topics.join(", ")
+                    connector.topics.join(", ")
                 )));
             }
             if offset.is_some_and(|o| o < 0) {
@@ -226,14 +253,13 @@ impl ConnectorRuntime {
         // After a crash or a stop with a produce in doubt, a request may still land: the
         // ends read below must have settled.
         let settle = self.settle.load(Ordering::Relaxed);
-        let connector = &self.handle.config;
         if connector.format != Format::Bytes {
             // Brings the dead-letter floors up to the topic's ends (and keeps them), so
             // that the dead letters of the changed partitions written so far are not
             // read again at the next start.
             let count = ensure_dead_letter_topic(
                 &self.ctx.config,
-                connector,
+                &connector,
                 &self.ctx.internal,
                 &self.ctx.internal_client,
             )
@@ -270,7 +296,7 @@ impl ConnectorRuntime {
             .wal
             .partitions()
             .into_iter()
-            .filter(|(c, _)| *c == self.handle.config.name)
+            .filter(|(c, _)| *c == self.handle.config().name)
             .map(|(_, p)| p)
             .collect()
     }
@@ -314,7 +340,7 @@ impl ConnectorRuntime {
     async fn start_tasks(&self) -> Result<Run, ServiceError> {
         let ctx = &self.ctx;
         let config = &ctx.config;
-        let connector = &self.handle.config;
+        let connector = &*self.handle.config();
         let wal = &ctx.wal;
         let settle = self.settle.load(Ordering::Relaxed);
         let source_cluster = Cluster {
@@ -422,7 +448,12 @@ impl ConnectorRuntime {
         info!(connector = %connector.name, partitions = running.len(), topics = %connector.topics.join(","),
             shard = %format!("{}/{}", config.shard_index, config.shard_count), "replicating");
 
-        let supervisor = tokio::spawn(supervise(spawner, tasks, running));
+        let supervisor = tokio::spawn(supervise(
+            spawner,
+            tasks,
+            running,
+            Arc::clone(&self.refresh),
+        ));
         Ok(Run {
             cancel,
             supervisor,
@@ -465,7 +496,7 @@ impl Spawner {
     ) -> Result<Running, WalError> {
         let ctx = &self.ctx;
         let config = &ctx.config;
-        let connector = &self.handle.config;
+        let connector = &*self.handle.config();
         let wal = &ctx.wal;
         let log = wal.partition(&connector.name, partition)?;
         let metrics = Arc::new(PartitionMetrics::new(partition.clone()));
@@ -540,7 +571,7 @@ impl Spawner {
         source_count: i32,
     ) -> Result<(), String> {
         let ctx = &self.ctx;
-        let connector = &self.handle.config;
+        let connector = &*self.handle.config();
         let internal = connector.internal_topic(&partition.topic);
         let wanted = source_count.max(partition.partition + 1);
         let existing = ctx
@@ -602,7 +633,7 @@ async fn refresh(
     tasks: &mut Tasks,
     running: &mut BTreeMap<SourcePartition, Running>,
 ) {
-    let connector = &spawner.handle.config;
+    let connector = &*spawner.handle.config();
     let listed = spawner
         .source_cluster
         .bounded("listing topics", spawner.source_client.list_topics())
@@ -730,9 +761,10 @@ async fn supervise(
     spawner: Spawner,
     mut tasks: Tasks,
     mut running: BTreeMap<SourcePartition, Running>,
+    refresh_now: Arc<Notify>,
 ) {
     let ctx = Arc::clone(&spawner.ctx);
-    let connector = spawner.handle.config.name.clone();
+    let connector = spawner.handle.config().name.clone();
     let mut refresh_tick = tokio::time::interval(ctx.config.metadata_refresh_interval);
     refresh_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     refresh_tick.tick().await;
@@ -741,6 +773,10 @@ async fn supervise(
         let joined = tokio::select! {
             joined = tasks.join_next() => joined,
             _ = refresh_tick.tick(), if !spawner.cancel.is_cancelled() => {
+                refresh(&spawner, &mut tasks, &mut running).await;
+                continue;
+            }
+            _ = refresh_now.notified(), if !spawner.cancel.is_cancelled() => {
                 refresh(&spawner, &mut tasks, &mut running).await;
                 continue;
             }
@@ -754,6 +790,7 @@ async fn supervise(
             tokio::select! {
                 _ = spawner.cancel.cancelled() => break,
                 _ = refresh_tick.tick() => refresh(&spawner, &mut tasks, &mut running).await,
+                _ = refresh_now.notified() => refresh(&spawner, &mut tasks, &mut running).await,
             }
             continue;
         };

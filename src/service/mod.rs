@@ -20,15 +20,16 @@ use tracing::info;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::ServiceConfig;
-use crate::control::{ConnectorHandle, ConnectorState};
-use crate::format::registry::SchemaRegistry;
+use crate::control::ConnectorState;
 use crate::forward::dead_letter::DeadLetterError;
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::wal::{Wal, WalError, WalOptions};
 
+mod catalog;
 pub mod connector;
 mod topics;
 
+pub use catalog::Connectors;
 pub use connector::{ConnectorRuntime, Context, ControlError, RunEnd};
 
 /// Why the service could not run.
@@ -85,54 +86,12 @@ impl From<DeadLetterError> for ServiceError {
     }
 }
 
-/// Every connector the service runs, as the API sees them.
-#[derive(Debug, Default)]
-pub struct Connectors {
-    list: std::sync::RwLock<Vec<Arc<ConnectorRuntime>>>,
-}
-
-impl Connectors {
-    /// Adds a connector.
-    pub fn add(&self, runtime: Arc<ConnectorRuntime>) {
-        self.list
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(runtime);
-    }
-
-    /// Every connector, in the order added.
-    pub fn all(&self) -> Vec<Arc<ConnectorRuntime>> {
-        self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The connector called `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<ConnectorRuntime>> {
-        self.all()
-            .into_iter()
-            .find(|c| c.handle.config.name == name)
-    }
-
-    /// Every connector's handle.
-    pub fn handles(&self) -> Vec<Arc<ConnectorHandle>> {
-        self.all().iter().map(|c| Arc::clone(&c.handle)).collect()
-    }
-
-    /// Every partition of every connector.
-    fn partitions(&self) -> Vec<Arc<PartitionMetrics>> {
-        self.all()
-            .iter()
-            .flat_map(|c| c.handle.partitions())
-            .collect()
-    }
-}
-
 /// Runs the service until `shutdown` resolves (exit 0) or every connector's partitions
 /// failed.
 pub async fn run(
     config: ServiceConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
-    let connector = &config.connector;
     let data_dir = config.data_dir.clone();
     let options = WalOptions {
         sync: config.wal_sync,
@@ -164,7 +123,7 @@ pub async fn run(
         servers: config.internal_bootstrap_servers.clone(),
         timeout: config.request_timeout,
         internal_retries: false,
-        client_id: format!("kafka-direct-{}", connector.name),
+        client_id: "kafka-direct".into(),
     };
     let internal_client = internal.connect().await?;
     info!(internal = %config.internal_bootstrap_servers.join(","), "connected to the internal cluster");
@@ -179,19 +138,16 @@ pub async fn run(
         storage_failure: std::sync::Mutex::new(None),
         ended,
     });
-    let registry = if connector.schemas_enable {
-        Some(Arc::new(SchemaRegistry::open(&wal, &connector.name)?))
-    } else {
-        None
-    };
-    let handle = Arc::new(ConnectorHandle::open(
-        connector.clone(),
-        wal.clone(),
-        registry,
+    let connectors = Arc::new(Connectors::open(
+        Arc::clone(&ctx),
+        config.connector.clone(),
+        settle,
     )?);
-    let connectors = Arc::new(Connectors::default());
-    let runtime = Arc::new(ConnectorRuntime::new(handle, Arc::clone(&ctx), settle));
-    connectors.add(Arc::clone(&runtime));
+    if connectors.all().is_empty() {
+        info!(
+            "no connector declared in the config file or stored: create one with POST /connectors"
+        );
+    }
 
     // The API answers from here on (/health at once, /ready once every task works), and
     // stops after the final flush.
@@ -208,7 +164,16 @@ pub async fn run(
         .await?;
     }
 
-    runtime.start().await?;
+    // The file's connector starts in the foreground: a service that cannot start it
+    // exits with the reason. Connectors created through the API start in the
+    // background, each failure shown in its status.
+    for runtime in connectors.all() {
+        if connectors.is_declared(&runtime.handle.config().name) {
+            runtime.start().await?;
+        } else {
+            Connectors::start_in_background(runtime);
+        }
+    }
     let progress_stop = CancellationToken::new();
     let progress = spawn_progress(
         config.progress_interval,
@@ -232,7 +197,7 @@ pub async fn run(
                 let all = connectors.all();
                 let failed: Vec<&String> = all
                     .iter()
-                    .filter_map(|c| match last_end.get(&c.handle.config.name) {
+                    .filter_map(|c| match last_end.get(&c.handle.config().name) {
                         Some(RunEnd::AllFailed(first)) if c.handle.state() == ConnectorState::Failed => Some(first),
                         _ => None,
                     })

@@ -317,6 +317,19 @@ impl Wal {
         out
     }
 
+    /// Deletes the log of one partition of a connector (its tree: entries and
+    /// checkpoints). Durable with the next [`Wal::commit`].
+    pub fn drop_partition(
+        &self,
+        connector: &str,
+        partition: &SourcePartition,
+    ) -> Result<(), WalError> {
+        self.partition(connector, partition)?.reset(None)?;
+        self.shared.db.drop_tree(tree_name(connector, partition))?;
+        self.note_write();
+        Ok(())
+    }
+
     /// Encoded bytes of unforwarded entries.
     pub fn used_bytes(&self) -> u64 {
         self.shared.used_bytes.load(Ordering::Relaxed)

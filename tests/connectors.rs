@@ -1,0 +1,266 @@
+//! Connectors managed through the API on a service whose config file declares none:
+//! create (with the errors a user can make), topics added at run time, configs that
+//! survive a restart, delete, and a re-created connector that starts fresh.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use kafka_direct::api::client::ApiClient;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn send(
+    api: &ApiClient,
+    method: &'static str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let api = api.clone();
+    let path = path.to_owned();
+    let (status, text) =
+        tokio::task::spawn_blocking(move || api.send(method, &path, body.as_ref()).unwrap())
+            .await
+            .unwrap();
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    };
+    (status, value)
+}
+
+async fn wait_running(api: &ApiClient, name: &str, partitions: usize) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, s) = send(api, "GET", &format!("/connectors/{name}/status"), None).await;
+        let tasks = s["tasks"].as_array().map(Vec::len).unwrap_or(0);
+        if status == 200
+            && tasks == partitions
+            && s["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["state"] == "RUNNING")
+        {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{name} not running: {s:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connectors_are_created_changed_kept_and_deleted_through_the_api() {
+    let external = Broker::start();
+    let internal = Broker::start();
+    create_topic(&external.addr(), "a", 2).await;
+    create_topic(&external.addr(), "b", 1).await;
+    for p in 0..2 {
+        produce(
+            &partition_client(&external.addr(), "a", p).await,
+            test_records(p, 0, 50),
+        )
+        .await;
+    }
+    produce(
+        &partition_client(&external.addr(), "b", 0).await,
+        test_records(0, 0, 30),
+    )
+    .await;
+
+    // A service with no connector in its file.
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: "unused",
+            extra: &[("topic.metadata.refresh.interval.ms", "300")],
+        },
+    );
+    std::fs::write(
+        &service.config,
+        format!(
+            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\napi.listen = \"127.0.0.1:0\"\nrequest.timeout.ms = 3000\nfetch.max.wait.ms = 100\ntopic.metadata.refresh.interval.ms = 300\n",
+            dir.path().join("data").display(),
+            internal.addr()
+        ),
+    )
+    .unwrap();
+    service.start();
+    let api = ApiClient::new(&service.api().await, None);
+    assert_eq!(
+        send(&api, "GET", "/connectors", None).await,
+        (200, json!([]))
+    );
+    assert_eq!(send(&api, "GET", "/ready", None).await.0, 200);
+
+    let config = json!({
+        "kafka.bootstrap.servers": external.addr(),
+        "topic.prefix": "x",
+        "topic.include.list": ["a"],
+        "format": "bytes",
+    });
+    let (status, body) = send(
+        &api,
+        "POST",
+        "/connectors",
+        Some(json!({"name": "one", "config": config})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["name"], "one");
+    assert_eq!(body["config"]["topic.include.list"], "a");
+
+    // What a user gets wrong is answered clearly.
+    let (status, body) = send(
+        &api,
+        "POST",
+        "/connectors",
+        Some(json!({"name": "one", "config": config})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["message"].as_str().unwrap()),
+        (409, "connector one already exists")
+    );
+    let mut typo = config.clone();
+    typo["topic.prefx"] = json!("y");
+    let (status, body) = send(
+        &api,
+        "POST",
+        "/connectors",
+        Some(json!({"name": "two", "config": typo})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `topic.prefix`"),
+        "{body}"
+    );
+    let (status, body) = send(
+        &api,
+        "POST",
+        "/connectors",
+        Some(json!({"name": "two", "config": config})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("internal topic x.a is already written by connector one"),
+        "{body}"
+    );
+    let (status, body) = send(&api, "POST", "/connectors", Some(json!({"name": "three"}))).await;
+    assert_eq!(status, 400, "{body}");
+
+    wait_running(&api, "one", 2).await;
+    for p in 0..2 {
+        reach_end(&internal.addr(), "x.a", p, 50, WAIT)
+            .await
+            .unwrap_or_else(|now| panic!("x.a/{p} at {now}"));
+        let source = read_all(&external.addr(), "a", p).await;
+        assert_exactly_once(&source, &read_all(&internal.addr(), "x.a", p).await, "a", p);
+    }
+
+    // A topic added at run time starts (from its earliest offset); a's tasks go on.
+    let mut more = config.clone();
+    more["topic.include.list.user.defined"] = json!("b");
+    let (status, body) = send(&api, "PUT", "/connectors/one/config", Some(more.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    let s = wait_running(&api, "one", 3).await;
+    let a0 = s["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "a" && t["partition"] == 0)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        a0["records_forwarded"], 50,
+        "a's counters were kept: its tasks did not restart"
+    );
+    reach_end(&internal.addr(), "x.b", 0, 30, WAIT)
+        .await
+        .unwrap_or_else(|now| panic!("x.b/0 at {now}"));
+    assert!(!service
+        .log_text()
+        .contains("config changed: restarting the connector"));
+
+    // The connector and its config survive a restart of the service.
+    assert!(
+        service.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        service.log_text()
+    );
+    service.start();
+    let api = ApiClient::new(&service.api().await, None);
+    assert_eq!(
+        send(&api, "GET", "/connectors", None).await,
+        (200, json!(["one"]))
+    );
+    wait_running(&api, "one", 3).await;
+    assert_eq!(
+        send(&api, "GET", "/connectors/one/config", None).await.1
+            ["topic.include.list.user.defined"],
+        "b"
+    );
+    produce(
+        &partition_client(&external.addr(), "b", 0).await,
+        test_records(0, 30, 10),
+    )
+    .await;
+    reach_end(&internal.addr(), "x.b", 0, 40, WAIT)
+        .await
+        .unwrap_or_else(|now| panic!("x.b/0 at {now}"));
+    let source = read_all(&external.addr(), "b", 0).await;
+    assert_exactly_once(&source, &read_all(&internal.addr(), "x.b", 0).await, "b", 0);
+
+    // Deleted, then created again under the same name: it starts fresh under
+    // auto.offset.reset (earliest here), so a's records are copied a second time.
+    let (status, body) = send(&api, "DELETE", "/connectors/one", None).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        send(&api, "GET", "/connectors", None).await,
+        (200, json!([]))
+    );
+    assert_eq!(
+        send(&api, "GET", "/connectors/one/status", None).await.0,
+        404
+    );
+    let (status, body) = send(
+        &api,
+        "POST",
+        "/connectors",
+        Some(json!({"name": "one", "config": config})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for p in 0..2 {
+        reach_end(&internal.addr(), "x.a", p, 100, WAIT)
+            .await
+            .unwrap_or_else(|now| panic!("x.a/{p} at {now}"));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for p in 0..2 {
+        assert_eq!(
+            end_offset(&internal.addr(), "x.a", p).await,
+            100,
+            "one fresh copy, no more"
+        );
+    }
+    assert!(
+        service.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        service.log_text()
+    );
+}
