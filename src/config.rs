@@ -473,6 +473,11 @@ impl RawConfig {
         Ok(())
     }
 
+    /// Every key and value.
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+
     /// The keys under `prefix` (given without it), secrets replaced by [`HIDDEN`].
     pub fn redacted(&self, prefix: &str) -> BTreeMap<String, String> {
         self.0

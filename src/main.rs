@@ -133,8 +133,31 @@ enum ConnectorsCommand {
         /// Connector name.
         name: String,
     },
-    /// Resume a paused connector.
+    /// Resume a paused connector, or start a stopped one.
     Resume {
+        /// Connector name.
+        name: String,
+    },
+    /// Stop a connector's tasks (kept across restarts); its offsets can then be changed.
+    Stop {
+        /// Connector name.
+        name: String,
+    },
+    /// Restart a connector's tasks.
+    Restart {
+        /// Connector name.
+        name: String,
+    },
+    /// Create a connector (or change its config) from a JSON or TOML file of connector keys.
+    Put {
+        /// Connector name.
+        name: String,
+        /// File of connector keys: {"kafka.bootstrap.servers": ..., "topic.prefix": ..., ...}.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Delete a connector created through the API, with its WAL entries, offsets and schemas.
+    Delete {
         /// Connector name.
         name: String,
     },
@@ -149,6 +172,19 @@ enum OffsetsCommand {
         /// Print the API's JSON (KIP-875 shape).
         #[arg(long)]
         json: bool,
+    },
+    /// Move partitions of a stopped connector: TOPIC/PARTITION=OFFSET, repeatable.
+    Set {
+        /// Connector name.
+        name: String,
+        /// e.g. orders/0=1200 orders/1=980
+        #[arg(required = true, value_name = "TOPIC/PARTITION=OFFSET")]
+        positions: Vec<String>,
+    },
+    /// Send every partition of a stopped connector back to auto.offset.reset.
+    Reset {
+        /// Connector name.
+        name: String,
     },
 }
 
@@ -320,12 +356,88 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     put_action(&client, &name, "resume")?;
                     out!("connector {name}: resume requested");
                 }
+                ConnectorsCommand::Stop { name } => {
+                    put_action(&client, &name, "stop")?;
+                    out!("connector {name}: stopped");
+                }
+                ConnectorsCommand::Restart { name } => {
+                    expect_success(
+                        client.call("POST", &format!("/connectors/{name}/restart"))?,
+                        &format!("restart {name}"),
+                    )?;
+                    out!("connector {name}: restarted");
+                }
+                ConnectorsCommand::Put { name, file } => {
+                    let raw = RawConfig::from_file(&file)?;
+                    let settings: serde_json::Map<String, serde_json::Value> = raw
+                        .entries()
+                        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                        .collect();
+                    let body = serde_json::Value::Object(settings);
+                    let (status, answer) =
+                        client.send("PUT", &format!("/connectors/{name}/config"), Some(&body))?;
+                    expect_success((status, answer), &format!("put {name}"))?;
+                    out!(
+                        "connector {name}: {}",
+                        if status == 201 {
+                            "created"
+                        } else {
+                            "config changed"
+                        }
+                    );
+                }
+                ConnectorsCommand::Delete { name } => {
+                    expect_success(
+                        client.call("DELETE", &format!("/connectors/{name}"))?,
+                        &format!("delete {name}"),
+                    )?;
+                    out!("connector {name}: deleted");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Offsets { api, command } => {
             let client = api_client(&api)?;
             match command {
+                OffsetsCommand::Set { name, positions } => {
+                    let mut offsets = Vec::new();
+                    for position in &positions {
+                        let parsed = position.rsplit_once('=').and_then(|(tp, offset)| {
+                            let (topic, partition) = tp.rsplit_once('/')?;
+                            Some((
+                                topic,
+                                partition.parse::<i32>().ok()?,
+                                offset.parse::<i64>().ok()?,
+                            ))
+                        });
+                        let Some((topic, partition, offset)) = parsed else {
+                            anyhow::bail!(
+                                "{position:?} is not TOPIC/PARTITION=OFFSET (e.g. orders/0=1200)"
+                            );
+                        };
+                        offsets.push(serde_json::json!({
+                            "partition": {"kafka_topic": topic, "kafka_partition": partition},
+                            "offset": {"kafka_offset": offset},
+                        }));
+                    }
+                    let body = serde_json::json!({ "offsets": offsets });
+                    expect_success(
+                        client.send(
+                            "PATCH",
+                            &format!("/connectors/{name}/offsets"),
+                            Some(&body),
+                        )?,
+                        &format!("offsets set {name}"),
+                    )?;
+                    out!("connector {name}: offsets set; resume it to copy from there");
+                }
+                OffsetsCommand::Reset { name } => {
+                    expect_success(
+                        client.call("DELETE", &format!("/connectors/{name}/offsets"))?,
+                        &format!("offsets reset {name}"),
+                    )?;
+                    out!("connector {name}: offsets reset to auto.offset.reset; resume it to start again");
+                }
                 OffsetsCommand::Get { name, json } => {
                     let offsets = client.get_json(&format!("/connectors/{name}/offsets"))?;
                     if json {
@@ -463,15 +575,22 @@ fn api_client(args: &ApiArgs) -> anyhow::Result<ApiClient> {
     Ok(ApiClient::new(&address, token))
 }
 
-/// `PUT /connectors/{name}/{action}`, expecting 202.
+/// `PUT /connectors/{name}/{action}`, expecting success.
 fn put_action(client: &ApiClient, name: &str, action: &str) -> anyhow::Result<()> {
-    let (status, body) = client.call("PUT", &format!("/connectors/{name}/{action}"))?;
+    expect_success(
+        client.call("PUT", &format!("/connectors/{name}/{action}"))?,
+        &format!("{action} {name}"),
+    )
+}
+
+/// An error for an API answer that is not a success, with the API's message.
+fn expect_success((status, body): (u16, String), what: &str) -> anyhow::Result<()> {
     if !(200..300).contains(&status) {
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_owned))
             .unwrap_or(body);
-        anyhow::bail!("{action} {name}: the API answered {status}: {message}");
+        anyhow::bail!("{what}: the API answered {status}: {message}");
     }
     Ok(())
 }
