@@ -192,6 +192,8 @@ pub struct ServiceConfig {
     pub shard_index: u32,
     /// Number of instances sharing each connector's partitions.
     pub shard_count: u32,
+    /// How often each connector's forwarded total is sampled for the status page's chart.
+    pub ui_sample_interval: Duration,
     /// Address of the HTTP API (`None`: no API).
     pub api_listen: Option<String>,
     /// Bearer token every API request must carry (`None`: no token asked).
@@ -292,6 +294,11 @@ const SERVICE_KEYS: &[Key] = &[
         name: "api.listen",
         default: Some("127.0.0.1:8083"),
         doc: "host:port of the HTTP API (REST, /metrics, /health); port 0 = any free port; none = no API",
+    },
+    Key {
+        name: "ui.sample.interval.ms",
+        default: Some("5000"),
+        doc: "how often the status page (/ui) samples each connector's forwarded records for its chart (72 samples kept)",
     },
     Key {
         name: "api.token",
@@ -584,6 +591,11 @@ impl RawConfig {
                 let count = s.number("shard.count", 1, 1024)?;
                 s.number("shard.index", 0, count - 1)? as u32
             },
+            ui_sample_interval: Duration::from_millis(s.number(
+                "ui.sample.interval.ms",
+                100,
+                3_600_000,
+            )? as u64),
             api_listen: api_listen(&s)?,
             api_token: Some(s.get("api.token"))
                 .filter(|t| !t.is_empty())

@@ -79,6 +79,8 @@ pub struct ConnectorHandle {
     pub registry: Option<Arc<SchemaRegistry>>,
     /// `None` until the first start listed them.
     partitions: RwLock<Option<Vec<Arc<PartitionMetrics>>>>,
+    /// Forwarded-record totals sampled over the last minutes (the status page's chart).
+    history: std::sync::Mutex<std::collections::VecDeque<Sample>>,
     target: watch::Sender<Target>,
 }
 
@@ -109,6 +111,7 @@ impl ConnectorHandle {
             latencies: Latencies::new(),
             registry,
             partitions: RwLock::new(None),
+            history: std::sync::Mutex::new(std::collections::VecDeque::new()),
             target: watch::channel(target).0,
         })
     }
@@ -220,6 +223,60 @@ impl ConnectorHandle {
                 TaskState::Starting => false,
                 TaskState::Paused | TaskState::Failed | TaskState::Stopped => true,
             })
+    }
+}
+
+/// Records forwarded by a connector up to a moment (its partitions' counters summed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    /// Records acknowledged by the internal cluster since the service started.
+    pub forwarded: u64,
+}
+
+/// How many samples [`ConnectorHandle::sample`] keeps (at one per 5 s: 6 minutes).
+pub const HISTORY: usize = 72;
+
+impl ConnectorHandle {
+    /// Records the forwarded total now, keeping the last [`HISTORY`] samples.
+    pub fn sample(&self) {
+        let forwarded = self
+            .partitions()
+            .iter()
+            .map(|p| {
+                p.forwarded_records
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.push_back(Sample { at, forwarded });
+        while history.len() > HISTORY {
+            history.pop_front();
+        }
+    }
+
+    /// Forwarding rates between consecutive samples: (seconds since the epoch at the end
+    /// of the interval, records per second). A counter that went down (the tasks were
+    /// restarted) counts from zero.
+    pub fn throughput(&self) -> Vec<(f64, f64)> {
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history
+            .iter()
+            .zip(history.iter().skip(1))
+            .map(|(a, b)| {
+                let records = if b.forwarded >= a.forwarded {
+                    b.forwarded - a.forwarded
+                } else {
+                    b.forwarded
+                };
+                (b.at, records as f64 / (b.at - a.at).max(1e-3))
+            })
+            .collect()
     }
 }
 

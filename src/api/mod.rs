@@ -30,6 +30,7 @@ use crate::wal::Wal;
 
 pub mod client;
 pub mod exposition;
+pub mod page;
 pub mod text;
 
 /// Why the API could not start.
@@ -124,6 +125,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/ui", get(ui))
         .route("/connectors", get(list_connectors).post(create_connector))
         .route(
             "/connectors/{name}",
@@ -219,6 +221,13 @@ async fn ready(State(shared): Api) -> Response {
         });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
+}
+
+async fn ui(State(shared): Api) -> axum::response::Html<String> {
+    axum::response::Html(page::render(
+        &shared.connectors.handles(),
+        &shared.worker_id,
+    ))
 }
 
 async fn metrics(State(shared): Api) -> Response {

@@ -175,6 +175,11 @@ pub async fn run(
         }
     }
     let progress_stop = CancellationToken::new();
+    spawn_sampler(
+        config.ui_sample_interval,
+        Arc::clone(&connectors),
+        progress_stop.clone(),
+    );
     let progress = spawn_progress(
         config.progress_interval,
         Arc::clone(&connectors),
@@ -252,6 +257,23 @@ pub async fn run(
         "stopped; checkpoints are flushed"
     );
     Ok(())
+}
+
+/// Samples each connector's forwarded total for the status page's chart.
+fn spawn_sampler(interval: Duration, connectors: Arc<Connectors>, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => {
+                    for c in connectors.handles() {
+                        c.sample();
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn spawn_progress(

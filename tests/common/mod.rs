@@ -47,6 +47,11 @@ pub fn install_tools() {
     });
 }
 
+/// Debian's Chromium, installed on first use (for the status page test).
+pub fn chromium() -> PathBuf {
+    run_script("install-chromium")
+}
+
 pub fn kcat() -> PathBuf {
     install_tools();
     repo_root().join("target/kcat/kcat")
