@@ -55,6 +55,20 @@ async fn copied_source_offsets(addr: &str, topic: &str, partition: i32) -> Vec<i
         .collect()
 }
 
+/// A started service that has copied `records` per partition of a new topic, and its API.
+async fn replicating(
+    topic: &'static str,
+    partitions: i32,
+    records: usize,
+) -> (Pipeline, ApiClient) {
+    let mut p = Pipeline::new(topic, partitions, &[]).await;
+    p.produce_each(0, records).await;
+    p.service.start();
+    let api = ApiClient::new(&p.service.api().await, None);
+    p.assert_replicated(0, WAIT).await;
+    (p, api)
+}
+
 /// Runs the CLI: (success, stdout + stderr).
 fn cli(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
@@ -276,11 +290,7 @@ async fn status_offsets_and_metrics_agree_with_the_brokers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_holds_the_pipeline_across_a_restart_and_resume_copies_the_rest_once() {
-    let mut p = Pipeline::new("paused", 2, &[]).await;
-    p.produce_each(0, 200).await;
-    p.service.start();
-    let api = ApiClient::new(&p.service.api().await, None);
-    p.assert_replicated(0, WAIT).await;
+    let (mut p, api) = replicating("paused", 2, 200).await;
 
     let (ok, text) = cli(&[
         "connectors",
@@ -456,11 +466,7 @@ async fn subjects_serve_the_schema_registry() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn offsets_change_only_while_stopped_and_a_rewind_copies_again_exactly_from_there() {
-    let mut p = Pipeline::new("rewind", 1, &[]).await;
-    p.produce_each(0, 100).await;
-    p.service.start();
-    let api = ApiClient::new(&p.service.api().await, None);
-    p.assert_replicated(0, WAIT).await;
+    let (mut p, api) = replicating("rewind", 1, 100).await;
     let to = |offset: Value| serde_json::json!({"offsets": [{"partition": {"kafka_topic": "rewind", "kafka_partition": 0}, "offset": offset}]});
 
     // Refused while running, with the reason.
@@ -567,11 +573,7 @@ async fn offsets_change_only_while_stopped_and_a_rewind_copies_again_exactly_fro
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_connector_stays_stopped_across_a_restart_and_restart_resumes_tasks() {
-    let mut p = Pipeline::new("halted", 2, &[]).await;
-    p.produce_each(0, 50).await;
-    p.service.start();
-    let api = ApiClient::new(&p.service.api().await, None);
-    p.assert_replicated(0, WAIT).await;
+    let (mut p, api) = replicating("halted", 2, 50).await;
     assert_eq!(call(&api, "POST", "/connectors/test/restart").await.0, 202);
     wait_json(
         &api,

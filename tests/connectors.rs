@@ -130,36 +130,27 @@ async fn connectors_are_created_changed_kept_and_deleted_through_the_api() {
     );
     let mut typo = config.clone();
     typo["topic.prefx"] = json!("y");
-    let (status, body) = send(
-        &api,
-        "POST",
-        "/connectors",
-        Some(json!({"name": "two", "config": typo})),
+    let post = |body: Value, status: u16, needle: &'static str| {
+        let api = api.clone();
+        async move {
+            let (got, answer) = send(&api, "POST", "/connectors", Some(body)).await;
+            assert_eq!(got, status, "{answer}");
+            let message = answer["message"].as_str().unwrap();
+            assert!(message.contains(needle), "{message}");
+        }
+    };
+    post(
+        json!({"name": "two", "config": typo}),
+        400,
+        "did you mean `topic.prefix`",
     )
     .await;
-    assert_eq!(status, 400);
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("did you mean `topic.prefix`"),
-        "{body}"
-    );
-    let (status, body) = send(
-        &api,
-        "POST",
-        "/connectors",
-        Some(json!({"name": "two", "config": config})),
+    post(
+        json!({"name": "two", "config": config}),
+        409,
+        "internal topic x.a is already written by connector one",
     )
     .await;
-    assert_eq!(status, 409);
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("internal topic x.a is already written by connector one"),
-        "{body}"
-    );
     let (status, body) = send(&api, "POST", "/connectors", Some(json!({"name": "three"}))).await;
     assert_eq!(status, 400, "{body}");
 

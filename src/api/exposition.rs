@@ -142,6 +142,39 @@ const GAUGES: &[(&str, &str, GaugeOf)] = &[
     ),
 ];
 
+type Parts = [(String, Vec<Arc<PartitionMetrics>>)];
+
+/// One metric family with a sample per partition of every connector, and per value of
+/// one more label when `samples` gives several.
+fn partition_family(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help, counter): (&str, &str, bool),
+    parts: &Parts,
+    samples: impl Fn(&PartitionMetrics) -> Vec<(Option<(&'static str, String)>, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let kind = if counter {
+        MetricType::Counter
+    } else {
+        MetricType::Gauge
+    };
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (connector, ps) in parts {
+        for p in ps {
+            for (extra, value) in samples(p) {
+                let mut labels = partition_labels(connector, p);
+                labels.extend(extra);
+                let sample = family.encode_family(&labels)?;
+                if counter {
+                    ConstCounter::new(value.max(0) as u64).encode(sample)?;
+                } else {
+                    ConstGauge::new(value).encode(sample)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let parts: Vec<(String, Vec<Arc<PartitionMetrics>>)> = self
@@ -150,76 +183,78 @@ impl Collector for Snapshot {
             .map(|c| (c.config().name.clone(), c.partitions()))
             .collect();
         for (name, help, value) in COUNTERS {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (connector, ps) in &parts {
-                for p in ps {
-                    ConstCounter::new(value(p))
-                        .encode(family.encode_family(&partition_labels(connector, p))?)?;
-                }
-            }
+            partition_family(&mut encoder, (name, help, true), &parts, |p| {
+                vec![(None, value(p) as i64)]
+            })?;
         }
-        let mut family = encoder.encode_descriptor(
-            "records_dead_lettered",
-            "Records sent to the dead-letter topic, by error kind",
-            None,
-            MetricType::Counter,
+        partition_family(
+            &mut encoder,
+            (
+                "records_dead_lettered",
+                "Records sent to the dead-letter topic, by error kind",
+                true,
+            ),
+            &parts,
+            |p| {
+                ErrorKind::ALL
+                    .iter()
+                    .map(|kind| {
+                        let n = p.dead_lettered[kind.index()].load(Ordering::Relaxed);
+                        (Some(("kind", kind.name().to_owned())), n as i64)
+                    })
+                    .collect()
+            },
         )?;
-        for (connector, ps) in &parts {
-            for p in ps {
-                for kind in ErrorKind::ALL {
-                    let mut labels = partition_labels(connector, p);
-                    labels.push(("kind", kind.name().to_owned()));
-                    ConstCounter::new(p.dead_lettered[kind.index()].load(Ordering::Relaxed))
-                        .encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "errors",
-            "Failed requests that were retried, by kind (fetch, produce, dead_letter_produce)",
-            None,
-            MetricType::Counter,
-        )?;
-        for (connector, ps) in &parts {
-            for p in ps {
-                for (kind, counter) in [
+        partition_family(
+            &mut encoder,
+            (
+                "errors",
+                "Failed requests that were retried, by kind (fetch, produce, dead_letter_produce)",
+                true,
+            ),
+            &parts,
+            |p| {
+                [
                     ("fetch", &p.fetch_errors),
                     ("produce", &p.produce_errors),
                     ("dead_letter_produce", &p.dead_letter_errors),
-                ] {
-                    let mut labels = partition_labels(connector, p);
-                    labels.push(("kind", kind.to_owned()));
-                    ConstCounter::new(counter.load(Ordering::Relaxed))
-                        .encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        for (name, help, value) in GAUGES {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (connector, ps) in &parts {
-                for p in ps {
-                    ConstGauge::new(value(p))
-                        .encode(family.encode_family(&partition_labels(connector, p))?)?;
-                }
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "task_state",
-            "1 for the state each partition's tasks are in",
-            None,
-            MetricType::Gauge,
+                ]
+                .iter()
+                .map(|(kind, n)| {
+                    (
+                        Some(("kind", (*kind).to_owned())),
+                        n.load(Ordering::Relaxed) as i64,
+                    )
+                })
+                .collect()
+            },
         )?;
-        for (connector, ps) in &parts {
-            for p in ps {
-                let now = p.state();
-                for state in TaskState::ALL {
-                    let mut labels = partition_labels(connector, p);
-                    labels.push(("state", state.name().to_owned()));
-                    ConstGauge::new((state == now) as i64)
-                        .encode(family.encode_family(&labels)?)?;
-                }
-            }
+        for (name, help, value) in GAUGES {
+            partition_family(&mut encoder, (name, help, false), &parts, |p| {
+                vec![(None, value(p))]
+            })?;
         }
+        partition_family(
+            &mut encoder,
+            (
+                "task_state",
+                "1 for the state each partition's tasks are in",
+                false,
+            ),
+            &parts,
+            |p| {
+                let now = p.state();
+                TaskState::ALL
+                    .iter()
+                    .map(|state| {
+                        (
+                            Some(("state", state.name().to_owned())),
+                            (*state == now) as i64,
+                        )
+                    })
+                    .collect()
+            },
+        )?;
         let mut family = encoder.encode_descriptor(
             "connector_state",
             "1 for the state each connector is in",

@@ -134,6 +134,24 @@ impl Connectors {
         self.declared.as_deref() == Some(name)
     }
 
+    /// The connector `name`, unless the config file declares it (then only the file can
+    /// `action` it).
+    fn managed_by_api(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<Arc<ConnectorRuntime>, ControlError> {
+        let runtime = self
+            .get(name)
+            .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
+        if self.is_declared(name) {
+            return Err(ControlError::Conflict(format!(
+                "connector {name} is declared in the service's config file: {action} it there and restart the service"
+            )));
+        }
+        Ok(runtime)
+    }
+
     /// Starts `runtime` in the background; a failure to start is shown in its status.
     pub fn start_in_background(runtime: Arc<ConnectorRuntime>) {
         tokio::spawn(async move {
@@ -220,14 +238,7 @@ impl Connectors {
             return Ok(true);
         }
         let _guard = self.changes.lock().await;
-        let runtime = self
-            .get(name)
-            .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
-        if self.is_declared(name) {
-            return Err(ControlError::Conflict(format!(
-                "connector {name} is declared in the service's config file: change it there and restart the service"
-            )));
-        }
+        let runtime = self.managed_by_api(name, "change")?;
         let config = connector_from_settings(name, settings)
             .map_err(|e| ControlError::Refused(e.to_string()))?;
         self.check_conflicts(&config)?;
@@ -266,14 +277,7 @@ impl Connectors {
     /// `auto.offset.reset` instead of resuming after what the old one copied.
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _guard = self.changes.lock().await;
-        let runtime = self
-            .get(name)
-            .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
-        if self.is_declared(name) {
-            return Err(ControlError::Conflict(format!(
-                "connector {name} is declared in the service's config file: remove it there and restart the service"
-            )));
-        }
+        let runtime = self.managed_by_api(name, "remove")?;
         runtime.set_target(Target::Stopped).await?;
         let wal = &self.ctx.wal;
         let mut partitions = runtime.logged_partitions();
