@@ -255,3 +255,67 @@ async fn connectors_are_created_changed_kept_and_deleted_through_the_api() {
         service.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connector_that_cannot_start_says_why_and_starts_once_its_config_is_fixed() {
+    let external = Broker::start();
+    let internal = Broker::start();
+    create_topic(&external.addr(), "c", 1).await;
+    produce(
+        &partition_client(&external.addr(), "c", 0).await,
+        test_records(0, 0, 20),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: "unused",
+            extra: &[],
+        },
+    );
+    std::fs::write(
+        &service.config,
+        format!(
+            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\napi.listen = \"127.0.0.1:0\"\nrequest.timeout.ms = 2000\n",
+            dir.path().join("data").display(),
+            internal.addr()
+        ),
+    )
+    .unwrap();
+    service.start();
+    let api = ApiClient::new(&service.api().await, None);
+    let wrong = json!({"kafka.bootstrap.servers": "127.0.0.1:1", "topic.prefix": "z", "topic.include.list": "c", "format": "bytes"});
+    let (status, body) = send(&api, "PUT", "/connectors/late/config", Some(wrong)).await;
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + WAIT;
+    let failed = loop {
+        let (_, s) = send(&api, "GET", "/connectors/late/status", None).await;
+        if s["connector"]["state"] == "FAILED" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let trace = failed["connector"]["trace"].as_str().unwrap();
+    assert!(
+        trace.contains("127.0.0.1:1") && trace.contains("connector.kafka.bootstrap.servers"),
+        "{trace}"
+    );
+
+    let right = json!({"kafka.bootstrap.servers": external.addr(), "topic.prefix": "z", "topic.include.list": "c", "format": "bytes"});
+    let (status, body) = send(&api, "PUT", "/connectors/late/config", Some(right)).await;
+    assert_eq!(status, 200, "{body}");
+    let s = wait_running(&api, "late", 1).await;
+    assert!(s["connector"].get("trace").is_none(), "{s}");
+    reach_end(&internal.addr(), "z.c", 0, 20, WAIT)
+        .await
+        .unwrap_or_else(|now| panic!("z.c/0 at {now}"));
+    assert!(
+        service.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        service.log_text()
+    );
+}

@@ -156,12 +156,8 @@ impl Connectors {
     pub fn start_in_background(runtime: Arc<ConnectorRuntime>) {
         tokio::spawn(async move {
             let name = runtime.handle.config().name.clone();
-            match runtime.start().await {
-                Ok(()) => runtime.handle.set_error(None),
-                Err(e) => {
-                    error!(connector = %name, error = %e, "the connector could not start; fix the cause and POST /connectors/{name}/restart");
-                    runtime.handle.set_error(Some(e.to_string()));
-                }
+            if let Err(e) = runtime.start().await {
+                error!(connector = %name, error = %e, "the connector could not start; fix the cause and POST /connectors/{name}/restart");
             }
         });
     }

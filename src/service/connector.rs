@@ -159,13 +159,24 @@ impl ConnectorRuntime {
     }
 
     /// Starts the tasks unless the connector is stopped or already running.
+    /// A failure to start is also kept in the handle (the status shows it) until a
+    /// start succeeds.
     pub async fn start(&self) -> Result<(), ServiceError> {
         let mut run = self.run.lock().await;
         if run.is_some() || self.handle.target() == Target::Stopped {
             return Ok(());
         }
-        *run = Some(self.start_tasks().await?);
-        Ok(())
+        match self.start_tasks().await {
+            Ok(started) => {
+                *run = Some(started);
+                self.handle.set_error(None);
+                Ok(())
+            }
+            Err(e) => {
+                self.handle.set_error(Some(e.to_string()));
+                Err(e)
+            }
+        }
     }
 
     /// Stops the tasks (each after its produce in flight) and waits for them.
