@@ -155,11 +155,18 @@ pub async fn run(config: &ServiceConfig) -> Report {
             declared(config).topics.len()
         ),
     );
+    // The config was loaded, so its TLS material reads.
+    let (Ok(external_transport), Ok(internal_transport)) =
+        (declared(config).transport(), config.internal_transport())
+    else {
+        return Report::bad_config("TLS material could not be read".into());
+    };
     let external = connect(
         &mut report,
         "external",
         "connector.kafka.bootstrap.servers",
         &declared(config).bootstrap_servers,
+        &external_transport,
     )
     .await;
     let internal = connect(
@@ -167,12 +174,27 @@ pub async fn run(config: &ServiceConfig) -> Report {
         "internal",
         "internal.bootstrap.servers",
         &config.internal_bootstrap_servers,
+        &internal_transport,
     )
     .await;
-    report.ok(
-        "security",
-        "security.protocol=PLAINTEXT: no TLS or SASL is configured (this version connects with PLAINTEXT only)".into(),
-    );
+    for (cluster, transport, answered) in [
+        ("external", &external_transport, external.is_some()),
+        ("internal", &internal_transport, internal.is_some()),
+    ] {
+        if !transport.is_tls() {
+            report.ok(
+                "security",
+                format!(
+                    "{cluster} cluster: PLAINTEXT (no TLS configured; SASL is not supported yet)"
+                ),
+            );
+        } else if answered {
+            report.ok(
+                "security",
+                format!("{cluster} cluster: TLS handshake and certificate verification passed"),
+            );
+        }
+    }
     let Some(external) = external else {
         return report;
     };
@@ -183,6 +205,7 @@ pub async fn run(config: &ServiceConfig) -> Report {
         timeout: STEP_TIMEOUT,
         internal_retries: false,
         client_id: format!("kafka-direct-check-{}", declared(config).name),
+        transport: external_transport.clone(),
     };
     let partitions = topics(&mut report, config, &external, &cluster).await;
     for (topic, count) in &partitions {
@@ -241,6 +264,7 @@ async fn connect(
     step: &'static str,
     key: &str,
     servers: &[String],
+    transport: &crate::tls::Transport,
 ) -> Option<MetadataResponse> {
     let mut metadata = None;
     for server in servers {
@@ -257,7 +281,7 @@ async fn connect(
         let ip = addrs[0].ip();
         let started = Instant::now();
         let conn = tokio::time::timeout(STEP_TIMEOUT, async {
-            let mut conn = Connection::open(server, "kafka-direct-check").await?;
+            let mut conn = Connection::open(server, "kafka-direct-check", transport).await?;
             let metadata = conn.metadata_all().await?;
             Ok::<_, crate::wire::WireError>(metadata)
         })
@@ -275,8 +299,16 @@ async fn connect(
             Err(_) => {
                 report.fail(
                     step,
-                    format!("{server} ({ip}): no answer within {STEP_TIMEOUT:?}"),
-                    format!("check {key}: a firewall, a wrong address, or a TLS listener (this version speaks PLAINTEXT only)"),
+                    if transport.is_tls() {
+                        format!("{server} ({ip}): no answer to the TLS handshake within {STEP_TIMEOUT:?}: is the listener TLS?")
+                    } else {
+                        format!("{server} ({ip}): no answer within {STEP_TIMEOUT:?}")
+                    },
+                    if transport.is_tls() {
+                        format!("a plaintext listener waits silently for a TLS client: use the broker's TLS port in {key}, or security.protocol=PLAINTEXT")
+                    } else {
+                        format!("check {key}: a firewall, a wrong address, or a TLS listener (then set security.protocol=SSL)")
+                    },
                 );
                 continue;
             }

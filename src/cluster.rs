@@ -28,6 +28,8 @@ pub struct Cluster {
     pub internal_retries: bool,
     /// Kafka client id.
     pub client_id: String,
+    /// Plaintext or TLS.
+    pub transport: crate::tls::Transport,
 }
 
 /// A failed call to a cluster.
@@ -253,9 +255,12 @@ impl Cluster {
                 Duration::from_nanos(1)
             }),
         };
-        let builder = ClientBuilder::new(self.servers.clone())
+        let mut builder = ClientBuilder::new(self.servers.clone())
             .client_id(self.client_id.clone())
             .backoff_config(backoff);
+        if let Some(tls) = self.transport.tls_config() {
+            builder = builder.tls_config(tls);
+        }
         let what = format!("connecting (key `{}`)", self.key);
         self.bounded(what, builder.build()).await.map(Arc::new)
     }

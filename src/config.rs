@@ -131,9 +131,29 @@ pub struct ConnectorConfig {
     /// The `connector.*` keys as given (without the prefix), secrets replaced by
     /// [`HIDDEN`]: what the API shows as the connector's config.
     pub settings: BTreeMap<String, String>,
+    /// TLS to the external cluster (`security.protocol = SSL`).
+    pub ssl: Option<SslSettings>,
+}
+
+/// TLS settings of one cluster (docs/configuration.md, `ssl.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SslSettings {
+    /// CA certificates: a PEM file or inline PEM; `None`: the system trust store.
+    pub ca_location: Option<String>,
+    /// Client certificate chain (mutual TLS).
+    pub certificate_location: Option<String>,
+    /// Its private key (a path or the key itself: never printed).
+    pub key_location: Option<Secret>,
+    /// Whether the broker's certificate must name the address connected to.
+    pub verify_hostname: bool,
 }
 
 impl ServiceConfig {
+    /// How the internal cluster is reached (reads the `internal.ssl.*` PEM files).
+    pub fn internal_transport(&self) -> Result<crate::tls::Transport, ConfigError> {
+        crate::tls::Transport::new(self.internal_ssl.as_ref(), "")
+    }
+
     /// The connector the file declares, for commands that need one (`check`, `schemas`).
     pub fn file_connector(&self) -> Result<&ConnectorConfig, ConfigError> {
         self.connector.as_ref().ok_or(ConfigError::Missing {
@@ -149,6 +169,11 @@ impl ServiceConfig {
 }
 
 impl ConnectorConfig {
+    /// How the external cluster is reached (reads the `ssl.*` PEM files).
+    pub fn transport(&self) -> Result<crate::tls::Transport, ConfigError> {
+        crate::tls::Transport::new(self.ssl.as_ref(), CONNECTOR_PREFIX)
+    }
+
     /// Name of the internal topic a source topic is copied to.
     pub fn internal_topic(&self, source_topic: &str) -> String {
         format!("{}.{}", self.topic_prefix, source_topic)
@@ -166,6 +191,8 @@ pub struct ServiceConfig {
     pub internal_replication_factor: i16,
     /// Compression of produced batches.
     pub internal_compression: Compression,
+    /// TLS to the internal cluster (`internal.security.protocol = SSL`).
+    pub internal_ssl: Option<SslSettings>,
     /// WAL cap in bytes of unforwarded entries.
     pub wal_max_bytes: u64,
     /// WAL durability.
@@ -224,6 +251,31 @@ const SERVICE_KEYS: &[Key] = &[
         name: "internal.replication.factor",
         default: Some("-1"),
         doc: "replication factor of created internal topics; -1 = broker default",
+    },
+    Key {
+        name: "internal.security.protocol",
+        default: Some("PLAINTEXT"),
+        doc: "PLAINTEXT | SSL, for the internal cluster",
+    },
+    Key {
+        name: "internal.ssl.ca.location",
+        default: Some(""),
+        doc: "as connector.ssl.ca.location, for the internal cluster",
+    },
+    Key {
+        name: "internal.ssl.certificate.location",
+        default: Some(""),
+        doc: "as connector.ssl.certificate.location, for the internal cluster",
+    },
+    Key {
+        name: "internal.ssl.key.location",
+        default: Some(""),
+        doc: "as connector.ssl.key.location, for the internal cluster",
+    },
+    Key {
+        name: "internal.ssl.endpoint.identification.algorithm",
+        default: Some("https"),
+        doc: "as connector.ssl.endpoint.identification.algorithm, for the internal cluster",
     },
     Key {
         name: "internal.compression",
@@ -308,7 +360,12 @@ const SERVICE_KEYS: &[Key] = &[
 ];
 
 /// Keys whose values are secrets: never printed, logged or returned by the API.
-pub const SECRET_KEYS: &[&str] = &["connector.sasl.password", "api.token"];
+pub const SECRET_KEYS: &[&str] = &[
+    "connector.sasl.password",
+    "connector.ssl.key.location",
+    "internal.ssl.key.location",
+    "api.token",
+];
 
 /// What a secret is shown as.
 pub const HIDDEN: &str = "[hidden]";
@@ -374,7 +431,7 @@ const CONNECTOR_KEYS: &[Key] = &[
     Key {
         name: "security.protocol",
         default: Some("PLAINTEXT"),
-        doc: "PLAINTEXT",
+        doc: "PLAINTEXT | SSL (SASL_PLAINTEXT and SASL_SSL not supported yet)",
     },
     Key {
         name: "sasl.mechanism",
@@ -394,17 +451,22 @@ const CONNECTOR_KEYS: &[Key] = &[
     Key {
         name: "ssl.ca.location",
         default: Some(""),
-        doc: "not supported yet",
+        doc: "CA certificate(s) verifying the brokers, a PEM file or inline PEM; default: the system trust store",
     },
     Key {
         name: "ssl.certificate.location",
         default: Some(""),
-        doc: "not supported yet",
+        doc: "client certificate chain for mutual TLS, a PEM file or inline PEM",
     },
     Key {
         name: "ssl.key.location",
         default: Some(""),
-        doc: "not supported yet",
+        doc: "private key of ssl.certificate.location (PKCS#8, PKCS#1 or SEC1 PEM), a file or inline",
+    },
+    Key {
+        name: "ssl.endpoint.identification.algorithm",
+        default: Some("https"),
+        doc: "https: the broker's certificate must name the address connected to; none: any name (logged as a warning)",
     },
     Key {
         name: "errors.deadletterqueue.topic.name",
@@ -538,11 +600,14 @@ impl RawConfig {
 
         let declares_connector = self.0.keys().any(|k| k.starts_with(CONNECTOR_PREFIX));
         let connector = if declares_connector {
-            Some(build_connector(&c)?)
+            let connector = build_connector(&c)?;
+            // Reads the PEM material now, so that a bad file is refused at start.
+            connector.transport()?;
+            Some(connector)
         } else {
             None
         };
-        Ok(ServiceConfig {
+        let config = ServiceConfig {
             data_dir: PathBuf::from(
                 s.required("data.dir", "a directory for the WAL, e.g. ./data")?,
             ),
@@ -552,6 +617,7 @@ impl RawConfig {
                 -1,
                 i16::MAX as i64,
             )? as i16,
+            internal_ssl: ssl_settings(&s, "internal.")?,
             internal_compression: s.choice(
                 "internal.compression",
                 &[
@@ -603,7 +669,9 @@ impl RawConfig {
                 .filter(|t| !t.is_empty())
                 .map(Secret),
             connector,
-        })
+        };
+        config.internal_transport()?;
+        Ok(config)
     }
 }
 
@@ -651,32 +719,8 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
     if schemas_enable && format != Format::Json {
         return Err(c.invalid("schemas.enable", "true", "false unless format=json"));
     }
-    let security = c.get("security.protocol");
-    match security.to_ascii_uppercase().as_str() {
-        "PLAINTEXT" => {}
-        "SASL_PLAINTEXT" | "SASL_SSL" | "SSL" => {
-            return Err(ConfigError::NotSupported {
-                key: c.full("security.protocol"),
-                value: security,
-                reason: "this version connects with PLAINTEXT only",
-            })
-        }
-        _ => {
-            return Err(c.invalid(
-                "security.protocol",
-                &security,
-                "one of PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL",
-            ))
-        }
-    }
-    for key in [
-        "sasl.mechanism",
-        "sasl.username",
-        "sasl.password",
-        "ssl.ca.location",
-        "ssl.certificate.location",
-        "ssl.key.location",
-    ] {
+    let ssl = ssl_settings(c, "")?;
+    for key in ["sasl.mechanism", "sasl.username", "sasl.password"] {
         if !c.get(key).is_empty() {
             return Err(ConfigError::NotSupported {
                 key: c.full(key),
@@ -685,7 +729,7 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
                 } else {
                     c.get(key)
                 },
-                reason: "this version connects with PLAINTEXT only",
+                reason: "SASL is not supported yet (PLAINTEXT and SSL are)",
             });
         }
     }
@@ -719,7 +763,52 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
         )?,
         dead_letter_topic: dlq,
         settings: c.raw.redacted(CONNECTOR_PREFIX),
+        ssl,
     })
+}
+
+/// TLS settings of a cluster, from `<key_prefix>security.protocol` and
+/// `<key_prefix>ssl.*`; `None` for PLAINTEXT.
+fn ssl_settings(c: &Lookup<'_>, key_prefix: &str) -> Result<Option<SslSettings>, ConfigError> {
+    let key = |k: &str| format!("{key_prefix}{k}");
+    let protocol = c.get(&key("security.protocol"));
+    let optional = |k: &str| Some(c.get(&key(k))).filter(|v| !v.is_empty());
+    let ssl_keys = [
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+    ];
+    match protocol.to_ascii_uppercase().as_str() {
+        "PLAINTEXT" => {
+            if let Some(k) = ssl_keys.iter().find(|k| optional(k).is_some()) {
+                return Err(c.invalid(
+                    &key("security.protocol"),
+                    &protocol,
+                    format!("SSL, since {} is set", c.full(&key(k))),
+                ));
+            }
+            Ok(None)
+        }
+        "SSL" => Ok(Some(SslSettings {
+            ca_location: optional("ssl.ca.location"),
+            certificate_location: optional("ssl.certificate.location"),
+            key_location: optional("ssl.key.location").map(Secret),
+            verify_hostname: c.choice(
+                &key("ssl.endpoint.identification.algorithm"),
+                &[("https", true), ("none", false)],
+            )?,
+        })),
+        "SASL_PLAINTEXT" | "SASL_SSL" => Err(ConfigError::NotSupported {
+            key: c.full(&key("security.protocol")),
+            value: protocol,
+            reason: "SASL is not supported yet (PLAINTEXT and SSL are)",
+        }),
+        _ => Err(c.invalid(
+            &key("security.protocol"),
+            &protocol,
+            "one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL",
+        )),
+    }
 }
 
 /// A connector's config given through the API: its keys without the `connector.`
@@ -769,6 +858,7 @@ pub fn connector_from_settings(
     })?;
     connector.settings.remove("name");
     connector.settings.insert("name".into(), name.to_owned());
+    connector.transport()?;
     Ok(connector)
 }
 

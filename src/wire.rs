@@ -18,8 +18,7 @@ use kafka_protocol::messages::{
     RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Largest response accepted (a larger length prefix means a broken stream).
@@ -31,6 +30,23 @@ pub enum WireError {
     /// TCP connect failed.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
+        /// `host:port`.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (unknown CA, name mismatch, expired certificate, client
+    /// certificate refused, or a plaintext listener).
+    #[error("TLS handshake with {addr} failed: {source}{}", tls_hint(source))]
+    Handshake {
+        /// `host:port`.
+        addr: String,
+        /// What rustls reported.
+        source: std::io::Error,
+    },
+    /// A plaintext connection broke at its first request.
+    #[error("connection to {addr} broke at the first request ({source}): is the listener TLS? then set security.protocol=SSL")]
+    FirstRequest {
         /// `host:port`.
         addr: String,
         /// The OS error.
@@ -76,19 +92,31 @@ impl WireError {
 }
 
 /// One connection to one broker.
-#[derive(Debug)]
 pub struct Connection {
     addr: String,
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<Box<dyn AsyncRead + Send + Sync + Unpin>>,
+    writer: Box<dyn AsyncWrite + Send + Sync + Unpin>,
     client_id: StrBytes,
     correlation_id: i32,
     versions: BTreeMap<i16, (i16, i16)>,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.addr)
+            .field("correlation_id", &self.correlation_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Connection {
     /// Connects to `addr` and asks which API versions the broker supports.
-    pub async fn open(addr: &str, client_id: &str) -> Result<Self, WireError> {
+    pub async fn open(
+        addr: &str,
+        client_id: &str,
+        transport: &crate::tls::Transport,
+    ) -> Result<Self, WireError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| WireError::Connect {
@@ -97,7 +125,14 @@ impl Connection {
             })?;
         // Requests are small and answered one at a time: do not let Nagle delay them.
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let (read, write) =
+            transport
+                .wrap(addr, stream)
+                .await
+                .map_err(|source| WireError::Handshake {
+                    addr: addr.to_string(),
+                    source,
+                })?;
         let mut conn = Self {
             addr: addr.to_string(),
             reader: BufReader::with_capacity(64 << 10, read),
@@ -108,7 +143,18 @@ impl Connection {
         };
         // Version 0 is understood by every broker; later versions only add fields we
         // do not need.
-        let response: ApiVersionsResponse = conn.call(&ApiVersionsRequest::default(), 0).await?;
+        // TLS 1.3 reports a refused client certificate at the first read, and a TLS
+        // listener hangs up on a plaintext request: both show here.
+        let response: ApiVersionsResponse = conn
+            .call(&ApiVersionsRequest::default(), 0)
+            .await
+            .map_err(|e| match e {
+                WireError::Io { addr, source } if transport.is_tls() => {
+                    WireError::Handshake { addr, source }
+                }
+                WireError::Io { addr, source } => WireError::FirstRequest { addr, source },
+                other => other,
+            })?;
         if let Some(error) = kafka_protocol::ResponseError::try_from_code(response.error_code) {
             return Err(conn.codec_error(ApiKey::ApiVersions, format!("broker answered {error}")));
         }
@@ -277,6 +323,36 @@ impl Connection {
     }
 }
 
+/// What to check for a failed handshake, from rustls's description of it.
+fn tls_hint(e: &std::io::Error) -> &'static str {
+    let text = e.to_string().to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    if has(&[
+        "unknownissuer",
+        "unknown issuer",
+        "badsignature",
+        "bad signature",
+    ]) {
+        " (the broker's certificate is not signed by ssl.ca.location or a system CA: set ssl.ca.location to the CA that signed it)"
+    } else if has(&["notvalidforname", "not valid for name"]) {
+        " (the certificate does not name this address: connect by a name it holds, or set ssl.endpoint.identification.algorithm=none)"
+    } else if has(&["expired"]) {
+        " (the broker's certificate has expired)"
+    } else if has(&[
+        "certificaterequired",
+        "badcertificate",
+        "unknownca",
+        "handshake failure",
+        "decrypterror",
+    ]) {
+        " (the broker refused the client certificate: check ssl.certificate.location and ssl.key.location)"
+    } else if has(&["invalidcontenttype", "corrupt message", "eof", "reset"]) {
+        " (is the listener TLS? a plaintext listener does not answer a TLS handshake)"
+    } else {
+        ""
+    }
+}
+
 /// A topic name as the protocol crate spells it.
 pub fn topic_name(topic: &str) -> kafka_protocol::messages::TopicName {
     kafka_protocol::messages::TopicName(StrBytes::from_string(topic.to_string()))
@@ -292,6 +368,7 @@ fn api_key<R: Request>() -> ApiKey {
 pub async fn connect_leader(
     servers: &[String],
     client_id: &str,
+    transport: &crate::tls::Transport,
     topic: &str,
     partition: i32,
     timeout: Duration,
@@ -299,7 +376,7 @@ pub async fn connect_leader(
     let mut last = None;
     for server in servers {
         let attempt = async {
-            let mut conn = Connection::open(server, client_id).await?;
+            let mut conn = Connection::open(server, client_id, transport).await?;
             let metadata = conn.metadata(topic).await?;
             Ok::<_, WireError>((conn, metadata))
         };
@@ -319,7 +396,9 @@ pub async fn connect_leader(
             return Ok(conn);
         }
         drop(conn);
-        return match tokio::time::timeout(timeout, Connection::open(&leader, client_id)).await {
+        return match tokio::time::timeout(timeout, Connection::open(&leader, client_id, transport))
+            .await
+        {
             Ok(result) => result.map_err(LeaderError::Wire),
             Err(_) => Err(LeaderError::Timeout(leader)),
         };

@@ -361,6 +361,9 @@ impl ConnectorRuntime {
             timeout: config.request_timeout,
             internal_retries: true,
             client_id: format!("kafka-direct-{}", connector.name),
+            transport: connector
+                .transport()
+                .map_err(|e| ServiceError::Config(e.to_string()))?,
         };
         let internal_cluster = ctx.internal.clone();
         let source_client = source_cluster.connect().await?;
@@ -614,8 +617,12 @@ impl Spawner {
                 let mut last = String::from("no internal server answered");
                 for server in &ctx.internal.servers {
                     let attempt = async {
-                        let mut conn =
-                            crate::wire::Connection::open(server, &ctx.internal.client_id).await?;
+                        let mut conn = crate::wire::Connection::open(
+                            server,
+                            &ctx.internal.client_id,
+                            &ctx.internal.transport,
+                        )
+                        .await?;
                         conn.create_partitions(&internal, wanted, ctx.config.request_timeout)
                             .await
                     };

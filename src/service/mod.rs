@@ -69,6 +69,9 @@ pub enum ServiceError {
         /// The first failure.
         detail: String,
     },
+    /// TLS material could not be read (the config was valid when loaded).
+    #[error("{0}")]
+    Config(String),
     /// The API could not listen.
     #[error(transparent)]
     Api(#[from] crate::api::ListenError),
@@ -124,6 +127,9 @@ pub async fn run(
         timeout: config.request_timeout,
         internal_retries: false,
         client_id: "kafka-direct".into(),
+        transport: config
+            .internal_transport()
+            .map_err(|e| ServiceError::Config(e.to_string()))?,
     };
     let internal_client = internal.connect().await?;
     info!(internal = %config.internal_bootstrap_servers.join(","), "connected to the internal cluster");

@@ -55,6 +55,7 @@ impl PartitionReader {
                 wire::connect_leader(
                     &cluster.servers,
                     &cluster.client_id,
+                    &cluster.transport,
                     topic,
                     partition,
                     cluster.timeout,
@@ -319,6 +320,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             internal_retries: true,
             client_id: "test".into(),
+            transport: crate::tls::Transport::plaintext(),
         }
     }
 

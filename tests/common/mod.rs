@@ -192,7 +192,7 @@ fn spawn_broker(
 
 /// Waits until `child` accepts connections on `port`; `None` (and the child stopped) if
 /// it exited or did not listen within `within`.
-fn listening(mut child: Child, port: u16, within: Duration) -> Option<Child> {
+pub fn listening(mut child: Child, port: u16, within: Duration) -> Option<Child> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -721,7 +721,7 @@ pub fn kcat_produce(addr: &str, topic: &str, partition: i32, args: &[&str], line
         .args(["-P", "-b", addr, "-t", topic, "-p", &partition.to_string()])
         .args(args)
         .stdin(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     kcat.stdin
@@ -729,7 +729,12 @@ pub fn kcat_produce(addr: &str, topic: &str, partition: i32, args: &[&str], line
         .unwrap()
         .write_all(lines.as_bytes())
         .unwrap();
-    assert!(kcat.wait().unwrap().success(), "kcat -P {args:?} failed");
+    let out = kcat.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kcat -P {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs tests/support/transactions.py: librdkafka's transactional producer writes

@@ -1,0 +1,287 @@
+//! Transport security: the rustls client configuration built from a cluster's `ssl.*`
+//! keys, and the connections that use it. Our own connections (fetch and produce paths,
+//! [`crate::wire`]) and rskafka's (topic listing and creation) share one configuration.
+//!
+//! The server is verified against `ssl.ca.location` or, without it, the system's trust
+//! store; its name is checked unless `ssl.endpoint.identification.algorithm = none`.
+//! `ssl.certificate.location` with `ssl.key.location` presents a client certificate
+//! (mutual TLS). Each may be a file path or the PEM text itself.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::config::{ConfigError, SslSettings};
+
+/// How a cluster is reached: plaintext, or TLS with this configuration.
+#[derive(Clone, Default)]
+pub struct Transport {
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.tls.is_some() {
+            "TLS"
+        } else {
+            "PLAINTEXT"
+        })
+    }
+}
+
+/// The two halves of a connection, whatever its transport.
+pub type Halves = (
+    Box<dyn AsyncRead + Send + Sync + Unpin>,
+    Box<dyn AsyncWrite + Send + Sync + Unpin>,
+);
+
+impl Transport {
+    /// Plaintext.
+    pub fn plaintext() -> Self {
+        Self::default()
+    }
+
+    /// TLS per `ssl` (keys named under `prefix`, e.g. `connector.`), or plaintext when
+    /// `ssl` is `None`.
+    pub fn new(ssl: Option<&SslSettings>, prefix: &str) -> Result<Self, ConfigError> {
+        let Some(ssl) = ssl else {
+            return Ok(Self::plaintext());
+        };
+        Ok(Self {
+            tls: Some(Arc::new(client_config(ssl, prefix)?)),
+        })
+    }
+
+    /// The rustls configuration, for rskafka.
+    pub fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
+    /// Whether connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Wraps a connected socket to `addr` (`host:port`), doing the TLS handshake if any.
+    pub async fn wrap(&self, addr: &str, stream: TcpStream) -> std::io::Result<Halves> {
+        let Some(config) = &self.tls else {
+            let (read, write) = stream.into_split();
+            return Ok((Box::new(read), Box::new(write)));
+        };
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{host}: {e}"))
+        })?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+            .connect(name, stream)
+            .await?;
+        let (read, write) = tokio::io::split(tls);
+        Ok((Box::new(read), Box::new(write)))
+    }
+}
+
+fn bad(prefix: &str, key: &str, value: &str, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("{prefix}{key}"),
+        value: value.chars().take(80).collect(),
+        expected: expected.into(),
+    }
+}
+
+/// PEM text: the value itself when it holds a PEM block, else the file it names.
+fn pem(prefix: &str, key: &str, value: &str) -> Result<Vec<u8>, ConfigError> {
+    if value.contains("-----BEGIN") {
+        return Ok(value.as_bytes().to_vec());
+    }
+    std::fs::read(value).map_err(|e| {
+        bad(
+            prefix,
+            key,
+            value,
+            format!("a readable PEM file or inline PEM text ({e})"),
+        )
+    })
+}
+
+fn client_config(ssl: &SslSettings, prefix: &str) -> Result<rustls::ClientConfig, ConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &ssl.ca_location {
+        Some(ca) => {
+            let text = pem(prefix, "ssl.ca.location", ca)?;
+            let mut found = 0;
+            for cert in CertificateDer::pem_slice_iter(&text) {
+                let cert = cert.map_err(|e| {
+                    bad(
+                        prefix,
+                        "ssl.ca.location",
+                        ca,
+                        format!("PEM certificates ({e})"),
+                    )
+                })?;
+                roots.add(cert).map_err(|e| {
+                    bad(
+                        prefix,
+                        "ssl.ca.location",
+                        ca,
+                        format!("CA certificates ({e})"),
+                    )
+                })?;
+                found += 1;
+            }
+            if found == 0 {
+                return Err(bad(
+                    prefix,
+                    "ssl.ca.location",
+                    ca,
+                    "at least one PEM certificate (-----BEGIN CERTIFICATE-----)",
+                ));
+            }
+        }
+        None => {
+            let system = rustls_native_certs::load_native_certs();
+            for cert in system.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(ConfigError::Missing {
+                    key: format!("{prefix}ssl.ca.location"),
+                    hint: "the system trust store is empty or unreadable: give the CA certificate(s) that signed the brokers' certificates",
+                });
+            }
+        }
+    }
+    let roots = Arc::new(roots);
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(|e| {
+            bad(
+                prefix,
+                "ssl.ca.location",
+                "",
+                format!("usable CA certificates ({e})"),
+            )
+        })?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let builder = if ssl.verify_hostname {
+        builder.with_webpki_verifier(verifier)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyName(verifier)))
+    };
+    match (&ssl.certificate_location, &ssl.key_location) {
+        (Some(cert), Some(key)) => {
+            let text = pem(prefix, "ssl.certificate.location", cert)?;
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&text)
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    bad(
+                        prefix,
+                        "ssl.certificate.location",
+                        cert,
+                        format!("PEM certificates ({e})"),
+                    )
+                })?;
+            if chain.is_empty() {
+                return Err(bad(
+                    prefix,
+                    "ssl.certificate.location",
+                    cert,
+                    "the client certificate chain in PEM",
+                ));
+            }
+            let key_text = pem(prefix, "ssl.key.location", key.expose()).map_err(|e| match e {
+                ConfigError::Invalid { key, expected, .. } => ConfigError::Invalid {
+                    key,
+                    value: crate::config::HIDDEN.into(),
+                    expected,
+                },
+                other => other,
+            })?;
+            // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys.
+            let private = PrivateKeyDer::from_pem_slice(&key_text).map_err(|e| {
+                bad(
+                    prefix,
+                    "ssl.key.location",
+                    "[hidden]",
+                    format!("an unencrypted PKCS#8, PKCS#1 or SEC1 private key in PEM ({e})"),
+                )
+            })?;
+            builder.with_client_auth_cert(chain, private).map_err(|e| {
+                bad(
+                    prefix,
+                    "ssl.key.location",
+                    "[hidden]",
+                    format!("the private key of ssl.certificate.location ({e})"),
+                )
+            })
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        (Some(_), None) => Err(ConfigError::Missing {
+            key: format!("{prefix}ssl.key.location"),
+            hint: "the private key of ssl.certificate.location (mutual TLS needs both)",
+        }),
+        (None, Some(_)) => Err(ConfigError::Missing {
+            key: format!("{prefix}ssl.certificate.location"),
+            hint: "the certificate of ssl.key.location (mutual TLS needs both)",
+        }),
+    }
+}
+
+/// Verifies the chain like webpki but accepts any server name
+/// (`ssl.endpoint.identification.algorithm = none`).
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
