@@ -466,4 +466,16 @@ async fn each_tls_failure_is_named_with_what_to_do() {
         text.contains("external cluster: TLS handshake and certificate verification passed"),
         "{text}"
     );
+    let mut service = service;
+    service.start();
+    service.wait_exit(Duration::from_secs(60)); // no topic t: it stops after connecting
+    let log = service.log_text();
+    assert!(
+        log.contains("certificates are not checked against their addresses"),
+        "{log}"
+    );
+    assert!(
+        log.contains("none of the configured topics (t) exists"),
+        "{log}"
+    );
 }

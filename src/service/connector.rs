@@ -365,6 +365,13 @@ impl ConnectorRuntime {
                 .transport()
                 .map_err(|e| ServiceError::Config(e.to_string()))?,
         };
+        if connector
+            .ssl
+            .as_ref()
+            .is_some_and(|ssl| !ssl.verify_hostname)
+        {
+            warn!(connector = %connector.name, "connector.ssl.endpoint.identification.algorithm=none: the external brokers' certificates are not checked against their addresses");
+        }
         let internal_cluster = ctx.internal.clone();
         let source_client = source_cluster.connect().await?;
         info!(connector = %connector.name, external = %connector.bootstrap_servers.join(","), "connected to the external cluster");

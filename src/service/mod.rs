@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::ServiceConfig;
@@ -131,6 +131,13 @@ pub async fn run(
             .internal_transport()
             .map_err(|e| ServiceError::Config(e.to_string()))?,
     };
+    if config
+        .internal_ssl
+        .as_ref()
+        .is_some_and(|ssl| !ssl.verify_hostname)
+    {
+        warn!("internal.ssl.endpoint.identification.algorithm=none: the internal brokers' certificates are not checked against their addresses");
+    }
     let internal_client = internal.connect().await?;
     info!(internal = %config.internal_bootstrap_servers.join(","), "connected to the internal cluster");
 
