@@ -69,22 +69,6 @@ async fn replicating(
     (p, api)
 }
 
-/// Runs the CLI: (success, stdout + stderr).
-fn cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// Sum of every sample of `name` in an exposition text (any labels).
 fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()

@@ -252,19 +252,7 @@ async fn assert_copied(
 
 /// `kafka-direct check` with this config: (exit success, output).
 fn check(config: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
-        .args(["check", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    cli(&["check", "--config", config.to_str().unwrap()])
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -47,6 +47,22 @@ pub fn install_tools() {
     });
 }
 
+/// Runs the kafka-direct CLI: (success, stdout followed by stderr).
+pub fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Debian's Chromium, installed on first use (for the status page test).
 pub fn chromium() -> PathBuf {
     run_script("install-chromium")
