@@ -54,6 +54,20 @@ pub struct PartitionMetrics {
     error: Mutex<Option<String>>,
 }
 
+/// `ahead − behind` of two positions, 0 while either is unknown (-1) or when behind is
+/// ahead (the two are read one after the other).
+fn gap(ahead: &AtomicI64, behind: &AtomicI64) -> i64 {
+    let (ahead, behind) = (
+        ahead.load(Ordering::Relaxed),
+        behind.load(Ordering::Relaxed),
+    );
+    if ahead < 0 || behind < 0 {
+        0
+    } else {
+        (ahead - behind).max(0)
+    }
+}
+
 /// What a partition's tasks (its fetcher and forwarder) are doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -146,24 +160,12 @@ impl PartitionMetrics {
     /// Source records not fetched yet: high watermark minus the next offset to fetch
     /// (0 when unknown).
     pub fn source_lag(&self) -> i64 {
-        let hw = self.source_high_watermark.load(Ordering::Relaxed);
-        let fetched = self.fetched_next.load(Ordering::Relaxed);
-        if hw < 0 || fetched < 0 {
-            0
-        } else {
-            (hw - fetched).max(0)
-        }
+        gap(&self.source_high_watermark, &self.fetched_next)
     }
 
     /// Source offsets fetched into the WAL but not yet forwarded (0 when unknown).
     pub fn wal_backlog(&self) -> i64 {
-        let fetched = self.fetched_next.load(Ordering::Relaxed);
-        let forwarded = self.forwarded_next.load(Ordering::Relaxed);
-        if fetched < 0 || forwarded < 0 {
-            0
-        } else {
-            (fetched - forwarded).max(0)
-        }
+        gap(&self.fetched_next, &self.forwarded_next)
     }
 
     /// Records sent to the dead-letter topic since start, all kinds.
@@ -176,13 +178,7 @@ impl PartitionMetrics {
 
     /// Records in the source not yet forwarded (0 when unknown).
     pub fn lag(&self) -> i64 {
-        let hw = self.source_high_watermark.load(Ordering::Relaxed);
-        let forwarded = self.forwarded_next.load(Ordering::Relaxed);
-        if hw < 0 || forwarded < 0 {
-            0
-        } else {
-            (hw - forwarded).max(0)
-        }
+        gap(&self.source_high_watermark, &self.forwarded_next)
     }
 }
 

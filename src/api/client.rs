@@ -113,24 +113,34 @@ impl ApiClient {
         Ok((status, body))
     }
 
-    /// `GET path` as JSON; an error status becomes [`ClientError::Refused`] with the
-    /// API's message.
-    pub fn get_json(&self, path: &str) -> Result<Value, ClientError> {
-        let (status, body) = self.call("GET", path)?;
-        let url = format!("{}{path}", self.base);
+    /// `method path` with an optional JSON body, expecting a success; an error status
+    /// becomes [`ClientError::Refused`] with the API's message. Returns the body.
+    pub fn send_ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), ClientError> {
+        let (status, text) = self.send(method, path, body)?;
         if !(200..300).contains(&status) {
-            let message = serde_json::from_str::<Value>(&body)
+            let message = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or(body);
+                .unwrap_or(text);
             return Err(ClientError::Refused {
-                url,
+                url: format!("{}{path}", self.base),
                 status,
                 message,
             });
         }
+        Ok((status, text))
+    }
+
+    /// `GET path` as JSON ([`ApiClient::send_ok`]).
+    pub fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        let (_, body) = self.send_ok("GET", path, None)?;
         serde_json::from_str(&body).map_err(|e| ClientError::NotJson {
-            url,
+            url: format!("{}{path}", self.base),
             detail: e.to_string(),
         })
     }

@@ -286,11 +286,28 @@ impl ConnectorRuntime {
             .await
             .map_err(ServiceError::from)?;
         }
+        let internal_partitions: BTreeMap<String, Vec<i32>> = self
+            .ctx
+            .internal
+            .bounded(
+                "listing internal topics",
+                self.ctx.internal_client.list_topics(),
+            )
+            .await?
+            .into_iter()
+            .map(|t| (t.name, t.partitions.into_iter().collect()))
+            .collect();
         for (partition, offset) in changes {
             let internal_topic = connector.internal_topic(&partition.topic);
-            let end = self
-                .internal_end(&internal_topic, partition.partition, settle)
-                .await?;
+            let exists = internal_partitions
+                .get(&internal_topic)
+                .is_some_and(|ps| ps.contains(&partition.partition));
+            let end = if exists {
+                self.internal_end(&internal_topic, partition.partition, settle)
+                    .await?
+            } else {
+                0 // nothing copied yet: no barrier needed
+            };
             wal.meta_put(&barrier_key(name, partition), &end.to_be_bytes())?;
             wal.partition(name, partition)?.reset(*offset)?;
             info!(connector = %name, %partition, offset = ?offset, internal_barrier = end, "offset changed");
@@ -312,8 +329,8 @@ impl ConnectorRuntime {
             .collect()
     }
 
-    /// The end of an internal partition (0 if the topic does not exist yet); with
-    /// `settle`, once two reads [`SETTLE`] apart agree.
+    /// The end of an existing internal partition; with `settle`, once two reads
+    /// [`SETTLE`] apart agree.
     async fn internal_end(
         &self,
         topic: &str,
@@ -321,17 +338,6 @@ impl ConnectorRuntime {
         settle: bool,
     ) -> Result<i64, ClusterError> {
         let cluster = &self.ctx.internal;
-        let exists = cluster
-            .bounded(
-                "listing internal topics",
-                self.ctx.internal_client.list_topics(),
-            )
-            .await?
-            .iter()
-            .any(|t| t.name == topic && t.partitions.contains(&partition));
-        if !exists {
-            return Ok(0);
-        }
         let mut writer = PartitionWriter::connect(cluster, topic, partition).await?;
         let earliest = writer.earliest(cluster).await?;
         let mut end = writer.high_watermark(cluster, earliest).await?;
