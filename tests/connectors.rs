@@ -32,6 +32,29 @@ async fn send(
     (status, value)
 }
 
+/// A configured (not started) service whose file declares no connector.
+fn without_connector(dir: &std::path::Path, internal: &Broker, settings: &str) -> Service {
+    let service = Service::configure(
+        dir,
+        ServiceConfig {
+            external: "unused:1",
+            internal: &internal.addr(),
+            topics: "unused",
+            extra: &[],
+        },
+    );
+    std::fs::write(
+        &service.config,
+        format!(
+            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\napi.listen = \"127.0.0.1:0\"\n{settings}",
+            dir.join("data").display(),
+            internal.addr()
+        ),
+    )
+    .unwrap();
+    service
+}
+
 async fn wait_running(api: &ApiClient, name: &str, partitions: usize) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -73,24 +96,7 @@ async fn connectors_are_created_changed_kept_and_deleted_through_the_api() {
 
     // A service with no connector in its file.
     let dir = tempfile::tempdir().unwrap();
-    let mut service = Service::configure(
-        dir.path(),
-        ServiceConfig {
-            external: &external.addr(),
-            internal: &internal.addr(),
-            topics: "unused",
-            extra: &[("topic.metadata.refresh.interval.ms", "300")],
-        },
-    );
-    std::fs::write(
-        &service.config,
-        format!(
-            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\napi.listen = \"127.0.0.1:0\"\nrequest.timeout.ms = 3000\nfetch.max.wait.ms = 100\ntopic.metadata.refresh.interval.ms = 300\n",
-            dir.path().join("data").display(),
-            internal.addr()
-        ),
-    )
-    .unwrap();
+    let mut service = without_connector(dir.path(), &internal, "request.timeout.ms = 3000\nfetch.max.wait.ms = 100\ntopic.metadata.refresh.interval.ms = 300\n");
     service.start();
     let api = ApiClient::new(&service.api().await, None);
     assert_eq!(
@@ -267,24 +273,7 @@ async fn a_connector_that_cannot_start_says_why_and_starts_once_its_config_is_fi
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let mut service = Service::configure(
-        dir.path(),
-        ServiceConfig {
-            external: &external.addr(),
-            internal: &internal.addr(),
-            topics: "unused",
-            extra: &[],
-        },
-    );
-    std::fs::write(
-        &service.config,
-        format!(
-            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\napi.listen = \"127.0.0.1:0\"\nrequest.timeout.ms = 2000\n",
-            dir.path().join("data").display(),
-            internal.addr()
-        ),
-    )
-    .unwrap();
+    let mut service = without_connector(dir.path(), &internal, "request.timeout.ms = 2000\n");
     service.start();
     let api = ApiClient::new(&service.api().await, None);
     let wrong = json!({"kafka.bootstrap.servers": "127.0.0.1:1", "topic.prefix": "z", "topic.include.list": "c", "format": "bytes"});
