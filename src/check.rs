@@ -26,7 +26,7 @@ use crate::format::schema::{Fit, Schema};
 use crate::format::{Formatter, Verdict};
 use crate::record::SourceRecord;
 use crate::source::reader::PartitionReader;
-use crate::wire::Connection;
+use crate::wire::{topic_partitions, Connection, WireError};
 
 /// Values sampled per topic for the format step.
 pub const SAMPLE: usize = 100;
@@ -181,19 +181,42 @@ pub async fn run(config: &ServiceConfig) -> Report {
         ("external", &external_transport, external.is_some()),
         ("internal", &internal_transport, internal.is_some()),
     ] {
-        if !transport.is_tls() {
+        if let Some(proxy) = transport.proxy() {
             report.ok(
                 "security",
-                format!(
-                    "{cluster} cluster: PLAINTEXT (no TLS configured; SASL is not supported yet)"
-                ),
-            );
-        } else if answered {
-            report.ok(
-                "security",
-                format!("{cluster} cluster: TLS handshake and certificate verification passed"),
+                format!("{cluster} cluster: connections go through the SOCKS5 proxy {proxy}"),
             );
         }
+        let sasl = transport.sasl();
+        if let Some(sasl) = sasl.filter(|s| !transport.is_tls() && s.mechanism.name() == "PLAIN") {
+            report.warn(
+                "security",
+                format!("{cluster} cluster: SASL_PLAINTEXT with PLAIN sends the password of {:?} unencrypted", sasl.username),
+                "use SASL_SSL, or a SCRAM mechanism, unless the network is trusted",
+            );
+        }
+        if !answered {
+            continue;
+        }
+        let mut passed = Vec::new();
+        if transport.is_tls() {
+            passed.push("TLS handshake and certificate verification passed".to_owned());
+        }
+        if let Some(sasl) = sasl {
+            passed.push(format!(
+                "SASL {} authentication as {:?} passed",
+                sasl.mechanism.name(),
+                sasl.username
+            ));
+        }
+        report.ok(
+            "security",
+            if passed.is_empty() {
+                format!("{cluster} cluster: PLAINTEXT (no TLS, no authentication)")
+            } else {
+                format!("{cluster} cluster: {}", passed.join("; "))
+            },
+        );
     }
     let Some(external) = external else {
         return report;
@@ -215,15 +238,6 @@ pub async fn run(config: &ServiceConfig) -> Report {
         internal_topics(&mut report, config, &internal, &partitions);
     }
     report
-}
-
-/// Partition count of each topic in a metadata answer.
-fn topic_partitions(metadata: &MetadataResponse) -> BTreeMap<String, usize> {
-    metadata
-        .topics
-        .iter()
-        .filter_map(|t| Some((t.name.as_ref()?.0.to_string(), t.partitions.len())))
-        .collect()
 }
 
 fn describe_ip(ip: IpAddr) -> &'static str {
@@ -264,13 +278,17 @@ async fn connect(
     step: &'static str,
     key: &str,
     servers: &[String],
-    transport: &crate::tls::Transport,
+    transport: &crate::transport::Transport,
 ) -> Option<MetadataResponse> {
     let mut metadata = None;
     for server in servers {
         let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h);
         let addrs = match resolve(server).await {
             Ok(a) if !a.is_empty() => a,
+            // Through a proxy, the proxy resolves the name.
+            _ if transport.proxy().is_some() => {
+                vec![SocketAddr::from(([0, 0, 0, 0], 0))]
+            }
             result => {
                 let why = result.err().unwrap_or_else(|| "no address".into());
                 report.fail(step, format!("{server}: the name {host} does not resolve ({why})"),
@@ -289,10 +307,16 @@ async fn connect(
         let answer = match conn {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
+                let fix = match &e {
+                    WireError::Sasl { .. } => "check sasl.mechanism, sasl.username and sasl.password (a ${env:NAME} reference must name a set variable); the line above says what the broker answered".to_owned(),
+                    WireError::Proxy { .. } => "check proxy.url, and that the proxy may reach this broker".to_owned(),
+                    WireError::Handshake { .. } => "check ssl.ca.location, the broker's certificate and the TLS port; the line above names the cause".to_owned(),
+                    _ => format!("check the port in {key} and that a Kafka listener runs there (connection refused: nothing listens; a timeout: a firewall or a wrong address)"),
+                };
                 report.fail(
                     step,
                     format!("{server} ({ip}, {}): {e}", describe_ip(ip)),
-                    format!("check the port in {key} and that a Kafka listener runs there (connection refused: nothing listens; a timeout: a firewall or a wrong address)"),
+                    fix,
                 );
                 continue;
             }

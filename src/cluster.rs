@@ -4,6 +4,7 @@
 //! clients are built here with a bounded backoff and every call goes through
 //! [`bounded`]. A caller that sees an error rebuilds its partition client.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
-use crate::wire::{LeaderError, WireError};
+use crate::wire::{topic_partitions, Connection, LeaderError, WireError};
 
 /// Which of the two clusters, for messages.
 #[derive(Debug, Clone)]
@@ -24,12 +25,13 @@ pub struct Cluster {
     pub servers: Vec<String>,
     /// Bound on each call.
     pub timeout: Duration,
-    /// Whether rskafka may retry internally (never for produce: see DEPENDENCIES.md).
+    /// Whether calls retry transient failures themselves (rskafka's backoff,
+    /// [`Cluster::topics`]); never for produce: see DEPENDENCIES.md.
     pub internal_retries: bool,
     /// Kafka client id.
     pub client_id: String,
     /// Plaintext or TLS.
-    pub transport: crate::tls::Transport,
+    pub transport: crate::transport::Transport,
 }
 
 /// A failed call to a cluster.
@@ -255,14 +257,76 @@ impl Cluster {
                 Duration::from_nanos(1)
             }),
         };
+        let what = format!("connecting (key `{}`)", self.key);
+        self.probe(&what).await?;
         let mut builder = ClientBuilder::new(self.servers.clone())
             .client_id(self.client_id.clone())
             .backoff_config(backoff);
         if let Some(tls) = self.transport.tls_config() {
             builder = builder.tls_config(tls);
         }
-        let what = format!("connecting (key `{}`)", self.key);
+        if let Some(sasl) = self.transport.rskafka_sasl() {
+            builder = builder.sasl_config(sasl);
+        }
         self.bounded(what, builder.build()).await.map(Arc::new)
+    }
+
+    /// Every topic with its partition count, read over our own connection (so through
+    /// the proxy and SASL code of [`crate::wire`]) from the first bootstrap server that
+    /// answers. With `internal_retries`, transient failures are retried for up to the
+    /// call bound, as rskafka's client would; a refusal (authentication, TLS) is
+    /// returned at once.
+    pub async fn topics(&self, what: &str) -> Result<BTreeMap<String, usize>, ClusterError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut retry = Retry::new(Duration::from_secs(2));
+        loop {
+            let mut last = None;
+            for server in &self.servers {
+                let listed = self
+                    .bounded(what.to_owned(), async {
+                        let mut conn =
+                            Connection::open(server, &self.client_id, &self.transport).await?;
+                        conn.metadata_all().await
+                    })
+                    .await;
+                match listed {
+                    Ok(metadata) => return Ok(topic_partitions(&metadata)),
+                    Err(e) if e.is_transient() => last = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            let e = last.expect("a cluster has at least one server");
+            let delay = retry.delay();
+            if !self.internal_retries || tokio::time::Instant::now() + delay >= deadline {
+                return Err(e);
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Opens one connection of our own to the bootstrap servers, in order, so that a
+    /// failure rskafka would retry behind a generic message (TLS, SASL, proxy, a
+    /// listener of the other kind) is reported at once and precisely. A server that
+    /// refuses TCP is skipped: rskafka's own retries then decide.
+    async fn probe(&self, what: &str) -> Result<(), ClusterError> {
+        for server in &self.servers {
+            let opened = self
+                .bounded(
+                    what.to_owned(),
+                    Connection::open(server, &self.client_id, &self.transport),
+                )
+                .await;
+            match opened {
+                Ok(_) => return Ok(()),
+                Err(ClusterError::Wire {
+                    source: WireFailure::Wire(WireError::Connect { .. }),
+                    ..
+                })
+                | Err(ClusterError::Timeout { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 

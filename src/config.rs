@@ -131,8 +131,52 @@ pub struct ConnectorConfig {
     /// The `connector.*` keys as given (without the prefix), secrets replaced by
     /// [`HIDDEN`]: what the API shows as the connector's config.
     pub settings: BTreeMap<String, String>,
-    /// TLS to the external cluster (`security.protocol = SSL`).
+    /// How the external cluster is reached (TLS, SASL, proxy).
+    pub access: Access,
+}
+
+/// How one cluster is reached: `security.protocol`, `ssl.*`, `sasl.*` and `proxy.url`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// TLS (`SSL` and `SASL_SSL`).
     pub ssl: Option<SslSettings>,
+    /// SASL authentication (`SASL_PLAINTEXT` and `SASL_SSL`).
+    pub sasl: Option<SaslSettings>,
+    /// `host:port` of the SOCKS5 proxy every connection goes through.
+    pub proxy: Option<String>,
+}
+
+/// A SASL mechanism kafka-direct speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// RFC 4616: user and password sent as they are (use it with TLS).
+    Plain,
+    /// RFC 7677.
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The mechanism's name on the wire and in `sasl.mechanism`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// SASL credentials of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslSettings {
+    /// The mechanism.
+    pub mechanism: SaslMechanism,
+    /// The user (for Event Hubs, `$ConnectionString`).
+    pub username: String,
+    /// The password (resolved if it was a reference).
+    pub password: Secret,
 }
 
 /// TLS settings of one cluster (docs/configuration.md, `ssl.*`).
@@ -150,8 +194,8 @@ pub struct SslSettings {
 
 impl ServiceConfig {
     /// How the internal cluster is reached (reads the `internal.ssl.*` PEM files).
-    pub fn internal_transport(&self) -> Result<crate::tls::Transport, ConfigError> {
-        crate::tls::Transport::new(self.internal_ssl.as_ref(), "")
+    pub fn internal_transport(&self) -> Result<crate::transport::Transport, ConfigError> {
+        crate::transport::Transport::new(&self.internal_access, "internal.")
     }
 
     /// The connector the file declares, for commands that need one (`check`, `schemas`).
@@ -170,8 +214,8 @@ impl ServiceConfig {
 
 impl ConnectorConfig {
     /// How the external cluster is reached (reads the `ssl.*` PEM files).
-    pub fn transport(&self) -> Result<crate::tls::Transport, ConfigError> {
-        crate::tls::Transport::new(self.ssl.as_ref(), CONNECTOR_PREFIX)
+    pub fn transport(&self) -> Result<crate::transport::Transport, ConfigError> {
+        crate::transport::Transport::new(&self.access, CONNECTOR_PREFIX)
     }
 
     /// Name of the internal topic a source topic is copied to.
@@ -191,8 +235,8 @@ pub struct ServiceConfig {
     pub internal_replication_factor: i16,
     /// Compression of produced batches.
     pub internal_compression: Compression,
-    /// TLS to the internal cluster (`internal.security.protocol = SSL`).
-    pub internal_ssl: Option<SslSettings>,
+    /// How the internal cluster is reached (`internal.security.protocol`, ...).
+    pub internal_access: Access,
     /// WAL cap in bytes of unforwarded entries.
     pub wal_max_bytes: u64,
     /// WAL durability.
@@ -255,7 +299,22 @@ const SERVICE_KEYS: &[Key] = &[
     Key {
         name: "internal.security.protocol",
         default: Some("PLAINTEXT"),
-        doc: "PLAINTEXT | SSL, for the internal cluster",
+        doc: "as connector.security.protocol, for the internal cluster",
+    },
+    Key {
+        name: "internal.sasl.mechanism",
+        default: Some("PLAIN"),
+        doc: "as connector.sasl.mechanism, for the internal cluster",
+    },
+    Key {
+        name: "internal.sasl.username",
+        default: Some(""),
+        doc: "as connector.sasl.username, for the internal cluster",
+    },
+    Key {
+        name: "internal.sasl.password",
+        default: Some(""),
+        doc: "as connector.sasl.password, for the internal cluster",
     },
     Key {
         name: "internal.ssl.ca.location",
@@ -363,9 +422,17 @@ const SERVICE_KEYS: &[Key] = &[
 pub const SECRET_KEYS: &[&str] = &[
     "connector.sasl.password",
     "connector.ssl.key.location",
+    "internal.sasl.password",
     "internal.ssl.key.location",
     "api.token",
 ];
+
+/// Whether `value` is a `${env:NAME}` or `${file:/path}` reference (resolved when the
+/// config is built; the reference itself is not secret and is shown as given).
+pub fn is_reference(value: &str) -> bool {
+    let value = value.trim();
+    value.ends_with('}') && (value.starts_with("${env:") || value.starts_with("${file:"))
+}
 
 /// What a secret is shown as.
 pub const HIDDEN: &str = "[hidden]";
@@ -431,22 +498,27 @@ const CONNECTOR_KEYS: &[Key] = &[
     Key {
         name: "security.protocol",
         default: Some("PLAINTEXT"),
-        doc: "PLAINTEXT | SSL (SASL_PLAINTEXT and SASL_SSL not supported yet)",
+        doc: "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL",
     },
     Key {
         name: "sasl.mechanism",
-        default: Some(""),
-        doc: "not supported yet",
+        default: Some("PLAIN"),
+        doc: "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512 (with SASL_PLAINTEXT or SASL_SSL)",
     },
     Key {
         name: "sasl.username",
         default: Some(""),
-        doc: "not supported yet",
+        doc: "SASL user; may be a ${env:NAME} or ${file:/path} reference",
     },
     Key {
         name: "sasl.password",
         default: Some(""),
-        doc: "not supported yet",
+        doc: "SASL password, never printed; best given as ${env:NAME} or ${file:/path}",
+    },
+    Key {
+        name: "proxy.url",
+        default: Some(""),
+        doc: "socks5://host:port: reach the brokers through this SOCKS5 proxy (no proxy authentication)",
     },
     Key {
         name: "ssl.ca.location",
@@ -553,7 +625,7 @@ impl RawConfig {
             .iter()
             .filter_map(|(k, v)| {
                 let short = k.strip_prefix(prefix)?;
-                let value = if SECRET_KEYS.contains(&k.as_str()) {
+                let value = if SECRET_KEYS.contains(&k.as_str()) && !is_reference(v) {
                     HIDDEN.to_owned()
                 } else {
                     v.clone()
@@ -617,7 +689,7 @@ impl RawConfig {
                 -1,
                 i16::MAX as i64,
             )? as i16,
-            internal_ssl: ssl_settings(&s, "internal.")?,
+            internal_access: access(&s, "internal.")?,
             internal_compression: s.choice(
                 "internal.compression",
                 &[
@@ -663,7 +735,7 @@ impl RawConfig {
                 3_600_000,
             )? as u64),
             api_listen: api_listen(&s)?,
-            api_token: Some(s.get("api.token"))
+            api_token: Some(s.resolved("api.token")?)
                 .filter(|t| !t.is_empty())
                 .or_else(|| std::env::var("KAFKA_DIRECT_API_TOKEN").ok())
                 .filter(|t| !t.is_empty())
@@ -719,20 +791,7 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
     if schemas_enable && format != Format::Json {
         return Err(c.invalid("schemas.enable", "true", "false unless format=json"));
     }
-    let ssl = ssl_settings(c, "")?;
-    for key in ["sasl.mechanism", "sasl.username", "sasl.password"] {
-        if !c.get(key).is_empty() {
-            return Err(ConfigError::NotSupported {
-                key: c.full(key),
-                value: if key == "sasl.password" {
-                    HIDDEN.into()
-                } else {
-                    c.get(key)
-                },
-                reason: "SASL is not supported yet (PLAINTEXT and SSL are)",
-            });
-        }
-    }
+    let access = access(c, "")?;
     let mut dlq = c.get("errors.deadletterqueue.topic.name");
     if dlq.is_empty() {
         dlq = format!("{topic_prefix}.dlq");
@@ -763,52 +822,145 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
         )?,
         dead_letter_topic: dlq,
         settings: c.raw.redacted(CONNECTOR_PREFIX),
-        ssl,
+        access,
     })
 }
 
-/// TLS settings of a cluster, from `<key_prefix>security.protocol` and
-/// `<key_prefix>ssl.*`; `None` for PLAINTEXT.
-fn ssl_settings(c: &Lookup<'_>, key_prefix: &str) -> Result<Option<SslSettings>, ConfigError> {
+/// How a cluster is reached, from `<key_prefix>security.protocol`, `ssl.*`, `sasl.*`
+/// and `proxy.url`. Keys that the protocol would ignore are refused, naming the
+/// protocol that uses them.
+fn access(c: &Lookup<'_>, key_prefix: &str) -> Result<Access, ConfigError> {
     let key = |k: &str| format!("{key_prefix}{k}");
     let protocol = c.get(&key("security.protocol"));
     let optional = |k: &str| Some(c.get(&key(k))).filter(|v| !v.is_empty());
+    let (tls, sasl) = match protocol.to_ascii_uppercase().as_str() {
+        "PLAINTEXT" => (false, false),
+        "SSL" => (true, false),
+        "SASL_PLAINTEXT" => (false, true),
+        "SASL_SSL" => (true, true),
+        _ => {
+            return Err(c.invalid(
+                &key("security.protocol"),
+                &protocol,
+                "one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL",
+            ))
+        }
+    };
+    let unused = |keys: &[&str], instead: &str| -> Result<(), ConfigError> {
+        match keys.iter().find(|k| optional(k).is_some()) {
+            Some(k) => Err(c.invalid(
+                &key("security.protocol"),
+                &protocol,
+                format!("{instead}, since {} is set", c.full(&key(k))),
+            )),
+            None => Ok(()),
+        }
+    };
     let ssl_keys = [
         "ssl.ca.location",
         "ssl.certificate.location",
         "ssl.key.location",
     ];
-    match protocol.to_ascii_uppercase().as_str() {
-        "PLAINTEXT" => {
-            if let Some(k) = ssl_keys.iter().find(|k| optional(k).is_some()) {
-                return Err(c.invalid(
-                    &key("security.protocol"),
-                    &protocol,
-                    format!("SSL, since {} is set", c.full(&key(k))),
-                ));
-            }
-            Ok(None)
-        }
-        "SSL" => Ok(Some(SslSettings {
+    if !tls {
+        unused(&ssl_keys, if sasl { "SASL_SSL" } else { "SSL or SASL_SSL" })?;
+    }
+    if !sasl {
+        unused(
+            &["sasl.username", "sasl.password"],
+            if tls {
+                "SASL_SSL"
+            } else {
+                "SASL_PLAINTEXT or SASL_SSL"
+            },
+        )?;
+    }
+    let ssl = match tls {
+        true => Some(SslSettings {
             ca_location: optional("ssl.ca.location"),
             certificate_location: optional("ssl.certificate.location"),
-            key_location: optional("ssl.key.location").map(Secret),
+            key_location: Some(c.resolved(&key("ssl.key.location"))?)
+                .filter(|v| !v.is_empty())
+                .map(Secret),
             verify_hostname: c.choice(
                 &key("ssl.endpoint.identification.algorithm"),
                 &[("https", true), ("none", false)],
             )?,
-        })),
-        "SASL_PLAINTEXT" | "SASL_SSL" => Err(ConfigError::NotSupported {
-            key: c.full(&key("security.protocol")),
-            value: protocol,
-            reason: "SASL is not supported yet (PLAINTEXT and SSL are)",
         }),
-        _ => Err(c.invalid(
-            &key("security.protocol"),
-            &protocol,
-            "one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL",
-        )),
+        false => None,
+    };
+    let sasl = match sasl {
+        true => Some(SaslSettings {
+            mechanism: c.choice(
+                &key("sasl.mechanism"),
+                &[
+                    ("PLAIN", SaslMechanism::Plain),
+                    ("SCRAM-SHA-256", SaslMechanism::ScramSha256),
+                    ("SCRAM-SHA-512", SaslMechanism::ScramSha512),
+                ],
+            )?,
+            username: Some(c.resolved(&key("sasl.username"))?)
+                .filter(|v| !v.is_empty())
+                .ok_or(ConfigError::Missing {
+                    key: c.full(&key("sasl.username")),
+                    hint: "the SASL user (for Azure Event Hubs: $ConnectionString)",
+                })?,
+            password: Some(c.resolved(&key("sasl.password"))?)
+                .filter(|v| !v.is_empty())
+                .map(Secret)
+                .ok_or(ConfigError::Missing {
+                    key: c.full(&key("sasl.password")),
+                    hint: "the SASL password, best as ${env:NAME} or ${file:/path}",
+                })?,
+        }),
+        false => None,
+    };
+    Ok(Access {
+        ssl,
+        sasl,
+        // The external cluster only: the internal one is reached directly.
+        proxy: match key_prefix {
+            "" => proxy(c, "proxy.url")?,
+            _ => None,
+        },
+    })
+}
+
+/// `proxy.url`: `socks5://host:port` (or `socks5h://`; names are resolved by the
+/// proxy either way) as `host:port`.
+fn proxy(c: &Lookup<'_>, key: &str) -> Result<Option<String>, ConfigError> {
+    let url = c.get(key);
+    if url.is_empty() {
+        return Ok(None);
     }
+    let Some(rest) = url
+        .strip_prefix("socks5://")
+        .or_else(|| url.strip_prefix("socks5h://"))
+    else {
+        return Err(c.invalid(
+            key,
+            &url,
+            "socks5://host:port (only SOCKS5 proxies are supported)",
+        ));
+    };
+    if rest.contains('@') {
+        return Err(ConfigError::NotSupported {
+            key: c.full(key),
+            value: HIDDEN.into(),
+            reason: "proxy authentication is not supported: use a proxy that accepts this host without credentials",
+        });
+    }
+    let address = rest.trim_end_matches('/');
+    let ok = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok {
+        return Err(c.invalid(
+            key,
+            &url,
+            "socks5://host:port, e.g. socks5://bastion.example.com:1080",
+        ));
+    }
+    Ok(Some(address.to_owned()))
 }
 
 /// A connector's config given through the API: its keys without the `connector.`
@@ -978,6 +1130,26 @@ impl Lookup<'_> {
                 .and_then(|k| k.default)
                 .expect("every looked-up key is declared with a default or read with required()")
                 .to_owned(),
+        }
+    }
+
+    /// The value of `key` with a `${env:NAME}` or `${file:/path}` reference replaced by
+    /// what it names (a file's trailing newline dropped). Errors name the key and the
+    /// reference, never what it resolves to.
+    fn resolved(&self, key: &str) -> Result<String, ConfigError> {
+        let value = self.get(key);
+        if !is_reference(&value) {
+            return Ok(value);
+        }
+        let inner = &value[2..value.len() - 1];
+        let bad = |expected: String| self.invalid(key, &value, expected);
+        match inner.split_once(':') {
+            Some(("env", name)) => std::env::var(name)
+                .map_err(|_| bad(format!("environment variable {name} to be set (it is not)"))),
+            Some(("file", path)) => std::fs::read_to_string(path)
+                .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| bad(format!("a readable file at {path} ({e})"))),
+            _ => unreachable!("is_reference accepts env: and file: only"),
         }
     }
 
@@ -1297,12 +1469,136 @@ topic.include.list = "orders,payments"
     }
 
     #[test]
-    fn unsupported_security_is_refused_without_echoing_secrets() {
-        let message = err(&["connector.security.protocol=SASL_SSL"]);
-        assert!(message.contains("not supported yet"), "{message}");
+    fn sasl_keys_need_a_sasl_protocol_and_are_never_echoed() {
         let message = err(&["connector.sasl.password=hunter2"]);
         assert!(
-            message.contains("[hidden]") && !message.contains("hunter2"),
+            message.contains("connector.security.protocol")
+                && message.contains("SASL_PLAINTEXT or SASL_SSL")
+                && !message.contains("hunter2"),
+            "{message}"
+        );
+        let message = err(&["connector.security.protocol=SASL_SSL"]);
+        assert!(message.contains("connector.sasl.username"), "{message}");
+        let message = err(&[
+            "connector.security.protocol=SASL_SSL",
+            "connector.sasl.username=u",
+        ]);
+        assert!(message.contains("connector.sasl.password"), "{message}");
+        let message = err(&[
+            "connector.security.protocol=SASL_PLAINTEXT",
+            "connector.sasl.mechanism=GSSAPI",
+            "connector.sasl.username=u",
+            "connector.sasl.password=hunter2",
+        ]);
+        assert!(
+            message.contains("PLAIN, SCRAM-SHA-256, SCRAM-SHA-512") && !message.contains("hunter2"),
+            "{message}"
+        );
+        // TLS keys with a protocol without TLS name the protocol that would use them.
+        let message = err(&[
+            "connector.security.protocol=SASL_PLAINTEXT",
+            "connector.ssl.ca.location=/ca.pem",
+        ]);
+        assert!(message.contains("SASL_SSL"), "{message}");
+
+        let cfg = load(
+            GOOD,
+            &[
+                "internal.security.protocol=SASL_PLAINTEXT",
+                "internal.sasl.mechanism=scram-sha-512",
+                "internal.sasl.username=$ConnectionString",
+                "internal.sasl.password=hunter2",
+            ],
+        )
+        .unwrap();
+        let sasl = cfg.internal_access.sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
+        // Event Hubs' user name is not a reference: it passes untouched.
+        assert_eq!(sasl.username, "$ConnectionString");
+        assert_eq!(sasl.password.expose(), "hunter2");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert_eq!(
+            format!("{:?}", cfg.internal_transport().unwrap()),
+            "SASL_PLAINTEXT SCRAM-SHA-512 as $ConnectionString"
+        );
+    }
+
+    #[test]
+    fn secret_references_resolve_and_only_the_reference_is_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        // The variable is set for this process only; no other test reads it.
+        std::env::set_var("KAFKA_DIRECT_TEST_SASL_PASSWORD", "from-the-env");
+        let file_ref = format!("connector.sasl.password=${{file:{}}}", file.display());
+        let cfg = load(
+            GOOD,
+            &[
+                "connector.security.protocol=SASL_SSL",
+                "connector.sasl.username=${env:KAFKA_DIRECT_TEST_SASL_PASSWORD}",
+                &file_ref,
+            ],
+        )
+        .unwrap();
+        let connector = cfg.connector.unwrap();
+        let sasl = connector.access.sasl.unwrap();
+        assert_eq!(sasl.username, "from-the-env");
+        assert_eq!(sasl.password.expose(), "from-a-file");
+        // What the API shows: the reference (not secret), never the value.
+        let shown = &connector.settings["sasl.password"];
+        assert!(shown.starts_with("${file:"), "{shown}");
+
+        let literal = load(
+            GOOD,
+            &[
+                "connector.security.protocol=SASL_SSL",
+                "connector.sasl.username=u",
+                "connector.sasl.password=hunter2",
+            ],
+        )
+        .unwrap();
+        assert_eq!(literal.connector.unwrap().settings["sasl.password"], HIDDEN);
+
+        let message = err(&[
+            "connector.security.protocol=SASL_SSL",
+            "connector.sasl.username=u",
+            "connector.sasl.password=${env:KAFKA_DIRECT_TEST_UNSET_VARIABLE}",
+        ]);
+        assert!(
+            message.contains("connector.sasl.password")
+                && message.contains("environment variable KAFKA_DIRECT_TEST_UNSET_VARIABLE"),
+            "{message}"
+        );
+        let message = err(&[
+            "connector.security.protocol=SASL_SSL",
+            "connector.sasl.username=u",
+            "connector.sasl.password=${file:/nonexistent/kafka-direct-password}",
+        ]);
+        assert!(
+            message.contains("/nonexistent/kafka-direct-password"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn proxy_url_takes_socks5_without_credentials() {
+        let cfg = load(
+            GOOD,
+            &["connector.proxy.url=socks5://bastion.example.com:1080"],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.connector.unwrap().access.proxy.as_deref(),
+            Some("bastion.example.com:1080")
+        );
+        let message = err(&["connector.proxy.url=http://bastion:3128"]);
+        assert!(message.contains("socks5://host:port"), "{message}");
+        let message = err(&["connector.proxy.url=socks5://bastion"]);
+        assert!(message.contains("connector.proxy.url"), "{message}");
+        assert!(err(&["internal.proxy.url=socks5://bastion:1080"]).contains("unknown key"));
+        let message = err(&["connector.proxy.url=socks5://me:hunter2@bastion:1080"]);
+        assert!(
+            message.contains("proxy authentication") && !message.contains("hunter2"),
             "{message}"
         );
     }

@@ -25,6 +25,6 @@ pub mod metrics;
 pub mod record;
 pub mod service;
 pub mod source;
-pub mod tls;
+pub mod transport;
 pub mod wal;
 pub mod wire;

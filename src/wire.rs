@@ -15,11 +15,13 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-    RequestHeader, ResponseHeader,
+    RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+use crate::config::SaslSettings;
 
 /// Largest response accepted (a larger length prefix means a broken stream).
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
@@ -43,6 +45,30 @@ pub enum WireError {
         addr: String,
         /// What rustls reported.
         source: std::io::Error,
+    },
+    /// The SOCKS5 proxy could not be reached or refused to connect to the broker.
+    #[error("cannot reach {addr} through the SOCKS5 proxy {proxy}: {reason}")]
+    Proxy {
+        /// `host:port` of the broker.
+        addr: String,
+        /// `host:port` of the proxy.
+        proxy: String,
+        /// What failed.
+        reason: String,
+    },
+    /// SASL authentication failed: wrong credentials, a mechanism the broker does not
+    /// enable, or a broker that hung up during the exchange. The password is never part
+    /// of the message.
+    #[error("SASL {mechanism} authentication of user {user:?} with {addr} failed: {reason}")]
+    Sasl {
+        /// `host:port`.
+        addr: String,
+        /// The mechanism.
+        mechanism: &'static str,
+        /// The user.
+        user: String,
+        /// The broker's answer, and what to check.
+        reason: String,
     },
     /// A plaintext connection broke at its first request.
     #[error("connection to {addr} broke at the first request ({source}): is the listener TLS? then set security.protocol=SSL")]
@@ -87,7 +113,7 @@ pub enum WireError {
 impl WireError {
     /// Whether reconnecting later can succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, WireError::Unsupported { .. })
+        !matches!(self, WireError::Unsupported { .. } | WireError::Sasl { .. })
     }
 }
 
@@ -111,18 +137,22 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` and asks which API versions the broker supports.
+    /// Connects to `addr` (through the transport's proxy, if any), does the TLS
+    /// handshake, asks which API versions the broker supports and authenticates.
     pub async fn open(
         addr: &str,
         client_id: &str,
-        transport: &crate::tls::Transport,
+        transport: &crate::transport::Transport,
     ) -> Result<Self, WireError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| WireError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
+        let stream = match transport.proxy() {
+            None => TcpStream::connect(addr)
+                .await
+                .map_err(|source| WireError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+            Some(proxy) => through_proxy(addr, proxy).await?,
+        };
         // Requests are small and answered one at a time: do not let Nagle delay them.
         let _ = stream.set_nodelay(true);
         let (read, write) =
@@ -163,7 +193,114 @@ impl Connection {
             .iter()
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect();
+        if let Some(sasl) = transport.sasl() {
+            conn.authenticate(sasl).await?;
+        }
         Ok(conn)
+    }
+
+    /// SaslHandshake (v1: the exchange then goes in SaslAuthenticate requests), then as
+    /// many SaslAuthenticate round trips as the mechanism needs; rsasl computes the
+    /// messages and checks the server's proof (SCRAM).
+    async fn authenticate(&mut self, sasl: &SaslSettings) -> Result<(), WireError> {
+        let mechanism = sasl.mechanism.name();
+        let fail = |addr: &str, reason: String| WireError::Sasl {
+            addr: addr.to_owned(),
+            mechanism,
+            user: sasl.username.clone(),
+            reason,
+        };
+        let hung_up = |e: WireError, when: &str, hint: &str| match e {
+            WireError::Io { addr, source } => fail(
+                &addr,
+                format!("the broker closed the connection {when} ({source}): {hint}"),
+            ),
+            other => other,
+        };
+        let version = self.version::<SaslHandshakeRequest>(1..=1)?;
+        let handshake = self
+            .call(
+                &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism)),
+                version,
+            )
+            .await
+            .map_err(|e| {
+                hung_up(
+                    e,
+                    "at the SASL handshake",
+                    &format!("is {mechanism} enabled on this listener? (set sasl.mechanism to one the broker enables)"),
+                )
+            })?;
+        if handshake.error_code != 0 {
+            let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(fail(
+                &self.addr,
+                format!(
+                    "the broker does not enable {mechanism}; it offers {}: set sasl.mechanism to one of them",
+                    if offered.is_empty() { "none".into() } else { offered.join(", ") }
+                ),
+            ));
+        }
+        let client = rsasl::config::SASLConfig::with_credentials(
+            None,
+            sasl.username.clone(),
+            sasl.password.expose().to_owned(),
+        )
+        .map(rsasl::prelude::SASLClient::new)
+        .map_err(|e| fail(&self.addr, format!("cannot set up the SASL client: {e}")))?;
+        let name = rsasl::prelude::Mechname::parse(mechanism.as_bytes())
+            .expect("our mechanism names are valid");
+        let mut session = client
+            .start_suggested(&[name])
+            .map_err(|e| fail(&self.addr, format!("cannot start {mechanism}: {e}")))?;
+        let version = self.version::<SaslAuthenticateRequest>(0..=2)?;
+        let mut received: Option<bytes::Bytes> = None;
+        loop {
+            let mut message = Vec::new();
+            let state = session
+                .step(received.as_deref(), &mut message)
+                .map_err(|e| {
+                    fail(
+                        &self.addr,
+                        format!("the broker's answer does not check out: {e}"),
+                    )
+                })?;
+            if state.has_sent_message() {
+                let response = self
+                    .call(
+                        &SaslAuthenticateRequest::default().with_auth_bytes(message.into()),
+                        version,
+                    )
+                    .await
+                    .map_err(|e| {
+                        hung_up(
+                            e,
+                            "during authentication",
+                            "check sasl.username and sasl.password, and that the user exists for this mechanism",
+                        )
+                    })?;
+                if response.error_code != 0 {
+                    let code = kafka_protocol::ResponseError::try_from_code(response.error_code)
+                        .map_or_else(
+                            || format!("error {}", response.error_code),
+                            |e| format!("{e}"),
+                        );
+                    let said = response
+                        .error_message
+                        .as_ref()
+                        .map(|m| format!(": {}", m.as_str()))
+                        .unwrap_or_default();
+                    return Err(fail(
+                        &self.addr,
+                        format!("the broker answered {code}{said}; check sasl.username and sasl.password"),
+                    ));
+                }
+                received = Some(response.auth_bytes);
+            }
+            if state.is_finished() {
+                return Ok(());
+            }
+        }
     }
 
     /// The broker's address.
@@ -368,7 +505,7 @@ fn api_key<R: Request>() -> ApiKey {
 pub async fn connect_leader(
     servers: &[String],
     client_id: &str,
-    transport: &crate::tls::Transport,
+    transport: &crate::transport::Transport,
     topic: &str,
     partition: i32,
     timeout: Duration,
@@ -490,6 +627,106 @@ fn leader_address(
     Ok(format!("{}:{}", &*broker.host, broker.port))
 }
 
+/// Partition count of each topic in a metadata answer.
+pub fn topic_partitions(metadata: &MetadataResponse) -> BTreeMap<String, usize> {
+    metadata
+        .topics
+        .iter()
+        .filter_map(|t| Some((t.name.as_ref()?.0.to_string(), t.partitions.len())))
+        .collect()
+}
+
+/// A TCP connection to `addr` tunnelled through the SOCKS5 proxy at `proxy` (no proxy
+/// authentication; the proxy resolves the broker's name).
+async fn through_proxy(addr: &str, proxy: &str) -> Result<TcpStream, WireError> {
+    let fail = |reason: String| WireError::Proxy {
+        addr: addr.to_owned(),
+        proxy: proxy.to_owned(),
+        reason,
+    };
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(host, port)| {
+            Some((
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port.parse::<u16>().ok()?,
+            ))
+        })
+        .ok_or_else(|| fail("the broker address is not host:port".into()))?;
+    let stream = TcpStream::connect(proxy).await.map_err(|e| {
+        fail(format!(
+            "cannot connect to the proxy ({e}); check proxy.url"
+        ))
+    })?;
+    // Buffered: each SOCKS message leaves in one write (the crate flushes after each),
+    // as proxies that read a message with a single read expect.
+    let mut stream = tokio::io::BufStream::new(stream);
+    async_socks5::connect(&mut stream, (host.to_owned(), port), None)
+        .await
+        .map_err(|e| fail(format!("the proxy did not open the tunnel: {e}")))?;
+    Ok(stream.into_inner())
+}
+
+/// An in-process fake broker for unit tests: it frames requests and responses and lets
+/// the test answer each request.
+#[cfg(test)]
+pub(crate) mod fake {
+    use bytes::{BufMut, Bytes, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{ApiKey, ResponseHeader};
+    use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// ApiVersions entries: (API, highest version; lowest 0).
+    pub fn versions(apis: &[(ApiKey, i16)]) -> Vec<ApiVersion> {
+        apis.iter()
+            .map(|&(api, max)| {
+                ApiVersion::default()
+                    .with_api_key(api as i16)
+                    .with_min_version(0)
+                    .with_max_version(max)
+            })
+            .collect()
+    }
+
+    /// Listens on a free loopback port and serves one connection: `answer(own address,
+    /// api, version, request body, out)` encodes the response body into `out`. Returns
+    /// the address.
+    pub async fn broker<F>(mut answer: F) -> std::net::SocketAddr
+    where
+        F: FnMut(std::net::SocketAddr, ApiKey, i16, Bytes, &mut BytesMut) + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            loop {
+                let Ok(len) = stream.read_i32().await else {
+                    return;
+                };
+                let mut body = BytesMut::zeroed(len as usize);
+                stream.read_exact(&mut body).await.unwrap();
+                let mut body = body.freeze();
+                let header = decode_request_header_from_buffer(&mut body).unwrap();
+                let api = ApiKey::try_from(header.request_api_key).unwrap();
+                let version = header.request_api_version;
+                let mut out = BytesMut::new();
+                ResponseHeader::default()
+                    .with_correlation_id(header.correlation_id)
+                    .encode(&mut out, api.response_header_version(version))
+                    .unwrap();
+                answer(addr, api, version, body, &mut out);
+                let mut frame = BytesMut::new();
+                frame.put_i32(out.len() as i32);
+                frame.put(out);
+                stream.write_all(&frame).await.unwrap();
+            }
+        });
+        addr
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,5 +773,118 @@ mod tests {
         // LEADER_NOT_AVAILABLE (5) is retriable.
         let e = leader_address(&metadata(1, 5), "t", 3).unwrap_err();
         assert!(e.is_transient(), "{e}");
+    }
+
+    mod sasl {
+        use std::sync::{Arc, Mutex};
+
+        use bytes::Bytes;
+        use kafka_protocol::messages::{SaslAuthenticateResponse, SaslHandshakeResponse};
+        use kafka_protocol::protocol::Decodable;
+
+        use super::super::fake;
+        use super::*;
+        use crate::config::{Access, SaslMechanism, Secret};
+        use crate::transport::Transport;
+
+        /// A broker enabling `enabled`, whose only user is alice/secret (PLAIN); it
+        /// records the authentication bytes it received.
+        async fn sasl_broker(enabled: &'static str, seen: Arc<Mutex<Vec<Bytes>>>) -> String {
+            fake::broker(move |_, api, version, mut body, out| match api {
+                ApiKey::ApiVersions => ApiVersionsResponse::default()
+                    .with_api_keys(fake::versions(&[
+                        (ApiKey::SaslHandshake, 1),
+                        (ApiKey::SaslAuthenticate, 2),
+                    ]))
+                    .encode(out, version)
+                    .unwrap(),
+                ApiKey::SaslHandshake => {
+                    let request = SaslHandshakeRequest::decode(&mut body, version).unwrap();
+                    let code = if request.mechanism.as_str() == enabled {
+                        0
+                    } else {
+                        33
+                    };
+                    SaslHandshakeResponse::default()
+                        .with_error_code(code)
+                        .with_mechanisms(vec![StrBytes::from_static_str(enabled)])
+                        .encode(out, version)
+                        .unwrap()
+                }
+                ApiKey::SaslAuthenticate => {
+                    let request = SaslAuthenticateRequest::decode(&mut body, version).unwrap();
+                    let good = request.auth_bytes.as_ref() == b"\0alice\0secret";
+                    seen.lock().unwrap().push(request.auth_bytes);
+                    let mut response = SaslAuthenticateResponse::default();
+                    if !good {
+                        response = response.with_error_code(58).with_error_message(Some(
+                            StrBytes::from_static_str("Invalid username or password"),
+                        ));
+                    }
+                    response.encode(out, version).unwrap()
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .await
+            .to_string()
+        }
+
+        fn plain(password: &str) -> Transport {
+            let access = Access {
+                sasl: Some(crate::config::SaslSettings {
+                    mechanism: SaslMechanism::Plain,
+                    username: "alice".into(),
+                    password: Secret(password.into()),
+                }),
+                ..Access::default()
+            };
+            Transport::new(&access, "connector.").unwrap()
+        }
+
+        #[tokio::test]
+        async fn plain_sends_user_and_password_as_rfc_4616_says() {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let addr = sasl_broker("PLAIN", Arc::clone(&seen)).await;
+            Connection::open(&addr, "test", &plain("secret"))
+                .await
+                .unwrap();
+            assert_eq!(
+                seen.lock().unwrap().as_slice(),
+                [Bytes::from_static(b"\0alice\0secret")]
+            );
+        }
+
+        #[tokio::test]
+        async fn a_refused_password_names_mechanism_user_and_broker_never_the_password() {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let addr = sasl_broker("PLAIN", seen).await;
+            let e = Connection::open(&addr, "test", &plain("hunter2"))
+                .await
+                .unwrap_err();
+            let text = e.to_string();
+            assert!(!e.is_transient());
+            assert!(
+                text.contains(&format!(
+                    "SASL PLAIN authentication of user \"alice\" with {addr} failed"
+                )) && text.contains("Invalid username or password")
+                    && !text.contains("hunter2"),
+                "{text}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_mechanism_the_broker_does_not_enable_lists_the_ones_it_does() {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let addr = sasl_broker("SCRAM-SHA-512", Arc::clone(&seen)).await;
+            let text = Connection::open(&addr, "test", &plain("secret"))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.contains("does not enable PLAIN; it offers SCRAM-SHA-512"),
+                "{text}"
+            );
+            assert!(seen.lock().unwrap().is_empty(), "no credentials were sent");
+        }
     }
 }

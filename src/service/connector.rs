@@ -372,6 +372,7 @@ impl ConnectorRuntime {
                 .map_err(|e| ServiceError::Config(e.to_string()))?,
         };
         if connector
+            .access
             .ssl
             .as_ref()
             .is_some_and(|ssl| !ssl.verify_hostname)
@@ -379,15 +380,11 @@ impl ConnectorRuntime {
             warn!(connector = %connector.name, "connector.ssl.endpoint.identification.algorithm=none: the external brokers' certificates are not checked against their addresses");
         }
         let internal_cluster = ctx.internal.clone();
-        let source_client = source_cluster.connect().await?;
+        let source_topics = source_cluster
+            .topics("listing topics (key `connector.kafka.bootstrap.servers`)")
+            .await?;
         info!(connector = %connector.name, external = %connector.bootstrap_servers.join(","), "connected to the external cluster");
 
-        let source_topics: BTreeMap<String, usize> = source_cluster
-            .bounded("listing topics", source_client.list_topics())
-            .await?
-            .into_iter()
-            .map(|t| (t.name, t.partitions.len()))
-            .collect();
         let mut partitions = Vec::new();
         for topic in &connector.topics {
             match source_topics.get(topic) {
@@ -458,7 +455,6 @@ impl ConnectorRuntime {
             handle: Arc::clone(&self.handle),
             ctx: Arc::clone(&self.ctx),
             source_cluster,
-            source_client,
             dead_letters: dead_letters.clone(),
             settle,
             cancel: cancel.clone(),
@@ -504,7 +500,6 @@ struct Spawner {
     handle: Arc<ConnectorHandle>,
     ctx: Arc<Context>,
     source_cluster: Cluster,
-    source_client: Arc<rskafka::client::Client>,
     dead_letters: Option<Arc<DeadLetters>>,
     settle: bool,
     cancel: CancellationToken,
@@ -665,14 +660,11 @@ async fn refresh(
     running: &mut BTreeMap<SourcePartition, Running>,
 ) {
     let connector = &*spawner.handle.config();
-    let listed = spawner
-        .source_cluster
-        .bounded("listing topics", spawner.source_client.list_topics())
-        .await;
+    let listed = spawner.source_cluster.topics("listing topics").await;
     let topics: BTreeMap<String, i32> = match listed {
         Ok(topics) => topics
             .into_iter()
-            .map(|t| (t.name, t.partitions.len() as i32))
+            .map(|(name, count)| (name, count as i32))
             .collect(),
         Err(e) => {
             warn!(connector = %connector.name, error = %e, "reading the external cluster's metadata failed; new partitions are looked for again later");

@@ -132,7 +132,8 @@ pub async fn run(
             .map_err(|e| ServiceError::Config(e.to_string()))?,
     };
     if config
-        .internal_ssl
+        .internal_access
+        .ssl
         .as_ref()
         .is_some_and(|ssl| !ssl.verify_hostname)
     {

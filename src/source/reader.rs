@@ -204,8 +204,7 @@ mod tests {
     //! (tansu 0.6 never stores aborted records, so the end-to-end tests cannot show it).
     use std::time::Duration;
 
-    use bytes::{BufMut, Bytes, BytesMut};
-    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use bytes::Bytes;
     use kafka_protocol::messages::fetch_response::{self, FetchableTopicResponse, PartitionData};
     use kafka_protocol::messages::list_offsets_response::{
         ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -215,11 +214,9 @@ mod tests {
     };
     use kafka_protocol::messages::{
         ApiKey, ApiVersionsResponse, FetchResponse, ListOffsetsResponse, MetadataResponse,
-        ProducerId, ResponseHeader,
+        ProducerId,
     };
-    use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable, StrBytes};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
 
     use super::*;
     use crate::source::batches::test_batches::{data, encode, marker, COMMIT};
@@ -227,89 +224,58 @@ mod tests {
     /// Serves one connection: ApiVersions, Metadata (itself as leader), ListOffsets
     /// (earliest 0) and Fetch (`records` with `aborted`, high watermark 10).
     async fn fake_broker(records: Bytes, aborted: Vec<(i64, i64)>) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            loop {
-                let Ok(len) = stream.read_i32().await else {
-                    return;
-                };
-                let mut body = BytesMut::zeroed(len as usize);
-                stream.read_exact(&mut body).await.unwrap();
-                let mut body = body.freeze();
-                let header = decode_request_header_from_buffer(&mut body).unwrap();
-                let api = ApiKey::try_from(header.request_api_key).unwrap();
-                let version = header.request_api_version;
-                let mut out = BytesMut::new();
-                ResponseHeader::default()
-                    .with_correlation_id(header.correlation_id)
-                    .encode(&mut out, api.response_header_version(version))
-                    .unwrap();
-                match api {
-                    ApiKey::ApiVersions => ApiVersionsResponse::default()
-                        .with_api_keys(vec![
-                            ApiVersion::default()
-                                .with_api_key(ApiKey::Fetch as i16)
-                                .with_min_version(0)
-                                .with_max_version(16),
-                            ApiVersion::default()
-                                .with_api_key(ApiKey::ListOffsets as i16)
-                                .with_min_version(0)
-                                .with_max_version(9),
-                            ApiVersion::default()
-                                .with_api_key(ApiKey::Metadata as i16)
-                                .with_min_version(0)
-                                .with_max_version(12),
-                        ])
-                        .encode(&mut out, version),
-                    ApiKey::Metadata => MetadataResponse::default()
-                        .with_brokers(vec![MetadataResponseBroker::default()
-                            .with_node_id(BrokerId(1))
-                            .with_host(StrBytes::from_string(addr.ip().to_string()))
-                            .with_port(i32::from(addr.port()))])
-                        .with_topics(vec![MetadataResponseTopic::default()
-                            .with_name(Some(topic_name("t")))
-                            .with_partitions(vec![MetadataResponsePartition::default()
-                                .with_partition_index(0)
-                                .with_leader_id(BrokerId(1))])])
-                        .encode(&mut out, version),
-                    ApiKey::ListOffsets => ListOffsetsResponse::default()
-                        .with_topics(vec![ListOffsetsTopicResponse::default()
-                            .with_name(topic_name("t"))
-                            .with_partitions(vec![ListOffsetsPartitionResponse::default()
-                                .with_partition_index(0)
-                                .with_offset(0)])])
-                        .encode(&mut out, version),
-                    ApiKey::Fetch => FetchResponse::default()
-                        .with_responses(vec![FetchableTopicResponse::default()
-                            .with_topic(topic_name("t"))
-                            .with_partitions(vec![PartitionData::default()
-                                .with_partition_index(0)
-                                .with_high_watermark(10)
-                                .with_last_stable_offset(10)
-                                .with_aborted_transactions(Some(
-                                    aborted
-                                        .iter()
-                                        .map(|&(producer_id, first_offset)| {
-                                            fetch_response::AbortedTransaction::default()
-                                                .with_producer_id(ProducerId(producer_id))
-                                                .with_first_offset(first_offset)
-                                        })
-                                        .collect(),
-                                ))
-                                .with_records(Some(records.clone()))])])
-                        .encode(&mut out, version),
-                    other => panic!("unexpected request {other:?}"),
-                }
-                .unwrap();
-                let mut frame = BytesMut::new();
-                frame.put_i32(out.len() as i32);
-                frame.put(out);
-                stream.write_all(&frame).await.unwrap();
+        crate::wire::fake::broker(move |addr, api, version, _, out| {
+            match api {
+                ApiKey::ApiVersions => ApiVersionsResponse::default()
+                    .with_api_keys(crate::wire::fake::versions(&[
+                        (ApiKey::Fetch, 16),
+                        (ApiKey::ListOffsets, 9),
+                        (ApiKey::Metadata, 12),
+                    ]))
+                    .encode(out, version),
+                ApiKey::Metadata => MetadataResponse::default()
+                    .with_brokers(vec![MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(1))
+                        .with_host(StrBytes::from_string(addr.ip().to_string()))
+                        .with_port(i32::from(addr.port()))])
+                    .with_topics(vec![MetadataResponseTopic::default()
+                        .with_name(Some(topic_name("t")))
+                        .with_partitions(vec![MetadataResponsePartition::default()
+                            .with_partition_index(0)
+                            .with_leader_id(BrokerId(1))])])
+                    .encode(out, version),
+                ApiKey::ListOffsets => ListOffsetsResponse::default()
+                    .with_topics(vec![ListOffsetsTopicResponse::default()
+                        .with_name(topic_name("t"))
+                        .with_partitions(vec![ListOffsetsPartitionResponse::default()
+                            .with_partition_index(0)
+                            .with_offset(0)])])
+                    .encode(out, version),
+                ApiKey::Fetch => FetchResponse::default()
+                    .with_responses(vec![FetchableTopicResponse::default()
+                        .with_topic(topic_name("t"))
+                        .with_partitions(vec![PartitionData::default()
+                            .with_partition_index(0)
+                            .with_high_watermark(10)
+                            .with_last_stable_offset(10)
+                            .with_aborted_transactions(Some(
+                                aborted
+                                    .iter()
+                                    .map(|&(producer_id, first_offset)| {
+                                        fetch_response::AbortedTransaction::default()
+                                            .with_producer_id(ProducerId(producer_id))
+                                            .with_first_offset(first_offset)
+                                    })
+                                    .collect(),
+                            ))
+                            .with_records(Some(records.clone()))])])
+                    .encode(out, version),
+                other => panic!("unexpected request {other:?}"),
             }
-        });
-        addr.to_string()
+            .unwrap()
+        })
+        .await
+        .to_string()
     }
 
     fn cluster(addr: String) -> Cluster {
@@ -320,7 +286,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             internal_retries: true,
             client_id: "test".into(),
-            transport: crate::tls::Transport::plaintext(),
+            transport: crate::transport::Transport::plaintext(),
         }
     }
 

@@ -20,6 +20,8 @@ use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, Unknown
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::{Record, RecordAndOffset};
 
+pub mod secure;
+
 pub const SOURCE_TOPIC_HEADER: &str = "kafka-direct.source.topic";
 pub const SOURCE_PARTITION_HEADER: &str = "kafka-direct.source.partition";
 pub const SOURCE_OFFSET_HEADER: &str = "kafka-direct.source.offset";
@@ -28,7 +30,7 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn run_script(name: &str) -> PathBuf {
+pub fn run_script(name: &str) -> PathBuf {
     let out = Command::new(repo_root().join("scripts").join(name))
         .stderr(Stdio::inherit())
         .output()
@@ -73,7 +75,7 @@ pub fn kcat() -> PathBuf {
     repo_root().join("target/kcat/kcat")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

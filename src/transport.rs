@@ -1,6 +1,7 @@
-//! Transport security: the rustls client configuration built from a cluster's `ssl.*`
-//! keys, and the connections that use it. Our own connections (fetch and produce paths,
-//! [`crate::wire`]) and rskafka's (topic listing and creation) share one configuration.
+//! How a cluster is reached: TLS (the rustls client configuration built from a
+//! cluster's `ssl.*` keys), SASL credentials and an optional SOCKS5 proxy. Our own
+//! connections (fetch and produce paths, [`crate::wire`]) and rskafka's (topic listing
+//! and creation) share one [`Transport`].
 //!
 //! The server is verified against `ssl.ca.location` or, without it, the system's trust
 //! store; its name is checked unless `ssl.endpoint.identification.algorithm = none`.
@@ -17,21 +18,27 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::{ConfigError, SslSettings};
+use crate::config::{Access, ConfigError, SaslMechanism, SaslSettings, SslSettings};
 
-/// How a cluster is reached: plaintext, or TLS with this configuration.
+/// How a cluster is reached: plaintext or TLS, with or without SASL, directly or
+/// through a SOCKS5 proxy.
 #[derive(Clone, Default)]
 pub struct Transport {
     tls: Option<Arc<rustls::ClientConfig>>,
+    sasl: Option<SaslSettings>,
+    proxy: Option<String>,
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.tls.is_some() {
-            "TLS"
-        } else {
-            "PLAINTEXT"
-        })
+        f.write_str(self.protocol())?;
+        if let Some(sasl) = &self.sasl {
+            write!(f, " {} as {}", sasl.mechanism.name(), sasl.username)?;
+        }
+        if let Some(proxy) = &self.proxy {
+            write!(f, " via socks5://{proxy}")?;
+        }
+        Ok(())
     }
 }
 
@@ -42,20 +49,33 @@ pub type Halves = (
 );
 
 impl Transport {
-    /// Plaintext.
+    /// Plaintext, no authentication, no proxy.
     pub fn plaintext() -> Self {
         Self::default()
     }
 
-    /// TLS per `ssl` (keys named under `prefix`, e.g. `connector.`), or plaintext when
-    /// `ssl` is `None`.
-    pub fn new(ssl: Option<&SslSettings>, prefix: &str) -> Result<Self, ConfigError> {
-        let Some(ssl) = ssl else {
-            return Ok(Self::plaintext());
+    /// The transport `access` describes (keys named under `prefix`, e.g. `connector.`);
+    /// reads the PEM material now, so that a bad file is refused at start.
+    pub fn new(access: &Access, prefix: &str) -> Result<Self, ConfigError> {
+        let tls = match &access.ssl {
+            Some(ssl) => Some(Arc::new(client_config(ssl, prefix)?)),
+            None => None,
         };
         Ok(Self {
-            tls: Some(Arc::new(client_config(ssl, prefix)?)),
+            tls,
+            sasl: access.sasl.clone(),
+            proxy: access.proxy.clone(),
         })
+    }
+
+    /// The Kafka name of the security protocol.
+    pub fn protocol(&self) -> &'static str {
+        match (self.tls.is_some(), self.sasl.is_some()) {
+            (false, false) => "PLAINTEXT",
+            (true, false) => "SSL",
+            (false, true) => "SASL_PLAINTEXT",
+            (true, true) => "SASL_SSL",
+        }
     }
 
     /// The rustls configuration, for rskafka.
@@ -66,6 +86,28 @@ impl Transport {
     /// Whether connections use TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// The SASL credentials, if connections authenticate.
+    pub fn sasl(&self) -> Option<&SaslSettings> {
+        self.sasl.as_ref()
+    }
+
+    /// `host:port` of the SOCKS5 proxy, if any.
+    pub fn proxy(&self) -> Option<&str> {
+        self.proxy.as_deref()
+    }
+
+    /// The same credentials in rskafka's terms.
+    pub fn rskafka_sasl(&self) -> Option<rskafka::client::SaslConfig> {
+        use rskafka::client::{Credentials, SaslConfig};
+        let sasl = self.sasl.as_ref()?;
+        let credentials = Credentials::new(sasl.username.clone(), sasl.password.expose().into());
+        Some(match sasl.mechanism {
+            SaslMechanism::Plain => SaslConfig::Plain(credentials),
+            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
+            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+        })
     }
 
     /// Wraps a connected socket to `addr` (`host:port`), doing the TLS handshake if any.
