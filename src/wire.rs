@@ -262,7 +262,7 @@ impl Connection {
                 .map_err(|e| {
                     fail(
                         &self.addr,
-                        format!("the broker's answer does not check out: {e}"),
+                        format!("the exchange failed ({e}): check sasl.username and sasl.password, and that the user exists for {mechanism}"),
                     )
                 })?;
             if state.has_sent_message() {
