@@ -26,6 +26,7 @@ use crate::format::schema::{Fit, Schema};
 use crate::format::{Formatter, Verdict};
 use crate::record::SourceRecord;
 use crate::source::reader::PartitionReader;
+use crate::transport::CertificateSummary;
 use crate::wire::{topic_partitions, Connection, WireError};
 
 /// Values sampled per topic for the format step.
@@ -177,9 +178,12 @@ pub async fn run(config: &ServiceConfig) -> Report {
         &internal_transport,
     )
     .await;
-    for (cluster, transport, answered) in [
-        ("external", &external_transport, external.is_some()),
-        ("internal", &internal_transport, internal.is_some()),
+    let chain_of = |answer: &Option<(MetadataResponse, Vec<CertificateSummary>)>| {
+        answer.as_ref().map(|(_, chain)| chain.clone())
+    };
+    for (cluster, transport, chain) in [
+        ("external", &external_transport, chain_of(&external)),
+        ("internal", &internal_transport, chain_of(&internal)),
     ] {
         if let Some(proxy) = transport.proxy() {
             report.ok(
@@ -195,12 +199,13 @@ pub async fn run(config: &ServiceConfig) -> Report {
                 "use SASL_SSL, or a SCRAM mechanism, unless the network is trusted",
             );
         }
-        if !answered {
+        let Some(chain) = chain else {
             continue;
-        }
+        };
         let mut passed = Vec::new();
         if transport.is_tls() {
             passed.push("TLS handshake and certificate verification passed".to_owned());
+            certificates(&mut report, cluster, &chain);
         }
         if let Some(sasl) = sasl {
             passed.push(format!(
@@ -218,7 +223,7 @@ pub async fn run(config: &ServiceConfig) -> Report {
             },
         );
     }
-    let Some(external) = external else {
+    let Some((external, _)) = external else {
         return report;
     };
     let cluster = Cluster {
@@ -234,7 +239,7 @@ pub async fn run(config: &ServiceConfig) -> Report {
     for (topic, count) in &partitions {
         format(&mut report, config, &cluster, topic, *count).await;
     }
-    if let Some(internal) = internal {
+    if let Some((internal, _)) = internal {
         internal_topics(&mut report, config, &internal, &partitions);
     }
     report
@@ -279,7 +284,7 @@ async fn connect(
     key: &str,
     servers: &[String],
     transport: &crate::transport::Transport,
-) -> Option<MetadataResponse> {
+) -> Option<(MetadataResponse, Vec<CertificateSummary>)> {
     let mut metadata = None;
     for server in servers {
         let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h);
@@ -301,11 +306,11 @@ async fn connect(
         let conn = tokio::time::timeout(STEP_TIMEOUT, async {
             let mut conn = Connection::open(server, "kafka-direct-check", transport).await?;
             let metadata = conn.metadata_all().await?;
-            Ok::<_, crate::wire::WireError>(metadata)
+            Ok::<_, crate::wire::WireError>((metadata, conn.peer_certificates().to_vec()))
         })
         .await;
-        let answer = match conn {
-            Ok(Ok(m)) => m,
+        let (answer, chain) = match conn {
+            Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
                 let fix = match &e {
                     WireError::Sasl { .. } => "check sasl.mechanism, sasl.username and sasl.password (a ${env:NAME} reference must name a set variable); the line above says what the broker answered".to_owned(),
@@ -383,10 +388,42 @@ async fn connect(
                 ),
             }
         }
-        metadata = Some(answer);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let chain = chain
+            .iter()
+            .filter_map(|der| CertificateSummary::of(der, now))
+            .collect();
+        metadata = Some((answer, chain));
         break;
     }
     metadata
+}
+
+/// Step 3, TLS: the chain the broker presented, and a warning for a certificate that
+/// expires within 30 days (the broker is refused once it has).
+fn certificates(report: &mut Report, cluster: &str, chain: &[CertificateSummary]) {
+    for (i, cert) in chain.iter().enumerate() {
+        let role = if i == 0 {
+            "broker certificate"
+        } else {
+            "issuer certificate"
+        };
+        let finding = format!(
+            "{cluster} cluster: {role} {} issued by {}, valid until {} ({} days left)",
+            cert.subject, cert.issuer, cert.not_after, cert.days_left
+        );
+        if cert.days_left < 30 {
+            report.warn(
+                "security",
+                finding,
+                "renew it before then: once it expires, the TLS handshake fails and nothing is copied",
+            );
+        } else {
+            report.ok("security", finding);
+        }
+    }
 }
 
 /// Step 4: the configured topics. Returns the partition count of those that exist.

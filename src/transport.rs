@@ -110,11 +110,16 @@ impl Transport {
         })
     }
 
-    /// Wraps a connected socket to `addr` (`host:port`), doing the TLS handshake if any.
-    pub async fn wrap(&self, addr: &str, stream: TcpStream) -> std::io::Result<Halves> {
+    /// Wraps a connected socket to `addr` (`host:port`), doing the TLS handshake if any;
+    /// also returns the certificate chain the broker presented (empty without TLS).
+    pub async fn wrap(
+        &self,
+        addr: &str,
+        stream: TcpStream,
+    ) -> std::io::Result<(Halves, Vec<CertificateDer<'static>>)> {
         let Some(config) = &self.tls else {
             let (read, write) = stream.into_split();
-            return Ok((Box::new(read), Box::new(write)));
+            return Ok(((Box::new(read), Box::new(write)), Vec::new()));
         };
         let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -124,8 +129,42 @@ impl Transport {
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
             .connect(name, stream)
             .await?;
+        let chain = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
         let (read, write) = tokio::io::split(tls);
-        Ok((Box::new(read), Box::new(write)))
+        Ok(((Box::new(read), Box::new(write)), chain))
+    }
+}
+
+/// What `check` shows of one certificate a broker presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSummary {
+    /// The subject, e.g. `CN=kafka-1.example.com`.
+    pub subject: String,
+    /// The issuer.
+    pub issuer: String,
+    /// The last day it is valid (UTC), `YYYY-MM-DD`.
+    pub not_after: String,
+    /// Whole days from now until it expires (negative once expired).
+    pub days_left: i64,
+}
+
+impl CertificateSummary {
+    /// Reads a DER certificate; `None` if it does not parse (the TLS library accepted
+    /// it, so this only loses the summary).
+    pub fn of(der: &CertificateDer<'_>, now_unix: i64) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let not_after = cert.validity().not_after;
+        Some(Self {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            not_after: not_after.to_datetime().date().to_string(),
+            days_left: (not_after.timestamp() - now_unix).div_euclid(86_400),
+        })
     }
 }
 

@@ -125,6 +125,7 @@ pub struct Connection {
     client_id: StrBytes,
     correlation_id: i32,
     versions: BTreeMap<i16, (i16, i16)>,
+    certificates: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -155,7 +156,7 @@ impl Connection {
         };
         // Requests are small and answered one at a time: do not let Nagle delay them.
         let _ = stream.set_nodelay(true);
-        let (read, write) =
+        let ((read, write), certificates) =
             transport
                 .wrap(addr, stream)
                 .await
@@ -170,6 +171,7 @@ impl Connection {
             client_id: StrBytes::from_string(client_id.to_string()),
             correlation_id: 0,
             versions: BTreeMap::new(),
+            certificates,
         };
         // Version 0 is understood by every broker; later versions only add fields we
         // do not need.
@@ -301,6 +303,11 @@ impl Connection {
                 return Ok(());
             }
         }
+    }
+
+    /// The certificate chain the broker presented (empty without TLS).
+    pub fn peer_certificates(&self) -> &[rustls_pki_types::CertificateDer<'static>] {
+        &self.certificates
     }
 
     /// The broker's address.

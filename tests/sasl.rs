@@ -109,7 +109,7 @@ async fn sasl_plaintext_with_scram_on_both_clusters_replicates_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sasl_ssl_with_scram_sha_512_replicates_and_check_reports_both_layers() {
     let pki = Pki::new("kafka-direct test CA");
-    let (cert, key) = pki.issue("server", &["127.0.0.1"], false);
+    let (cert, key) = pki.issue("server", &["127.0.0.1"], Valid::Long);
     let port = free_port();
     let sasl = SaslBroker::start(
         Some(port),

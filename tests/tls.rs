@@ -20,8 +20,10 @@ fn check(config: &Path) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn ssl_on_both_clusters_replicates_exactly_once() {
     let pki = Pki::new("kafka-direct test CA");
-    let (cert, key) = pki.issue("server", &["127.0.0.1", "localhost"], false);
-    let external = TlsBroker::start(&cert, &key, None);
+    let (cert, key) = pki.issue("server", &["127.0.0.1", "localhost"], Valid::Long);
+    // The external broker's certificate expires soon: check warns, nothing fails yet.
+    let (soon, soon_key) = pki.issue("expiring", &["127.0.0.1"], Valid::ForDays(10));
+    let external = TlsBroker::start(&soon, &soon_key, None);
     let internal = TlsBroker::start(&cert, &key, None);
     let ca_path = pki.path("ca.pem");
     let tls = kcat_tls(&ca_path, None);
@@ -51,6 +53,19 @@ async fn ssl_on_both_clusters_replicates_exactly_once() {
         text.contains("external cluster: TLS handshake and certificate verification passed"),
         "{text}"
     );
+    // The chain, with the days left; under 30 it is a warning (`!`).
+    let expiring = text
+        .lines()
+        .find(|l| l.contains("external cluster: broker certificate CN=expiring issued by CN=kafka-direct test CA"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        expiring.starts_with('!') && expiring.contains("(9 days left)"),
+        "{expiring}"
+    );
+    assert!(
+        text.contains("✔ security  internal cluster: broker certificate CN=server issued by CN=kafka-direct test CA, valid until 4096-01-01"),
+        "{text}"
+    );
     service.start();
     for p in 0..2 {
         assert_copied(&internal.addr(), "int.secure", "secure", p, 150, &tls).await;
@@ -61,8 +76,8 @@ async fn ssl_on_both_clusters_replicates_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_with_an_inline_client_key_replicates_and_without_it_is_refused() {
     let pki = Pki::new("kafka-direct test CA");
-    let (cert, key) = pki.issue("server", &["127.0.0.1"], false);
-    let (client_cert, client_key) = pki.issue("client", &["kafka-direct"], false);
+    let (cert, key) = pki.issue("server", &["127.0.0.1"], Valid::Long);
+    let (client_cert, client_key) = pki.issue("client", &["kafka-direct"], Valid::Long);
     let external = TlsBroker::start(&cert, &key, Some(&pki.path("ca.pem")));
     let internal = Broker::start();
     let ca = pki.path("ca.pem");
@@ -132,9 +147,9 @@ async fn mutual_tls_with_an_inline_client_key_replicates_and_without_it_is_refus
 async fn each_tls_failure_is_named_with_what_to_do() {
     let pki = Pki::new("kafka-direct test CA");
     let other = Pki::new("another CA");
-    let (good, good_key) = pki.issue("good", &["127.0.0.1"], false);
-    let (wrong_name, wrong_name_key) = pki.issue("wrong-name", &["kafka.example.com"], false);
-    let (expired, expired_key) = pki.issue("expired", &["127.0.0.1"], true);
+    let (good, good_key) = pki.issue("good", &["127.0.0.1"], Valid::Long);
+    let (wrong_name, wrong_name_key) = pki.issue("wrong-name", &["kafka.example.com"], Valid::Long);
+    let (expired, expired_key) = pki.issue("expired", &["127.0.0.1"], Valid::Expired);
     let good_broker = TlsBroker::start(&good, &good_key, None);
     let wrong_name_broker = TlsBroker::start(&wrong_name, &wrong_name_key, None);
     let expired_broker = TlsBroker::start(&expired, &expired_key, None);
@@ -195,6 +210,33 @@ async fn each_tls_failure_is_named_with_what_to_do() {
         let log = service.log_text();
         assert!(log.contains(&server), "{log}");
     }
+
+    // The reverse mismatch: a plaintext client against the TLS listener.
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &good_broker.addr(),
+            internal: &internal.addr(),
+            topics: "t",
+            extra: &[],
+        },
+    );
+    let needle = format!(
+        "connection to {} broke at the first request",
+        good_broker.addr()
+    );
+    let (ok, text) = check(&service.config);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&needle)
+            && text.contains("is the listener TLS? then set security.protocol=SSL"),
+        "{text}"
+    );
+    service.start();
+    assert!(!service.wait_exit(Duration::from_secs(60)).success());
+    let log = service.log_text();
+    assert!(log.contains(&needle), "{log}");
 
     // A name mismatch is accepted only with the loudly named key, which warns.
     let dir = tempfile::tempdir().unwrap();

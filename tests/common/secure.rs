@@ -17,6 +17,17 @@ use super::*;
 const WAIT: Duration = Duration::from_secs(90);
 
 /// A CA, and certificates it signs, written as PEM files into a directory.
+/// How long a test certificate is valid.
+#[derive(Clone, Copy)]
+pub enum Valid {
+    /// rcgen's default: 1975 to 4096.
+    Long,
+    /// 2020 to 2021.
+    Expired,
+    /// From yesterday to this many days from now.
+    ForDays(u64),
+}
+
 pub struct Pki {
     dir: tempfile::TempDir,
     ca: CertifiedIssuer<'static, KeyPair>,
@@ -42,15 +53,26 @@ impl Pki {
         self.dir.path().join(name)
     }
 
-    /// `<name>.pem` and `<name>.key` for these names, valid now unless `expired`.
-    pub fn issue(&self, name: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+    /// `<name>.pem` and `<name>.key` for these names, valid as `valid` says.
+    pub fn issue(&self, name: &str, names: &[&str], valid: Valid) -> (PathBuf, PathBuf) {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
-        if expired {
-            params.not_before = date_time_ymd(2020, 1, 1);
-            params.not_after = date_time_ymd(2021, 1, 1);
+        match valid {
+            Valid::Long => {}
+            Valid::Expired => {
+                params.not_before = date_time_ymd(2020, 1, 1);
+                params.not_after = date_time_ymd(2021, 1, 1);
+            }
+            Valid::ForDays(days) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                let epoch = date_time_ymd(1970, 1, 1);
+                params.not_before = epoch + (now - Duration::from_secs(86_400));
+                params.not_after = epoch + (now + Duration::from_secs(days * 86_400));
+            }
         }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
