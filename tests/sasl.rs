@@ -106,21 +106,29 @@ async fn sasl_plaintext_with_scram_on_both_clusters_replicates_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sasl_ssl_with_scram_sha_512_replicates_and_check_reports_both_layers() {
-    let pki = Pki::new("kafka-direct test CA");
+/// A broker requiring SASL/SCRAM behind stunnel, with these set-up items; its TLS
+/// address, and the broker and stunnel to keep alive.
+fn sasl_ssl_broker(pki: &Pki, setup: &[&str]) -> (String, SaslBroker, Stunnel) {
     let (cert, key) = pki.issue("server", &["127.0.0.1"], Valid::Long);
     let port = free_port();
-    let sasl = SaslBroker::start(
-        Some(port),
+    let sasl = SaslBroker::start(Some(port), setup);
+    let tls = Stunnel::front(port, sasl.port, &cert, &key, None);
+    (format!("127.0.0.1:{}", tls.port), sasl, tls)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_ssl_with_scram_on_both_clusters_replicates_and_check_reports_both_layers() {
+    let pki = Pki::new("kafka-direct test CA");
+    let (addr, _external, _external_tls) = sasl_ssl_broker(
+        &pki,
         &["user:carol:carol-secret:scram512", "topic:secure:2"],
     );
-    let tls = Stunnel::front(port, sasl.port, &cert, &key, None);
-    let addr = format!("127.0.0.1:{}", tls.port);
+    let (internal, _internal, _internal_tls) =
+        sasl_ssl_broker(&pki, &["user:dave:dave-secret:scram256"]);
     let ca = pki.path("ca.pem");
     let carol = kcat_sasl("SCRAM-SHA-512", "carol", "carol-secret", Some(&ca));
+    let dave = kcat_sasl("SCRAM-SHA-256", "dave", "dave-secret", Some(&ca));
     produce_all(&addr, "secure", 2, 120, &carol);
-    let internal = Broker::start();
 
     let dir = tempfile::tempdir().unwrap();
     let password = file_reference(dir.path(), "carol.password", "carol-secret");
@@ -128,7 +136,7 @@ async fn sasl_ssl_with_scram_sha_512_replicates_and_check_reports_both_layers() 
         dir.path(),
         ServiceConfig {
             external: &addr,
-            internal: &internal.addr(),
+            internal: &internal,
             topics: "secure",
             extra: &[
                 ("connector.security.protocol", "SASL_SSL"),
@@ -136,21 +144,32 @@ async fn sasl_ssl_with_scram_sha_512_replicates_and_check_reports_both_layers() 
                 ("connector.sasl.mechanism", "SCRAM-SHA-512"),
                 ("connector.sasl.username", "carol"),
                 ("connector.sasl.password", &password),
+                ("internal.security.protocol", "SASL_SSL"),
+                ("internal.ssl.ca.location", ca.to_str().unwrap()),
+                ("internal.sasl.mechanism", "SCRAM-SHA-256"),
+                ("internal.sasl.username", "dave"),
+                ("internal.sasl.password", "dave-secret"),
             ],
         },
     );
     let (ok, text) = check(&service.config);
     assert!(ok, "{text}");
-    assert!(
-        text.contains("external cluster: TLS handshake and certificate verification passed; SASL SCRAM-SHA-512 authentication as \"carol\" passed"),
-        "{text}"
-    );
+    for line in [
+        "external cluster: TLS handshake and certificate verification passed; SASL SCRAM-SHA-512 authentication as \"carol\" passed",
+        "internal cluster: TLS handshake and certificate verification passed; SASL SCRAM-SHA-256 authentication as \"dave\" passed",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     service.start();
     for p in 0..2 {
-        assert_copied(&internal.addr(), "int.secure", "secure", p, 120, &[]).await;
+        assert_copied(&internal, "int.secure", "secure", p, 120, &dave).await;
     }
     assert!(service.terminate(Duration::from_secs(30)).success());
-    assert!(!service.log_text().contains("carol-secret"));
+    let log = service.log_text();
+    assert!(
+        !log.contains("carol-secret") && !log.contains("dave-secret"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
