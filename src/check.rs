@@ -178,12 +178,9 @@ pub async fn run(config: &ServiceConfig) -> Report {
         &internal_transport,
     )
     .await;
-    let chain_of = |answer: &Option<(MetadataResponse, Vec<CertificateSummary>)>| {
-        answer.as_ref().map(|(_, chain)| chain.clone())
-    };
-    for (cluster, transport, chain) in [
-        ("external", &external_transport, chain_of(&external)),
-        ("internal", &internal_transport, chain_of(&internal)),
+    for (cluster, transport, answer) in [
+        ("external", &external_transport, &external),
+        ("internal", &internal_transport, &internal),
     ] {
         if let Some(proxy) = transport.proxy() {
             report.ok(
@@ -199,19 +196,20 @@ pub async fn run(config: &ServiceConfig) -> Report {
                 "use SASL_SSL, or a SCRAM mechanism, unless the network is trusted",
             );
         }
-        let Some(chain) = chain else {
+        let Some(answer) = answer else {
             continue;
         };
         let mut passed = Vec::new();
         if transport.is_tls() {
             passed.push("TLS handshake and certificate verification passed".to_owned());
-            certificates(&mut report, cluster, &chain);
+            certificates(&mut report, cluster, &answer.chain);
         }
         if let Some(sasl) = sasl {
             passed.push(format!(
-                "SASL {} authentication as {:?} passed",
+                "SASL {} authentication as {:?} passed (the broker offers {})",
                 sasl.mechanism.name(),
-                sasl.username
+                sasl.username,
+                answer.sasl_offered.join(", ")
             ));
         }
         report.ok(
@@ -223,7 +221,10 @@ pub async fn run(config: &ServiceConfig) -> Report {
             },
         );
     }
-    let Some((external, _)) = external else {
+    let Some(Answer {
+        metadata: external, ..
+    }) = external
+    else {
         return report;
     };
     let cluster = Cluster {
@@ -239,7 +240,10 @@ pub async fn run(config: &ServiceConfig) -> Report {
     for (topic, count) in &partitions {
         format(&mut report, config, &cluster, topic, *count).await;
     }
-    if let Some((internal, _)) = internal {
+    if let Some(Answer {
+        metadata: internal, ..
+    }) = internal
+    {
         internal_topics(&mut report, config, &internal, &partitions);
     }
     report
@@ -277,6 +281,14 @@ async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
     }
 }
 
+/// What the first server of a cluster that answered said: its metadata, the certificate
+/// chain it presented and the SASL mechanisms it listed.
+struct Answer {
+    metadata: MetadataResponse,
+    chain: Vec<CertificateSummary>,
+    sasl_offered: Vec<String>,
+}
+
 /// Step 2 for one cluster: the metadata of the first server that answers.
 async fn connect(
     report: &mut Report,
@@ -284,7 +296,7 @@ async fn connect(
     key: &str,
     servers: &[String],
     transport: &crate::transport::Transport,
-) -> Option<(MetadataResponse, Vec<CertificateSummary>)> {
+) -> Option<Answer> {
     let mut metadata = None;
     for server in servers {
         let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h);
@@ -306,10 +318,14 @@ async fn connect(
         let conn = tokio::time::timeout(STEP_TIMEOUT, async {
             let mut conn = Connection::open(server, "kafka-direct-check", transport).await?;
             let metadata = conn.metadata_all().await?;
-            Ok::<_, crate::wire::WireError>((metadata, conn.peer_certificates().to_vec()))
+            Ok::<_, crate::wire::WireError>((
+                metadata,
+                conn.peer_certificates().to_vec(),
+                conn.sasl_offered().to_vec(),
+            ))
         })
         .await;
-        let (answer, chain) = match conn {
+        let (answer, chain, offered) = match conn {
             Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
                 let fix = match &e {
@@ -395,7 +411,11 @@ async fn connect(
             .iter()
             .filter_map(|der| CertificateSummary::of(der, now))
             .collect();
-        metadata = Some((answer, chain));
+        metadata = Some(Answer {
+            metadata: answer,
+            chain,
+            sasl_offered: offered,
+        });
         break;
     }
     metadata

@@ -126,6 +126,7 @@ pub struct Connection {
     correlation_id: i32,
     versions: BTreeMap<i16, (i16, i16)>,
     certificates: Vec<rustls_pki_types::CertificateDer<'static>>,
+    sasl_offered: Vec<String>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -172,6 +173,7 @@ impl Connection {
             correlation_id: 0,
             versions: BTreeMap::new(),
             certificates,
+            sasl_offered: Vec::new(),
         };
         // Version 0 is understood by every broker; later versions only add fields we
         // do not need.
@@ -233,6 +235,11 @@ impl Connection {
                     &format!("is {mechanism} enabled on this listener? (set sasl.mechanism to one the broker enables)"),
                 )
             })?;
+        self.sasl_offered = handshake
+            .mechanisms
+            .iter()
+            .map(|m| m.as_str().to_owned())
+            .collect();
         if handshake.error_code != 0 {
             let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
             return Err(fail(
@@ -308,6 +315,13 @@ impl Connection {
     /// The certificate chain the broker presented (empty without TLS).
     pub fn peer_certificates(&self) -> &[rustls_pki_types::CertificateDer<'static>] {
         &self.certificates
+    }
+
+    /// The SASL mechanisms the broker listed in its SaslHandshake answer (empty without
+    /// SASL). Kafka lists every mechanism the listener enables; some brokers list only
+    /// the one asked for.
+    pub fn sasl_offered(&self) -> &[String] {
+        &self.sasl_offered
     }
 
     /// The broker's address.
