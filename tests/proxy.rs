@@ -67,7 +67,7 @@ async fn every_connection_to_the_external_cluster_goes_through_the_socks5_proxy(
     let proxy_url = format!("socks5://127.0.0.1:{}", proxy.port);
     let mut p = Pipeline::new("proxied", 2, &[("connector.proxy.url", &proxy_url)]).await;
     p.produce_each(0, 200).await;
-    let (ok, text) = cli(&["check", "--config", p.service.config.to_str().unwrap()]);
+    let (ok, text) = p.service.cli("check");
     assert!(ok, "{text}");
     assert!(
         text.contains(&format!(
@@ -89,7 +89,7 @@ async fn every_connection_to_the_external_cluster_goes_through_the_socks5_proxy(
 
     // A proxy that is not there is named, with the key to check.
     drop(proxy);
-    let (ok, text) = cli(&["check", "--config", p.service.config.to_str().unwrap()]);
+    let (ok, text) = p.service.cli("check");
     assert!(!ok, "{text}");
     assert!(
         text.contains(&format!(

@@ -9,17 +9,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::secure::*;
 use common::*;
 use kafka_direct::api::client::ApiClient;
-
-/// `kafka-direct check` with this config: (exit success, output).
-fn check(config: &Path) -> (bool, String) {
-    cli(&["check", "--config", config.to_str().unwrap()])
-}
 
 /// `n` records per partition written by kcat with `auth`: values `<topic>-<p>-<i>`.
 fn produce_all(addr: &str, topic: &str, partitions: i32, n: usize, auth: &[String]) {
@@ -66,7 +60,7 @@ async fn sasl_plaintext_with_scram_on_both_clusters_replicates_exactly_once() {
             ],
         },
     );
-    let (ok, text) = check(&service.config);
+    let (ok, text) = service.cli("check");
     assert!(ok, "{text}");
     for line in [
         // tansu lists only the mechanism asked for; Kafka lists every enabled one.
@@ -90,16 +84,9 @@ async fn sasl_plaintext_with_scram_on_both_clusters_replicates_exactly_once() {
     assert!(service.terminate(Duration::from_secs(30)).success());
 
     // Neither password is in the log or in `validate`'s printout.
-    let validate = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
-        .args(["validate", "--config"])
-        .arg(&service.config)
-        .output()
-        .unwrap();
-    assert!(validate.status.success());
-    for text in [
-        service.log_text(),
-        String::from_utf8_lossy(&validate.stdout).into_owned(),
-    ] {
+    let (ok, validated) = service.cli("validate");
+    assert!(ok, "{validated}");
+    for text in [service.log_text(), validated] {
         assert!(
             !text.contains("alice-secret") && !text.contains("bob-secret"),
             "{text}"
@@ -153,7 +140,7 @@ async fn sasl_ssl_with_scram_on_both_clusters_replicates_and_check_reports_both_
             ],
         },
     );
-    let (ok, text) = check(&service.config);
+    let (ok, text) = service.cli("check");
     assert!(ok, "{text}");
     for line in [
         "external cluster: TLS handshake and certificate verification passed; SASL SCRAM-SHA-512 authentication as \"carol\" passed",
@@ -217,7 +204,7 @@ async fn each_sasl_failure_is_named_and_stops_the_service() {
         );
         let named =
             format!("SASL {mechanism} authentication of user \"{user}\" with {server} failed");
-        let (ok, text) = check(&service.config);
+        let (ok, text) = service.cli("check");
         assert!(!ok, "{text}");
         assert!(
             text.contains(&named) && text.contains(needle),

@@ -5,17 +5,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::secure::*;
 use common::*;
-
-/// `kafka-direct check` with this config: (exit success, output).
-fn check(config: &Path) -> (bool, String) {
-    cli(&["check", "--config", config.to_str().unwrap()])
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ssl_on_both_clusters_replicates_exactly_once() {
@@ -47,7 +40,7 @@ async fn ssl_on_both_clusters_replicates_exactly_once() {
             ],
         },
     );
-    let (ok, text) = check(&service.config);
+    let (ok, text) = service.cli("check");
     assert!(ok, "{text}");
     assert!(
         text.contains("external cluster: TLS handshake and certificate verification passed"),
@@ -112,7 +105,7 @@ async fn mutual_tls_with_an_inline_client_key_replicates_and_without_it_is_refus
             extra: &base,
         },
     );
-    let (ok, text) = check(&refused.config);
+    let (ok, text) = refused.cli("check");
     assert!(!ok, "{text}");
     assert!(
         text.contains(&format!("TLS handshake with {} failed", external.addr())),
@@ -137,13 +130,8 @@ async fn mutual_tls_with_an_inline_client_key_replicates_and_without_it_is_refus
     assert!(service.terminate(Duration::from_secs(30)).success());
     // The key is secret: not in the log, not in `validate`'s printout.
     assert!(!service.log_text().contains("PRIVATE KEY"));
-    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
-        .args(["validate", "--config"])
-        .arg(&service.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"));
+    let (ok, printed) = service.cli("validate");
+    assert!(ok && !printed.contains("PRIVATE KEY"), "{printed}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -196,7 +184,7 @@ async fn each_tls_failure_is_named_with_what_to_do() {
                 extra: &extra,
             },
         );
-        let (ok, text) = check(&service.config);
+        let (ok, text) = service.cli("check");
         assert!(!ok, "{text}");
         assert!(
             (text.contains(&format!("TLS handshake with {server} failed"))
@@ -229,7 +217,7 @@ async fn each_tls_failure_is_named_with_what_to_do() {
         "connection to {} broke at the first request",
         good_broker.addr()
     );
-    let (ok, text) = check(&service.config);
+    let (ok, text) = service.cli("check");
     assert!(!ok, "{text}");
     assert!(
         text.contains(&needle)
@@ -256,7 +244,7 @@ async fn each_tls_failure_is_named_with_what_to_do() {
             ],
         },
     );
-    let (_, text) = check(&service.config);
+    let (_, text) = service.cli("check");
     assert!(
         text.contains("external cluster: TLS handshake and certificate verification passed"),
         "{text}"

@@ -600,6 +600,12 @@ impl Service {
         }
     }
 
+    /// `kafka-direct COMMAND --config <this service's config>` (`check`, `validate`):
+    /// (exit success, output).
+    pub fn cli(&self, command: &str) -> (bool, String) {
+        cli(&[command, "--config", self.config.to_str().unwrap()])
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "service already running");
         self.runs += 1;
