@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the replication path without a network: WAL entry encode/decode,
 //! append + group commit, drain (read + delete), produce-batch encoding, and the whole
-//! in-process path (fetched record batch → WAL → produce batch).
+//! in-process path (fetched record batch → WAL → produce batch), and the latency
+//! histogram every acknowledged record is counted in.
 //!
 //! `cargo bench --bench wal` prints records/s for each case (criterion "elements");
 //! docs/benchmarks.md holds this machine's figures.
@@ -258,8 +259,27 @@ fn formats_bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// The end-to-end latency histogram (prometheus-client's, a mutex per observation),
+/// observed once per acknowledged record: its cost per record.
+fn latency_histogram_bench(c: &mut Criterion) {
+    use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+    let ages: Vec<f64> = (0..1000).map(|i| (i % 97) as f64 / 1000.0).collect();
+    let mut group = c.benchmark_group("latency_histogram");
+    group.throughput(Throughput::Elements(ages.len() as u64));
+    let histogram = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+    group.bench_function("observe_per_record/1000", |b| {
+        b.iter(|| {
+            for &age in &ages {
+                histogram.observe(age);
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    latency_histogram_bench,
     formats_bench,
     codec_bench,
     append_commit_bench,
