@@ -228,6 +228,11 @@ impl<'a> Outgoing<'a> {
 
 /// One record batch (magic 2) of `records`, relative offsets 0..n, source headers added
 /// (the bytes of a produce request's partition).
+///
+/// Per record, kafka-protocol wants owned `Bytes` and a header map: keys, values and
+/// offset headers are copied into one buffer per batch and sliced from it (one
+/// allocation per batch, not three per record), and a record without headers of its
+/// own starts from a copy of the topic and partition headers, hashed once per batch.
 pub fn encode_batch(
     source: &SourcePartition,
     records: &[Outgoing<'_>],
@@ -236,28 +241,67 @@ pub fn encode_batch(
     let topic = Bytes::from(source.topic.clone().into_bytes());
     let partition = Bytes::from(source.partition.to_string().into_bytes());
     let header = |name: &'static str| StrBytes::from_static_str(name);
+    let mut topic_and_partition: IndexMap<StrBytes, Option<Bytes>> = IndexMap::with_capacity(3);
+    topic_and_partition.insert(header(source_headers::TOPIC), Some(topic.clone()));
+    topic_and_partition.insert(header(source_headers::PARTITION), Some(partition.clone()));
+
+    // Keys, values and offsets of the whole batch in one buffer: (key, value, offset)
+    // ranges per record.
+    let value_of = |out: &Outgoing<'_>| match &out.value {
+        Some(v) => Some(v.len()),
+        None => out.record.value.as_ref().map(Vec::len),
+    };
+    let capacity: usize = records
+        .iter()
+        .map(|out| out.record.key.as_ref().map_or(0, Vec::len) + value_of(out).unwrap_or(0) + 20)
+        .sum();
+    let mut arena = BytesMut::with_capacity(capacity);
+    let mut append = |bytes: Option<&[u8]>| {
+        bytes.map(|b| {
+            let start = arena.len();
+            arena.extend_from_slice(b);
+            start..arena.len()
+        })
+    };
+    let ranges: Vec<_> = records
+        .iter()
+        .map(|out| {
+            let r = out.record;
+            let key = append(r.key.as_deref());
+            let value = append(out.value.as_deref().or(r.value.as_deref()));
+            let offset = append(Some(r.offset.to_string().as_bytes()));
+            (key, value, offset.expect("an offset is always there"))
+        })
+        .collect();
+    let arena = arena.freeze();
+
     let wire: Vec<Record> = records
         .iter()
+        .zip(ranges)
         .enumerate()
-        .map(|(i, out)| {
+        .map(|(i, (out, (key, value, offset)))| {
             let r = out.record;
-            let mut headers =
-                IndexMap::with_capacity(r.headers.len() + out.extra_headers.len() + 3);
-            for (k, v) in &r.headers {
-                headers.insert(
-                    StrBytes::from_string(k.clone()),
-                    v.as_deref().map(Bytes::copy_from_slice),
-                );
-            }
-            for (k, v) in &out.extra_headers {
-                headers.insert(header(k), Some(Bytes::copy_from_slice(v)));
-            }
-            headers.insert(header(source_headers::TOPIC), Some(topic.clone()));
-            headers.insert(header(source_headers::PARTITION), Some(partition.clone()));
-            headers.insert(
-                header(source_headers::OFFSET),
-                Some(Bytes::from(r.offset.to_string().into_bytes())),
-            );
+            let own = r.headers.len() + out.extra_headers.len();
+            let headers = if own == 0 {
+                let mut headers = topic_and_partition.clone();
+                headers.insert(header(source_headers::OFFSET), Some(arena.slice(offset)));
+                headers
+            } else {
+                let mut headers = IndexMap::with_capacity(own + 3);
+                for (k, v) in &r.headers {
+                    headers.insert(
+                        StrBytes::from_string(k.clone()),
+                        v.as_deref().map(Bytes::copy_from_slice),
+                    );
+                }
+                for (k, v) in &out.extra_headers {
+                    headers.insert(header(k), Some(Bytes::copy_from_slice(v)));
+                }
+                headers.insert(header(source_headers::TOPIC), Some(topic.clone()));
+                headers.insert(header(source_headers::PARTITION), Some(partition.clone()));
+                headers.insert(header(source_headers::OFFSET), Some(arena.slice(offset)));
+                headers
+            };
             Record {
                 transactional: false,
                 control: false,
@@ -271,11 +315,8 @@ pub fn encode_batch(
                 // records in one batch while offset - sequence stays the same.
                 sequence: i as i32 - 1,
                 timestamp: r.timestamp_ms,
-                key: r.key.as_deref().map(Bytes::copy_from_slice),
-                value: match &out.value {
-                    Some(v) => Some(Bytes::copy_from_slice(v)),
-                    None => r.value.as_deref().map(Bytes::copy_from_slice),
-                },
+                key: key.map(|k| arena.slice(k)),
+                value: value.map(|v| arena.slice(v)),
                 headers,
             }
         })
