@@ -217,17 +217,13 @@ async fn each_tls_failure_is_named_with_what_to_do() {
         "connection to {} broke at the first request",
         good_broker.addr()
     );
-    let (ok, text) = service.cli("check");
-    assert!(!ok, "{text}");
-    assert!(
-        text.contains(&needle)
-            && text.contains("is the listener TLS? then set security.protocol=SSL"),
-        "{text}"
+    service.assert_refused_at_start(
+        &[
+            &needle,
+            "is the listener TLS? then set security.protocol=SSL",
+        ],
+        &needle,
     );
-    service.start();
-    assert!(!service.wait_exit(Duration::from_secs(60)).success());
-    let log = service.log_text();
-    assert!(log.contains(&needle), "{log}");
 
     // A name mismatch is accepted only with the loudly named key, which warns.
     let dir = tempfile::tempdir().unwrap();

@@ -371,14 +371,7 @@ impl ConnectorRuntime {
                 .transport()
                 .map_err(|e| ServiceError::Config(e.to_string()))?,
         };
-        if connector
-            .access
-            .ssl
-            .as_ref()
-            .is_some_and(|ssl| !ssl.verify_hostname)
-        {
-            warn!(connector = %connector.name, "connector.ssl.endpoint.identification.algorithm=none: the external brokers' certificates are not checked against their addresses");
-        }
+        super::warn_if_names_unchecked(&connector.access, Some(&connector.name));
         let internal_cluster = ctx.internal.clone();
         let source_topics = source_cluster
             .topics("listing topics (key `connector.kafka.bootstrap.servers`)")

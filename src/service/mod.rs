@@ -89,6 +89,18 @@ impl From<DeadLetterError> for ServiceError {
     }
 }
 
+/// Warns at start when a cluster's certificates are not checked against their
+/// addresses (`ssl.endpoint.identification.algorithm=none`); the external cluster's
+/// warning names its connector.
+pub(super) fn warn_if_names_unchecked(access: &crate::config::Access, connector: Option<&str>) {
+    if access.ssl.as_ref().is_some_and(|ssl| !ssl.verify_hostname) {
+        match connector {
+            Some(name) => warn!(connector = %name, "connector.ssl.endpoint.identification.algorithm=none: the external brokers' certificates are not checked against their addresses"),
+            None => warn!("internal.ssl.endpoint.identification.algorithm=none: the internal brokers' certificates are not checked against their addresses"),
+        }
+    }
+}
+
 /// Runs the service until `shutdown` resolves (exit 0) or every connector's partitions
 /// failed.
 pub async fn run(
@@ -131,14 +143,7 @@ pub async fn run(
             .internal_transport()
             .map_err(|e| ServiceError::Config(e.to_string()))?,
     };
-    if config
-        .internal_access
-        .ssl
-        .as_ref()
-        .is_some_and(|ssl| !ssl.verify_hostname)
-    {
-        warn!("internal.ssl.endpoint.identification.algorithm=none: the internal brokers' certificates are not checked against their addresses");
-    }
+    warn_if_names_unchecked(&config.internal_access, None);
     let internal_client = internal.connect().await?;
     info!(internal = %config.internal_bootstrap_servers.join(","), "connected to the internal cluster");
 

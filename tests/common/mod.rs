@@ -606,6 +606,22 @@ impl Service {
         cli(&[command, "--config", self.config.to_str().unwrap()])
     }
 
+    /// `check` fails, its output holding every one of `needles`; then `run` exits with a
+    /// failure (within 60 s), its log holding `logged`. Returns `check`'s output and
+    /// the log, for more checks.
+    pub fn assert_refused_at_start(&mut self, needles: &[&str], logged: &str) -> (String, String) {
+        let (ok, text) = self.cli("check");
+        assert!(!ok, "{text}");
+        for needle in needles {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        self.start();
+        assert!(!self.wait_exit(Duration::from_secs(60)).success());
+        let log = self.log_text();
+        assert!(log.contains(logged), "{logged}: {log}");
+        (text, log)
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "service already running");
         self.runs += 1;
