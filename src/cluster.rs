@@ -335,6 +335,10 @@ impl Cluster {
 /// response, so 1 ms is used (docs/compatibility.md).
 pub const PROBE_WAIT_MS: i32 = 1;
 
+/// The waits of successive reads that must find records known to exist: tansu
+/// sometimes answers a short fetch without records (or without the partition).
+pub const READ_WAITS_MS: [i32; 3] = [PROBE_WAIT_MS, 100, 500];
+
 /// Exponential backoff for our own retry loops: 100 ms doubling up to `max`.
 #[derive(Debug)]
 pub struct Retry {

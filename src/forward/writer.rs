@@ -18,7 +18,7 @@ use kafka_protocol::records::{
 };
 use kafka_protocol::ResponseError;
 
-use crate::cluster::{Cluster, ClusterError, WireFailure, PROBE_WAIT_MS};
+use crate::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
 use crate::config::Compression;
 use crate::record::{source_headers, SourcePartition, SourceRecord};
 use crate::source::reader::{Fetched, PartitionReader};
@@ -30,7 +30,6 @@ const PRODUCE_VERSIONS: std::ops::RangeInclusive<i16> = 3..=12;
 /// Broker waits of the successive tries of one read of what a partition stores (the tail
 /// check, the dead-letter topic): tansu sometimes answers a short fetch without the
 /// partition or without records although they exist.
-const READ_WAITS_MS: [i32; 3] = [PROBE_WAIT_MS, 100, 500];
 /// `acks=all`: the answer comes once every in-sync replica has the batch.
 const ACKS_ALL: i16 = -1;
 

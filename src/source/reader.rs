@@ -8,7 +8,7 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest};
 use kafka_protocol::ResponseError;
 
 use super::batches::{self, AbortedTransaction, Decoded};
-use crate::cluster::{Cluster, ClusterError, WireFailure};
+use crate::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
 use crate::wire::{self, topic_name, Connection, WireError};
 
 /// Fetch versions used: 4 is the first with the aborted-transactions list; 11 is the
@@ -162,8 +162,32 @@ impl PartitionReader {
         })
     }
 
-    /// The partition's first offset (ListOffsets, earliest).
+    /// The partition's first offset: ListOffsets (earliest), checked by a fetch at 0
+    /// when it is above 0. tansu 0.6 answers ListOffsets with the batch *stored* first,
+    /// and two produces racing on one partition may be stored out of offset order, so
+    /// its answer can skip the partition's first batches; Kafka answers a fetch below
+    /// its log start with OFFSET_OUT_OF_RANGE, which keeps the listed offset.
     pub async fn earliest(&mut self, cluster: &Cluster) -> Result<i64, ClusterError> {
+        let listed = self.list_earliest(cluster).await?;
+        if listed <= 0 {
+            return Ok(listed);
+        }
+        for max_wait_ms in READ_WAITS_MS {
+            match self.fetch(cluster, 0, 1, max_wait_ms).await {
+                // tansu sometimes answers a short fetch without the partition.
+                Ok(fetched) if fetched.high_watermark < 0 => continue,
+                Ok(fetched) => {
+                    let first = fetched.decoded.batch.records.first();
+                    return Ok(first.map_or(listed, |r| r.offset.min(listed)));
+                }
+                Err(e) if e.is_offset_out_of_range() => return Ok(listed),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(listed)
+    }
+
+    async fn list_earliest(&mut self, cluster: &Cluster) -> Result<i64, ClusterError> {
         let what = format!(
             "reading the earliest offset of {}/{}",
             self.topic, self.partition
@@ -226,6 +250,17 @@ mod tests {
     /// Serves one connection: ApiVersions, Metadata (itself as leader), ListOffsets
     /// (earliest 0) and Fetch (`records` with `aborted`, high watermark 10).
     async fn fake_broker(records: Bytes, aborted: Vec<(i64, i64)>) -> String {
+        fake_broker_listing(records, aborted, 0, None).await
+    }
+
+    /// As [`fake_broker`], with ListOffsets answering `listed` and every fetch failing
+    /// with `fetch_error` if given.
+    async fn fake_broker_listing(
+        records: Bytes,
+        aborted: Vec<(i64, i64)>,
+        listed: i64,
+        fetch_error: Option<ResponseError>,
+    ) -> String {
         crate::wire::fake::broker(move |addr, api, version, _, out| {
             match api {
                 ApiKey::ApiVersions => ApiVersionsResponse::default()
@@ -251,13 +286,14 @@ mod tests {
                         .with_name(topic_name("t"))
                         .with_partitions(vec![ListOffsetsPartitionResponse::default()
                             .with_partition_index(0)
-                            .with_offset(0)])])
+                            .with_offset(listed)])])
                     .encode(out, version),
                 ApiKey::Fetch => FetchResponse::default()
                     .with_responses(vec![FetchableTopicResponse::default()
                         .with_topic(topic_name("t"))
                         .with_partitions(vec![PartitionData::default()
                             .with_partition_index(0)
+                            .with_error_code(fetch_error.map_or(0, |e| e.code()))
                             .with_high_watermark(10)
                             .with_last_stable_offset(10)
                             .with_aborted_transactions(Some(
@@ -321,6 +357,26 @@ mod tests {
         assert_eq!(fetched.decoded.batch.next_offset, 10);
         assert_eq!(fetched.decoded.aborted_records, 3);
         assert_eq!(fetched.decoded.control_records, 2);
+    }
+
+    #[tokio::test]
+    async fn earliest_is_the_first_offset_a_fetch_finds_below_the_listed_one() {
+        // tansu listed the batch stored first (offset 3) while 0..3 are readable.
+        let records = encode(&[data(-1, false, 0..3), data(-1, false, 3..5)]);
+        let cluster = cluster(fake_broker_listing(records, vec![], 3, None).await);
+        let mut reader = PartitionReader::connect(&cluster, "t", 0).await.unwrap();
+        assert_eq!(reader.earliest(&cluster).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn earliest_is_the_listed_offset_when_a_fetch_below_it_is_out_of_range() {
+        // Kafka after retention removed 0..3.
+        let records = encode(&[data(-1, false, 3..5)]);
+        let fake =
+            fake_broker_listing(records, vec![], 3, Some(ResponseError::OffsetOutOfRange)).await;
+        let cluster = cluster(fake);
+        let mut reader = PartitionReader::connect(&cluster, "t", 0).await.unwrap();
+        assert_eq!(reader.earliest(&cluster).await.unwrap(), 3);
     }
 
     #[tokio::test]
