@@ -27,8 +27,8 @@ fn wal_cli(args: &[&str], data_dir: &std::path::Path) -> (Option<i32>, String) {
     )
 }
 
-/// Damaged WAL files of a stopped service (bytes flipped in the file holding the
-/// entries) are detected when the WAL is opened: `wal check` and `run` exit 1 naming
+/// Damaged WAL files of a stopped service (bytes flipped in the segment file holding
+/// the entries) are detected when the WAL is opened: `wal check` and `run` exit 1 naming
 /// the data dir and the way to recover, nothing is forwarded from it, and the documented
 /// recovery (move the data dir aside, start again) copies every record exactly once.
 #[tokio::test(flavor = "multi_thread")]
@@ -53,18 +53,18 @@ async fn a_damaged_wal_is_refused_and_the_documented_recovery_copies_exactly_onc
     let (code, text) = wal_cli(&["check"], &data);
     assert_eq!(code, Some(0), "{text}");
 
-    // Entries this large live in sled's blob files: damage the first one.
-    let mut blobs: Vec<_> = walkdir(&data)
+    // The entries' bytes live in segment files: damage the first one.
+    let mut segments: Vec<_> = walkdir(&data)
         .into_iter()
-        .filter(|f| f.parent().is_some_and(|d| d.ends_with("blobs")))
+        .filter(|f| f.parent().is_some_and(|d| d.ends_with("segments")))
         .collect();
-    blobs.sort();
-    let blob = blobs.first().expect("a blob file in the WAL");
-    let mut bytes = std::fs::read(blob).unwrap();
+    segments.sort();
+    let segment = segments.first().expect("a segment file in the WAL");
+    let mut bytes = std::fs::read(segment).unwrap();
     for b in &mut bytes[1000..1016] {
         *b ^= 0xa5;
     }
-    std::fs::write(blob, bytes).unwrap();
+    std::fs::write(segment, bytes).unwrap();
 
     let (code, text) = wal_cli(&["check"], &data);
     assert_eq!(code, Some(1), "{text}");

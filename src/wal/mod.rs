@@ -1,12 +1,20 @@
-//! The write-ahead log: fetched batches and per-partition offset checkpoints, in sled.
+//! The write-ahead log: fetched batches and per-partition offset checkpoints.
+//!
+//! sled holds the checkpoints and, per entry, a pointer into an append-only segment
+//! file holding the entry's bytes ([`segments`]): sled keeps its values in memory, so
+//! entries stored as sled values made the RSS grow with the unforwarded data.
 //!
 //! Guarantees:
-//! - [`PartitionLog::append`] writes a batch and the partition's new `fetched_next` in one
-//!   atomic sled batch, so after any crash the checkpoint matches the stored data.
+//! - [`PartitionLog::append`] writes a batch's bytes to the active segment, then its
+//!   pointer and the partition's new `fetched_next` in one atomic sled batch, so after
+//!   any crash the checkpoint matches the stored data.
 //! - An append is durable once a [`Wal::commit`] that started after it has returned
 //!   (group commit: one flush covers every append made before it began). With
-//!   [`SyncPolicy::Fsync`] the commit also fsyncs the database file, because sled's own
-//!   flush uses `sync_file_range`, which survives a process crash but not a power loss.
+//!   [`SyncPolicy::Fsync`] the commit fsyncs the segments written since the last one
+//!   before sled's flush, and the database file after it, because sled's own flush uses
+//!   `sync_file_range`, which survives a process crash but not a power loss.
+//! - Opening reads every entry once: a damaged one refuses the WAL; entries whose bytes
+//!   a machine crash cut short were never committed and are fetched again.
 //! - [`PartitionLog::release`] removes forwarded entries and advances `forwarded_next`
 //!   atomically.
 //! - Every value carries a version byte and a checksum ([`codec`]); damage is reported
@@ -17,7 +25,9 @@
 //! The WAL knows nothing of Kafka clients.
 
 pub mod codec;
+mod segments;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +38,7 @@ use tokio::sync::{watch, Mutex, Notify};
 
 use crate::record::{FetchedBatch, SourcePartition};
 pub use codec::DecodeError;
+use segments::{Pointer, Segments};
 
 /// Errors of the WAL layer.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +68,14 @@ pub enum WalError {
     /// A sled operation failed (I/O error, disk full…).
     #[error("WAL storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// A segment file (entry bytes) could not be created, written, read or synced.
+    #[error("WAL segment file in {path}: {source}")]
+    Segment {
+        /// The segments directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// fsync of the database file failed.
     #[error("fsync of {path} failed: {source}")]
     Sync {
@@ -103,7 +122,10 @@ impl WalError {
     /// Whether the storage under the WAL failed (I/O error, disk full, fsync): sled
     /// refuses further writes after one, so the process must stop and start again.
     pub fn is_storage_failure(&self) -> bool {
-        matches!(self, WalError::Storage(_) | WalError::Sync { .. })
+        matches!(
+            self,
+            WalError::Storage(_) | WalError::Sync { .. } | WalError::Segment { .. }
+        )
     }
 }
 
@@ -173,6 +195,9 @@ fn parse_tree_name(name: &[u8]) -> Option<(String, SourcePartition)> {
 #[derive(Debug)]
 struct Shared {
     db: sled::Db,
+    /// The entries' bytes; sled holds a pointer per entry.
+    segments: segments::Segments,
+    segments_dir: PathBuf,
     db_file: File,
     db_file_path: PathBuf,
     options: WalOptions,
@@ -262,10 +287,33 @@ impl Wal {
             path: db_file_path.clone(),
             source: e.into(),
         })?;
+        // Per segment, the entries sled points into; and the unforwarded bytes.
+        let mut live = BTreeMap::new();
+        let mut used = 0u64;
+        for name in db.tree_names() {
+            if parse_tree_name(&name).is_none() {
+                continue;
+            }
+            for item in db.open_tree(name)?.range(entry_key(0)..) {
+                let (_, value) = item?;
+                if let Some(p) = Pointer::decode(&value) {
+                    *live.entry(p.segment).or_insert(0u64) += 1;
+                }
+                used += entry_len(&value);
+            }
+        }
+        let segments_dir = dir.join("segments");
+        let segments =
+            Segments::open(&segments_dir, &live).map_err(|source| WalError::Segment {
+                path: segments_dir.clone(),
+                source,
+            })?;
         let wal = Self {
             shared: Arc::new(Shared {
                 new: !db.was_recovered(),
                 db,
+                segments,
+                segments_dir,
                 db_file,
                 db_file_path,
                 options,
@@ -277,16 +325,57 @@ impl Wal {
                 sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             }),
         };
-        let mut used = 0;
-        for (connector, partition) in wal.partitions() {
-            let log = wal.partition(&connector, &partition)?;
+        wal.shared.used_bytes.store(used, Ordering::Relaxed);
+        wal.recover(dir)?;
+        Ok(wal)
+    }
+
+    /// Reads every entry once, checking its checksum: a damaged one makes the WAL
+    /// [`WalError::Damaged`], as sled's own damaged files do. An entry whose bytes are
+    /// missing from its segment (cut short by a crash of the machine) was never
+    /// committed, nor was any later entry of its partition (a commit fsyncs the
+    /// segments before it flushes sled): those entries are dropped and `fetched_next`
+    /// goes back to the first of them, so they are fetched again.
+    fn recover(&self, dir: &Path) -> Result<(), WalError> {
+        let mut rolled_back = false;
+        for (connector, partition) in self.partitions() {
+            let log = self.partition(&connector, &partition)?;
+            let mut torn_from = None;
+            let mut write = sled::Batch::default();
+            let (mut dropped, mut freed) = (Vec::new(), 0);
             for item in log.tree.range(entry_key(0)..) {
-                let (_, value) = item?;
-                used += value.len() as u64;
+                let (key, value) = item?;
+                let first = entry_offset(&key).unwrap_or(-1);
+                let pointer = Pointer::decode(&value);
+                if torn_from.is_none() && pointer.is_some_and(|p| !self.shared.segments.holds(&p)) {
+                    torn_from = Some(first);
+                }
+                if torn_from.is_some() {
+                    write.remove(key);
+                    freed += entry_len(&value);
+                    dropped.extend(pointer);
+                    continue;
+                }
+                log.load(first, &value).map_err(|e| match e {
+                    WalError::Corrupt { .. } => WalError::Damaged {
+                        path: dir.to_owned(),
+                        detail: e.to_string(),
+                    },
+                    other => other,
+                })?;
+            }
+            if let Some(from) = torn_from {
+                tracing::warn!(%connector, %partition, from, entries = dropped.len(),
+                    "WAL entries whose bytes did not reach the disk before the machine stopped were never committed; fetching them again");
+                write.insert(FETCHED_NEXT, &from.to_be_bytes());
+                log.apply_removal(write, freed, &dropped)?;
+                rolled_back = true;
             }
         }
-        wal.shared.used_bytes.store(used, Ordering::Relaxed);
-        Ok(wal)
+        if rolled_back {
+            self.shared.sync()?;
+        }
+        Ok(())
     }
 
     /// The log of one partition of one connector (created empty if new).
@@ -375,9 +464,9 @@ impl Wal {
         }
     }
 
-    /// Bytes the database's files take on disk (0 if sled cannot tell).
+    /// Bytes the database's and the segments' files take on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.shared.db.size_on_disk().unwrap_or(0)
+        self.shared.db.size_on_disk().unwrap_or(0) + self.shared.segments.size_on_disk()
     }
 
     /// Durations of the WAL's syncs (group commits), in seconds.
@@ -465,6 +554,12 @@ impl Wal {
 impl Shared {
     fn sync(&self) -> Result<(), WalError> {
         let started = std::time::Instant::now();
+        let (written, doomed) = self.segments.begin_commit();
+        if self.options.sync == SyncPolicy::Fsync {
+            for file in written {
+                file.sync_data().map_err(|e| self.segment_error(e))?;
+            }
+        }
         self.db.flush()?;
         if self.options.sync == SyncPolicy::Fsync {
             self.db_file.sync_data().map_err(|source| WalError::Sync {
@@ -473,8 +568,22 @@ impl Shared {
             })?;
         }
         self.sync_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(())
+        self.segments
+            .delete(doomed)
+            .map_err(|e| self.segment_error(e))
     }
+
+    fn segment_error(&self, source: std::io::Error) -> WalError {
+        WalError::Segment {
+            path: self.segments_dir.clone(),
+            source,
+        }
+    }
+}
+
+/// Encoded bytes of the entry a sled value holds or points at.
+fn entry_len(value: &[u8]) -> u64 {
+    Pointer::decode(value).map_or(value.len() as u64, |p| u64::from(p.len))
 }
 
 /// The log of one source partition: its entries and checkpoints, in one sled tree.
@@ -520,14 +629,25 @@ impl PartitionLog {
     ///
     /// Not durable until a later [`Wal::commit`] returns.
     pub fn append(&self, batch: &FetchedBatch) -> Result<(), WalError> {
-        let value = codec::encode(batch);
-        let len = value.len() as u64;
+        let shared = &self.wal.shared;
         let mut write = sled::Batch::default();
+        let mut len = 0;
+        let mut pointer = None;
         if !batch.records.is_empty() {
-            write.insert(&entry_key(batch.first_offset()), value);
+            let value = codec::encode(batch);
+            len = value.len() as u64;
+            let p = shared
+                .segments
+                .append(&value)
+                .map_err(|e| shared.segment_error(e))?;
+            write.insert(&entry_key(batch.first_offset()), &p.encode());
+            pointer = Some(p);
         }
         write.insert(FETCHED_NEXT, &batch.next_offset.to_be_bytes());
-        self.tree.apply_batch(write)?;
+        if let Err(e) = self.tree.apply_batch(write) {
+            shared.segments.release(pointer.as_slice());
+            return Err(e.into());
+        }
         if !batch.records.is_empty() {
             self.wal.shared.used_bytes.fetch_add(len, Ordering::Relaxed);
         }
@@ -559,12 +679,13 @@ impl PartitionLog {
         for item in self.tree.range(start..) {
             let (key, value) = item?;
             let offset = entry_offset(&key).unwrap_or(-1);
-            if !out.is_empty() && (records >= max_records || bytes + value.len() > max_bytes) {
+            let len = entry_len(&value) as usize;
+            if !out.is_empty() && (records >= max_records || bytes + len > max_bytes) {
                 break;
             }
-            let batch = codec::decode(&value).map_err(|reason| self.corrupt(offset, reason))?;
+            let batch = self.load(offset, &value)?;
             records += batch.records.len();
-            bytes += value.len();
+            bytes += len;
             out.push(batch);
         }
         Ok(out)
@@ -578,22 +699,29 @@ impl PartitionLog {
         forwarded_next: i64,
     ) -> Result<(), WalError> {
         let mut write = sled::Batch::default();
-        let mut freed = 0u64;
+        let (mut freed, mut pointers) = (0u64, Vec::new());
         for &first in first_offsets {
             let key = entry_key(first);
             if let Some(value) = self.tree.get(key)? {
-                freed += value.len() as u64;
+                freed += entry_len(&value);
+                pointers.extend(Pointer::decode(&value));
                 write.remove(&key);
             }
         }
         write.insert(FORWARDED_NEXT, &forwarded_next.to_be_bytes());
-        self.apply_removal(write, freed)
+        self.apply_removal(write, freed, &pointers)
     }
 
-    /// Applies a batch that removes `freed` bytes of entries, and wakes fetchers
-    /// waiting for room.
-    fn apply_removal(&self, write: sled::Batch, freed: u64) -> Result<(), WalError> {
+    /// Applies a batch that removes entries (`freed` bytes, the segment bytes at
+    /// `pointers`), and wakes fetchers waiting for room.
+    fn apply_removal(
+        &self,
+        write: sled::Batch,
+        freed: u64,
+        pointers: &[Pointer],
+    ) -> Result<(), WalError> {
         self.tree.apply_batch(write)?;
+        self.wal.shared.segments.release(pointers);
         self.wal
             .shared
             .used_bytes
@@ -603,6 +731,22 @@ impl PartitionLog {
             self.wal.shared.space_freed.notify_waiters();
         }
         Ok(())
+    }
+
+    /// The batch a sled value holds or points at.
+    fn load(&self, first_offset: i64, value: &[u8]) -> Result<FetchedBatch, WalError> {
+        let decoded = match Pointer::decode(value) {
+            Some(p) => {
+                let shared = &self.wal.shared;
+                let bytes = shared
+                    .segments
+                    .read(&p)
+                    .map_err(|e| shared.segment_error(e))?;
+                codec::decode(&bytes)
+            }
+            None => codec::decode(value),
+        };
+        decoded.map_err(|reason| self.corrupt(first_offset, reason))
     }
 
     fn corrupt(&self, offset: i64, reason: DecodeError) -> WalError {
@@ -636,25 +780,26 @@ impl PartitionLog {
         fetched_next: Option<i64>,
     ) -> Result<(), WalError> {
         let mut write = sled::Batch::default();
-        let mut freed = 0u64;
+        let (mut freed, mut pointers) = (0u64, Vec::new());
         for item in self.tree.range(entry_key(0)..) {
             let (key, value) = item?;
             let first = entry_offset(&key).unwrap_or(i64::MAX);
             if first >= forwarded_next {
                 break;
             }
-            let batch = codec::decode(&value).map_err(|reason| self.corrupt(first, reason))?;
+            let batch = self.load(first, &value)?;
             if batch.next_offset > forwarded_next {
                 break;
             }
             write.remove(key);
-            freed += value.len() as u64;
+            freed += entry_len(&value);
+            pointers.extend(Pointer::decode(&value));
         }
         write.insert(FORWARDED_NEXT, &forwarded_next.to_be_bytes());
         if let Some(next) = fetched_next {
             write.insert(FETCHED_NEXT, &next.to_be_bytes());
         }
-        self.apply_removal(write, freed)
+        self.apply_removal(write, freed, &pointers)
     }
 
     /// Drops every entry and sets both checkpoints to `offset`, or removes them with
@@ -662,14 +807,15 @@ impl PartitionLog {
     /// next [`Wal::commit`].
     pub fn reset(&self, offset: Option<i64>) -> Result<(), WalError> {
         let mut write = sled::Batch::default();
-        let mut freed = 0u64;
+        let (mut freed, mut pointers) = (0u64, Vec::new());
         for item in self.tree.range(entry_key(0)..) {
             let (key, value) = item?;
             if entry_offset(&key).is_none() {
                 continue;
             }
             write.remove(key);
-            freed += value.len() as u64;
+            freed += entry_len(&value);
+            pointers.extend(Pointer::decode(&value));
         }
         match offset {
             Some(next) => {
@@ -681,7 +827,7 @@ impl PartitionLog {
                 write.remove(FORWARDED_NEXT);
             }
         }
-        self.apply_removal(write, freed)
+        self.apply_removal(write, freed, &pointers)
     }
 
     /// Entry count, sizes and checkpoints; decodes every entry to count damage.
@@ -699,12 +845,13 @@ impl PartitionLog {
             damaged_entries: 0,
         };
         for item in self.tree.range(entry_key(0)..) {
-            let (_, value) = item?;
+            let (key, value) = item?;
             stats.entries += 1;
-            stats.bytes += value.len() as u64;
-            match codec::decode(&value) {
+            stats.bytes += entry_len(&value);
+            match self.load(entry_offset(&key).unwrap_or(-1), &value) {
                 Ok(batch) => stats.records += batch.records.len() as u64,
-                Err(_) => stats.damaged_entries += 1,
+                Err(WalError::Corrupt { .. }) => stats.damaged_entries += 1,
+                Err(e) => return Err(e),
             }
         }
         Ok(stats)
@@ -715,8 +862,11 @@ impl PartitionLog {
         let mut damaged = Vec::new();
         for item in self.tree.range(entry_key(0)..) {
             let (key, value) = item?;
-            if let Err(e) = codec::decode(&value) {
-                damaged.push((entry_offset(&key).unwrap_or(-1), e));
+            let first = entry_offset(&key).unwrap_or(-1);
+            match self.load(first, &value) {
+                Ok(_) => {}
+                Err(WalError::Corrupt { reason, .. }) => damaged.push((first, reason)),
+                Err(e) => return Err(e),
             }
         }
         Ok(damaged)
@@ -734,6 +884,25 @@ mod tests {
             max_bytes: 1 << 20,
             cache_bytes: 8 << 20,
         }
+    }
+
+    /// Opens `dir` again, waiting for sled's flusher thread of an earlier open in this
+    /// process to let go of the lock.
+    #[allow(clippy::disallowed_methods)] // plain tests, no async runtime to block
+    fn try_reopen(dir: &Path) -> Result<Wal, WalError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Wal::open(dir, options()) {
+                Err(WalError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn reopen(dir: &Path) -> Wal {
+        try_reopen(dir).unwrap()
     }
 
     fn batch(offsets: &[i64], next: i64) -> FetchedBatch {
@@ -841,10 +1010,16 @@ mod tests {
         let wal = Wal::open(dir.path(), options()).unwrap();
         let log = wal.partition("c", &SourcePartition::new("t", 1)).unwrap();
         log.append(&batch(&[4, 5], 6)).unwrap();
-        let mut value = log.tree.get(entry_key(4)).unwrap().unwrap().to_vec();
-        let last = value.len() - 1;
-        value[last] ^= 0x55;
-        log.tree.insert(entry_key(4), value).unwrap();
+        log.append(&batch(&[6], 7)).unwrap();
+        let segment = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[10] ^= 0x55;
+        std::fs::write(&segment, bytes).unwrap();
 
         let err = log.oldest(10, 1 << 20).unwrap_err();
         let message = err.to_string();
@@ -854,6 +1029,98 @@ mod tests {
         );
         assert_eq!(log.check().unwrap().len(), 1);
         assert_eq!(log.stats().unwrap().damaged_entries, 1);
+        drop((log, wal));
+
+        // Reopened, the WAL refuses to start, naming the entry.
+        let err = try_reopen(dir.path()).unwrap_err();
+        assert!(matches!(err, WalError::Damaged { .. }), "{err}");
+        assert!(err.to_string().contains("offset 4"), "{err}");
+    }
+
+    #[test]
+    fn entries_cut_short_by_a_machine_crash_are_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let wal = Wal::open(dir.path(), options()).unwrap();
+            let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+            log.append(&batch(&[0, 1], 2)).unwrap();
+            log.append(&batch(&[2, 3], 4)).unwrap();
+            log.append(&batch(&[4], 5)).unwrap();
+            wal.sync_blocking().unwrap();
+        }
+        // The pointers reached the disk, the last entries' bytes did not.
+        let segment = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let len = std::fs::metadata(&segment).unwrap().len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        let first_len = codec::encode(&batch(&[0, 1], 2)).len() as u64;
+        file.set_len(first_len + 3).unwrap();
+        assert!(first_len + 3 < len);
+
+        let wal = reopen(dir.path());
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        assert_eq!(log.checkpoints().unwrap().fetched_next, Some(2));
+        let kept = log.oldest(100, 1 << 20).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].next_offset, 2);
+        assert_eq!(wal.used_bytes(), first_len);
+        // Appending again reuses the offsets, in a new segment.
+        log.append(&batch(&[2, 3, 4], 5)).unwrap();
+        assert_eq!(log.oldest(100, 1 << 20).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn entries_stored_whole_in_sled_by_earlier_builds_are_read_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), options()).unwrap();
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        let old = codec::encode(&batch(&[0, 1], 2));
+        log.tree.insert(entry_key(0), old.clone()).unwrap();
+        log.tree.insert(FETCHED_NEXT, &2i64.to_be_bytes()).unwrap();
+        log.append(&batch(&[2], 3)).unwrap();
+        drop((log, wal));
+
+        let wal = reopen(dir.path());
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        let entries = log.oldest(100, 1 << 20).unwrap();
+        assert_eq!(entries, vec![batch(&[0, 1], 2), batch(&[2], 3)]);
+        let new_len = codec::encode(&batch(&[2], 3)).len() as u64;
+        assert_eq!(wal.used_bytes(), old.len() as u64 + new_len);
+        log.release(3).unwrap();
+        assert_eq!(wal.used_bytes(), 0);
+        assert!(log.oldest(100, 1 << 20).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_segment_whose_entries_are_all_released_is_deleted_at_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), options()).unwrap();
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        log.append(&batch(&[0], 1)).unwrap();
+        wal.sync_blocking().unwrap();
+        drop((log, wal));
+        // A new run appends to a new segment; releasing the old run's entry frees its.
+        let wal = reopen(dir.path());
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        log.append(&batch(&[1], 2)).unwrap();
+        let files = || {
+            std::fs::read_dir(dir.path().join("segments"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(files(), 2);
+        log.release(1).unwrap();
+        assert_eq!(files(), 2, "kept until the release is durable");
+        wal.sync_blocking().unwrap();
+        assert_eq!(files(), 1);
+        assert_eq!(log.oldest(100, 1 << 20).unwrap(), vec![batch(&[1], 2)]);
     }
 
     #[test]
