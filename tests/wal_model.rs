@@ -1,7 +1,7 @@
 //! Property test of the WAL against a plain in-memory model: random sequences of
 //! appends (records, gaps, record-less position moves), commits, releases of forwarded
-//! entries, start-up alignments (`resume_from`) and close-and-reopen, over two
-//! partitions. After every step the WAL must hold exactly what the model holds.
+//! entries, start-up alignments (`resume_from`), segment compactions and
+//! close-and-reopen, over two partitions. After every step the WAL must hold exactly what the model holds.
 //!
 //! A reopen here follows a clean close (sled flushes when its last handle drops); crashes
 //! with kill -9 are the torture harness's part (tests/torture.rs).
@@ -37,6 +37,8 @@ enum Op {
         p: usize,
         back: i64,
     },
+    /// Move the live entries of the emptiest segment (if at most half live).
+    Compact,
     Reopen,
 }
 
@@ -47,6 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..2usize, 0..4usize).prop_map(|(p, entries)| Op::ReleaseEntries { p, entries }),
         1 => (0..2usize, 0..8i64).prop_map(|(p, back)| Op::Release { p, back }),
         1 => (0..2usize, -3..8i64).prop_map(|(p, back)| Op::ResumeFrom { p, back }),
+        1 => Just(Op::Compact),
         1 => Just(Op::Reopen),
     ]
 }
@@ -108,7 +111,13 @@ fn open(dir: &std::path::Path) -> (Wal, Vec<PartitionLog>) {
     (wal, logs)
 }
 
-fn check(logs: &[PartitionLog], model: &[ModelPartition]) -> Result<(), TestCaseError> {
+fn check(wal: &Wal, logs: &[PartitionLog], model: &[ModelPartition]) -> Result<(), TestCaseError> {
+    let held: usize = model
+        .iter()
+        .flat_map(|m| &m.entries)
+        .map(|e| kafka_direct::wal::codec::encode(e).len())
+        .sum();
+    prop_assert_eq!(wal.used_bytes(), held as u64);
     for (log, m) in logs.iter().zip(model) {
         let cp = log.checkpoints().unwrap();
         prop_assert_eq!(cp.fetched_next, m.fetched_next);
@@ -177,13 +186,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     model[p].fetched_next = Some(stored_next);
                 }
             }
+            Op::Compact => {
+                wal.compact(std::time::Duration::ZERO).unwrap();
+            }
             Op::Reopen => {
                 drop(logs);
                 drop(wal);
                 (wal, logs) = open(dir.path());
             }
         }
-        check(&logs, &model)?;
+        check(&wal, &logs, &model)?;
     }
     Ok(())
 }

@@ -149,6 +149,13 @@ pub struct WalOptions {
     pub cache_bytes: u64,
 }
 
+/// A closed segment is compacted no sooner than this after it was closed: under a
+/// steady flow its last entries are forwarded within moments, and copying them would
+/// be wasted.
+const COMPACT_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+/// At most one compaction starts within this.
+const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 const FETCHED_NEXT: &[u8] = &[0, b'f'];
 /// In sled's default tree: the last run stopped with no produce in doubt.
 const CLEAN_STOP: &[u8] = b"clean-stop";
@@ -211,6 +218,13 @@ struct Shared {
     /// Highest `written` count known durable.
     durable: watch::Sender<u64>,
     flush_lock: Mutex<()>,
+    /// Held while entries are removed or moved: a removal reads the pointers it frees,
+    /// and a compaction must not move an entry between that read and the removal.
+    moving: std::sync::Mutex<()>,
+    /// A compaction is running.
+    compacting: std::sync::atomic::AtomicBool,
+    /// When the last compaction started.
+    compacted_at: std::sync::Mutex<std::time::Instant>,
     /// Duration of each sync (flush, and fsync under [`SyncPolicy::Fsync`]), seconds.
     sync_seconds: Histogram,
 }
@@ -297,7 +311,9 @@ impl Wal {
             for item in db.open_tree(name)?.range(entry_key(0)..) {
                 let (_, value) = item?;
                 if let Some(p) = Pointer::decode(&value) {
-                    *live.entry(p.segment).or_insert(0u64) += 1;
+                    let (count, bytes) = live.entry(p.segment).or_insert((0u64, 0u64));
+                    *count += 1;
+                    *bytes += u64::from(p.len);
                 }
                 used += entry_len(&value);
             }
@@ -322,6 +338,9 @@ impl Wal {
                 written: AtomicU64::new(0),
                 durable: watch::channel(0).0,
                 flush_lock: Mutex::new(()),
+                moving: std::sync::Mutex::new(()),
+                compacting: std::sync::atomic::AtomicBool::new(false),
+                compacted_at: std::sync::Mutex::new(std::time::Instant::now()),
                 sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             }),
         };
@@ -334,8 +353,10 @@ impl Wal {
     /// [`WalError::Damaged`], as sled's own damaged files do. An entry whose bytes are
     /// missing from its segment (cut short by a crash of the machine) was never
     /// committed, nor was any later entry of its partition (a commit fsyncs the
-    /// segments before it flushes sled): those entries are dropped and `fetched_next`
-    /// goes back to the first of them, so they are fetched again.
+    /// segments before it flushes sled), or it was moved by a compaction not yet
+    /// committed: those entries are dropped and `fetched_next` goes back to the first
+    /// of them, so they are fetched again (the start-up alignment with the internal
+    /// partition skips whatever of them is already stored).
     fn recover(&self, dir: &Path) -> Result<(), WalError> {
         let mut rolled_back = false;
         for (connector, partition) in self.partitions() {
@@ -461,7 +482,73 @@ impl Wal {
                 .await
                 .expect("the WAL flush task does not panic")?;
             self.shared.durable.send_replace(target);
+            self.compact_in_background();
         }
+    }
+
+    /// Starts a compaction ([`Wal::compact`] of segments closed [`COMPACT_AFTER`] ago)
+    /// unless one runs or one started within [`COMPACT_EVERY`].
+    fn compact_in_background(&self) {
+        {
+            let mut at = self.shared.compacted_at.lock().expect("compaction clock");
+            if at.elapsed() < COMPACT_EVERY || self.shared.compacting.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            *at = std::time::Instant::now();
+        }
+        let wal = self.clone();
+        tokio::task::spawn_blocking(move || {
+            match wal.compact(COMPACT_AFTER) {
+                Ok(0) => {}
+                Ok(moved) => tracing::debug!(moved, "WAL segment compacted"),
+                // The next append meets the same storage failure and stops the service.
+                Err(e) => tracing::warn!(error = %e, "WAL compaction failed"),
+            }
+            wal.shared.compacting.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Copies the live entries of the closed segment (closed at least `min_age` ago)
+    /// whose live entries fill the smallest share of it, at most half, to the active
+    /// segment, so it can be deleted. Returns the number of entries moved. The moves
+    /// are durable with the next commit, which also deletes the emptied segment.
+    pub fn compact(&self, min_age: std::time::Duration) -> Result<u64, WalError> {
+        let shared = &self.shared;
+        let Some(id) = shared.segments.to_compact(min_age) else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        for (connector, partition) in self.partitions() {
+            let log = self.partition(&connector, &partition)?;
+            for item in log.tree.range(entry_key(0)..) {
+                let (key, value) = item?;
+                let Some(old) = Pointer::decode(&value).filter(|p| p.segment == id) else {
+                    continue;
+                };
+                let _moving = shared.moving.lock().expect("WAL move lock");
+                let bytes = shared
+                    .segments
+                    .read(&old)
+                    .map_err(|e| shared.segment_error(e))?;
+                let new = shared
+                    .segments
+                    .append(&bytes)
+                    .map_err(|e| shared.segment_error(e))?;
+                match log
+                    .tree
+                    .compare_and_swap(&key, Some(&value), Some(&new.encode()[..]))?
+                {
+                    Ok(()) => {
+                        shared.segments.release(&[old]);
+                        moved += 1;
+                    }
+                    // Removed (forwarded) meanwhile.
+                    Err(_) => shared.segments.release(&[new]),
+                }
+            }
+        }
+        self.note_write();
+        Ok(moved)
     }
 
     /// Bytes the database's and the segments' files take on disk.
@@ -698,6 +785,7 @@ impl PartitionLog {
         first_offsets: &[i64],
         forwarded_next: i64,
     ) -> Result<(), WalError> {
+        let _moving = self.wal.shared.moving.lock().expect("WAL move lock");
         let mut write = sled::Batch::default();
         let (mut freed, mut pointers) = (0u64, Vec::new());
         for &first in first_offsets {
@@ -733,15 +821,23 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// The batch a sled value holds or points at.
+    /// The batch a sled value (of the entry at `first_offset`) holds or points at.
     fn load(&self, first_offset: i64, value: &[u8]) -> Result<FetchedBatch, WalError> {
         let decoded = match Pointer::decode(value) {
             Some(p) => {
                 let shared = &self.wal.shared;
-                let bytes = shared
-                    .segments
-                    .read(&p)
-                    .map_err(|e| shared.segment_error(e))?;
+                let bytes = match shared.segments.read(&p) {
+                    Ok(bytes) => bytes,
+                    // A compaction moved the entry and its old segment is gone since
+                    // the value was read: read it where it is now.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        match self.tree.get(entry_key(first_offset))? {
+                            Some(now) if *now != *value => return self.load(first_offset, &now),
+                            _ => return Err(shared.segment_error(e)),
+                        }
+                    }
+                    Err(e) => return Err(shared.segment_error(e)),
+                };
                 codec::decode(&bytes)
             }
             None => codec::decode(value),
@@ -779,6 +875,7 @@ impl PartitionLog {
         forwarded_next: i64,
         fetched_next: Option<i64>,
     ) -> Result<(), WalError> {
+        let _moving = self.wal.shared.moving.lock().expect("WAL move lock");
         let mut write = sled::Batch::default();
         let (mut freed, mut pointers) = (0u64, Vec::new());
         for item in self.tree.range(entry_key(0)..) {
@@ -806,6 +903,7 @@ impl PartitionLog {
     /// `None` (the next fetch applies `auto.offset.reset`). Atomic; durable with the
     /// next [`Wal::commit`].
     pub fn reset(&self, offset: Option<i64>) -> Result<(), WalError> {
+        let _moving = self.wal.shared.moving.lock().expect("WAL move lock");
         let mut write = sled::Batch::default();
         let (mut freed, mut pointers) = (0u64, Vec::new());
         for item in self.tree.range(entry_key(0)..) {
@@ -875,6 +973,8 @@ impl PartitionLog {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::record::SourceRecord;
 
@@ -1096,6 +1196,64 @@ mod tests {
         log.release(3).unwrap();
         assert_eq!(wal.used_bytes(), 0);
         assert!(log.oldest(100, 1 << 20).unwrap().is_empty());
+    }
+
+    #[test]
+    fn compaction_moves_a_stuck_partitions_entries_out_of_a_mostly_forwarded_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stuck, flowing) = (SourcePartition::new("t", 0), SourcePartition::new("t", 1));
+        {
+            let wal = Wal::open(dir.path(), options()).unwrap();
+            let (a, b) = (
+                wal.partition("c", &stuck).unwrap(),
+                wal.partition("c", &flowing).unwrap(),
+            );
+            for i in 0..10 {
+                a.append(&batch(&[i], i + 1)).unwrap();
+                b.append(&batch(&[i * 3, i * 3 + 1, i * 3 + 2], i * 3 + 3))
+                    .unwrap();
+            }
+            wal.sync_blocking().unwrap();
+        }
+        let wal = reopen(dir.path());
+        let (a, b) = (
+            wal.partition("c", &stuck).unwrap(),
+            wal.partition("c", &flowing).unwrap(),
+        );
+        let used = wal.used_bytes();
+        assert_eq!(
+            wal.compact(Duration::ZERO).unwrap(),
+            0,
+            "more than half is live"
+        );
+        b.release(30).unwrap();
+        let files = || {
+            std::fs::read_dir(dir.path().join("segments"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(
+            wal.compact(Duration::from_secs(3600)).unwrap(),
+            0,
+            "closed too recently"
+        );
+        assert_eq!(wal.compact(Duration::ZERO).unwrap(), 10);
+        assert_eq!(files(), 2);
+        wal.sync_blocking().unwrap();
+        assert_eq!(
+            files(),
+            1,
+            "the old segment is deleted once the moves are durable"
+        );
+        let want: Vec<FetchedBatch> = (0..10).map(|i| batch(&[i], i + 1)).collect();
+        assert_eq!(a.oldest(100, 1 << 20).unwrap(), want);
+        let stuck_bytes: usize = want.iter().map(|b| codec::encode(b).len()).sum();
+        assert_eq!(wal.used_bytes(), stuck_bytes as u64);
+        assert!(used > wal.used_bytes());
+        drop((a, b, wal));
+        let wal = reopen(dir.path());
+        let a = wal.partition("c", &stuck).unwrap();
+        assert_eq!(a.oldest(100, 1 << 20).unwrap(), want);
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! - Space: each segment counts its live entries; one whose count falls to zero is
 //!   deleted after the next commit, once the removal of its last pointer is durable
 //!   (deleting it earlier could leave a recovered pointer to a missing file).
+//! - Compaction: a segment closed for a while whose live entries fill at most half of it
+//!   (the others forwarded, these held back by a slow or stuck partition) has them
+//!   copied to the active segment ([`super::Wal::compact`]), so one partition cannot
+//!   pin every segment written since it stalled.
 //! - A segment is never appended to after a restart: the first append of a run opens a
 //!   new one, so a torn tail left by a crash is never written over.
 
@@ -20,6 +24,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A segment is closed and a new one started once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -68,6 +73,10 @@ struct Segment {
     len: u64,
     /// Entries whose pointer is still in sled.
     live: u64,
+    /// Their bytes.
+    live_bytes: u64,
+    /// When appends moved to a newer segment; `None` for the active one.
+    closed_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -99,9 +108,9 @@ fn parse_name(name: &str) -> Option<u64> {
 
 impl Segments {
     /// Opens the segments in `dir` (created if missing). `live` counts, per segment,
-    /// the pointers sled holds; a segment file without any is deleted (its entries
-    /// were released, or never committed).
-    pub fn open(dir: &Path, live: &BTreeMap<u64, u64>) -> io::Result<Self> {
+    /// the pointers sled holds and their bytes; a segment file without any is deleted
+    /// (its entries were released, or never committed).
+    pub fn open(dir: &Path, live: &BTreeMap<u64, (u64, u64)>) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut segments = BTreeMap::new();
         let mut next_id = 0;
@@ -112,7 +121,7 @@ impl Segments {
             };
             next_id = next_id.max(id + 1);
             match live.get(&id) {
-                Some(&count) if count > 0 => {
+                Some(&(count, bytes)) if count > 0 => {
                     let file = File::open(item.path())?;
                     let len = file.metadata()?.len();
                     segments.insert(
@@ -121,6 +130,8 @@ impl Segments {
                             file: Arc::new(file),
                             len,
                             live: count,
+                            live_bytes: bytes,
+                            closed_at: Some(Instant::now()),
                         },
                     );
                 }
@@ -174,6 +185,7 @@ impl Segments {
         };
         segment.len += bytes.len() as u64;
         segment.live += 1;
+        segment.live_bytes += bytes.len() as u64;
         inner.unsynced.insert(id);
         Ok(pointer)
     }
@@ -190,8 +202,11 @@ impl Segments {
         File::open(&self.dir)?.sync_all()?;
         inner.next_id += 1;
         if let Some(old) = inner.active.replace(id) {
-            if inner.segments.get(&old).is_some_and(|s| s.live == 0) {
-                inner.doomed.push(old);
+            if let Some(segment) = inner.segments.get_mut(&old) {
+                segment.closed_at = Some(Instant::now());
+                if segment.live == 0 {
+                    inner.doomed.push(old);
+                }
             }
         }
         inner.segments.insert(
@@ -200,6 +215,8 @@ impl Segments {
                 file: Arc::new(file),
                 len: 0,
                 live: 0,
+                live_bytes: 0,
+                closed_at: None,
             },
         );
         Ok(())
@@ -235,6 +252,7 @@ impl Segments {
                 continue;
             };
             segment.live = segment.live.saturating_sub(1);
+            segment.live_bytes = segment.live_bytes.saturating_sub(u64::from(p.len));
             if segment.live == 0 && inner.active != Some(p.segment) {
                 inner.doomed.push(p.segment);
             }
@@ -270,6 +288,21 @@ impl Segments {
             }
         }
         Ok(())
+    }
+
+    /// The closed segment, closed at least `min_age` ago, whose live entries take the
+    /// smallest share of it, if that share is at most half.
+    pub fn to_compact(&self, min_age: Duration) -> Option<u64> {
+        self.lock()
+            .segments
+            .iter()
+            .filter(|(_, s)| {
+                s.live > 0
+                    && s.live_bytes * 2 <= s.len
+                    && s.closed_at.is_some_and(|at| at.elapsed() >= min_age)
+            })
+            .min_by_key(|(_, s)| s.live_bytes * 1000 / s.len.max(1))
+            .map(|(id, _)| *id)
     }
 
     /// Bytes of the segment files.
@@ -333,7 +366,7 @@ mod tests {
             let dropped = segments.append(b"never committed").unwrap();
             (kept, dropped)
         };
-        let live = BTreeMap::from([(kept.segment, 1)]);
+        let live = BTreeMap::from([(kept.segment, (1, 4))]);
         let segments = Segments::open(dir.path(), &live).unwrap();
         assert_eq!(segments.count(), 1);
         assert!(!segments.holds(&dropped));
