@@ -185,6 +185,22 @@ impl ClusterError {
         }
     }
 
+    /// Whether TLS itself refused the broker (its certificate not trusted, expired or
+    /// naming another host, or an alert from the broker): retrying the same
+    /// configuration cannot succeed before someone changes a certificate, unlike a
+    /// handshake cut by the network.
+    pub fn is_tls_refusal(&self) -> bool {
+        match self {
+            ClusterError::Wire {
+                source: WireFailure::Wire(WireError::Handshake { source, .. }),
+                ..
+            } => source
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+            _ => false,
+        }
+    }
+
     /// Whether the broker said the offset asked for is not in the partition (removed
     /// by retention, or beyond its end).
     pub fn is_offset_out_of_range(&self) -> bool {
@@ -281,6 +297,7 @@ impl Cluster {
         let mut retry = Retry::new(Duration::from_secs(2));
         loop {
             let mut last = None;
+            let mut all_refused = true;
             for server in &self.servers {
                 let listed = self
                     .bounded(what.to_owned(), async {
@@ -291,13 +308,21 @@ impl Cluster {
                     .await;
                 match listed {
                     Ok(metadata) => return Ok(topic_partitions(&metadata)),
-                    Err(e) if e.is_transient() => last = Some(e),
+                    Err(e) if e.is_transient() => {
+                        all_refused &= e.is_tls_refusal();
+                        last = Some(e);
+                    }
                     Err(e) => return Err(e),
                 }
             }
             let e = last.expect("a cluster has at least one server");
             let delay = retry.delay();
-            if !self.internal_retries || tokio::time::Instant::now() + delay >= deadline {
+            // When TLS refused every server, retrying only delays the same answer (this
+            // listing is the external cluster's first contact at start).
+            if all_refused
+                || !self.internal_retries
+                || tokio::time::Instant::now() + delay >= deadline
+            {
                 return Err(e);
             }
             tokio::time::sleep(delay).await;

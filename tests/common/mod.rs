@@ -568,10 +568,13 @@ impl Service {
     /// Writes a config into `dir` (the data dir lives there too).
     pub fn configure(dir: &Path, cfg: ServiceConfig<'_>) -> Self {
         let mut text = format!(
-            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\nrequest.timeout.ms = 3000\nprogress.interval.ms = 200\nfetch.max.wait.ms = 100\n",
+            "data.dir = \"{}\"\ninternal.bootstrap.servers = \"{}\"\nprogress.interval.ms = 200\nfetch.max.wait.ms = 100\n",
             dir.join("data").display(),
             cfg.internal
         );
+        if !cfg.extra.iter().any(|(k, _)| *k == "request.timeout.ms") {
+            text.push_str("request.timeout.ms = 3000\n");
+        }
         // Tests run side by side: each API takes a free port (`Service::api`).
         if !cfg.extra.iter().any(|(k, _)| *k == "api.listen") {
             text.push_str("api.listen = \"127.0.0.1:0\"\n");
