@@ -1005,6 +1005,16 @@ mod tests {
         try_reopen(dir).unwrap()
     }
 
+    /// The one segment file of the WAL in `dir`.
+    fn only_segment(dir: &Path) -> PathBuf {
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files.into_iter().next().unwrap()
+    }
+
     fn batch(offsets: &[i64], next: i64) -> FetchedBatch {
         FetchedBatch {
             records: offsets
@@ -1111,12 +1121,7 @@ mod tests {
         let log = wal.partition("c", &SourcePartition::new("t", 1)).unwrap();
         log.append(&batch(&[4, 5], 6)).unwrap();
         log.append(&batch(&[6], 7)).unwrap();
-        let segment = std::fs::read_dir(dir.path().join("segments"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let segment = only_segment(dir.path());
         let mut bytes = std::fs::read(&segment).unwrap();
         bytes[10] ^= 0x55;
         std::fs::write(&segment, bytes).unwrap();
@@ -1149,12 +1154,7 @@ mod tests {
             wal.sync_blocking().unwrap();
         }
         // The pointers reached the disk, the last entries' bytes did not.
-        let segment = std::fs::read_dir(dir.path().join("segments"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let segment = only_segment(dir.path());
         let len = std::fs::metadata(&segment).unwrap().len();
         let file = std::fs::OpenOptions::new()
             .write(true)
