@@ -4,7 +4,9 @@
 //! brokers, preloads a source topic, and measures in the same run: `kcat -P` alone,
 //! `kcat -C` alone, a `kcat -C | kcat -P` pipe (one pipe, and one per partition), and
 //! kafka-direct with `wal.sync=fsync` and `wal.sync=flush`; then the end-to-end latency at
-//! a fixed rate, read by an independent consumer (kcat). `--spool N` runs the spool test
+//! a fixed rate, read by an independent consumer (kcat), and kafka-direct's own share of
+//! it (a second consumer reads the source topic meanwhile; each record's arrival there is
+//! subtracted from its arrival in the internal topic). `--spool N` runs the spool test
 //! instead: the internal broker stopped while N records are fetched into the WAL.
 //!
 //! Every figure comes from this run: wall time, records counted at the destination broker,
@@ -88,6 +90,22 @@ struct Latency {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+}
+
+impl Latency {
+    /// The percentiles of `delays_ms` (one per record; at least one).
+    fn of(name: &str, rate: u64, mut delays_ms: Vec<f64>) -> Self {
+        delays_ms.sort_by(f64::total_cmp);
+        let pct = |q: f64| delays_ms[((delays_ms.len() - 1) as f64 * q).round() as usize];
+        Self {
+            name: name.to_owned(),
+            rate,
+            records: delays_ms.len(),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: *delays_ms.last().expect("records"),
+        }
+    }
 }
 
 /// CPU time and peak RSS of a reaped child, from the kernel.
@@ -484,54 +502,28 @@ impl Bench {
         Ok(self.row(&name, seconds, usage, Some(first)))
     }
 
-    /// Latency at `rate` records/s for `secs` through a replicator started by `start`
-    /// (source topic `src`, destination `dest`), read by an independent kcat consumer.
+    /// Produces `rate` records/s for `latency_secs` into `src` while `replicator` runs,
+    /// and reads them back with one independent kcat consumer per entry of `readers`
+    /// (`(broker, topic)`), all started before the first record. Returns, per reader and
+    /// per record after the warm-up, its arrival and create time in ms since the epoch.
     async fn latency(
         &self,
         name: &str,
         src: &str,
-        (dest_broker, dest): (&str, &str),
+        readers: &[(&str, &str)],
         rate: u64,
         replicator: Vec<Child>,
-    ) -> Result<Latency> {
+    ) -> Result<Vec<Vec<Arrival>>> {
         let total = (rate * self.args.latency_secs) as usize;
         // The first second is a warm-up, not counted: the consumer's first fetches of a
         // new topic are slow to start (measured: p99 from 48 ms to 2.8 s between runs).
         let warm_up = rate as usize;
         let all = warm_up + total;
-        // The consumer reads the destination from the beginning and prints each record's
-        // key (its number) and timestamp (the create time set by the producer below).
-        let mut consumer = kcat_cmd(dest_broker)
-            .args(["-C", "-t", dest, "-o", "beginning", "-u", "-f", "%k %T\n"])
-            .args(["-X", "fetch.wait.max.ms=5"])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let out = consumer.stdout.take().expect("piped");
-        let reader = std::thread::spawn(move || {
-            let mut delays = Vec::with_capacity(total);
-            let mut seen = 0;
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-                let parsed = line.trim().split_once(' ').and_then(|(key, ts)| {
-                    Some((
-                        key.strip_prefix('k')?.parse::<usize>().ok()?,
-                        ts.parse::<f64>().ok()?,
-                    ))
-                });
-                if let Some((number, ts)) = parsed {
-                    seen += 1;
-                    if number >= warm_up {
-                        delays.push(now.as_secs_f64() * 1e3 - ts);
-                    }
-                }
-                if seen >= all {
-                    break;
-                }
-            }
-            delays
-        });
-        tokio::time::sleep(Duration::from_secs(3)).await; // let the consumer find its partitions
+        let mut consumers = Vec::new();
+        for &(broker, topic) in readers {
+            consumers.push(arrivals(broker, topic, warm_up, all)?);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await; // let the consumers find their partitions
         let mut producer = kcat_cmd(&self.external.addr())
             .args(["-P", "-t", src, "-K", "\t", "-X", "linger.ms=1"])
             .stdin(Stdio::piped())
@@ -556,79 +548,163 @@ impl Bench {
         }
         drop(stdin);
         reap(producer, "kcat -P (latency producer)")?;
-        let waited = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !reader.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            reader
-                .is_finished()
-                .then(|| reader.join().expect("reader thread"))
-        })
-        .await?;
-        let got = progress.position();
-        let _ = consumer.kill();
-        let _ = consumer.wait();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut results = Vec::new();
+        for ((mut consumer, reader), &(broker, topic)) in consumers.into_iter().zip(readers) {
+            let waited = tokio::task::spawn_blocking(move || {
+                while !reader.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                reader
+                    .is_finished()
+                    .then(|| reader.join().expect("reader thread"))
+            })
+            .await?;
+            let _ = consumer.kill();
+            let _ = consumer.wait();
+            let Some(got) = waited else {
+                let arrived = total_end(broker, topic, self.args.partitions).await;
+                bail!("{name}: {arrived} of {all} records (sent {sent}) reached {topic} within 60 s of the last produce");
+            };
+            ensure!(
+                got.len() == total,
+                "{name}: read {} of {total} records from {topic}",
+                got.len()
+            );
+            results.push(got);
+        }
         for mut child in replicator {
             let _ = child.kill();
             let _ = child.wait();
         }
         progress.finish_and_clear();
-        let Some(mut delays) = waited else {
-            let arrived = total_end(dest_broker, dest, self.args.partitions).await;
-            bail!("{name}: {arrived} of {total} records (sent {got}) reached {dest} within 60 s of the last produce");
-        };
-        ensure!(
-            delays.len() == total,
-            "{name}: read {} of {total} records",
-            delays.len()
-        );
-        delays.sort_by(f64::total_cmp);
-        let pct = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
-        Ok(Latency {
-            name: name.to_owned(),
-            rate,
-            records: total,
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            max_ms: *delays.last().expect("records"),
-        })
+        Ok(results)
     }
 
-    async fn latency_kafka_direct(&self, rate: u64) -> Result<Latency> {
+    /// kafka-direct's latency, and its own share of it: a second consumer reads the
+    /// source topic at the same time, and each record's arrival there is subtracted
+    /// from its arrival in the internal topic (the same records, under the same load).
+    async fn latency_kafka_direct(&self, rate: u64) -> Result<[Latency; 2]> {
         let p = self.args.partitions;
         create_topic(&self.external.addr(), "live", p).await;
         let dir = self.work.path().join("live");
         std::fs::create_dir_all(&dir)?;
-        // The same broker wait as the independent consumer's (see `latency`): tansu
-        // holds a fetch at the partition's end for most of its max wait even when
-        // records arrive meanwhile (docs/benchmarks.md).
+        // The same broker wait as the independent consumer's (see `arrivals`): tansu
+        // holds every fetch for its whole max wait when that is under 250 ms, even
+        // when records are there (docs/compatibility.md).
         let config = self.service_config(&dir, "live", "live", "fetch.max.wait.ms = 5");
         let log = dir.join("service.log");
         let child = self.spawn_service(&config, &log)?;
         started_up(&log).await?;
-        self.latency(
-            &format!("kafka-direct, wal.sync=fsync{}", self.settings_note()),
-            "live",
-            (&self.internal.addr(), "live.live"),
-            rate,
-            vec![child],
-        )
-        .await
+        let name = format!("kafka-direct, wal.sync=fsync{}", self.settings_note());
+        let (external, internal) = (self.external.addr(), self.internal.addr());
+        let read = self
+            .latency(
+                &name,
+                "live",
+                &[(&internal, "live.live"), (&external, "live")],
+                rate,
+                vec![child],
+            )
+            .await?;
+        let (at_internal, at_source) = (&read[0], &read[1]);
+        let mut at_source_by_key = std::collections::HashMap::new();
+        for a in at_source {
+            at_source_by_key.insert(a.key, a.arrived_ms);
+        }
+        let own: Vec<f64> = at_internal
+            .iter()
+            .filter_map(|a| Some(a.arrived_ms - at_source_by_key.get(&a.key)?))
+            .collect();
+        ensure!(
+            own.len() == at_internal.len(),
+            "{name}: {} of {} records read in the internal topic were not read in the source topic",
+            at_internal.len() - own.len(),
+            at_internal.len()
+        );
+        Ok([
+            Latency::of(&name, rate, end_to_end(at_internal)),
+            Latency::of("  own share: internal - source arrival", rate, own),
+        ])
     }
 
     /// The tools' and broker's own share: kcat -P to kcat -C on the same topic.
     async fn latency_broker(&self, rate: u64) -> Result<Latency> {
         create_topic(&self.external.addr(), "direct", self.args.partitions).await;
-        self.latency(
-            "no replicator (kcat -P to kcat -C, one broker)",
-            "direct",
-            (&self.external.addr(), "direct"),
-            rate,
-            Vec::new(),
-        )
-        .await
+        let name = "no replicator (kcat -P to kcat -C, one broker)";
+        let external = self.external.addr();
+        let read = self
+            .latency(name, "direct", &[(&external, "direct")], rate, Vec::new())
+            .await?;
+        Ok(Latency::of(name, rate, end_to_end(&read[0])))
     }
+}
+
+/// One record read back by a latency consumer.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    /// The record's number (its key).
+    key: usize,
+    /// When the consumer printed it, ms since the epoch.
+    arrived_ms: f64,
+    /// Its create time (set by the producer, kept by kafka-direct), ms since the epoch.
+    created_ms: f64,
+}
+
+/// Source create time to arrival, per record.
+fn end_to_end(arrivals: &[Arrival]) -> Vec<f64> {
+    arrivals
+        .iter()
+        .map(|a| a.arrived_ms - a.created_ms)
+        .collect()
+}
+
+/// Starts a kcat consumer of `topic` from the beginning and a thread collecting the
+/// records numbered `warm_up` and above until `all` records were read.
+fn arrivals(
+    broker: &str,
+    topic: &str,
+    warm_up: usize,
+    all: usize,
+) -> Result<(Child, std::thread::JoinHandle<Vec<Arrival>>)> {
+    // Each record's key (its number) and timestamp (the create time set by the
+    // producer). A 5 ms broker wait: tansu holds every fetch for its whole max wait
+    // under 250 ms, so librdkafka's default of 500 ms would measure the broker.
+    let mut consumer = kcat_cmd(broker)
+        .args(["-C", "-t", topic, "-o", "beginning", "-u", "-f", "%k %T\n"])
+        .args(["-X", "fetch.wait.max.ms=5"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = consumer.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut read = Vec::with_capacity(all - warm_up);
+        let mut seen = 0;
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            let parsed = line.trim().split_once(' ').and_then(|(key, ts)| {
+                Some((
+                    key.strip_prefix('k')?.parse::<usize>().ok()?,
+                    ts.parse::<f64>().ok()?,
+                ))
+            });
+            if let Some((key, created_ms)) = parsed {
+                seen += 1;
+                if key >= warm_up {
+                    read.push(Arrival {
+                        key,
+                        arrived_ms: now.as_secs_f64() * 1e3,
+                        created_ms,
+                    });
+                }
+            }
+            if seen >= all {
+                break;
+            }
+        }
+        read
+    });
+    Ok((consumer, reader))
 }
 
 /// Waits for the service's first progress line: started, internal topics created.
@@ -712,7 +788,7 @@ async fn throughput(args: Args) -> Result<serde_json::Value> {
             .latency_rate
             .unwrap_or((rows[4].records_per_sec / 2.0) as u64);
         latencies.push(bench.latency_broker(rate).await?);
-        latencies.push(bench.latency_kafka_direct(rate).await?);
+        latencies.extend(bench.latency_kafka_direct(rate).await?);
         println!(
             "\n{:<40} {:>12} {:>9} {:>9} {:>9} {:>9}",
             "end-to-end latency", "records/s", "records", "p50 ms", "p99 ms", "max ms"
