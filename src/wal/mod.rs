@@ -1007,12 +1007,17 @@ mod tests {
 
     /// The one segment file of the WAL in `dir`.
     fn only_segment(dir: &Path) -> PathBuf {
-        let files: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let files = segment_files(dir);
         assert_eq!(files.len(), 1, "{files:?}");
         files.into_iter().next().unwrap()
+    }
+
+    /// The segment files of the WAL in `dir`.
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir.join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
     }
 
     fn batch(offsets: &[i64], next: i64) -> FetchedBatch {
@@ -1227,11 +1232,7 @@ mod tests {
             "more than half is live"
         );
         b.release(30).unwrap();
-        let files = || {
-            std::fs::read_dir(dir.path().join("segments"))
-                .unwrap()
-                .count()
-        };
+        let files = || segment_files(dir.path()).len();
         assert_eq!(
             wal.compact(Duration::from_secs(3600)).unwrap(),
             0,
@@ -1268,11 +1269,7 @@ mod tests {
         let wal = reopen(dir.path());
         let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
         log.append(&batch(&[1], 2)).unwrap();
-        let files = || {
-            std::fs::read_dir(dir.path().join("segments"))
-                .unwrap()
-                .count()
-        };
+        let files = || segment_files(dir.path()).len();
         assert_eq!(files(), 2);
         log.release(1).unwrap();
         assert_eq!(files(), 2, "kept until the release is durable");
