@@ -549,20 +549,30 @@ impl Bench {
         drop(stdin);
         reap(producer, "kcat -P (latency producer)")?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut results = Vec::new();
-        for ((mut consumer, reader), &(broker, topic)) in consumers.into_iter().zip(readers) {
-            let waited = tokio::task::spawn_blocking(move || {
-                while !reader.is_finished() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                reader
-                    .is_finished()
-                    .then(|| reader.join().expect("reader thread"))
-            })
-            .await?;
+        let mut waited = Vec::new();
+        for (mut consumer, reader) in consumers {
+            waited.push(
+                tokio::task::spawn_blocking(move || {
+                    while !reader.is_finished() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    reader
+                        .is_finished()
+                        .then(|| reader.join().expect("reader thread"))
+                })
+                .await?,
+            );
             let _ = consumer.kill();
             let _ = consumer.wait();
-            let Some(got) = waited else {
+        }
+        for mut child in replicator {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        progress.finish_and_clear();
+        let mut results = Vec::new();
+        for (got, &(broker, topic)) in waited.into_iter().zip(readers) {
+            let Some(got) = got else {
                 let arrived = total_end(broker, topic, self.args.partitions).await;
                 bail!("{name}: {arrived} of {all} records (sent {sent}) reached {topic} within 60 s of the last produce");
             };
@@ -573,11 +583,6 @@ impl Bench {
             );
             results.push(got);
         }
-        for mut child in replicator {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        progress.finish_and_clear();
         Ok(results)
     }
 
