@@ -7,6 +7,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -473,7 +475,10 @@ async fn sigkill_in_a_mixed_stream_stores_each_record_once_in_one_place() {
         ],
     )
     .await;
-    let producer = produce_in_background_with(&p, 40, mixed_records);
+    // Records keep arriving until the last restart, so every round has dead letters to
+    // write however long the restarts take.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = produce_in_background_until(&p, 40, mixed_records, Arc::clone(&stop));
     for round in 0..3u64 {
         std::fs::write(&p.service.log, "").unwrap();
         p.service.start();
@@ -482,6 +487,7 @@ async fn sigkill_in_a_mixed_stream_stores_each_record_once_in_one_place() {
     }
     std::fs::write(&p.service.log, "").unwrap();
     p.service.start();
+    stop.store(true, Ordering::SeqCst);
     producer.await.unwrap();
     wait_all_placed(&p).await;
     let mut dead = 0;

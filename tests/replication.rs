@@ -3,6 +3,8 @@
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -141,7 +143,10 @@ async fn sigkill_three_times_mid_stream_loses_and_duplicates_nothing() {
     // Small produce requests: WAL entries are forwarded in several pieces, so crashes
     // also land between the pieces of one entry.
     let mut p = Pipeline::new("crashy", 3, &[("forward.batch.max.bytes", "65536")]).await;
-    let producer = produce_in_background(&p, 60);
+    // Records keep arriving until the last restart, so every round has something to
+    // forward however long the restarts take (each settles after its crash).
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = produce_in_background_until(&p, 60, test_records, Arc::clone(&stop));
     for round in 0..3u64 {
         std::fs::write(&p.service.log, "").unwrap();
         p.service.start();
@@ -155,6 +160,7 @@ async fn sigkill_three_times_mid_stream_loses_and_duplicates_nothing() {
     }
     std::fs::write(&p.service.log, "").unwrap();
     p.service.start();
+    stop.store(true, Ordering::SeqCst);
     producer.await.unwrap();
     p.assert_replicated(0, WAIT).await;
     assert!(p.service.terminate(Duration::from_secs(30)).success());

@@ -12,7 +12,8 @@ use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use rskafka::chrono::{TimeZone, Utc};
@@ -402,10 +403,26 @@ pub fn test_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
 
 /// Produces `batches` rounds of 100 records to every partition in the background, 20 ms
 /// apart; `records(partition, first, n)` makes each round's records.
+/// Bounds a background producer that is never told to stop (a test gone wrong): at
+/// least 40 s of producing, 20 ms between batches.
+pub const MAX_BACKGROUND_BATCHES: usize = 2000;
+
 pub fn produce_in_background_with(
     p: &Pipeline,
     batches: usize,
     records: fn(i32, usize, usize) -> Vec<Record>,
+) -> tokio::task::JoinHandle<()> {
+    produce_in_background_until(p, batches, records, Arc::new(AtomicBool::new(true)))
+}
+
+/// As [`produce_in_background_with`], going on after `batches` batches until `stop` is
+/// set (at most [`MAX_BACKGROUND_BATCHES`]): for a test whose steps must all happen
+/// while records still arrive, however long they take.
+pub fn produce_in_background_until(
+    p: &Pipeline,
+    batches: usize,
+    records: fn(i32, usize, usize) -> Vec<Record>,
+    stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     let (addr, topic, partitions) = (p.external.addr(), p.topic, p.partitions);
     tokio::spawn(async move {
@@ -413,7 +430,10 @@ pub fn produce_in_background_with(
         for partition in 0..partitions {
             clients.push(partition_client(&addr, topic, partition).await);
         }
-        for b in 0..batches {
+        for b in 0..MAX_BACKGROUND_BATCHES.max(batches) {
+            if b >= batches && stop.load(Ordering::SeqCst) {
+                break;
+            }
             for (partition, pc) in clients.iter().enumerate() {
                 produce(pc, records(partition as i32, b * 100, 100)).await;
             }
