@@ -401,12 +401,12 @@ pub fn test_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
         .collect()
 }
 
-/// Produces `batches` rounds of 100 records to every partition in the background, 20 ms
-/// apart; `records(partition, first, n)` makes each round's records.
 /// Bounds a background producer that is never told to stop (a test gone wrong): at
 /// least 40 s of producing, 20 ms between batches.
 pub const MAX_BACKGROUND_BATCHES: usize = 2000;
 
+/// Produces `batches` rounds of 100 records to every partition in the background, 20 ms
+/// apart; `records(partition, first, n)` makes each round's records.
 pub fn produce_in_background_with(
     p: &Pipeline,
     batches: usize,
