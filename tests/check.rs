@@ -50,7 +50,7 @@ fn produce_text(p: &Pipeline, lines: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_good_config_passes_and_says_what_will_happen() {
-    let p = Pipeline::new("orders", 2, &[("connector.format", "json")]).await;
+    let p = Pipeline::new("sales", 2, &[("connector.format", "json")]).await;
     produce_text(&p, "{\"id\": 1}\n{\"id\": 2, \"extra\": true}\n");
     let (passed, report) = check(&p, &["connector.schemas.enable=true"]);
     assert!(passed, "{report:#}");
@@ -60,7 +60,7 @@ async fn a_good_config_passes_and_says_what_will_happen() {
     );
     let topics = findings(&report, "topics", "ok");
     assert!(
-        topics[0].contains("orders: 2 partitions, every leader answers, 2 records available"),
+        topics[0].contains("sales: 2 partitions, every leader answers, 2 records available"),
         "{topics:?}"
     );
     let format = findings(&report, "format", "ok");
@@ -69,7 +69,7 @@ async fn a_good_config_passes_and_says_what_will_happen() {
     assert!(
         internal
             .iter()
-            .any(|f| f.contains("int.orders will be created with 2 partitions")),
+            .any(|f| f.contains("int.sales will be created with 2 partitions")),
         "{internal:?}"
     );
     assert!(
@@ -95,7 +95,7 @@ async fn a_good_config_passes_and_says_what_will_happen() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_failures_name_the_address_and_the_key() {
-    let p = Pipeline::new("orders", 1, &[]).await;
+    let p = Pipeline::new("unreached", 1, &[]).await;
     // Nothing listens on port 1.
     let (passed, report) = check(&p, &["connector.kafka.bootstrap.servers=127.0.0.1:1"]);
     assert!(!passed);

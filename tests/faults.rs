@@ -33,7 +33,7 @@ fn wal_cli(args: &[&str], data_dir: &std::path::Path) -> (Option<i32>, String) {
 /// recovery (move the data dir aside, start again) copies every record exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_wal_is_refused_and_the_documented_recovery_copies_exactly_once() {
-    let mut p = Pipeline::new("damage", 1, &[]).await;
+    let mut p = Pipeline::isolated("damage", 1, &[]).await;
     p.service.start();
     p.service
         .wait_log("replication to start", WAIT, |log| {
@@ -153,7 +153,7 @@ impl Drop for Tmpfs {
 async fn a_full_disk_stops_the_service_clearly_and_a_restart_loses_nothing() {
     let disk = Tmpfs::mount("12m");
     let data = disk.dir.path().join("data");
-    let mut p = Pipeline::new("full", 2, &[("data.dir", data.to_str().unwrap())]).await;
+    let mut p = Pipeline::isolated("full", 2, &[("data.dir", data.to_str().unwrap())]).await;
     p.service.start();
     p.service
         .wait_log("replication to start", WAIT, |log| {

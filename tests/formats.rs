@@ -17,7 +17,13 @@ use rskafka::record::{Record, RecordAndOffset};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
-const DLQ: &str = "int.dlq";
+/// The dead-letter topic of a pipeline: each test names its own (`DLQ_KEY`), as the
+/// tests of this binary share the internal broker.
+fn dlq(p: &Pipeline) -> String {
+    format!("int.{}.dlq", p.topic)
+}
+
+const DLQ_KEY: &str = "connector.errors.deadletterqueue.topic.name";
 
 fn record(key: Option<&[u8]>, value: Option<Vec<u8>>, i: i64) -> Record {
     let mut headers = BTreeMap::new();
@@ -64,7 +70,7 @@ async fn wait_all_placed(p: &Pipeline) {
         let mut source = 0;
         let mut dead = 0;
         for partition in 0..dlq_partitions(p).await {
-            dead += end_offset(&p.internal.addr(), DLQ, partition).await;
+            dead += end_offset(&p.internal.addr(), &dlq(p), partition).await;
         }
         let mut placed = dead;
         for partition in 0..p.partitions {
@@ -91,7 +97,7 @@ async fn dlq_partitions(p: &Pipeline) -> i32 {
         .unwrap();
     let dlq = topics
         .iter()
-        .find(|t| t.name == DLQ)
+        .find(|t| t.name == dlq(p))
         .expect("the dead-letter topic exists");
     dlq.partitions.len() as i32
 }
@@ -100,7 +106,7 @@ async fn dlq_partitions(p: &Pipeline) -> i32 {
 async fn dead_letters(p: &Pipeline) -> Vec<RecordAndOffset> {
     let mut all = Vec::new();
     for partition in 0..dlq_partitions(p).await {
-        all.extend(read_all(&p.internal.addr(), DLQ, partition).await);
+        all.extend(read_all(&p.internal.addr(), &dlq(p), partition).await);
     }
     all
 }
@@ -180,7 +186,11 @@ fn error_of(r: &RecordAndOffset) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn string_format_dead_letters_invalid_utf8_and_forwards_the_rest() {
-    let mut p = Pipeline::new("texts", 1, &[("connector.format", "string")]).await;
+    let mut p = Pipeline::new(
+        "texts",
+        1,
+        &[("connector.format", "string"), (DLQ_KEY, "int.texts.dlq")],
+    ).await;
     let big = vec![b'a'; 1 << 20];
     let values = vec![
         Some(b"hello".to_vec()),
@@ -217,7 +227,7 @@ async fn string_format_dead_letters_invalid_utf8_and_forwards_the_rest() {
         ]
     );
     // An independent client sees the same headers.
-    let seen = kcat_read(&p.internal.addr(), DLQ, 0, "%o %h");
+    let seen = kcat_read(&p.internal.addr(), &dlq(&p), 0, "%o %h");
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(
         seen[0].contains("__connect.errors.exception.class.name=InvalidUtf8"),
@@ -229,7 +239,11 @@ async fn string_format_dead_letters_invalid_utf8_and_forwards_the_rest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_format_dead_letters_what_is_not_one_json_document() {
-    let mut p = Pipeline::new("jsons", 1, &[("connector.format", "json")]).await;
+    let mut p = Pipeline::new(
+        "jsons",
+        1,
+        &[("connector.format", "json"), (DLQ_KEY, "int.jsons.dlq")],
+    ).await;
     let deep = "[".repeat(10_000) + &"]".repeat(10_000);
     let big_good = format!("{{\"blob\": \"{}\"}}", "x".repeat(1 << 20));
     let big_bad = format!("{{\"blob\": \"{}", "x".repeat(1 << 20));
@@ -293,6 +307,7 @@ async fn schemas_evolve_wrap_values_in_the_connect_envelope_and_refuse_drift() {
         "orders",
         1,
         &[
+            (DLQ_KEY, "int.orders.dlq"),
             ("connector.format", "json"),
             ("connector.schemas.enable", "true"),
         ],
@@ -470,6 +485,7 @@ async fn sigkill_in_a_mixed_stream_stores_each_record_once_in_one_place() {
         "mixed",
         3,
         &[
+            (DLQ_KEY, "int.mixed.dlq"),
             ("connector.format", "string"),
             ("forward.batch.max.bytes", "16384"),
         ],
@@ -509,6 +525,7 @@ async fn lost_dead_letter_produce_responses_never_store_a_dead_letter_twice() {
         "cutmix",
         2,
         &[
+            (DLQ_KEY, "int.cutmix.dlq"),
             ("connector.format", "string"),
             ("forward.batch.max.records", "30"),
         ],

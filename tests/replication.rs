@@ -168,7 +168,7 @@ async fn sigkill_three_times_mid_stream_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn internal_outage_spools_into_the_wal_then_drains_exactly_once() {
-    let mut p = Pipeline::new("spool", 2, &[]).await;
+    let mut p = Pipeline::isolated("spool", 2, &[]).await;
     p.service.start();
     // Some records flow first, so the forwarders hold open connections to the internal
     // broker when it stops answering: their produce outcome becomes unknown.
@@ -213,7 +213,7 @@ async fn internal_outage_spools_into_the_wal_then_drains_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn source_outage_longer_than_the_timeout_recovers_by_itself() {
-    let mut p = Pipeline::new("flaky", 2, &[]).await;
+    let mut p = Pipeline::isolated("flaky", 2, &[]).await;
     p.service.start();
     p.produce_each(0, 200).await;
     wait_forwarded_at_least(&p.service, 400).await;

@@ -42,9 +42,10 @@ pub fn run_script(name: &str) -> PathBuf {
 
 static INSTALL: Once = Once::new();
 
-/// Installs the broker and kcat once per test binary.
+/// Installs the brokers and kcat once per test binary.
 pub fn install_tools() {
     INSTALL.call_once(|| {
+        run_script("install-kafka");
         run_script("install-broker");
         run_script("install-kcat");
     });
@@ -92,71 +93,197 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
-/// One tansu broker on a free loopback port, in memory or (durable) in an [`ObjectStore`].
+/// The broker the integration tests run against: Apache Kafka (the reference, default)
+/// or tansu (`KAFKA_DIRECT_TEST_PLATFORM=tansu`, the second platform: scripts/test runs a
+/// compatibility subset on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    Kafka,
+    Tansu,
+}
+
+pub fn platform() -> Platform {
+    match std::env::var("KAFKA_DIRECT_TEST_PLATFORM").as_deref() {
+        Err(_) | Ok("") | Ok("kafka") => Platform::Kafka,
+        Ok("tansu") => Platform::Tansu,
+        Ok(other) => panic!("KAFKA_DIRECT_TEST_PLATFORM={other}: the platforms are kafka and tansu"),
+    }
+}
+
+/// How long a broker may take to start: a JVM on two busy cores takes seconds.
+const BROKER_START: Duration = Duration::from_secs(90);
+
+/// One broker on free loopback ports: its own (a test may pause, kill and restart it) or
+/// shared by the tests of one binary ([`shared_brokers`]; a shared broker refuses to be
+/// paused or killed).
 pub struct Broker {
-    child: Child,
+    child: std::sync::Mutex<Option<Child>>,
     pub port: u16,
     advertised: u16,
-    storage: String,
-    s3_endpoint: Option<String>,
+    kind: BrokerKind,
+    shared: bool,
+    starts: std::sync::atomic::AtomicUsize,
+}
+
+enum BrokerKind {
+    /// tansu: in memory, or (durable) in an S3-compatible store.
+    Tansu {
+        storage: String,
+        s3_endpoint: Option<String>,
+    },
+    /// Apache Kafka (scripts/kafka): its log on disk in `dir`, so it survives a restart.
+    Kafka {
+        dir: tempfile::TempDir,
+        controller_port: u16,
+        args: Vec<String>,
+    },
+}
+
+static SHARED: std::sync::OnceLock<(Arc<Broker>, Arc<Broker>)> = std::sync::OnceLock::new();
+
+/// The external and internal broker every test of this binary that breaks neither
+/// shares (started on first use, in parallel; stopped when the binary exits). Each test
+/// uses topic names of its own on them.
+pub fn shared_brokers() -> (Arc<Broker>, Arc<Broker>) {
+    let (external, internal) = SHARED.get_or_init(|| {
+        let other = std::thread::spawn(|| Broker::start_shared());
+        let external = Broker::start_shared();
+        let internal = other.join().expect("the shared internal broker starts");
+        (Arc::new(external), Arc::new(internal))
+    });
+    (external.clone(), internal.clone())
 }
 
 impl Broker {
+    /// A broker of this test's own.
     pub fn start() -> Self {
         Self::start_advertising(None)
     }
 
+    fn start_shared() -> Self {
+        let mut broker = Self::start();
+        broker.shared = true;
+        broker
+    }
+
     /// A broker that tells clients to connect to `advertised_port` (a proxy's).
     pub fn start_advertising(advertised_port: Option<u16>) -> Self {
-        Self::start_with("memory://tansu/", None, advertised_port)
+        match platform() {
+            Platform::Kafka => Self::start_kafka(advertised_port, &[]),
+            Platform::Tansu => Self::start_tansu("memory://tansu/", None, advertised_port),
+        }
     }
 
-    /// A broker whose data lives in `store` (bucket `bucket`): it survives
-    /// [`Broker::kill9`] and [`Broker::start_again`].
+    /// A broker whose data survives [`Broker::kill9`] and [`Broker::start_again`]:
+    /// Kafka's log is on disk; tansu keeps it in `store` (bucket `bucket`).
     pub fn start_durable(store: &ObjectStore, bucket: &str) -> Self {
-        Self::start_with(&format!("s3://{bucket}/"), Some(store.endpoint()), None)
+        match platform() {
+            Platform::Kafka => Self::start_kafka(None, &[]),
+            Platform::Tansu => {
+                Self::start_tansu(&format!("s3://{bucket}/"), Some(store.endpoint()), None)
+            }
+        }
     }
 
-    fn start_with(storage: &str, s3_endpoint: Option<String>, advertised: Option<u16>) -> Self {
+    /// An Apache Kafka broker started with these more `scripts/kafka` options (a
+    /// secured listener, users, settings).
+    pub fn start_kafka(advertised: Option<u16>, args: &[String]) -> Self {
+        for _ in 0..5 {
+            let (port, controller_port) = (free_port(), free_port());
+            let advertised = advertised.unwrap_or(port);
+            let dir = tempfile::tempdir().unwrap();
+            if let Some(child) =
+                spawn_kafka(port, controller_port, dir.path(), advertised, args, 1)
+            {
+                return Self {
+                    child: std::sync::Mutex::new(Some(child)),
+                    port,
+                    advertised,
+                    kind: BrokerKind::Kafka {
+                        dir,
+                        controller_port,
+                        args: args.to_vec(),
+                    },
+                    shared: false,
+                    starts: 1.into(),
+                };
+            } // else: a port taken in between, try others
+        }
+        panic!("could not start an Apache Kafka broker (scripts/kafka)");
+    }
+
+    fn start_tansu(storage: &str, s3_endpoint: Option<String>, advertised: Option<u16>) -> Self {
         install_tools();
         for _ in 0..5 {
             let port = free_port();
             let advertised = advertised.unwrap_or(port);
-            let spawned = spawn_broker(port, storage, s3_endpoint.as_deref(), advertised);
+            let spawned = spawn_tansu(port, storage, s3_endpoint.as_deref(), advertised);
             if let Some(child) = spawned {
                 return Self {
-                    child,
+                    child: std::sync::Mutex::new(Some(child)),
                     port,
                     advertised,
-                    storage: storage.to_string(),
-                    s3_endpoint,
+                    kind: BrokerKind::Tansu {
+                        storage: storage.to_string(),
+                        s3_endpoint,
+                    },
+                    shared: false,
+                    starts: 1.into(),
                 };
             } // else: port taken in between, try another
         }
         panic!("could not start a broker");
     }
 
-    /// Kills the broker at once (SIGKILL), as a crash would.
-    pub fn kill9(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn own(&self, what: &str) {
+        assert!(
+            !self.shared,
+            "a test that {what} a broker needs brokers of its own (Pipeline::isolated, Broker::start), not the shared ones"
+        );
     }
 
-    /// Starts the broker again on the same port and storage.
-    pub fn start_again(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Kills the broker at once (SIGKILL), as a crash would.
+    pub fn kill9(&self) {
+        self.own("kills");
+        self.stop_child();
+    }
+
+    fn stop_child(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same ports and storage (after [`Broker::kill9`]).
+    pub fn start_again(&self) {
+        self.own("restarts");
+        let run = self.starts.fetch_add(1, Ordering::SeqCst) + 1;
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let spawned = spawn_broker(
-                self.port,
-                &self.storage,
-                self.s3_endpoint.as_deref(),
-                self.advertised,
-            );
+            let spawned = match &self.kind {
+                BrokerKind::Tansu {
+                    storage,
+                    s3_endpoint,
+                } => spawn_tansu(self.port, storage, s3_endpoint.as_deref(), self.advertised),
+                BrokerKind::Kafka {
+                    dir,
+                    controller_port,
+                    args,
+                } => spawn_kafka(
+                    self.port,
+                    *controller_port,
+                    dir.path(),
+                    self.advertised,
+                    args,
+                    run,
+                ),
+            };
             if let Some(child) = spawned {
-                self.child = child;
+                *self.child.lock().unwrap() = Some(child);
                 return;
             }
             assert!(
@@ -172,23 +299,80 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    fn pid(&self) -> u32 {
+        self.child
+            .lock()
+            .unwrap()
+            .as_ref()
+            .expect("broker running")
+            .id()
+    }
+
+    /// Stops the broker's process (SIGSTOP): it holds its connections and answers nothing.
     pub fn pause(&self) {
-        signal(self.child.id(), "STOP");
+        self.own("pauses");
+        signal(self.pid(), "STOP");
     }
 
     pub fn resume(&self) {
-        signal(self.child.id(), "CONT");
+        signal(self.pid(), "CONT");
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        self.kill9();
+        self.stop_child();
+    }
+}
+
+/// Runs scripts/kafka (logging to `dir/broker-RUN.log`) and waits until the broker
+/// serves; `None` if it exited first (a port taken), a failure past [`BROKER_START`].
+fn spawn_kafka(
+    port: u16,
+    controller_port: u16,
+    dir: &Path,
+    advertised: u16,
+    args: &[String],
+    run: usize,
+) -> Option<Child> {
+    let log = dir.join(format!("broker-{run}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(repo_root().join("scripts/kafka"))
+        .args(["--port", &port.to_string()])
+        .args(["--controller-port", &controller_port.to_string()])
+        .args(["--advertised-port", &advertised.to_string()])
+        .arg("--dir")
+        .arg(dir.join("node"))
+        // The broker goes with this test binary, however the binary ends.
+        .args(["--watch", &std::process::id().to_string()])
+        .args(args)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("scripts/kafka starts");
+    let deadline = Instant::now() + BROKER_START;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Kafka Server started") {
+            return Some(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            if text.contains("Address already in use") {
+                return None;
+            }
+            panic!("scripts/kafka exited ({status}) before the broker started; its log:\n{text}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the Kafka broker on port {port} did not start within {BROKER_START:?}; its log:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// Runs scripts/broker and waits until it accepts connections; `None` if it exited.
-fn spawn_broker(
+fn spawn_tansu(
     port: u16,
     storage: &str,
     s3_endpoint: Option<&str>,
@@ -227,14 +411,21 @@ pub fn listening(mut child: Child, port: u16, within: Duration) -> Option<Child>
     None
 }
 
-/// A local S3-compatible store (scripts/s3) holding durable brokers' data.
+/// A local S3-compatible store (scripts/s3) holding durable tansu brokers' data (on
+/// Apache Kafka, which keeps its log on disk, nothing runs).
 pub struct ObjectStore {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
 }
 
 impl ObjectStore {
     pub fn start() -> Self {
+        if platform() == Platform::Kafka {
+            return Self {
+                child: None,
+                port: 0,
+            };
+        }
         run_script("install-s3");
         for _ in 0..5 {
             let port = free_port();
@@ -245,7 +436,10 @@ impl ObjectStore {
                 .spawn()
                 .expect("scripts/s3 starts");
             if let Some(child) = listening(child, port, Duration::from_secs(30)) {
-                return Self { child, port };
+                return Self {
+                    child: Some(child),
+                    port,
+                };
             } // else: port taken in between, try another
         }
         panic!("could not start the S3-compatible store");
@@ -258,8 +452,10 @@ impl ObjectStore {
 
 impl Drop for ObjectStore {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -359,7 +555,9 @@ pub async fn create_topic(addr: &str, topic: &str, partitions: i32) {
         .unwrap()
         .create_topic(topic, partitions, 1, 5_000)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!("creating topic {topic} on {addr}: {e} (the tests of one binary share brokers: is the name used by another test?)")
+        });
 }
 
 pub async fn partition_client(addr: &str, topic: &str, partition: i32) -> PartitionClient {
@@ -859,8 +1057,8 @@ pub fn kcat_read(addr: &str, topic: &str, partition: i32, format: &str) -> Vec<S
 
 /// Two brokers, a source topic, and a configured (not yet started) service.
 pub struct Pipeline {
-    pub external: Broker,
-    pub internal: Broker,
+    pub external: Arc<Broker>,
+    pub internal: Arc<Broker>,
     pub service: Service,
     pub topic: &'static str,
     pub partitions: i32,
@@ -868,8 +1066,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// On the binary's shared brokers ([`shared_brokers`]): `topic` must be a name no
+    /// other test of the binary uses.
     pub async fn new(topic: &'static str, partitions: i32, extra: &[(&str, &str)]) -> Self {
-        Self::with_internal(topic, partitions, extra, Broker::start()).await
+        let (external, internal) = shared_brokers();
+        Self::on(topic, partitions, extra, external, internal).await
+    }
+
+    /// As [`Pipeline::new`], on brokers of its own: for a test that pauses, kills or
+    /// restarts one.
+    pub async fn isolated(topic: &'static str, partitions: i32, extra: &[(&str, &str)]) -> Self {
+        Self::with_brokers(topic, partitions, extra, Broker::start(), Broker::start()).await
     }
 
     /// As [`Pipeline::new`], with a given internal broker (for example one behind a proxy).
@@ -879,7 +1086,8 @@ impl Pipeline {
         extra: &[(&str, &str)],
         internal: Broker,
     ) -> Self {
-        Self::with_brokers(topic, partitions, extra, Broker::start(), internal).await
+        let (external, _) = shared_brokers();
+        Self::on(topic, partitions, extra, external, Arc::new(internal)).await
     }
 
     /// As [`Pipeline::new`], with given brokers (for example durable ones).
@@ -889,6 +1097,16 @@ impl Pipeline {
         extra: &[(&str, &str)],
         external: Broker,
         internal: Broker,
+    ) -> Self {
+        Self::on(topic, partitions, extra, Arc::new(external), Arc::new(internal)).await
+    }
+
+    async fn on(
+        topic: &'static str,
+        partitions: i32,
+        extra: &[(&str, &str)],
+        external: Arc<Broker>,
+        internal: Arc<Broker>,
     ) -> Self {
         create_topic(&external.addr(), topic, partitions).await;
         let dir = tempfile::tempdir().unwrap();
