@@ -185,6 +185,32 @@ impl ClusterError {
         }
     }
 
+    /// Whether the broker refused a produce as larger than the topic's
+    /// `max.message.bytes` (Kafka checks each record batch against it; nothing of the
+    /// batch was stored).
+    pub fn is_message_too_large(&self) -> bool {
+        use rskafka::client::error::{Error, ProtocolError as P};
+        match self {
+            ClusterError::Client {
+                source:
+                    Error::ServerError {
+                        protocol_error: P::MessageTooLarge | P::RecordListTooLarge,
+                        ..
+                    },
+                ..
+            } => true,
+            ClusterError::Wire {
+                source: WireFailure::Broker(e),
+                ..
+            } => matches!(
+                e,
+                kafka_protocol::ResponseError::MessageTooLarge
+                    | kafka_protocol::ResponseError::RecordListTooLarge
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether TLS itself refused the broker (its certificate not trusted, expired or
     /// naming another host, or an alert from the broker): retrying the same
     /// configuration cannot succeed before someone changes a certificate, unlike a

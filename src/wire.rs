@@ -417,13 +417,17 @@ impl Connection {
         Ok(response)
     }
 
-    /// Metadata of one topic (brokers and partition leaders).
+    /// Metadata of one topic (brokers and partition leaders), creating none: a broker
+    /// with Kafka's default `auto.create.topics.enable=true` would otherwise create a
+    /// missing or deleted topic with its defaults.
     pub async fn metadata(&mut self, topic: &str) -> Result<MetadataResponse, WireError> {
         let version = self.version::<MetadataRequest>(1..=12)?;
-        let request = MetadataRequest::default().with_topics(Some(vec![
-            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                .with_name(Some(topic_name(topic))),
-        ]));
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(topic_name(topic))),
+            ]))
+            .with_allow_auto_topic_creation(false);
         self.call(&request, version).await
     }
 
@@ -450,14 +454,17 @@ impl Connection {
         let request = CreatePartitionsRequest::default()
             .with_topics(vec![CreatePartitionsTopic::default()
                 .with_name(topic_name(topic))
-                .with_count(count)])
+                .with_count(count)
+                // Null: the broker places the new partitions. An empty list (the
+                // default) asks for no assignment and Kafka refuses it.
+                .with_assignments(None)])
             .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32);
         let response = self.call(&request, version).await?;
         for result in response.results {
             if let Some(error) = kafka_protocol::ResponseError::try_from_code(result.error_code) {
                 let message = result
                     .error_message
-                    .map(|m| m.to_string())
+                    .map(|m| m.trim_end_matches('.').to_string())
                     .unwrap_or_default();
                 return Ok(Err(format!("{error:?} {message}").trim().to_owned()));
             }

@@ -150,10 +150,11 @@ async fn a_deleted_source_topic_fails_its_tasks_and_the_others_go_on() {
     assert!(service.terminate(Duration::from_secs(30)).success());
 }
 
+/// A new source topic whose internal topic exists already with fewer partitions: on a
+/// broker that offers CreatePartitions (Kafka) the internal topic grows; on one that
+/// does not (tansu 0.6) the task fails saying how to add them by hand.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_new_partition_whose_internal_partition_cannot_be_added_fails_with_what_to_do() {
-    // tansu offers no CreatePartitions: the internal topic cannot grow, and the task
-    // must say so (a broker that offers it gets the partitions added).
+async fn a_new_partition_beyond_an_existing_internal_topic_is_added_or_fails_with_what_to_do() {
     let external = Broker::start();
     let internal = Broker::start();
     create_topic(&external.addr(), "present", 1).await;
@@ -162,19 +163,93 @@ async fn a_new_partition_whose_internal_partition_cannot_be_added_fails_with_wha
     let mut service = start(&external, &internal, dir.path(), "present,wider");
     let api = ApiClient::new(&service.api().await, None);
     create_topic(&external.addr(), "wider", 2).await;
-    let s = wait_status(&api, "wider's partitions listed", |s| {
-        tasks_of(s, "wider").len() == 2
+    match platform() {
+        Platform::Kafka => {
+            let s = wait_status(&api, "wider's partitions running", |s| {
+                let wider = tasks_of(s, "wider");
+                wider.len() == 2 && wider.iter().all(|t| t["state"] == "RUNNING")
+            })
+            .await;
+            assert_eq!(tasks_of(&s, "wider").len(), 2, "{s:#}");
+            let topics = client(&internal.addr()).await.list_topics().await.unwrap();
+            let wider = topics.iter().find(|t| t.name == "int.wider").unwrap();
+            assert_eq!(wider.partitions.len(), 2, "int.wider grown to 2 partitions");
+        }
+        Platform::Tansu => {
+            let s = wait_status(&api, "wider's partitions listed, the second failed", |s| {
+                let wider = tasks_of(s, "wider");
+                wider.len() == 2 && wider[0]["state"] == "RUNNING" && wider[1]["state"] == "FAILED"
+            })
+            .await;
+            let wider = tasks_of(&s, "wider");
+            let trace = wider[1]["trace"].as_str().unwrap();
+            assert!(
+                trace.contains(
+                    "internal topic int.wider has 1 partitions and source partition wider/1 needs 2"
+                ) && trace.contains("Add them by hand"),
+                "{trace}"
+            );
+        }
+    }
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}
+
+/// Partitions added to a source topic while the service runs (Kafka's own
+/// `kafka-topics --alter --partitions`): kafka-direct adds them to the internal topic with
+/// CreatePartitions and copies them from offset 0, even with `auto.offset.reset=latest`
+/// (records written before they were noticed are not skipped).
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_added_to_a_source_topic_are_added_internally_and_copied_from_offset_0() {
+    let (external, internal) = shared_brokers();
+    create_topic(&external.addr(), "growing", 1).await;
+    let first = partition_client(&external.addr(), "growing", 0).await;
+    produce(&first, test_records(0, 0, 20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = start(&external, &internal, dir.path(), "growing");
+    let api = ApiClient::new(&service.api().await, None);
+    wait_status(&api, "growing/0 running", |s| {
+        tasks_of(s, "growing").len() == 1 && tasks_of(s, "growing")[0]["state"] == "RUNNING"
     })
     .await;
-    let wider = tasks_of(&s, "wider");
-    assert_eq!(wider[0]["state"], "RUNNING", "{s:#}");
-    assert_eq!(wider[1]["state"], "FAILED", "{s:#}");
-    let trace = wider[1]["trace"].as_str().unwrap();
+    kafka_tool(
+        "kafka-topics",
+        &[
+            "--bootstrap-server",
+            &external.addr(),
+            "--alter",
+            "--topic",
+            "growing",
+            "--partitions",
+            "3",
+        ],
+    );
+    for p in 1..3 {
+        let pc = partition_client(&external.addr(), "growing", p).await;
+        produce(&pc, test_records(p, 0, 15)).await;
+    }
+    let s = wait_status(&api, "growing's three partitions running", |s| {
+        let tasks = tasks_of(s, "growing");
+        tasks.len() == 3 && tasks.iter().all(|t| t["state"] == "RUNNING")
+    })
+    .await;
+    assert_eq!(tasks_of(&s, "growing").len(), 3, "{s:#}");
+    let topics = client(&internal.addr()).await.list_topics().await.unwrap();
+    let grown = topics.iter().find(|t| t.name == "int.growing").unwrap();
+    assert_eq!(grown.partitions.len(), 3, "int.growing's partitions");
+    for p in 1..3 {
+        reach_end(&internal.addr(), "int.growing", p, 15, WAIT)
+            .await
+            .unwrap_or_else(|now| panic!("int.growing/{p} at {now}; log:\n{}", service.log_text()));
+        let source = read_all(&external.addr(), "growing", p).await;
+        let copied = read_all(&internal.addr(), "int.growing", p).await;
+        assert_exactly_once(&source, &copied, "growing", p);
+    }
     assert!(
-        trace.contains(
-            "internal topic int.wider has 1 partitions and source partition wider/1 needs 2"
-        ) && trace.contains("Add them by hand"),
-        "{trace}"
+        service
+            .log_text()
+            .contains("added partitions to the internal topic"),
+        "{}",
+        service.log_text()
     );
     assert!(service.terminate(Duration::from_secs(30)).success());
 }

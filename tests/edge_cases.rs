@@ -2,10 +2,12 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
+use rskafka::record::Record;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -197,4 +199,174 @@ async fn transaction_markers_never_stop_a_partition() {
         })
         .await;
     assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// An open transaction holds the copy at the last stable offset, as it holds a
+/// read_committed consumer: records another producer writes after it wait until it
+/// ends, then follow in source order, with the transaction's records once if it commits
+/// and never if it aborts.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_transaction_holds_the_copy_at_the_last_stable_offset_until_it_ends() {
+    let mut p = Pipeline::new("opentxn", 1, &[]).await;
+    let (external, internal) = (p.external.addr(), p.internal.addr());
+    p.service.start();
+    produce_transactions(&external, "opentxn", 0, &["commit:2"]);
+    wait_for_end(&internal, "int.opentxn", 0, 2, WAIT).await;
+
+    for (round, commit) in [(0, true), (1, false)] {
+        let before = end_offset(&internal, "int.opentxn", 0).await;
+        let held = HeldTransaction::open(&external, "opentxn", 0, 3);
+        let after = format!("after-{round}-0\nafter-{round}-1\n");
+        kcat_produce(&external, "opentxn", 0, &[], &after);
+        // Nothing past the open transaction is copied while it stays open: the records
+        // after it sit above the last stable offset.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            end_offset(&internal, "int.opentxn", 0).await,
+            before,
+            "round {round}: records copied past an open transaction; log:\n{}",
+            p.service.log_text()
+        );
+        let expected = if commit {
+            held.commit();
+            before + 5
+        } else {
+            held.abort();
+            before + 2
+        };
+        if let Err(now) = reach_end(&internal, "int.opentxn", 0, expected, WAIT).await {
+            panic!(
+                "round {round}: int.opentxn reached {now}, not {expected}, once the transaction ended; log:\n{}",
+                p.service.log_text()
+            );
+        }
+    }
+    let copied = kcat_read(&internal, "int.opentxn", 0, "%s");
+    assert_eq!(
+        copied,
+        [
+            "0-commit-0",
+            "0-commit-1",
+            "0-hold-0",
+            "0-hold-1",
+            "0-hold-2",
+            "after-0-0",
+            "after-0-1",
+            "after-1-0",
+            "after-1-1"
+        ],
+        "committed and plain records in source order, each once; the aborted ones never"
+    );
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// A compacted source topic (Kafka's log cleaner removed superseded records): the copy
+/// holds exactly the records that survived, each once with its own source offset (the
+/// offsets have gaps), tombstones (null values) included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compacted_source_topic_is_copied_exactly_with_its_gaps_and_tombstones() {
+    // A cleaner that looks every half second instead of every 15.
+    let external =
+        Broker::start_kafka(None, &["--set".into(), "log.cleaner.backoff.ms=500".into()]);
+    let (_, internal) = shared_brokers();
+    let addr = external.addr();
+    kafka_tool(
+        "kafka-topics",
+        &[
+            "--bootstrap-server",
+            &addr,
+            "--create",
+            "--topic",
+            "compacted",
+            "--partitions",
+            "1",
+            "--config",
+            "cleanup.policy=compact",
+            "--config",
+            "segment.ms=100",
+            "--config",
+            "min.cleanable.dirty.ratio=0.01",
+            "--config",
+            "delete.retention.ms=86400000",
+        ],
+    );
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    // Ten keys written five times each, in rounds that land in segments of their own;
+    // a last round writes the even keys again, deleting two of them (tombstones), so
+    // the odd keys survive from the fifth round and the offsets have gaps.
+    let pc = partition_client(&addr, "compacted", 0).await;
+    for round in 0..6 {
+        let records = (0..10)
+            .filter(|k| round < 5 || k % 2 == 0)
+            .map(|k| Record {
+                key: Some(format!("key-{k}").into_bytes()),
+                value: (round < 5 || k >= 4).then(|| format!("round-{round}-key-{k}").into_bytes()),
+                headers: BTreeMap::new(),
+                timestamp: rskafka::chrono::DateTime::from_timestamp_millis(now_ms()).unwrap(),
+            })
+            .collect();
+        produce(&pc, records).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // One more record rolls the last round's segment, so the cleaner may take it too.
+    let roller = Record {
+        key: Some(b"roller".to_vec()),
+        value: Some(b"last".to_vec()),
+        headers: BTreeMap::new(),
+        timestamp: rskafka::chrono::DateTime::from_timestamp_millis(now_ms()).unwrap(),
+    };
+    produce(&pc, vec![roller]).await;
+    let deadline = Instant::now() + WAIT;
+    let source = loop {
+        let source = read_all(&addr, "compacted", 0).await;
+        // 5 odd keys of the fifth round, 5 even keys of the last (2 of them
+        // tombstones), the record that rolled the segment.
+        if source.len() == 11 {
+            break source;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log cleaner left {} of 56 records",
+            source.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let offsets: Vec<i64> = source.iter().map(|r| r.offset).collect();
+    assert!(
+        offsets.windows(2).any(|w| w[1] > w[0] + 1),
+        "compaction leaves gaps: {offsets:?}"
+    );
+    assert!(
+        source.iter().any(|r| r.record.value.is_none()),
+        "tombstones are kept"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &addr,
+            internal: &internal.addr(),
+            topics: "compacted",
+            extra: &[],
+        },
+    );
+    service.start();
+    wait_for_end(
+        &internal.addr(),
+        "int.compacted",
+        0,
+        source.len() as i64,
+        WAIT,
+    )
+    .await;
+    let copied = read_all(&internal.addr(), "int.compacted", 0).await;
+    assert_exactly_once(&source, &copied, "compacted", 0);
+    assert_eq!(copied.len(), source.len(), "one copy per surviving record");
+    assert!(service.terminate(Duration::from_secs(30)).success());
 }

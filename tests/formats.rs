@@ -23,6 +23,10 @@ fn dlq(p: &Pipeline) -> String {
     format!("int.{}.dlq", p.topic)
 }
 
+/// A big value that still fits, with the source headers and a dead letter's error
+/// headers, within a record batch of Kafka's default max.message.bytes (1 MiB + 12).
+const BIG: usize = 960 << 10;
+
 const DLQ_KEY: &str = "connector.errors.deadletterqueue.topic.name";
 
 fn record(key: Option<&[u8]>, value: Option<Vec<u8>>, i: i64) -> Record {
@@ -190,8 +194,9 @@ async fn string_format_dead_letters_invalid_utf8_and_forwards_the_rest() {
         "texts",
         1,
         &[("connector.format", "string"), (DLQ_KEY, "int.texts.dlq")],
-    ).await;
-    let big = vec![b'a'; 1 << 20];
+    )
+    .await;
+    let big = vec![b'a'; BIG];
     let values = vec![
         Some(b"hello".to_vec()),
         Some(b"\xff\xfe binary".to_vec()),
@@ -243,10 +248,11 @@ async fn json_format_dead_letters_what_is_not_one_json_document() {
         "jsons",
         1,
         &[("connector.format", "json"), (DLQ_KEY, "int.jsons.dlq")],
-    ).await;
+    )
+    .await;
     let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-    let big_good = format!("{{\"blob\": \"{}\"}}", "x".repeat(1 << 20));
-    let big_bad = format!("{{\"blob\": \"{}", "x".repeat(1 << 20));
+    let big_good = format!("{{\"blob\": \"{}\"}}", "x".repeat(BIG));
+    let big_bad = format!("{{\"blob\": \"{}", "x".repeat(BIG));
     let values: Vec<Option<Vec<u8>>> = [
         Some(r#"{ "a" : 1 }"#),
         Some(r#"{"a": "#),

@@ -1,10 +1,8 @@
-//! SASL against a real broker that requires it: tansu built with SQLite storage
-//! (scripts/install-sasl-broker), whose SASL offers SCRAM-SHA-256 and SCRAM-SHA-512.
-//! SASL_SSL puts stunnel in front of it. Records are written and read back by kcat
-//! (librdkafka) authenticating on its own, so both sides of each check are independent
-//! of kafka-direct's SASL code. PLAIN is not offered by this broker: its exchange is
-//! covered by the unit tests in src/wire.rs, and a PLAIN client is refused here with
-//! the message that says so.
+//! SASL against Apache Kafka listeners that require it: SASL_PLAINTEXT and SASL_SSL,
+//! with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 (SCRAM users made when the broker's
+//! storage is formatted). Records are written and read back by kcat (librdkafka)
+//! authenticating on its own, so both sides of each check are independent of
+//! kafka-direct's SASL code.
 
 mod common;
 
@@ -31,11 +29,9 @@ fn file_reference(dir: &Path, name: &str, secret: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sasl_plaintext_with_scram_on_both_clusters_replicates_exactly_once() {
-    let external = SaslBroker::start(
-        None,
-        &["user:alice:alice-secret:scram256", "topic:orders:2"],
-    );
-    let internal = SaslBroker::start(None, &["user:bob:bob-secret:scram512"]);
+    let external = SaslBroker::start(None, SCRAM, &[("alice", "alice-secret")]);
+    external.create("orders", 2).await;
+    let internal = SaslBroker::start(None, SCRAM, &[("bob", "bob-secret")]);
     let alice = kcat_sasl("SCRAM-SHA-256", "alice", "alice-secret", None);
     let bob = kcat_sasl("SCRAM-SHA-512", "bob", "bob-secret", None);
     produce_all(&external.addr(), "orders", 2, 150, &alice);
@@ -63,9 +59,9 @@ async fn sasl_plaintext_with_scram_on_both_clusters_replicates_exactly_once() {
     let (ok, text) = service.cli("check");
     assert!(ok, "{text}");
     for line in [
-        // tansu lists only the mechanism asked for; Kafka lists every enabled one.
-        "external cluster: SASL SCRAM-SHA-256 authentication as \"alice\" passed (the broker offers SCRAM-SHA-256)",
-        "internal cluster: SASL SCRAM-SHA-512 authentication as \"bob\" passed (the broker offers SCRAM-SHA-512)",
+        // Kafka lists every mechanism the listener enables (tansu only the one asked for).
+        "external cluster: SASL SCRAM-SHA-256 authentication as \"alice\" passed (the broker offers SCRAM-SHA-256, SCRAM-SHA-512)",
+        "internal cluster: SASL SCRAM-SHA-512 authentication as \"bob\" passed (the broker offers SCRAM-SHA-256, SCRAM-SHA-512)",
     ] {
         assert!(text.contains(line), "{line}: {text}");
     }
@@ -94,25 +90,19 @@ async fn sasl_plaintext_with_scram_on_both_clusters_replicates_exactly_once() {
     }
 }
 
-/// A broker requiring SASL/SCRAM behind stunnel, with these set-up items; its TLS
-/// address, and the broker and stunnel to keep alive.
-fn sasl_ssl_broker(pki: &Pki, setup: &[&str]) -> (String, SaslBroker, Stunnel) {
+/// A broker requiring SASL over TLS, offering `mechanisms` to `users`.
+fn sasl_ssl_broker(pki: &Pki, mechanisms: &str, users: &[(&str, &str)]) -> SecureBroker {
     let (cert, key) = pki.issue("server", &["127.0.0.1"], Valid::Long);
-    let port = free_port();
-    let sasl = SaslBroker::start(Some(port), setup);
-    let tls = Stunnel::front(port, sasl.port, &cert, &key, None);
-    (format!("127.0.0.1:{}", tls.port), sasl, tls)
+    SaslBroker::start(Some((&cert, &key)), mechanisms, users)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sasl_ssl_with_scram_on_both_clusters_replicates_and_check_reports_both_layers() {
     let pki = Pki::new("kafka-direct test CA");
-    let (addr, _external, _external_tls) = sasl_ssl_broker(
-        &pki,
-        &["user:carol:carol-secret:scram512", "topic:secure:2"],
-    );
-    let (internal, _internal, _internal_tls) =
-        sasl_ssl_broker(&pki, &["user:dave:dave-secret:scram256"]);
+    let external = sasl_ssl_broker(&pki, SCRAM, &[("carol", "carol-secret")]);
+    external.create("secure", 2).await;
+    let internal_broker = sasl_ssl_broker(&pki, SCRAM, &[("dave", "dave-secret")]);
+    let (addr, internal) = (external.addr(), internal_broker.addr());
     let ca = pki.path("ca.pem");
     let carol = kcat_sasl("SCRAM-SHA-512", "carol", "carol-secret", Some(&ca));
     let dave = kcat_sasl("SCRAM-SHA-256", "dave", "dave-secret", Some(&ca));
@@ -162,8 +152,10 @@ async fn sasl_ssl_with_scram_on_both_clusters_replicates_and_check_reports_both_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_sasl_failure_is_named_and_stops_the_service() {
-    let broker = SaslBroker::start(None, &["user:alice:alice-secret:scram256", "topic:t:1"]);
-    let internal = Broker::start();
+    // SCRAM only: a PLAIN client is told what the listener offers instead.
+    let broker = SaslBroker::start(None, SCRAM, &[("alice", "alice-secret")]);
+    broker.create("t", 1).await;
+    let (_, internal) = shared_brokers();
     let server = broker.addr();
     // (mechanism, user, password, what the message must say besides the user)
     let cases = [
@@ -183,7 +175,7 @@ async fn each_sasl_failure_is_named_and_stops_the_service() {
             "PLAIN",
             "alice",
             "alice-secret",
-            "is PLAIN enabled on this listener?",
+            "the broker does not enable PLAIN; it offers SCRAM-SHA-256, SCRAM-SHA-512: set sasl.mechanism to one of them",
         ),
     ];
     for (mechanism, user, password, needle) in cases {
@@ -210,4 +202,76 @@ async fn each_sasl_failure_is_named_and_stops_the_service() {
         assert!(!text.contains(password), "{text}");
         assert!(!log.contains(password), "{log}");
     }
+}
+
+/// SASL/PLAIN, over SASL_PLAINTEXT on the external cluster and SASL_SSL on the internal
+/// one (the rows only a broker offering PLAIN proves).
+#[tokio::test(flavor = "multi_thread")]
+async fn sasl_plain_over_plaintext_and_over_tls_replicates_exactly_once() {
+    let pki = Pki::new("kafka-direct test CA");
+    let external = SaslBroker::start(None, "PLAIN", &[("erin", "erin-secret")]);
+    external.create("plain", 2).await;
+    let internal = sasl_ssl_broker(&pki, "PLAIN", &[("frank", "frank-secret")]);
+    let ca = pki.path("ca.pem");
+    let erin = kcat_sasl("PLAIN", "erin", "erin-secret", None);
+    let frank = kcat_sasl("PLAIN", "frank", "frank-secret", Some(&ca));
+    produce_all(&external.addr(), "plain", 2, 100, &erin);
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: "plain",
+            extra: &[
+                ("connector.security.protocol", "SASL_PLAINTEXT"),
+                ("connector.sasl.mechanism", "PLAIN"),
+                ("connector.sasl.username", "erin"),
+                ("connector.sasl.password", "erin-secret"),
+                ("internal.security.protocol", "SASL_SSL"),
+                ("internal.ssl.ca.location", ca.to_str().unwrap()),
+                ("internal.sasl.mechanism", "PLAIN"),
+                ("internal.sasl.username", "frank"),
+                ("internal.sasl.password", "frank-secret"),
+            ],
+        },
+    );
+    let (ok, text) = service.cli("check");
+    assert!(ok, "{text}");
+    for line in [
+        "external cluster: SASL PLAIN authentication as \"erin\" passed (the broker offers PLAIN)",
+        "internal cluster: TLS handshake and certificate verification passed; SASL PLAIN authentication as \"frank\" passed",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    service.start();
+    for p in 0..2 {
+        assert_copied(&internal.addr(), "int.plain", "plain", p, 100, &frank).await;
+    }
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    // A wrong PLAIN password is refused by the broker, named, and never shown.
+    let dir = tempfile::tempdir().unwrap();
+    let mut refused = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: "plain",
+            extra: &[
+                ("connector.security.protocol", "SASL_PLAINTEXT"),
+                ("connector.sasl.mechanism", "PLAIN"),
+                ("connector.sasl.username", "erin"),
+                ("connector.sasl.password", "not-erins"),
+            ],
+        },
+    );
+    let named = format!(
+        "SASL PLAIN authentication of user \"erin\" with {} failed",
+        external.addr()
+    );
+    let (text, log) = refused.assert_refused_at_start(&[&named], &named);
+    assert!(
+        !text.contains("not-erins") && !log.contains("not-erins"),
+        "{text}"
+    );
 }

@@ -1,7 +1,7 @@
-//! TLS against a real broker: the test broker speaks plaintext only, so stunnel (Debian)
-//! terminates TLS in front of it and the broker advertises stunnel's port; every client
-//! connection, rskafka's and our own, goes through the TLS listener. Certificates are
-//! made here with rcgen, fresh for each test (no key is committed).
+//! TLS against Apache Kafka listeners that require it (SSL, and SSL with a client
+//! certificate required): every client connection, rskafka's and our own, goes through
+//! the TLS listener. Certificates are made here with rcgen, fresh for each test (no key
+//! is committed).
 
 mod common;
 
@@ -20,7 +20,7 @@ async fn ssl_on_both_clusters_replicates_exactly_once() {
     let internal = TlsBroker::start(&cert, &key, None);
     let ca_path = pki.path("ca.pem");
     let tls = kcat_tls(&ca_path, None);
-    create(&external, "secure", 2);
+    external.create("secure", 2).await;
     for p in 0..2 {
         produce_tls(&external.addr(), "secure", p, 150, &tls);
     }
@@ -75,9 +75,9 @@ async fn mutual_tls_with_an_inline_client_key_replicates_and_without_it_is_refus
     let (cert, key) = pki.issue("server", &["127.0.0.1"], Valid::Long);
     let (client_cert, client_key) = pki.issue("client", &["kafka-direct"], Valid::Long);
     let external = TlsBroker::start(&cert, &key, Some(&pki.path("ca.pem")));
-    let internal = Broker::start();
+    let (_, internal) = shared_brokers();
     let ca = pki.path("ca.pem");
-    create(&external, "mutual", 1);
+    external.create("mutual", 1).await;
     produce_tls(
         &external.addr(),
         "mutual",
@@ -144,8 +144,7 @@ async fn each_tls_failure_is_named_with_what_to_do() {
     let good_broker = TlsBroker::start(&good, &good_key, None);
     let wrong_name_broker = TlsBroker::start(&wrong_name, &wrong_name_key, None);
     let expired_broker = TlsBroker::start(&expired, &expired_key, None);
-    let internal = Broker::start();
-    let plain = Broker::start();
+    let (plain, internal) = shared_brokers();
     let ca = pki.path("ca.pem");
     let other_ca = other.path("ca.pem");
     // (server, connector keys, what the message must say)

@@ -384,6 +384,10 @@ impl Forwarder {
         };
         let mut tail = initial;
         let mut retry = Retry::new(Duration::from_secs(10));
+        // Bytes per produce request: forward.batch.max.bytes, halved each time the broker
+        // refuses a batch as larger than the topic's max.message.bytes (the byte count
+        // here is an estimate of the encoded batch).
+        let mut produce_max_bytes = self.max_bytes;
 
         // Entries read and decoded once, kept until every record in them is stored.
         let mut pending: VecDeque<FetchedBatch> = VecDeque::new();
@@ -435,7 +439,7 @@ impl Forwarder {
             let run = tail::next_run(
                 &records,
                 self.max_records,
-                self.max_bytes,
+                produce_max_bytes,
                 self.header_overhead(),
                 |r| self.route(r),
             )
@@ -585,6 +589,24 @@ impl Forwarder {
                         None => break,
                     }
                 }
+                // Refused whole, nothing stored: the same records go again in smaller
+                // requests. A single record too large is a failure to report.
+                Err(e) if e.is_message_too_large() && count > 1 => {
+                    let bytes: usize = run
+                        .records
+                        .iter()
+                        .map(|r| r.record.approximate_size() + self.header_overhead())
+                        .sum();
+                    produce_max_bytes = (bytes / 2).max(1);
+                    warn!(%partition, internal = %self.internal_name(), records = count, approximate_bytes = bytes, produce_max_bytes,
+                        "the internal broker refused a produce as larger than the topic's max.message.bytes; sending smaller requests (lower forward.batch.max.bytes to avoid this)");
+                }
+                Err(e) if e.is_message_too_large() => {
+                    error!(%partition, internal = %self.internal_name(), source_offset = last_source_offset,
+                        approximate_bytes = run.records[0].record.approximate_size() + self.header_overhead(),
+                        "this record alone is larger than the internal topic's max.message.bytes: raise it on the internal topic (kafka-configs --alter --entity-type topics --add-config max.message.bytes=...) and restart the connector");
+                    return Err(self.cluster_failure(e));
+                }
                 Err(e) => return Err(self.cluster_failure(e)),
             }
         }
@@ -640,9 +662,12 @@ impl Forwarder {
     }
 
     /// Bytes the source headers and record framing add to each produced record (an
-    /// upper bound: three header names, a topic name, two decimal numbers, varints).
+    /// upper bound: three header names (80 bytes), a topic name, a partition and an offset
+    /// in decimal (up to 24), the headers' six length varints (12), and the record's own
+    /// length, attributes, timestamp and offset deltas, key and value lengths and header
+    /// count (19)).
     fn header_overhead(&self) -> usize {
-        96 + self.partition().topic.len()
+        135 + self.partition().topic.len()
     }
 }
 

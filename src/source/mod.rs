@@ -322,13 +322,22 @@ impl Fetcher {
         let earliest = reader.earliest(&self.cluster).await?;
         match self.reset {
             OffsetReset::Earliest => Ok(earliest),
-            // The end of the partition is taken from a fetch's high watermark, which is
-            // what ListOffsets(latest) answers on Kafka (see docs/compatibility.md).
+            // The end of the partition as a read_committed consumer sees it: the last
+            // stable offset, from a fetch (tansu's ListOffsets(latest) is not exact;
+            // docs/compatibility.md). Below an open transaction, not past it: starting at
+            // the high watermark would copy the second half of a transaction that commits
+            // later. A broker that sends no last stable offset (-1) has no transactions
+            // open there: its high watermark.
             OffsetReset::Latest => {
                 let fetched = reader
                     .fetch(&self.cluster, earliest, 1, PROBE_WAIT_MS)
                     .await?;
-                Ok(fetched.high_watermark.max(earliest))
+                let end = if fetched.last_stable_offset >= 0 {
+                    fetched.last_stable_offset.min(fetched.high_watermark)
+                } else {
+                    fetched.high_watermark
+                };
+                Ok(end.max(earliest))
             }
         }
     }

@@ -67,6 +67,23 @@ pub fn cli(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Runs one of Apache Kafka's own command-line tools (scripts/kafka-tool, e.g.
+/// `kafka-topics`) and returns its standard output; fails the test if it fails.
+pub fn kafka_tool(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(repo_root().join("scripts/kafka-tool"))
+        .arg(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/kafka-tool {tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Debian's Chromium, installed on first use (for the status page test).
 pub fn chromium() -> PathBuf {
     run_script("install-chromium")
@@ -106,7 +123,9 @@ pub fn platform() -> Platform {
     match std::env::var("KAFKA_DIRECT_TEST_PLATFORM").as_deref() {
         Err(_) | Ok("") | Ok("kafka") => Platform::Kafka,
         Ok("tansu") => Platform::Tansu,
-        Ok(other) => panic!("KAFKA_DIRECT_TEST_PLATFORM={other}: the platforms are kafka and tansu"),
+        Ok(other) => {
+            panic!("KAFKA_DIRECT_TEST_PLATFORM={other}: the platforms are kafka and tansu")
+        }
     }
 }
 
@@ -146,7 +165,7 @@ static SHARED: std::sync::OnceLock<(Arc<Broker>, Arc<Broker>)> = std::sync::Once
 /// uses topic names of its own on them.
 pub fn shared_brokers() -> (Arc<Broker>, Arc<Broker>) {
     let (external, internal) = SHARED.get_or_init(|| {
-        let other = std::thread::spawn(|| Broker::start_shared());
+        let other = std::thread::spawn(Broker::start_shared);
         let external = Broker::start_shared();
         let internal = other.join().expect("the shared internal broker starts");
         (Arc::new(external), Arc::new(internal))
@@ -192,8 +211,7 @@ impl Broker {
             let (port, controller_port) = (free_port(), free_port());
             let advertised = advertised.unwrap_or(port);
             let dir = tempfile::tempdir().unwrap();
-            if let Some(child) =
-                spawn_kafka(port, controller_port, dir.path(), advertised, args, 1)
+            if let Some(child) = spawn_kafka(port, controller_port, dir.path(), advertised, args, 1)
             {
                 return Self {
                     child: std::sync::Mutex::new(Some(child)),
@@ -345,6 +363,10 @@ fn spawn_kafka(
         .arg(dir.join("node"))
         // The broker goes with this test binary, however the binary ends.
         .args(["--watch", &std::process::id().to_string()])
+        // The test records carry fixed timestamps of 2023, which time-based retention
+        // (7 days by default) would delete within minutes; a test of retention sets it
+        // on its topic.
+        .args(["--set", "log.retention.ms=-1"])
         .args(args)
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -640,11 +662,24 @@ pub fn produce_in_background_until(
     })
 }
 
+/// Produces `records` in requests of at most 200 records and (but for a single record)
+/// 900 KiB, within Kafka's default max.message.bytes.
 pub async fn produce(pc: &PartitionClient, records: Vec<Record>) {
-    for chunk in records.chunks(200) {
-        pc.produce(chunk.to_vec(), Compression::NoCompression)
-            .await
-            .unwrap();
+    let mut chunk: Vec<Record> = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        let size = record.approximate_size();
+        if !chunk.is_empty() && (chunk.len() == 200 || bytes + size > 900 << 10) {
+            pc.produce(std::mem::take(&mut chunk), Compression::NoCompression)
+                .await
+                .unwrap();
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(record);
+    }
+    if !chunk.is_empty() {
+        pc.produce(chunk, Compression::NoCompression).await.unwrap();
     }
 }
 
@@ -668,9 +703,13 @@ pub async fn read_all(addr: &str, topic: &str, partition: i32) -> Vec<RecordAndO
     }
 }
 
-/// High watermark of a partition, from a fetch (exact on tansu, where ListOffsets is not).
+/// High watermark of a partition: ListOffsets (latest) on Kafka; on tansu, where
+/// ListOffsets is not exact, from a fetch.
 pub async fn end_offset(addr: &str, topic: &str, partition: i32) -> i64 {
     let pc = partition_client(addr, topic, partition).await;
+    if platform() == Platform::Kafka {
+        return pc.get_offset(OffsetAt::Latest).await.unwrap();
+    }
     let earliest = pc.get_offset(OffsetAt::Earliest).await.unwrap();
     pc.fetch_records(earliest, 1..1, 1).await.unwrap().1
 }
@@ -1039,6 +1078,62 @@ pub fn produce_transactions(addr: &str, topic: &str, partition: i32, steps: &[&s
     assert!(status.success(), "transactions.py {steps:?} failed");
 }
 
+/// A transaction left open by tests/support/transactions.py (`hold:N`): its records are
+/// written, and it ends when the test says so.
+pub struct HeldTransaction {
+    child: Child,
+}
+
+impl HeldTransaction {
+    /// Opens a transaction of `n` records (values `0-hold-<i>`) on one partition and
+    /// returns once they are written.
+    pub fn open(addr: &str, topic: &str, partition: i32, n: usize) -> Self {
+        use std::io::BufRead;
+        let root = repo_root();
+        let mut child = Command::new("python3")
+            .arg(root.join("tests/support/transactions.py"))
+            .args([addr, topic, &partition.to_string(), &format!("hold:{n}")])
+            .env("PYTHONPATH", root.join("target/kcat/python"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "open",
+            "transactions.py hold:{n} did not open its transaction"
+        );
+        Self { child }
+    }
+
+    pub fn commit(mut self) {
+        use std::io::Write;
+        self.child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"commit\n")
+            .unwrap();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "committing the held transaction failed"
+        );
+    }
+
+    pub fn abort(mut self) {
+        drop(self.child.stdin.take());
+        assert!(
+            self.child.wait().unwrap().success(),
+            "aborting the held transaction failed"
+        );
+    }
+}
+
 /// Values of a partition read by kcat (an independent client), in offset order.
 pub fn kcat_read(addr: &str, topic: &str, partition: i32, format: &str) -> Vec<String> {
     let out = std::process::Command::new(kcat())
@@ -1098,7 +1193,14 @@ impl Pipeline {
         external: Broker,
         internal: Broker,
     ) -> Self {
-        Self::on(topic, partitions, extra, Arc::new(external), Arc::new(internal)).await
+        Self::on(
+            topic,
+            partitions,
+            extra,
+            Arc::new(external),
+            Arc::new(internal),
+        )
+        .await
     }
 
     async fn on(

@@ -1,10 +1,9 @@
 //! Secured brokers for the TLS and SASL tests: a test CA (rcgen; no key is committed),
-//! stunnel (Debian) terminating TLS in front of a plaintext broker that advertises
-//! stunnel's port, a broker that requires SASL/SCRAM (scripts/sasl-broker), and kcat
-//! reading and writing through them.
+//! Apache Kafka brokers whose listeners require TLS, mutual TLS or SASL (PLAIN,
+//! SCRAM-SHA-256/512), and kcat reading and writing through them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rcgen::{
@@ -86,140 +85,93 @@ impl Pki {
     }
 }
 
-/// stunnel terminating TLS on `port` for the plaintext listener on `backend`
-/// (mutual TLS with `client_ca`).
-pub struct Stunnel {
-    child: Child,
-    pub port: u16,
-    _conf: tempfile::TempDir,
-}
-
-impl Stunnel {
-    pub fn front(
-        port: u16,
-        backend: u16,
-        cert: &Path,
-        key: &Path,
-        client_ca: Option<&Path>,
-    ) -> Self {
-        let stunnel_bin = run_script("install-stunnel");
-        let conf = tempfile::tempdir().unwrap();
-        let mut text = format!(
-            "foreground = yes\npid =\ndebug = 3\n[kafka]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{backend}\ncert = {}\nkey = {}\n",
-            cert.display(),
-            key.display()
-        );
-        if let Some(ca) = client_ca {
-            text.push_str(&format!(
-                "CAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
-                ca.display()
-            ));
-        }
-        let file = conf.path().join("stunnel.conf");
-        std::fs::write(&file, text).unwrap();
-        let child = Command::new(stunnel_bin)
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let child = listening(child, port, Duration::from_secs(10)).expect("stunnel listens");
-        Self {
-            child,
-            port,
-            _conf: conf,
-        }
-    }
-}
-
-impl Drop for Stunnel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A tansu broker behind a stunnel TLS listener (mutual TLS with `client_ca`).
-pub struct TlsBroker {
+/// An Apache Kafka broker with a secured listener (scripts/kafka --secure) beside its
+/// plaintext one: the service and kcat use the secured one, the test kit creates topics
+/// on the plaintext one.
+pub struct SecureBroker {
     pub broker: Broker,
-    tls: Stunnel,
+    pub secure_port: u16,
 }
+
+impl SecureBroker {
+    /// `kind` is SASL_PLAINTEXT, SSL, MTLS or SASL_SSL; `tls` the server certificate and
+    /// key (SSL kinds), `client_ca` the CA of client certificates (MTLS); `users` are
+    /// SASL users of every mechanism in `mechanisms`.
+    pub fn start(
+        kind: &str,
+        tls: Option<(&Path, &Path)>,
+        client_ca: Option<&Path>,
+        mechanisms: &str,
+        users: &[(&str, &str)],
+    ) -> Self {
+        let secure_port = free_port();
+        let mut args = vec![
+            "--secure".to_owned(),
+            format!("{kind}:{secure_port}"),
+            "--mechanisms".to_owned(),
+            mechanisms.to_owned(),
+        ];
+        if let Some((cert, key)) = tls {
+            // Kafka's PEM key store: the PKCS#8 key and the certificate in one file.
+            let store = cert.with_extension("keystore.pem");
+            let text =
+                std::fs::read_to_string(key).unwrap() + &std::fs::read_to_string(cert).unwrap();
+            std::fs::write(&store, text).unwrap();
+            args.extend(["--keystore".to_owned(), store.display().to_string()]);
+        }
+        if let Some(ca) = client_ca {
+            args.extend(["--truststore".to_owned(), ca.display().to_string()]);
+        }
+        for (user, password) in users {
+            args.extend(["--user".to_owned(), format!("{user}:{password}")]);
+        }
+        Self {
+            broker: Broker::start_kafka(None, &args),
+            secure_port,
+        }
+    }
+
+    /// The secured listener's address.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.secure_port)
+    }
+
+    /// Creates a topic on the plaintext listener.
+    pub async fn create(&self, topic: &str, partitions: i32) {
+        create_topic(&self.broker.addr(), topic, partitions).await;
+    }
+}
+
+/// A Kafka broker whose secured listener speaks TLS (mutual TLS with `client_ca`).
+pub struct TlsBroker;
 
 impl TlsBroker {
-    pub fn start(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Self {
-        let port = free_port();
-        let broker = Broker::start_advertising(Some(port));
-        let tls = Stunnel::front(port, broker.port, cert, key, client_ca);
-        Self { broker, tls }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.tls.port)
+    pub fn start(cert: &Path, key: &Path, client_ca: Option<&Path>) -> SecureBroker {
+        let kind = if client_ca.is_some() { "MTLS" } else { "SSL" };
+        SecureBroker::start(kind, Some((cert, key)), client_ca, "PLAIN", &[])
     }
 }
 
-/// A broker that requires SASL/SCRAM (scripts/sasl-broker), its users and topics made
-/// at start: `user:NAME:PASSWORD:scram256|scram512`, `topic:NAME:PARTITIONS`.
-pub struct SaslBroker {
-    child: Child,
-    pub port: u16,
-    _data: tempfile::TempDir,
-}
+/// The SCRAM mechanisms Kafka offers (SCRAM users are made for both).
+pub const SCRAM: &str = "SCRAM-SHA-256,SCRAM-SHA-512";
+
+/// A Kafka broker whose secured listener requires SASL (over TLS with `tls`), offering
+/// `mechanisms` to `users`.
+pub struct SaslBroker;
 
 impl SaslBroker {
-    /// Advertises `advertised` (a TLS terminator's port) or its own port.
-    pub fn start(advertised: Option<u16>, setup: &[&str]) -> Self {
-        run_script("install-sasl-broker");
-        for _ in 0..5 {
-            let port = free_port();
-            let data = tempfile::tempdir().unwrap();
-            let child = Command::new(repo_root().join("scripts/sasl-broker"))
-                .arg(port.to_string())
-                .arg(data.path())
-                .arg(advertised.unwrap_or(port).to_string())
-                .args(setup)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            if let Some(child) = listening_after_setup(child, port, data.path()) {
-                return Self {
-                    child,
-                    port,
-                    _data: data,
-                };
-            }
-        }
-        panic!("could not start a SASL broker");
+    pub fn start(
+        tls: Option<(&Path, &Path)>,
+        mechanisms: &str,
+        users: &[(&str, &str)],
+    ) -> SecureBroker {
+        let kind = if tls.is_some() {
+            "SASL_SSL"
+        } else {
+            "SASL_PLAINTEXT"
+        };
+        SecureBroker::start(kind, tls, None, mechanisms, users)
     }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for SaslBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until the broker that scripts/sasl-broker `exec`s listens: the set-up run
-/// (if any) has stopped once DIR/ready exists.
-fn listening_after_setup(mut child: Child, port: u16, data: &Path) -> Option<Child> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !data.join("ready").exists() {
-        if let Ok(Some(_)) = child.try_wait() {
-            return None;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "SASL broker set-up did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    listening(child, port, Duration::from_secs(20))
 }
 
 /// librdkafka's SASL settings for kcat (SASL_PLAINTEXT, or SASL_SSL with `ca`).
@@ -242,25 +194,6 @@ pub fn kcat_sasl(mechanism: &str, user: &str, password: &str, ca: Option<&Path>)
         None => args.push("security.protocol=sasl_plaintext".to_owned()),
     }
     args
-}
-
-/// Creates a topic through the broker's own CLI on its plaintext port (the broker
-/// advertises the TLS port, which a plaintext client cannot use).
-pub fn create(tls: &TlsBroker, topic: &str, partitions: i32) {
-    install_tools();
-    let status = Command::new(repo_root().join("target/brokers/tansu"))
-        .args([
-            "topic",
-            "create",
-            topic,
-            "--partitions",
-            &partitions.to_string(),
-        ])
-        .args(["--broker", &format!("tcp://{}", tls.broker.addr())])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "tansu topic create {topic}");
 }
 
 /// librdkafka's TLS settings for kcat.

@@ -3,7 +3,9 @@
     transactions.py BOOTSTRAP TOPIC PARTITION STEP...
 
 Each STEP is `commit:N` or `abort:N` (a transaction of N records, then committed or
-aborted) or `plain:N` (N records from a non-transactional producer). Values are
+aborted), `plain:N` (N records from a non-transactional producer) or `hold:N` (a
+transaction of N records left open: the script prints "open" and commits it once a line
+arrives on its standard input, or aborts it if the input closes empty). Values are
 `<step index>-<kind>-<record index>`, so a reader can tell which records must arrive.
 Run with PYTHONPATH pointing at the unpacked confluent-kafka wheel
 (scripts/install-kcat).
@@ -32,7 +34,14 @@ def main():
         txn.begin_transaction()
         for v in values:
             txn.produce(topic, value=v, partition=partition)
-        if kind == "commit":
+        if kind == "hold":
+            txn.flush(30)
+            print("open", flush=True)
+            if sys.stdin.readline():
+                txn.commit_transaction(30)
+            else:
+                txn.abort_transaction(30)
+        elif kind == "commit":
             txn.commit_transaction(30)
         elif kind == "abort":
             txn.abort_transaction(30)
