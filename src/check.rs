@@ -519,6 +519,11 @@ async fn topics(
                 format!("auto.offset.reset=latest: the {n} records already in {topic} are not copied (for partitions without a checkpoint); nothing arrives until producers write"),
                 "set connector.auto.offset.reset=earliest to copy what the topic holds",
             ),
+            (OffsetReset::None, _) => report.warn(
+                "topics",
+                format!("auto.offset.reset=none: partitions of {topic} without a checkpoint or an offset set through the API will not start, and a partition whose position is removed by retention stops"),
+                "set connector.auto.offset.reset=earliest, or set offsets through the API before the first start (docs/api.md)",
+            ),
             (OffsetReset::Earliest, _) => {}
         }
     }

@@ -382,12 +382,15 @@ impl Cluster {
 }
 
 /// `max_wait_ms` of fetches that only probe the current state (high watermark, last
-/// record). Kafka answers a 0 ms fetch at once; tansu 0.6 answers it with an empty
-/// response, so 1 ms is used (docs/compatibility.md).
+/// record). Serves tansu 0.6, which answers a 0 ms fetch with an empty response
+/// (docs/compatibility.md); harmless on Kafka, which answers a 1 ms probe at once when
+/// records are there and after 1 ms when not.
 pub const PROBE_WAIT_MS: i32 = 1;
 
-/// The waits of successive reads that must find records known to exist: tansu
-/// sometimes answers a short fetch without records (or without the partition).
+/// The waits of successive reads that must find records known to exist. Serves tansu
+/// 0.6, which sometimes answers a short fetch without records (or without the
+/// partition); harmless on Kafka, where the first read finds them and the later waits
+/// are spent only when the range is really empty.
 pub const READ_WAITS_MS: [i32; 3] = [PROBE_WAIT_MS, 100, 500];
 
 /// Exponential backoff for our own retry loops: 100 ms doubling up to `max`.

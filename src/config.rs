@@ -92,6 +92,10 @@ pub enum OffsetReset {
     Earliest,
     /// The end of the partition: only records written from now on.
     Latest,
+    /// No automatic choice: a partition without a position, or whose position is no
+    /// longer in the source partition (records removed by retention before they were
+    /// copied), stops with an error until its offset is reset through the API.
+    None,
 }
 
 /// Compression of batches written to the internal cluster.
@@ -493,7 +497,7 @@ const CONNECTOR_KEYS: &[Key] = &[
     Key {
         name: "auto.offset.reset",
         default: Some("earliest"),
-        doc: "earliest | latest",
+        doc: "earliest | latest | none: where a partition without a position starts, and where it goes on when its position was removed by retention before it was copied (none: it stops with an error naming the lost offsets)",
     },
     Key {
         name: "security.protocol",
@@ -818,6 +822,7 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
             &[
                 ("earliest", OffsetReset::Earliest),
                 ("latest", OffsetReset::Latest),
+                ("none", OffsetReset::None),
             ],
         )?,
         dead_letter_topic: dlq,

@@ -36,6 +36,11 @@ pub struct PartitionMetrics {
     pub aborted_records: AtomicU64,
     /// Produce acknowledgements whose offsets were not the expected partition end.
     pub unexpected_produce_offsets: AtomicU64,
+    /// Source offsets skipped because they were no longer in the source partition
+    /// (removed by retention or DeleteRecords before they were copied), since start.
+    pub skipped_offsets: AtomicU64,
+    /// The last skipped range, `from..to` (to exclusive), for the status.
+    pub skipped_range: Mutex<Option<(i64, i64)>>,
     /// Source high watermark at the last fetch (-1 before the first).
     pub source_high_watermark: AtomicI64,
     /// Next source offset to fetch (-1 before it is known).
@@ -121,6 +126,8 @@ impl PartitionMetrics {
             dead_lettered: Default::default(),
             aborted_records: AtomicU64::new(0),
             unexpected_produce_offsets: AtomicU64::new(0),
+            skipped_offsets: AtomicU64::new(0),
+            skipped_range: Mutex::new(None),
             source_high_watermark: AtomicI64::new(-1),
             fetched_next: AtomicI64::new(-1),
             forwarded_next: AtomicI64::new(-1),

@@ -389,6 +389,15 @@ impl Connection {
             .read_i32()
             .await
             .map_err(|source| self.io_error(source))?;
+        let [first, second, ..] = len.to_be_bytes();
+        if (first == 0x15 || first == 0x16) && second == 0x03 {
+            // A TLS record (an alert or a handshake), not a Kafka response: Kafka's TLS
+            // listener answers a plaintext request this way.
+            return Err(self.io_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the broker answered with a TLS record",
+            )));
+        }
         if len < 4 || len as usize > MAX_RESPONSE_BYTES {
             return Err(self.codec_error(api, format!("response length {len} is out of range")));
         }

@@ -103,6 +103,11 @@ const COUNTERS: &[(&str, &str, CounterOf)] = &[
         |p| p.aborted_records.load(Ordering::Relaxed),
     ),
     (
+        "skipped_offsets",
+        "Source offsets skipped because retention or DeleteRecords removed them before they were copied",
+        |p| p.skipped_offsets.load(Ordering::Relaxed),
+    ),
+    (
         "unexpected_produce_offsets",
         "Produce acknowledgements at an offset other than the expected partition end (another writer, or a request stored twice)",
         |p| p.unexpected_produce_offsets.load(Ordering::Relaxed),

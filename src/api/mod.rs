@@ -335,6 +335,12 @@ fn task_of(id: usize, p: &PartitionMetrics, worker_id: &str) -> Value {
         "records_dead_lettered": p.dead_lettered_total(),
         "produce_in_doubt": p.produce_in_doubt.load(Relaxed),
     });
+    if let Some((from, to)) = *p.skipped_range.lock().unwrap_or_else(|e| e.into_inner()) {
+        task["skipped_offsets"] = json!({
+            "total": p.skipped_offsets.load(Relaxed),
+            "last": format!("{from}..{}", to - 1),
+        });
+    }
     if let Some(error) = p.error() {
         task["trace"] = json!(error);
     }

@@ -747,9 +747,13 @@ async fn run_partition(
     );
     forwarder.metrics.set_state(TaskState::Running);
     let fetch_storage_failed = storage_failed.clone();
+    let fetch_metrics = Arc::clone(&forwarder.metrics);
     let fetch = tokio::spawn(async move {
         let fetched = fetcher.run().await;
         if let Err(e) = &fetched {
+            // The status says so at once: the forwarder goes on with what the WAL holds
+            // and ends only when stopped.
+            fetch_metrics.fail(e.to_string());
             if e.wal_error().is_some_and(WalError::is_storage_failure) {
                 // sled refuses every write after this: every task of every connector
                 // stops (a restart resumes from the last commit).

@@ -43,6 +43,14 @@ pub enum SourceError {
         /// The WAL error.
         source: WalError,
     },
+    /// The partition has no position to fetch from and `auto.offset.reset=none`.
+    #[error("fetching {partition} stopped: {message}")]
+    Position {
+        /// The partition.
+        partition: SourcePartition,
+        /// What is missing and the way out.
+        message: String,
+    },
 }
 
 impl SourceError {
@@ -50,7 +58,7 @@ impl SourceError {
     pub fn wal_error(&self) -> Option<&WalError> {
         match self {
             SourceError::Wal { source, .. } => Some(source),
-            SourceError::Cluster { .. } => None,
+            SourceError::Cluster { .. } | SourceError::Position { .. } => None,
         }
     }
 }
@@ -155,9 +163,45 @@ impl Fetcher {
                     error!(%partition, error = %e, "WAL write failed: fetching stops for this partition");
                     return Err(wal_err(e));
                 }
+                Err(StepError::Position(message)) => {
+                    error!(%partition, "{message}");
+                    return Err(SourceError::Position { partition, message });
+                }
                 Err(StepError::Cluster(e)) if e.is_offset_out_of_range() => {
-                    warn!(%partition, offset = ?next, "fetch offset is out of range (records removed by retention before they were copied); applying auto.offset.reset");
-                    next = None;
+                    let Some(from) = next else {
+                        next = None;
+                        continue;
+                    };
+                    match self.reposition(&mut leader, from).await {
+                        Ok(Ok(to)) => {
+                            next = Some(to);
+                            self.metrics.fetched_next.store(to, Ordering::Relaxed);
+                        }
+                        Ok(Err(message)) => {
+                            error!(%partition, "{message}");
+                            return Err(SourceError::Position { partition, message });
+                        }
+                        Err(StepError::Cluster(e)) if e.is_transient() => {
+                            leader = None;
+                            let delay = retry.delay();
+                            warn!(%partition, error = %e, retry_in = ?delay, "reading the partition's bounds after an out-of-range fetch failed; retrying");
+                            tokio::select! {
+                                _ = self.cancel.cancelled() => break,
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                        }
+                        Err(StepError::Wal(e)) => return Err(wal_err(e)),
+                        Err(StepError::Cluster(e)) => {
+                            error!(%partition, error = %e, "fetching stops for this partition");
+                            return Err(SourceError::Cluster {
+                                partition,
+                                source: e,
+                            });
+                        }
+                        Err(StepError::Position(message)) => {
+                            return Err(SourceError::Position { partition, message })
+                        }
+                    }
                 }
                 Err(StepError::Cluster(e)) if e.is_transient() => {
                     leader = None;
@@ -201,6 +245,11 @@ impl Fetcher {
         let offset = match *next {
             Some(offset) => offset,
             None => {
+                if self.reset == OffsetReset::None {
+                    return Err(StepError::Position(format!(
+                        "{partition} has no position (no checkpoint, nothing of it in the internal topic) and auto.offset.reset=none: set auto.offset.reset to earliest or latest, or give the partition an offset through the API (PATCH /connectors/<name>/offsets while the connector is stopped; docs/api.md)"
+                    )));
+                }
                 let offset = self.start_offset(reader).await?;
                 // Persist the start at once: a restart must not re-apply `latest` later
                 // and skip what arrived in between.
@@ -321,7 +370,7 @@ impl Fetcher {
     async fn start_offset(&self, reader: &mut PartitionReader) -> Result<i64, ClusterError> {
         let earliest = reader.earliest(&self.cluster).await?;
         match self.reset {
-            OffsetReset::Earliest => Ok(earliest),
+            OffsetReset::Earliest | OffsetReset::None => Ok(earliest),
             // The end of the partition as a read_committed consumer sees it: the last
             // stable offset, from a fetch (tansu's ListOffsets(latest) is not exact;
             // docs/compatibility.md). Below an open transaction, not past it: starting at
@@ -343,6 +392,79 @@ impl Fetcher {
     }
 }
 
+impl Fetcher {
+    /// Where to go on after the broker answered OFFSET_OUT_OF_RANGE at `from`, as a Kafka
+    /// consumer with the same `auto.offset.reset` does, never silently: records removed
+    /// before they were copied (retention, DeleteRecords) are counted, logged and named
+    /// in the status. `Ok(Err(why))` when `none` says to stop. The new position is
+    /// committed to the WAL before it is used.
+    async fn reposition(
+        &self,
+        leader: &mut Option<PartitionReader>,
+        from: i64,
+    ) -> Result<Result<i64, String>, StepError> {
+        let partition = self.partition();
+        if leader.is_none() {
+            *leader = Some(
+                PartitionReader::connect(&self.cluster, &partition.topic, partition.partition)
+                    .await?,
+            );
+        }
+        let reader = leader.as_mut().expect("leader was just set");
+        let earliest = reader.earliest(&self.cluster).await?;
+        let fetched = reader
+            .fetch(&self.cluster, earliest, 1, PROBE_WAIT_MS)
+            .await?;
+        let end = fetched.high_watermark.max(earliest);
+        let policy = match self.reset {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+            OffsetReset::None => "none",
+        };
+        if (earliest..=end).contains(&from) {
+            // In range again (a leader that had not caught up): fetch there once more.
+            return Ok(Ok(from));
+        }
+        let target = match self.reset {
+            OffsetReset::Earliest => earliest,
+            OffsetReset::Latest => self.start_offset(reader).await?,
+            OffsetReset::None if from < earliest => {
+                return Ok(Err(format!(
+                    "source offsets {from}..{} of {partition} were removed (retention or DeleteRecords) before they were copied, and auto.offset.reset=none: the partition stops here. To go on from the oldest record kept, stop the connector, set this partition's offset to {earliest} (PATCH /connectors/<name>/offsets; docs/api.md) and resume it, or set auto.offset.reset=earliest",
+                    earliest - 1
+                )));
+            }
+            OffsetReset::None => {
+                return Ok(Err(format!(
+                    "{partition} ends at offset {end}, below kafka-direct's position {from} (the partition was truncated or the topic re-created), and auto.offset.reset=none: the partition stops here; set its offset through the API (PATCH /connectors/<name>/offsets; docs/api.md)"
+                )));
+            }
+        };
+        if from < earliest {
+            let skipped = (target - from).max(0);
+            self.metrics
+                .skipped_offsets
+                .fetch_add(skipped as u64, Ordering::Relaxed);
+            *self
+                .metrics
+                .skipped_range
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((from, target));
+            warn!(%partition, from, to = target - 1, skipped, policy,
+                "source offsets were removed (retention or DeleteRecords) before they were copied: skipped as auto.offset.reset says");
+        } else {
+            warn!(%partition, position = from, end, resume = target, policy,
+                "the source partition ends below kafka-direct's position (truncated, or the topic re-created): going on as auto.offset.reset says");
+        }
+        self.log.append(&FetchedBatch {
+            records: Vec::new(),
+            next_offset: target,
+        })?;
+        self.wal.commit().await?;
+        Ok(Ok(target))
+    }
+}
+
 /// The pause before the next fetch after `streak` empty fetches below the high
 /// watermark: none after the first, then 5, 10, 20 ... ms up to 200 ms.
 fn empty_fetch_pause(streak: u32) -> Duration {
@@ -361,6 +483,8 @@ enum Step {
 enum StepError {
     Cluster(ClusterError),
     Wal(WalError),
+    /// No position to fetch from, and auto.offset.reset says not to choose one.
+    Position(String),
 }
 
 impl From<ClusterError> for StepError {

@@ -14,7 +14,9 @@ use crate::wire::{self, topic_name, Connection, WireError};
 /// Fetch versions used: 4 is the first with the aborted-transactions list; 11 is the
 /// last before the flexible encoding (12), whose tagged fields add nothing used here and
 /// which tansu 0.6 with SQLite storage gets wrong (it writes the v16 NodeEndpoints tag
-/// into v12 answers, which the decoder rightly refuses: docs/compatibility.md).
+/// into v12 answers, which the decoder rightly refuses: docs/compatibility.md). The cap
+/// serves tansu; on Kafka (4.x accepts 4 to 17) it costs only KIP-951's leader hint, a
+/// metadata request when a leader moves.
 const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=11;
 /// ListOffsets versions used: 1 is the first with a single offset per partition.
 const LIST_OFFSETS_VERSIONS: std::ops::RangeInclusive<i16> = 1..=7;
@@ -166,7 +168,9 @@ impl PartitionReader {
     /// when it is above 0. tansu 0.6 answers ListOffsets with the batch *stored* first,
     /// and two produces racing on one partition may be stored out of offset order, so
     /// its answer can skip the partition's first batches; Kafka answers a fetch below
-    /// its log start with OFFSET_OUT_OF_RANGE, which keeps the listed offset.
+    /// its log start with OFFSET_OUT_OF_RANGE, which keeps the listed offset. The check
+    /// serves tansu; on Kafka, whose ListOffsets is exact, it costs one round trip when
+    /// the log start is above 0.
     pub async fn earliest(&mut self, cluster: &Cluster) -> Result<i64, ClusterError> {
         let listed = self.list_earliest(cluster).await?;
         if listed <= 0 {

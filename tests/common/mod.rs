@@ -343,6 +343,82 @@ impl Drop for Broker {
     }
 }
 
+/// Apache Kafka brokers on this machine forming one cluster (each node broker and
+/// controller, a quorum of all): for leader changes. Each node is its own [`Broker`], so
+/// a test can kill and restart one; node ids are 1, 2, 3, ...
+pub struct KafkaCluster {
+    pub nodes: Vec<Broker>,
+}
+
+impl KafkaCluster {
+    pub fn start(n: usize) -> Self {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let voters: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, controller))| format!("{}@127.0.0.1:{controller}", i + 1))
+            .collect();
+        // A Kafka Uuid: 16 bytes in unpadded base64url, not starting with '-'.
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut cluster_id: String = (0..21)
+            .map(|_| alphabet[fastrand::usize(..64)] as char)
+            .collect();
+        cluster_id.insert(0, alphabet[fastrand::usize(..62)] as char);
+        // 22 characters carry 132 bits; the last one's low 4 bits must be zero.
+        cluster_id.pop();
+        cluster_id.push(alphabet[fastrand::usize(..4) * 16] as char);
+        let launched: Vec<(Child, tempfile::TempDir, Vec<String>)> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, controller))| {
+                let dir = tempfile::tempdir().unwrap();
+                let args = vec![
+                    "--node-id".to_owned(),
+                    (i + 1).to_string(),
+                    "--voters".to_owned(),
+                    voters.join(","),
+                    "--cluster-id".to_owned(),
+                    cluster_id.clone(),
+                ];
+                let child = launch_kafka(*port, *controller, dir.path(), *port, &args, 1);
+                (child, dir, args)
+            })
+            .collect();
+        let nodes = launched
+            .into_iter()
+            .zip(&ports)
+            .map(|((child, dir, args), (port, controller))| {
+                let child = kafka_serving(child, *port, dir.path(), 1)
+                    .unwrap_or_else(|| panic!("a node of the Kafka cluster exited (port {port} taken?)"));
+                Broker {
+                    child: std::sync::Mutex::new(Some(child)),
+                    port: *port,
+                    advertised: *port,
+                    kind: BrokerKind::Kafka {
+                        dir,
+                        controller_port: *controller,
+                        args,
+                    },
+                    shared: false,
+                    starts: 1.into(),
+                }
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    /// Every node's address, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        let addrs: Vec<String> = self.nodes.iter().map(Broker::addr).collect();
+        addrs.join(",")
+    }
+
+    /// The node with this id (1-based).
+    pub fn node(&self, id: i32) -> &Broker {
+        &self.nodes[(id - 1) as usize]
+    }
+}
+
 /// Runs scripts/kafka (logging to `dir/broker-RUN.log`) and waits until the broker
 /// serves; `None` if it exited first (a port taken), a failure past [`BROKER_START`].
 fn spawn_kafka(
@@ -353,9 +429,22 @@ fn spawn_kafka(
     args: &[String],
     run: usize,
 ) -> Option<Child> {
+    let child = launch_kafka(port, controller_port, dir, advertised, args, run);
+    kafka_serving(child, port, dir, run)
+}
+
+/// Starts scripts/kafka without waiting for the broker (see [`kafka_serving`]).
+fn launch_kafka(
+    port: u16,
+    controller_port: u16,
+    dir: &Path,
+    advertised: u16,
+    args: &[String],
+    run: usize,
+) -> Child {
     let log = dir.join(format!("broker-{run}.log"));
     let out = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(repo_root().join("scripts/kafka"))
+    Command::new(repo_root().join("scripts/kafka"))
         .args(["--port", &port.to_string()])
         .args(["--controller-port", &controller_port.to_string()])
         .args(["--advertised-port", &advertised.to_string()])
@@ -371,7 +460,13 @@ fn spawn_kafka(
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
-        .expect("scripts/kafka starts");
+        .expect("scripts/kafka starts")
+}
+
+/// Waits until the broker `launch_kafka` started serves; `None` if it exited first
+/// because a port was taken, a failure past [`BROKER_START`] or on any other exit.
+fn kafka_serving(mut child: Child, port: u16, dir: &Path, run: usize) -> Option<Child> {
+    let log = dir.join(format!("broker-{run}.log"));
     let deadline = Instant::now() + BROKER_START;
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -564,7 +659,7 @@ impl Drop for CuttingProxy {
 pub async fn client(addr: &str) -> Client {
     tokio::time::timeout(
         Duration::from_secs(20),
-        ClientBuilder::new(vec![addr.to_owned()]).build(),
+        ClientBuilder::new(addr.split(',').map(str::to_owned).collect()).build(),
     )
     .await
     .expect("test client connects in time")
@@ -683,8 +778,32 @@ pub async fn produce(pc: &PartitionClient, records: Vec<Record>) {
     }
 }
 
+/// Runs one of the kit's reads on a fresh rskafka client, again when it gets no answer
+/// within 15 s (rskafka has no request timeout; a request once went unanswered after
+/// the broker had been stopped and continued), at most six times.
+async fn bounded<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    for _ in 0..6 {
+        match tokio::time::timeout(Duration::from_secs(15), call()).await {
+            Ok(value) => return value,
+            Err(_) => eprintln!("{what}: no answer within 15 s; asking again on a new connection"),
+        }
+    }
+    panic!("{what}: no answer in six tries");
+}
+
 /// Every record of a partition, read with plain rskafka (not the service's code).
 pub async fn read_all(addr: &str, topic: &str, partition: i32) -> Vec<RecordAndOffset> {
+    bounded(&format!("reading {topic}/{partition} at {addr}"), || {
+        read_all_once(addr, topic, partition)
+    })
+    .await
+}
+
+async fn read_all_once(addr: &str, topic: &str, partition: i32) -> Vec<RecordAndOffset> {
     let pc = partition_client(addr, topic, partition).await;
     // From 0, not ListOffsets(earliest): tansu answers that with the batch stored first,
     // which skips a partition's first batch when two produces raced to store it (no
@@ -706,6 +825,13 @@ pub async fn read_all(addr: &str, topic: &str, partition: i32) -> Vec<RecordAndO
 /// High watermark of a partition: ListOffsets (latest) on Kafka; on tansu, where
 /// ListOffsets is not exact, from a fetch.
 pub async fn end_offset(addr: &str, topic: &str, partition: i32) -> i64 {
+    bounded(&format!("the end of {topic}/{partition} at {addr}"), || {
+        end_offset_once(addr, topic, partition)
+    })
+    .await
+}
+
+async fn end_offset_once(addr: &str, topic: &str, partition: i32) -> i64 {
     let pc = partition_client(addr, topic, partition).await;
     if platform() == Platform::Kafka {
         return pc.get_offset(OffsetAt::Latest).await.unwrap();
