@@ -370,3 +370,32 @@ async fn a_compacted_source_topic_is_copied_exactly_with_its_gaps_and_tombstones
     assert_eq!(copied.len(), source.len(), "one copy per surviving record");
     assert!(service.terminate(Duration::from_secs(30)).success());
 }
+
+/// `auto.offset.reset=latest` while a transaction is open starts where a read_committed
+/// consumer does, at the last stable offset: the open transaction's records are copied
+/// once it commits (starting at the high watermark would skip them), and the records
+/// before it are not.
+#[tokio::test(flavor = "multi_thread")]
+async fn latest_starts_below_a_transaction_still_open() {
+    let mut p = Pipeline::new("latetxn", 1, &[("connector.auto.offset.reset", "latest")]).await;
+    let (external, internal) = (p.external.addr(), p.internal.addr());
+    kcat_produce(&external, "latetxn", 0, &[], "before-0\nbefore-1\n");
+    let held = HeldTransaction::open(&external, "latetxn", 0, 3);
+    kcat_produce(&external, "latetxn", 0, &[], "after-0\n");
+    p.service.start();
+    p.service
+        .wait_log("the start offset", WAIT, |log| {
+            log.contains("no checkpoint: fetching from auto.offset.reset")
+        })
+        .await;
+    let log = p.service.log_text();
+    assert!(
+        log.contains("offset=2 policy=Latest"),
+        "latest must start at the open transaction (offset 2): {log}"
+    );
+    held.commit();
+    wait_for_end(&internal, "int.latetxn", 0, 4, WAIT).await;
+    let copied = kcat_read(&internal, "int.latetxn", 0, "%s");
+    assert_eq!(copied, ["0-hold-0", "0-hold-1", "0-hold-2", "after-0"]);
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}

@@ -20,7 +20,13 @@ async fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
     loop {
         let described = kafka_tool(
             "kafka-topics",
-            &["--bootstrap-server", bootstrap, "--describe", "--topic", topic],
+            &[
+                "--bootstrap-server",
+                bootstrap,
+                "--describe",
+                "--topic",
+                topic,
+            ],
         );
         let leader = described.lines().find_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -37,7 +43,10 @@ async fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
         if let Some(leader) = leader.filter(|id| *id > 0) {
             return leader;
         }
-        assert!(Instant::now() < deadline, "{topic}/{partition} has no leader: {described}");
+        assert!(
+            Instant::now() < deadline,
+            "{topic}/{partition} has no leader: {described}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -52,7 +61,10 @@ async fn produce_through(bootstrap: &str, start: usize, n: usize) {
             loop {
                 let pc = partition_client(bootstrap, TOPIC, p).await;
                 match pc
-                    .produce(records.clone(), rskafka::client::partition::Compression::NoCompression)
+                    .produce(
+                        records.clone(),
+                        rskafka::client::partition::Compression::NoCompression,
+                    )
                     .await
                 {
                     Ok(_) => break,
@@ -138,7 +150,11 @@ async fn killing_the_leaders_on_either_side_loses_and_duplicates_nothing() {
         }
         let from_source = read_all(&source, TOPIC, p).await;
         let copied = read_all(&target, &format!("int.{TOPIC}"), p).await;
-        assert_eq!(from_source.len(), 3000, "{TOPIC}/{p} holds what was produced");
+        assert_eq!(
+            from_source.len(),
+            3000,
+            "{TOPIC}/{p} holds what was produced"
+        );
         assert_exactly_once(&from_source, &copied, TOPIC, p);
     }
     assert!(service.terminate(Duration::from_secs(60)).success());

@@ -14,7 +14,12 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn call(api: &ApiClient, method: &'static str, path: &str, body: Option<Value>) -> (u16, String) {
+async fn call(
+    api: &ApiClient,
+    method: &'static str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String) {
     let api = api.clone();
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -38,7 +43,10 @@ async fn wait_status(api: &ApiClient, what: &str, pred: impl Fn(&Value) -> bool)
         if pred(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -49,7 +57,11 @@ async fn copied_source_offsets(p: &Pipeline) -> Vec<i64> {
         .await
         .iter()
         .map(|r| {
-            let v = r.record.headers.get(SOURCE_OFFSET_HEADER).expect("source offset header");
+            let v = r
+                .record
+                .headers
+                .get(SOURCE_OFFSET_HEADER)
+                .expect("source offset header");
             std::str::from_utf8(v).unwrap().parse().unwrap()
         })
         .collect()
@@ -90,13 +102,16 @@ async fn records_removed_before_they_were_copied_are_skipped_as_auto_offset_rese
     let (_, metrics) = call(&api, "GET", "/metrics", None).await;
     let skipped = metrics
         .lines()
-        .find(|l| l.starts_with("kafka_direct_skipped_offsets_total{") && l.contains("topic=\"retained\""))
+        .find(|l| {
+            l.starts_with("kafka_direct_skipped_offsets_total{") && l.contains("topic=\"retained\"")
+        })
         .unwrap_or_else(|| panic!("no skipped offsets counter:\n{metrics}"));
     assert!(skipped.ends_with(" 50"), "{skipped}");
     let log = p.service.log_text();
     assert!(
-        log.contains("source offsets were removed (retention or DeleteRecords) before they were copied")
-            && log.contains("from=100 to=149 skipped=50 policy=\"earliest\""),
+        log.contains(
+            "source offsets were removed (retention or DeleteRecords) before they were copied"
+        ) && log.contains("from=100 to=149 skipped=50 policy=\"earliest\""),
         "{log}"
     );
     assert!(p.service.terminate(Duration::from_secs(30)).success());
@@ -115,22 +130,35 @@ async fn records_removed_before_they_were_copied_are_skipped_as_auto_offset_rese
     );
     service.start();
     let api = ApiClient::new(&service.api().await, None);
-    let s = wait_status(&api, "the partition failed", |s| s["tasks"][0]["state"] == "FAILED").await;
+    let s = wait_status(&api, "the partition failed", |s| {
+        s["tasks"][0]["state"] == "FAILED"
+    })
+    .await;
     let trace = s["tasks"][0]["trace"].as_str().unwrap();
     assert!(
         trace.contains("source offsets 200..249 of retained/0 were removed")
             && trace.contains("auto.offset.reset=none")
-            && trace.contains("set this partition's offset to 250 (PATCH /connectors/<name>/offsets"),
+            && trace
+                .contains("set this partition's offset to 250 (PATCH /connectors/<name>/offsets"),
         "{trace}"
     );
-    assert_eq!(end_offset(&p.internal.addr(), &p.internal_topic(), 0).await, 150);
+    assert_eq!(
+        end_offset(&p.internal.addr(), &p.internal_topic(), 0).await,
+        150
+    );
 
     // The way out the message names: stop, set the offset, resume.
-    assert_eq!(call(&api, "PUT", "/connectors/test/stop", None).await.0, 202);
+    assert_eq!(
+        call(&api, "PUT", "/connectors/test/stop", None).await.0,
+        202
+    );
     let body = serde_json::json!({"offsets": [{"partition": {"kafka_topic": "retained", "kafka_partition": 0}, "offset": {"kafka_offset": 250}}]});
     let (code, answer) = call(&api, "PATCH", "/connectors/test/offsets", Some(body)).await;
     assert_eq!(code, 200, "{answer}");
-    assert_eq!(call(&api, "PUT", "/connectors/test/resume", None).await.0, 202);
+    assert_eq!(
+        call(&api, "PUT", "/connectors/test/resume", None).await.0,
+        202
+    );
     wait_for_end(&p.internal.addr(), &p.internal_topic(), 0, 200, WAIT).await;
     let expected: Vec<i64> = (0..100).chain(150..200).chain(250..300).collect();
     assert_eq!(copied_source_offsets(&p).await, expected);
@@ -144,7 +172,10 @@ async fn none_without_a_position_stops_the_partition_saying_what_to_set() {
     p.produce_each(0, 10).await;
     p.service.start();
     let api = ApiClient::new(&p.service.api().await, None);
-    let s = wait_status(&api, "the partition failed", |s| s["tasks"][0]["state"] == "FAILED").await;
+    let s = wait_status(&api, "the partition failed", |s| {
+        s["tasks"][0]["state"] == "FAILED"
+    })
+    .await;
     let trace = s["tasks"][0]["trace"].as_str().unwrap();
     assert!(
         trace.contains("unplaced/0 has no position") && trace.contains("auto.offset.reset=none"),

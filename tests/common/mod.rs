@@ -388,8 +388,9 @@ impl KafkaCluster {
             .into_iter()
             .zip(&ports)
             .map(|((child, dir, args), (port, controller))| {
-                let child = kafka_serving(child, *port, dir.path(), 1)
-                    .unwrap_or_else(|| panic!("a node of the Kafka cluster exited (port {port} taken?)"));
+                let child = kafka_serving(child, *port, dir.path(), 1).unwrap_or_else(|| {
+                    panic!("a node of the Kafka cluster exited (port {port} taken?)")
+                });
                 Broker {
                     child: std::sync::Mutex::new(Some(child)),
                     port: *port,
