@@ -244,6 +244,22 @@ async fn partitions_added_to_a_source_topic_are_added_internally_and_copied_from
         let copied = read_all(&internal.addr(), "int.growing", p).await;
         assert_exactly_once(&source, &copied, "growing", p);
     }
+    // Kafka's own kafka-get-offsets sees the grown topic and its ends.
+    let ends = kafka_tool(
+        "kafka-get-offsets",
+        &[
+            "--bootstrap-server",
+            &internal.addr(),
+            "--topic",
+            "int.growing",
+        ],
+    );
+    let mut ends: Vec<&str> = ends.lines().collect();
+    ends.sort();
+    assert_eq!(
+        ends,
+        ["int.growing:0:0", "int.growing:1:15", "int.growing:2:15"]
+    );
     assert!(
         service
             .log_text()

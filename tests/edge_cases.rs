@@ -257,6 +257,29 @@ async fn an_open_transaction_holds_the_copy_at_the_last_stable_offset_until_it_e
         ],
         "committed and plain records in source order, each once; the aborted ones never"
     );
+    // Kafka's own console consumer reads the same.
+    let read = kafka_tool(
+        "kafka-console-consumer",
+        &[
+            "--bootstrap-server",
+            &internal,
+            "--topic",
+            "int.opentxn",
+            "--partition",
+            "0",
+            "--offset",
+            "earliest",
+            "--max-messages",
+            "9",
+            "--timeout-ms",
+            "20000",
+        ],
+    );
+    assert_eq!(
+        read.lines().collect::<Vec<_>>(),
+        copied,
+        "kafka-console-consumer"
+    );
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }
 

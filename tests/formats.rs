@@ -539,6 +539,14 @@ async fn lost_dead_letter_produce_responses_never_store_a_dead_letter_twice() {
     )
     .await;
     p.service.start();
+    // Cuts begin once both partitions replicate: the start-up's own requests (topic
+    // creation, reading the dead-letter topic) are not what this test is about, and a
+    // start that keeps failing stops the service.
+    p.service
+        .wait_log("replication to start", WAIT, |log| {
+            log.matches("no checkpoint: fetching").count() >= 2
+        })
+        .await;
     for round in 0..20 {
         for partition in 0..p.partitions {
             let pc = partition_client(&p.external.addr(), p.topic, partition).await;

@@ -111,6 +111,33 @@ async fn mutual_tls_with_an_inline_client_key_replicates_and_without_it_is_refus
         text.contains(&format!("TLS handshake with {} failed", external.addr())),
         "{text}"
     );
+    // Nor with a client certificate that has expired, or that another CA signed.
+    let other = Pki::new("another CA");
+    let (expired_cert, expired_key) =
+        pki.issue("expired-client", &["kafka-direct"], Valid::Expired);
+    let (foreign_cert, foreign_key) = other.issue("foreign-client", &["kafka-direct"], Valid::Long);
+    for (cert, key) in [(&expired_cert, &expired_key), (&foreign_cert, &foreign_key)] {
+        let mut extra = base.to_vec();
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        extra.push(("connector.ssl.certificate.location", cert));
+        extra.push(("connector.ssl.key.location", key));
+        let dir = tempfile::tempdir().unwrap();
+        let refused = Service::configure(
+            dir.path(),
+            ServiceConfig {
+                external: &external.addr(),
+                internal: &internal.addr(),
+                topics: "mutual",
+                extra: &extra,
+            },
+        );
+        let (ok, text) = refused.cli("check");
+        assert!(!ok, "{cert}: {text}");
+        assert!(
+            text.contains(&format!("TLS handshake with {} failed", external.addr())),
+            "{cert}: {text}"
+        );
+    }
 
     let mut extra = base.to_vec();
     extra.push(("connector.ssl.certificate.location", &client_cert_text));
