@@ -39,22 +39,6 @@ async fn send(api: &ApiClient, method: &'static str, path: &str, body: Value) ->
     .unwrap()
 }
 
-/// The source offset header of every record of an internal partition, in order.
-async fn copied_source_offsets(addr: &str, topic: &str, partition: i32) -> Vec<i64> {
-    read_all(addr, topic, partition)
-        .await
-        .iter()
-        .map(|r| {
-            let v = r
-                .record
-                .headers
-                .get(SOURCE_OFFSET_HEADER)
-                .expect("source offset header");
-            std::str::from_utf8(v).unwrap().parse().unwrap()
-        })
-        .collect()
-}
-
 /// A started service that has copied `records` per partition of a new topic, and its API.
 async fn replicating(
     topic: &'static str,

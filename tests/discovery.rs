@@ -5,35 +5,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use kafka_direct::api::client::ApiClient;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-async fn status(api: &ApiClient) -> Value {
-    let api = api.clone();
-    tokio::task::spawn_blocking(move || api.get_json("/connectors/test/status").unwrap())
-        .await
-        .unwrap()
-}
-
-async fn wait_status(api: &ApiClient, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = status(api).await;
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn tasks_of<'a>(status: &'a Value, topic: &str) -> Vec<&'a Value> {
     status["tasks"]

@@ -119,26 +119,14 @@ async fn killing_the_leaders_on_either_side_loses_and_duplicates_nothing() {
     // The source leader of partition 0 dies; records keep arriving at the new one.
     let source_leader = leader_of(&source, TOPIC, 0).await;
     external.node(source_leader).kill9();
-    let source = external
-        .nodes
-        .iter()
-        .filter(|n| n.port != external.node(source_leader).port)
-        .map(Broker::addr)
-        .collect::<Vec<_>>()
-        .join(",");
+    let source = external.bootstrap_without(source_leader);
     produce_through(&source, 1000, 1000).await;
     wait_for_end(&target, &format!("int.{TOPIC}"), 0, 2000, WAIT).await;
 
     // Then the internal leader of partition 0, while more records arrive.
     let internal_leader = leader_of(&target, &format!("int.{TOPIC}"), 0).await;
     internal.node(internal_leader).kill9();
-    let target = internal
-        .nodes
-        .iter()
-        .filter(|n| n.port != internal.node(internal_leader).port)
-        .map(Broker::addr)
-        .collect::<Vec<_>>()
-        .join(",");
+    let target = internal.bootstrap_without(internal_leader);
     produce_through(&source, 2000, 1000).await;
 
     for p in 0..PARTITIONS {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use kafka_direct::api::client::ApiClient;
@@ -28,43 +28,6 @@ async fn call(
     })
     .await
     .unwrap()
-}
-
-async fn status(api: &ApiClient) -> Value {
-    let (code, body) = call(api, "GET", "/connectors/test/status", None).await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-async fn wait_status(api: &ApiClient, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = status(api).await;
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The source offset header of every record of the internal partition, in order.
-async fn copied_source_offsets(p: &Pipeline) -> Vec<i64> {
-    read_all(&p.internal.addr(), &p.internal_topic(), 0)
-        .await
-        .iter()
-        .map(|r| {
-            let v = r
-                .record
-                .headers
-                .get(SOURCE_OFFSET_HEADER)
-                .expect("source offset header");
-            std::str::from_utf8(v).unwrap().parse().unwrap()
-        })
-        .collect()
 }
 
 /// Produces `n` more records and removes the source's records below `below`
@@ -91,9 +54,12 @@ async fn records_removed_before_they_were_copied_are_skipped_as_auto_offset_rese
     p.service.start();
     wait_for_end(&p.internal.addr(), &p.internal_topic(), 0, 150, WAIT).await;
     let expected: Vec<i64> = (0..100).chain(150..200).collect();
-    assert_eq!(copied_source_offsets(&p).await, expected);
+    assert_eq!(
+        copied_source_offsets(&p.internal.addr(), &p.internal_topic(), 0).await,
+        expected
+    );
     let api = ApiClient::new(&p.service.api().await, None);
-    let s = status(&api).await;
+    let s = connector_status(&api).await;
     assert_eq!(
         s["tasks"][0]["skipped_offsets"],
         serde_json::json!({"total": 50, "last": "100..149"}),
@@ -161,7 +127,10 @@ async fn records_removed_before_they_were_copied_are_skipped_as_auto_offset_rese
     );
     wait_for_end(&p.internal.addr(), &p.internal_topic(), 0, 200, WAIT).await;
     let expected: Vec<i64> = (0..100).chain(150..200).chain(250..300).collect();
-    assert_eq!(copied_source_offsets(&p).await, expected);
+    assert_eq!(
+        copied_source_offsets(&p.internal.addr(), &p.internal_topic(), 0).await,
+        expected
+    );
     assert!(service.terminate(Duration::from_secs(30)).success());
 }
 

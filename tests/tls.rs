@@ -90,28 +90,31 @@ async fn mutual_tls_with_an_inline_client_key_replicates_and_without_it_is_refus
         .unwrap()
         .replace('\n', "\\n");
     let client_cert_text = client_cert.to_str().unwrap().to_owned();
-    let dir = tempfile::tempdir().unwrap();
     let base = [
         ("connector.security.protocol", "SSL"),
         ("connector.ssl.ca.location", ca.to_str().unwrap()),
     ];
-    // Without a client certificate the broker refuses the handshake.
-    let refused = Service::configure(
-        dir.path(),
-        ServiceConfig {
-            external: &external.addr(),
-            internal: &internal.addr(),
-            topics: "mutual",
-            extra: &base,
-        },
-    );
-    let (ok, text) = refused.cli("check");
-    assert!(!ok, "{text}");
-    assert!(
-        text.contains(&format!("TLS handshake with {} failed", external.addr())),
-        "{text}"
-    );
-    // Nor with a client certificate that has expired, or that another CA signed.
+    // The broker refuses the handshake without a client certificate, and with one that
+    // has expired or that another CA signed.
+    let refused_check = |extra: &[(&str, &str)], what: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = Service::configure(
+            dir.path(),
+            ServiceConfig {
+                external: &external.addr(),
+                internal: &internal.addr(),
+                topics: "mutual",
+                extra,
+            },
+        );
+        let (ok, text) = refused.cli("check");
+        assert!(!ok, "{what}: {text}");
+        assert!(
+            text.contains(&format!("TLS handshake with {} failed", external.addr())),
+            "{what}: {text}"
+        );
+    };
+    refused_check(&base, "no client certificate");
     let other = Pki::new("another CA");
     let (expired_cert, expired_key) =
         pki.issue("expired-client", &["kafka-direct"], Valid::Expired);
@@ -121,22 +124,7 @@ async fn mutual_tls_with_an_inline_client_key_replicates_and_without_it_is_refus
         let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
         extra.push(("connector.ssl.certificate.location", cert));
         extra.push(("connector.ssl.key.location", key));
-        let dir = tempfile::tempdir().unwrap();
-        let refused = Service::configure(
-            dir.path(),
-            ServiceConfig {
-                external: &external.addr(),
-                internal: &internal.addr(),
-                topics: "mutual",
-                extra: &extra,
-            },
-        );
-        let (ok, text) = refused.cli("check");
-        assert!(!ok, "{cert}: {text}");
-        assert!(
-            text.contains(&format!("TLS handshake with {} failed", external.addr())),
-            "{cert}: {text}"
-        );
+        refused_check(&extra, cert);
     }
 
     let mut extra = base.to_vec();

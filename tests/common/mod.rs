@@ -213,21 +213,33 @@ impl Broker {
             let dir = tempfile::tempdir().unwrap();
             if let Some(child) = spawn_kafka(port, controller_port, dir.path(), advertised, args, 1)
             {
-                return Self {
-                    child: std::sync::Mutex::new(Some(child)),
-                    port,
-                    advertised,
-                    kind: BrokerKind::Kafka {
-                        dir,
-                        controller_port,
-                        args: args.to_vec(),
-                    },
-                    shared: false,
-                    starts: 1.into(),
-                };
+                return Self::kafka(child, port, advertised, dir, controller_port, args.to_vec());
             } // else: a port taken in between, try others
         }
         panic!("could not start an Apache Kafka broker (scripts/kafka)");
+    }
+
+    /// The handle of a Kafka broker that serves (started once).
+    fn kafka(
+        child: Child,
+        port: u16,
+        advertised: u16,
+        dir: tempfile::TempDir,
+        controller_port: u16,
+        args: Vec<String>,
+    ) -> Self {
+        Self {
+            child: std::sync::Mutex::new(Some(child)),
+            port,
+            advertised,
+            kind: BrokerKind::Kafka {
+                dir,
+                controller_port,
+                args,
+            },
+            shared: false,
+            starts: 1.into(),
+        }
     }
 
     fn start_tansu(storage: &str, s3_endpoint: Option<String>, advertised: Option<u16>) -> Self {
@@ -391,18 +403,7 @@ impl KafkaCluster {
                 let child = kafka_serving(child, *port, dir.path(), 1).unwrap_or_else(|| {
                     panic!("a node of the Kafka cluster exited (port {port} taken?)")
                 });
-                Broker {
-                    child: std::sync::Mutex::new(Some(child)),
-                    port: *port,
-                    advertised: *port,
-                    kind: BrokerKind::Kafka {
-                        dir,
-                        controller_port: *controller,
-                        args,
-                    },
-                    shared: false,
-                    starts: 1.into(),
-                }
+                Broker::kafka(child, *port, *port, dir, *controller, args)
             })
             .collect();
         Self { nodes }
@@ -417,6 +418,15 @@ impl KafkaCluster {
     /// The node with this id (1-based).
     pub fn node(&self, id: i32) -> &Broker {
         &self.nodes[(id - 1) as usize]
+    }
+
+    /// The addresses of every node but `id`, comma-separated (after `id` was killed).
+    pub fn bootstrap_without(&self, id: i32) -> String {
+        let addrs: Vec<String> = (1..=self.nodes.len() as i32)
+            .filter(|n| *n != id)
+            .map(|n| self.node(n).addr())
+            .collect();
+        addrs.join(",")
     }
 }
 
@@ -1395,6 +1405,50 @@ impl Pipeline {
             let copied = read_all(&self.internal.addr(), &self.internal_topic(), p).await;
             assert_exactly_once(&source[skip..], &copied, self.topic, p);
         }
+    }
+}
+
+/// The source offset header of every record of an internal partition, in order.
+pub async fn copied_source_offsets(addr: &str, topic: &str, partition: i32) -> Vec<i64> {
+    read_all(addr, topic, partition)
+        .await
+        .iter()
+        .map(|r| {
+            let v = r
+                .record
+                .headers
+                .get(SOURCE_OFFSET_HEADER)
+                .expect("source offset header");
+            std::str::from_utf8(v).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// The status of connector `test` from the service's API.
+pub async fn connector_status(api: &kafka_direct::api::client::ApiClient) -> serde_json::Value {
+    let api = api.clone();
+    tokio::task::spawn_blocking(move || api.get_json("/connectors/test/status").unwrap())
+        .await
+        .unwrap()
+}
+
+/// Polls the status of connector `test` until `pred` holds (90 s at most).
+pub async fn wait_status(
+    api: &kafka_direct::api::client::ApiClient,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = connector_status(api).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
