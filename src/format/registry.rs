@@ -192,8 +192,9 @@ mod tests {
     use crate::wal::{SyncPolicy, WalOptions};
     use serde_json::json;
 
+    /// Opens the WAL in `dir`, again after a drop (sled lets go of its lock a moment later).
     fn open(dir: &std::path::Path) -> Wal {
-        Wal::open(
+        Wal::open_when_unlocked(
             dir,
             WalOptions {
                 sync: SyncPolicy::Flush,

@@ -972,6 +972,24 @@ impl PartitionLog {
 }
 
 #[cfg(test)]
+impl Wal {
+    /// Opens `dir` again in the same test process, waiting (10 s at most) for sled's
+    /// flusher thread of an earlier open to let go of the lock.
+    #[allow(clippy::disallowed_methods)] // plain tests, no async runtime to block
+    pub(crate) fn open_when_unlocked(dir: &Path, options: WalOptions) -> Result<Wal, WalError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Wal::open(dir, options.clone()) {
+                Err(WalError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::time::Duration;
 
@@ -986,19 +1004,8 @@ mod tests {
         }
     }
 
-    /// Opens `dir` again, waiting for sled's flusher thread of an earlier open in this
-    /// process to let go of the lock.
-    #[allow(clippy::disallowed_methods)] // plain tests, no async runtime to block
     fn try_reopen(dir: &Path) -> Result<Wal, WalError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match Wal::open(dir, options()) {
-                Err(WalError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                result => return result,
-            }
-        }
+        Wal::open_when_unlocked(dir, options())
     }
 
     fn reopen(dir: &Path) -> Wal {
