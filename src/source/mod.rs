@@ -137,6 +137,18 @@ impl Fetcher {
             let result = self
                 .step(&mut leader, &mut next, &mut wait, &mut empty_streak)
                 .await;
+            // The position is no longer in the partition: go on where auto.offset.reset
+            // says; what that needs fails like a fetch (retried, or final).
+            let result = match (result, next) {
+                (Err(StepError::Cluster(e)), Some(from)) if e.is_offset_out_of_range() => {
+                    self.reposition(&mut leader, from).await.map(|to| {
+                        next = Some(to);
+                        self.metrics.fetched_next.store(to, Ordering::Relaxed);
+                        Step::Idle(Duration::ZERO)
+                    })
+                }
+                (result, _) => result,
+            };
             match result {
                 Ok(Step::Committed) => {
                     if failing {
@@ -167,40 +179,14 @@ impl Fetcher {
                     error!(%partition, "{message}");
                     return Err(SourceError::Position { partition, message });
                 }
+                // Out of range while the bounds were read (retention moved the log start
+                // meanwhile): read them again, from the same position.
                 Err(StepError::Cluster(e)) if e.is_offset_out_of_range() => {
-                    let Some(from) = next else {
-                        next = None;
-                        continue;
-                    };
-                    match self.reposition(&mut leader, from).await {
-                        Ok(Ok(to)) => {
-                            next = Some(to);
-                            self.metrics.fetched_next.store(to, Ordering::Relaxed);
-                        }
-                        Ok(Err(message)) => {
-                            error!(%partition, "{message}");
-                            return Err(SourceError::Position { partition, message });
-                        }
-                        Err(StepError::Cluster(e)) if e.is_transient() => {
-                            leader = None;
-                            let delay = retry.delay();
-                            warn!(%partition, error = %e, retry_in = ?delay, "reading the partition's bounds after an out-of-range fetch failed; retrying");
-                            tokio::select! {
-                                _ = self.cancel.cancelled() => break,
-                                _ = tokio::time::sleep(delay) => {}
-                            }
-                        }
-                        Err(StepError::Wal(e)) => return Err(wal_err(e)),
-                        Err(StepError::Cluster(e)) => {
-                            error!(%partition, error = %e, "fetching stops for this partition");
-                            return Err(SourceError::Cluster {
-                                partition,
-                                source: e,
-                            });
-                        }
-                        Err(StepError::Position(message)) => {
-                            return Err(SourceError::Position { partition, message })
-                        }
+                    let delay = retry.delay();
+                    warn!(%partition, error = %e, retry_in = ?delay, "the partition's bounds moved while they were read; reading them again");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
                     }
                 }
                 Err(StepError::Cluster(e)) if e.is_transient() => {
@@ -368,26 +354,59 @@ impl Fetcher {
     }
 
     async fn start_offset(&self, reader: &mut PartitionReader) -> Result<i64, ClusterError> {
-        let earliest = reader.earliest(&self.cluster).await?;
-        match self.reset {
-            OffsetReset::Earliest | OffsetReset::None => Ok(earliest),
-            // The end of the partition as a read_committed consumer sees it: the last
-            // stable offset, from a fetch (tansu's ListOffsets(latest) is not exact;
-            // docs/compatibility.md). Below an open transaction, not past it: starting at
-            // the high watermark would copy the second half of a transaction that commits
-            // later. A broker that sends no last stable offset (-1) has no transactions
-            // open there: its high watermark.
-            OffsetReset::Latest => {
-                let fetched = reader
-                    .fetch(&self.cluster, earliest, 1, PROBE_WAIT_MS)
-                    .await?;
-                let end = if fetched.last_stable_offset >= 0 {
-                    fetched.last_stable_offset.min(fetched.high_watermark)
-                } else {
-                    fetched.high_watermark
-                };
-                Ok(end.max(earliest))
-            }
+        let bounds = Bounds::read(&self.cluster, reader, self.reset == OffsetReset::Latest).await?;
+        Ok(bounds.start(self.reset))
+    }
+}
+
+/// A source partition's first offset and its ends, as far as `auto.offset.reset` needs
+/// them.
+struct Bounds {
+    earliest: i64,
+    /// The high watermark (not below `earliest`).
+    end: i64,
+    /// The end as a read_committed consumer sees it: the last stable offset, from a
+    /// fetch (tansu's ListOffsets(latest) is not exact; docs/compatibility.md). Below an
+    /// open transaction, not past it: starting at the high watermark would copy the
+    /// second half of a transaction that commits later. A broker that sends no last
+    /// stable offset (-1) has no transactions open there: its high watermark.
+    stable_end: i64,
+}
+
+impl Bounds {
+    /// ListOffsets(earliest), then, if `need_end`, a probe fetch for the ends (without it
+    /// both ends are `earliest`).
+    async fn read(
+        cluster: &Cluster,
+        reader: &mut PartitionReader,
+        need_end: bool,
+    ) -> Result<Self, ClusterError> {
+        let earliest = reader.earliest(cluster).await?;
+        if !need_end {
+            return Ok(Self {
+                earliest,
+                end: earliest,
+                stable_end: earliest,
+            });
+        }
+        let fetched = reader.fetch(cluster, earliest, 1, PROBE_WAIT_MS).await?;
+        let stable = if fetched.last_stable_offset >= 0 {
+            fetched.last_stable_offset.min(fetched.high_watermark)
+        } else {
+            fetched.high_watermark
+        };
+        Ok(Self {
+            earliest,
+            end: fetched.high_watermark.max(earliest),
+            stable_end: stable.max(earliest),
+        })
+    }
+
+    /// Where `reset` starts.
+    fn start(&self, reset: OffsetReset) -> i64 {
+        match reset {
+            OffsetReset::Earliest | OffsetReset::None => self.earliest,
+            OffsetReset::Latest => self.stable_end,
         }
     }
 }
@@ -396,13 +415,13 @@ impl Fetcher {
     /// Where to go on after the broker answered OFFSET_OUT_OF_RANGE at `from`, as a Kafka
     /// consumer with the same `auto.offset.reset` does, never silently: records removed
     /// before they were copied (retention, DeleteRecords) are counted, logged and named
-    /// in the status. `Ok(Err(why))` when `none` says to stop. The new position is
-    /// committed to the WAL before it is used.
+    /// in the status. [`StepError::Position`] when `none` says to stop. The new position
+    /// is committed to the WAL before it is used.
     async fn reposition(
         &self,
         leader: &mut Option<PartitionReader>,
         from: i64,
-    ) -> Result<Result<i64, String>, StepError> {
+    ) -> Result<i64, StepError> {
         let partition = self.partition();
         if leader.is_none() {
             *leader = Some(
@@ -411,11 +430,8 @@ impl Fetcher {
             );
         }
         let reader = leader.as_mut().expect("leader was just set");
-        let earliest = reader.earliest(&self.cluster).await?;
-        let fetched = reader
-            .fetch(&self.cluster, earliest, 1, PROBE_WAIT_MS)
-            .await?;
-        let end = fetched.high_watermark.max(earliest);
+        let bounds = Bounds::read(&self.cluster, reader, true).await?;
+        let (earliest, end) = (bounds.earliest, bounds.end);
         let policy = match self.reset {
             OffsetReset::Earliest => "earliest",
             OffsetReset::Latest => "latest",
@@ -423,19 +439,18 @@ impl Fetcher {
         };
         if (earliest..=end).contains(&from) {
             // In range again (a leader that had not caught up): fetch there once more.
-            return Ok(Ok(from));
+            return Ok(from);
         }
         let target = match self.reset {
-            OffsetReset::Earliest => earliest,
-            OffsetReset::Latest => self.start_offset(reader).await?,
+            OffsetReset::Earliest | OffsetReset::Latest => bounds.start(self.reset),
             OffsetReset::None if from < earliest => {
-                return Ok(Err(format!(
+                return Err(StepError::Position(format!(
                     "source offsets {from}..{} of {partition} were removed (retention or DeleteRecords) before they were copied, and auto.offset.reset=none: the partition stops here. To go on from the oldest record kept, stop the connector, set this partition's offset to {earliest} (PATCH /connectors/<name>/offsets; docs/api.md) and resume it, or set auto.offset.reset=earliest",
                     earliest - 1
                 )));
             }
             OffsetReset::None => {
-                return Ok(Err(format!(
+                return Err(StepError::Position(format!(
                     "{partition} ends at offset {end}, below kafka-direct's position {from} (the partition was truncated or the topic re-created), and auto.offset.reset=none: the partition stops here; set its offset through the API (PATCH /connectors/<name>/offsets; docs/api.md)"
                 )));
             }
@@ -461,7 +476,7 @@ impl Fetcher {
             next_offset: target,
         })?;
         self.wal.commit().await?;
-        Ok(Ok(target))
+        Ok(target)
     }
 }
 
