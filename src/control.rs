@@ -14,18 +14,10 @@ use tracing::info;
 use crate::config::ConnectorConfig;
 use crate::format::registry::SchemaRegistry;
 use crate::metrics::{Latencies, PartitionMetrics, TaskState};
+use crate::state::State;
 use crate::wal::{Wal, WalError};
 
-/// What the connector's tasks should be doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// Fetch and forward.
-    Running,
-    /// Hold: no fetch and no produce is started (one in flight finishes).
-    Paused,
-    /// No tasks: they are stopped (the state in which offsets may be changed).
-    Stopped,
-}
+pub use crate::state::Target;
 
 /// The connector's state as the API reports it (Kafka Connect's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +76,6 @@ pub struct ConnectorHandle {
     target: watch::Sender<Target>,
 }
 
-fn target_key(connector: &str) -> Vec<u8> {
-    format!("target\0{connector}").into_bytes()
-}
-
 impl ConnectorHandle {
     /// The handle of `config`'s connector, paused if it was paused when the service
     /// last ran.
@@ -96,11 +84,7 @@ impl ConnectorHandle {
         wal: Wal,
         registry: Option<Arc<SchemaRegistry>>,
     ) -> Result<Self, WalError> {
-        let target = match wal.meta_get(&target_key(&config.name))?.as_deref() {
-            Some(b"paused") => Target::Paused,
-            Some(b"stopped") => Target::Stopped,
-            _ => Target::Running,
-        };
+        let target = State::of(&wal).target(&config.name)?;
         if target != Target::Running {
             info!(connector = %config.name, ?target, "the connector was {} when the service last ran; it stays so until resumed (PUT /connectors/{}/resume)", if target == Target::Paused { "paused" } else { "stopped" }, config.name);
         }
@@ -173,12 +157,7 @@ impl ConnectorHandle {
     /// Sets the target, durably first: a pause acknowledged by the API survives a crash.
     pub async fn set_target(&self, target: Target) -> Result<(), WalError> {
         let name = self.config().name.clone();
-        let key = target_key(&name);
-        match target {
-            Target::Paused => self.wal.meta_put(&key, b"paused")?,
-            Target::Stopped => self.wal.meta_put(&key, b"stopped")?,
-            Target::Running => self.wal.meta_remove(&key)?,
-        }
+        State::of(&self.wal).set_target(&name, target)?;
         self.wal.commit().await?;
         if self.target.send_replace(target) != target {
             info!(connector = %name, ?target, "connector target changed");

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod record;
 pub mod service;
 pub mod source;
+pub mod state;
 pub mod transport;
 pub mod wal;
 pub mod wire;

@@ -573,7 +573,7 @@ fn open_wal(data_dir: &std::path::Path) -> anyhow::Result<Wal> {
         "{} holds no kafka-direct WAL",
         data_dir.display()
     );
-    Ok(Wal::open(
+    Ok(kafka_direct::state::open(
         data_dir,
         WalOptions {
             sync: SyncPolicy::Flush,

@@ -308,3 +308,61 @@ async fn a_connector_that_cannot_start_says_why_and_starts_once_its_config_is_fi
         service.log_text()
     );
 }
+
+/// A connector's durable state is its own: deleting `orders` leaves the paused state of
+/// `orders-eu` (whose name starts with `orders`) as it was, across a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_connector_keeps_the_state_of_one_whose_name_it_prefixes() {
+    let (external, internal) = shared_brokers();
+    create_topic(&external.addr(), "prefixed.orders", 1).await;
+    produce(
+        &partition_client(&external.addr(), "prefixed.orders", 0).await,
+        test_records(0, 0, 20),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = without_connector(dir.path(), &internal, "request.timeout.ms = 3000\n");
+    service.start();
+    let api = ApiClient::new(&service.api().await, None);
+    for (name, prefix) in [("orders", "po"), ("orders-eu", "poeu")] {
+        let config = json!({
+            "kafka.bootstrap.servers": external.addr(),
+            "topic.prefix": prefix,
+            "topic.include.list": ["prefixed.orders"],
+            "format": "bytes",
+        });
+        let (status, body) = send(
+            &api,
+            "POST",
+            "/connectors",
+            Some(json!({"name": name, "config": config})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        wait_running(&api, name, 1).await;
+    }
+    let (status, body) = send(&api, "PUT", "/connectors/orders-eu/pause", None).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = send(&api, "DELETE", "/connectors/orders", None).await;
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        service.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        service.log_text()
+    );
+
+    service.start();
+    let api = ApiClient::new(&service.api().await, None);
+    assert_eq!(
+        send(&api, "GET", "/connectors", None).await,
+        (200, json!(["orders-eu"]))
+    );
+    let (status, s) = send(&api, "GET", "/connectors/orders-eu/status", None).await;
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["connector"]["state"], "PAUSED", "{s:#}");
+    assert!(
+        service.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        service.log_text()
+    );
+}

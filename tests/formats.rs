@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rskafka::chrono::{TimeZone, Utc};
+use rskafka::client::partition::OffsetAt;
 use rskafka::record::{Record, RecordAndOffset};
 use serde_json::{json, Value};
 
@@ -569,6 +570,96 @@ async fn lost_dead_letter_produce_responses_never_store_a_dead_letter_twice() {
     assert!(
         unknown >= 1,
         "no dead-letter produce lost its answer; log:\n{log}"
+    );
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// A schema version is durable before a record naming it is produced: killed right
+/// after such a record is stored, the service leaves that version in its registry (three
+/// times), and the next evolution after the restart builds on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_after_a_new_schema_version_is_produced_keeps_the_version() {
+    let mut p = Pipeline::new(
+        "evolving",
+        1,
+        &[
+            ("connector.format", "json"),
+            ("connector.schemas.enable", "true"),
+            ("forward.batch.max.records", "10"),
+        ],
+    )
+    .await;
+    let source = partition_client(&p.external.addr(), p.topic, 0).await;
+    let value = |s: String, i: i64| record(Some(b"k"), Some(s.into_bytes()), i);
+    produce(&source, vec![value(r#"{"id": 0}"#.into(), 0)]).await;
+    p.service.start();
+    wait_for_end(&p.internal.addr(), &p.internal_topic(), 0, 1, WAIT).await;
+    let internal = partition_client(&p.internal.addr(), &p.internal_topic(), 0).await;
+
+    let mut next = 1;
+    for round in 1..=3 {
+        // One source batch whose last record makes a new version. The forwarder sends it
+        // in 15 requests, so that record is checked well after the fetcher's commit of
+        // the batch returned; the service is killed as soon as it is stored, with nothing
+        // else arriving that would commit the WAL for another reason.
+        let mut batch: Vec<Record> = (next..next + 149)
+            .map(|i| value(format!(r#"{{"id": {i}}}"#), i))
+            .collect();
+        batch.push(value(
+            format!(r#"{{"id": 0, "x{round}": "y"}}"#),
+            next + 149,
+        ));
+        next += 150;
+        produce(&source, batch).await;
+        let deadline = Instant::now() + WAIT;
+        while internal.get_offset(OffsetAt::Latest).await.unwrap() < next {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the new version's record not stored"
+            );
+        }
+        p.service.kill9();
+
+        let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
+            .args(["schemas", "--json", "--config"])
+            .arg(&p.service.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let versions: Vec<i64> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            versions,
+            (1..=round + 1).collect::<Vec<i64>>(),
+            "round {round}: the registry of the killed service: {listed:#}"
+        );
+        p.service.start();
+    }
+
+    produce(&source, vec![value(r#"{"id": 0, "z": true}"#.into(), next)]).await;
+    wait_for_end(&p.internal.addr(), &p.internal_topic(), 0, next + 1, WAIT).await;
+    let stored = read_all(&p.internal.addr(), &p.internal_topic(), 0).await;
+    let last = envelope(stored.last().unwrap())["schema"].clone();
+    assert_eq!(last["version"], 5, "{last:#}");
+    let fields: Vec<&str> = last["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec!["id", "x1", "x2", "x3", "z"],
+        "version 5 evolves version 4"
     );
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use super::schema::{Fit, Mismatch, Schema};
+use crate::state::State;
 use crate::wal::{Wal, WalError};
 
 /// One stored version of a subject's schema.
@@ -60,49 +61,15 @@ pub struct SchemaRegistry {
     subjects: Mutex<BTreeMap<String, Vec<Arc<Version>>>>,
 }
 
-fn key_prefix(connector: &str) -> Vec<u8> {
-    let mut key = b"schema\0".to_vec();
-    key.extend_from_slice(connector.as_bytes());
-    key.push(0);
-    key
-}
-
-fn version_key(connector: &str, subject: &str, version: u32) -> Vec<u8> {
-    let mut key = key_prefix(connector);
-    key.extend_from_slice(subject.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&version.to_be_bytes());
-    key
-}
-
 impl SchemaRegistry {
     /// Loads the connector's stored schemas.
     pub fn open(wal: &Wal, connector: &str) -> Result<Self, WalError> {
         let mut subjects: BTreeMap<String, Vec<Arc<Version>>> = BTreeMap::new();
-        let prefix = key_prefix(connector);
-        for (key, value) in wal.meta_scan(&prefix)? {
-            let rest = &key[prefix.len()..];
-            let damaged = |detail: &str| WalError::Metadata {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                detail: detail.to_owned(),
-            };
-            let split = rest
-                .iter()
-                .position(|b| *b == 0)
-                .ok_or_else(|| damaged("no subject separator"))?;
-            let subject =
-                std::str::from_utf8(&rest[..split]).map_err(|_| damaged("subject is not UTF-8"))?;
-            let version = u32::from_be_bytes(
-                rest[split + 1..]
-                    .try_into()
-                    .map_err(|_| damaged("version is not 4 bytes"))?,
-            );
-            let schema: Schema = serde_json::from_slice(&value)
-                .map_err(|e| damaged(&format!("schema does not decode: {e}")))?;
+        for (subject, version, schema) in State::of(wal).schemas(connector)? {
             subjects
-                .entry(subject.to_owned())
+                .entry(subject.clone())
                 .or_default()
-                .push(Arc::new(Version::new(subject, version, schema)));
+                .push(Arc::new(Version::new(&subject, version, schema)));
         }
         Ok(Self {
             wal: wal.clone(),
@@ -160,9 +127,8 @@ impl SchemaRegistry {
             return Ok(Err(m));
         }
         let number = versions.len() as u32 + 1;
-        let stored = serde_json::to_vec(&next).expect("a schema serializes");
-        self.wal
-            .meta_put(&version_key(&self.connector, subject, number), &stored)?;
+        // Durable before any forwarder can see it (the lock is held until it is).
+        State::of(&self.wal).put_schema(&self.connector, subject, number, &next)?;
         let version = Arc::new(Version::new(subject, number, next));
         versions.push(Arc::clone(&version));
         Ok(Ok(Admitted {

@@ -20,7 +20,7 @@
 //! Every dead letter carries the source headers (`kafka-direct.source.*`), as internal
 //! records do, and Kafka Connect's `__connect.errors.*` headers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use crate::cluster::{Cluster, ClusterError, Retry};
 use crate::config::Compression;
 use crate::format::{ErrorKind, Rejection};
 use crate::record::{SourcePartition, SourceRecord};
+use crate::state::{self, DeadLetterFloors};
 use crate::wal::{Wal, WalError};
 
 /// Headers of a dead letter, as Kafka Connect's dead-letter reporter names them.
@@ -76,15 +77,6 @@ pub fn dead_letter<'a>(
     }
 }
 
-/// What the WAL keeps between runs.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Stored {
-    /// Per dead-letter partition: every dead letter below this offset is counted in `next`.
-    floors: BTreeMap<i32, i64>,
-    /// (topic, partition, next source offset after its last dead letter).
-    next: Vec<(String, i32, i64)>,
-}
-
 #[derive(Debug)]
 struct State {
     /// Per dead-letter partition, an end it had at some point: a produce sent later
@@ -104,12 +96,6 @@ pub struct DeadLetters {
     pub connector: String,
     wal: Wal,
     state: Mutex<State>,
-}
-
-fn stored_key(connector: &str) -> Vec<u8> {
-    let mut key = b"dead-letters\0".to_vec();
-    key.extend_from_slice(connector.as_bytes());
-    key
 }
 
 /// The (source partition, source offset, kind) a dead letter of `connector` names; `None`
@@ -141,19 +127,12 @@ fn source_of(
 /// changed): the next [`DeadLetters::open`] reads only from the floors, which must
 /// already lie at the topic's ends (an `open` just before does that).
 pub fn forget(wal: &Wal, connector: &str, sources: &[SourcePartition]) -> Result<(), WalError> {
-    let key = stored_key(connector);
-    let Some(bytes) = wal.meta_get(&key)? else {
-        return Ok(());
-    };
-    let mut stored: Stored = serde_json::from_slice(&bytes).map_err(|e| WalError::Metadata {
-        key: String::from_utf8_lossy(&key).into_owned(),
-        detail: e.to_string(),
-    })?;
+    let state = state::State::of(wal);
+    let mut stored = state.dead_letters(connector)?;
     stored
         .next
         .retain(|(t, p, _)| !sources.iter().any(|s| s.topic == *t && s.partition == *p));
-    let bytes = serde_json::to_vec(&stored).expect("the state serializes");
-    wal.meta_put(&key, &bytes)
+    state.put_dead_letters(connector, &stored)
 }
 
 impl DeadLetters {
@@ -169,13 +148,7 @@ impl DeadLetters {
         wal: Wal,
         settle: bool,
     ) -> Result<Self, DeadLetterError> {
-        let stored: Stored = match wal.meta_get(&stored_key(&connector))? {
-            None => Stored::default(),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| WalError::Metadata {
-                key: String::from_utf8_lossy(&stored_key(&connector)).into_owned(),
-                detail: e.to_string(),
-            })?,
-        };
+        let stored = state::State::of(&wal).dead_letters(&connector)?;
         let mut next: HashMap<SourcePartition, i64> = stored
             .next
             .into_iter()
@@ -234,7 +207,7 @@ impl DeadLetters {
     /// Call only when no dead-letter produce is in doubt.
     pub fn persist(&self) -> Result<(), WalError> {
         let state = self.state.lock().expect("dead-letter state");
-        let stored = Stored {
+        let stored = DeadLetterFloors {
             floors: state
                 .known_end
                 .iter()
@@ -247,8 +220,7 @@ impl DeadLetters {
                 .map(|(s, n)| (s.topic.clone(), s.partition, *n))
                 .collect(),
         };
-        let bytes = serde_json::to_vec(&stored).expect("the state serializes");
-        self.wal.meta_put(&stored_key(&self.connector), &bytes)
+        state::State::of(&self.wal).put_dead_letters(&self.connector, &stored)
     }
 
     /// The source offset after the last dead letter of `source`, if it has any.

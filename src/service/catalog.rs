@@ -16,13 +16,8 @@ use crate::control::{ConnectorHandle, Target};
 use crate::format::registry::SchemaRegistry;
 use crate::metrics::PartitionMetrics;
 use crate::record::SourcePartition;
+use crate::state::State;
 use crate::wal::WalError;
-
-const CONFIG_PREFIX: &str = "connector-config\0";
-
-fn config_key(name: &str) -> Vec<u8> {
-    format!("{CONFIG_PREFIX}{name}").into_bytes()
-}
 
 /// Every connector the service runs.
 #[derive(Debug)]
@@ -45,13 +40,7 @@ impl Connectors {
     ) -> Result<Self, WalError> {
         let wal = &ctx.wal;
         let mut configs: Vec<ConnectorConfig> = Vec::new();
-        for (key, value) in wal.meta_scan(CONFIG_PREFIX.as_bytes())? {
-            let name = String::from_utf8_lossy(&key[CONFIG_PREFIX.len()..]).into_owned();
-            let settings: BTreeMap<String, String> =
-                serde_json::from_slice(&value).map_err(|e| WalError::Metadata {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    detail: e.to_string(),
-                })?;
+        for (name, settings) in State::of(wal).configs()? {
             if declared.as_ref().is_some_and(|d| d.name == name) {
                 warn!(connector = %name, "a connector of this name was created through the API and the config file declares one too: the file's config is used");
                 continue;
@@ -290,12 +279,7 @@ impl Connectors {
         for p in &partitions {
             wal.drop_partition(name, p)?;
         }
-        for prefix in [format!("schema\0{name}\0"), format!("target\0{name}")] {
-            for (key, _) in wal.meta_scan(prefix.as_bytes())? {
-                wal.meta_remove(&key)?;
-            }
-        }
-        wal.meta_remove(&config_key(name))?;
+        State::of(wal).forget_connector(name)?;
         wal.commit().await?;
         self.list
             .write()
@@ -306,8 +290,7 @@ impl Connectors {
     }
 
     async fn store(&self, name: &str, settings: &BTreeMap<String, String>) -> Result<(), WalError> {
-        let bytes = serde_json::to_vec(settings).expect("a string map serializes");
-        self.ctx.wal.meta_put(&config_key(name), &bytes)?;
+        State::of(&self.ctx.wal).put_config(name, settings)?;
         self.ctx.wal.commit().await
     }
 }

@@ -27,6 +27,7 @@ use crate::forward::{Forwarder, SinkError, SETTLE};
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::record::SourcePartition;
 use crate::source::{Fetcher, SourceError};
+use crate::state::State;
 use crate::wal::{Wal, WalError};
 
 /// What every connector of the service shares.
@@ -123,22 +124,10 @@ impl std::fmt::Debug for Run {
     }
 }
 
-fn barrier_key(connector: &str, partition: &SourcePartition) -> Vec<u8> {
-    format!(
-        "barrier\0{connector}\0{}\0{}",
-        partition.topic, partition.partition
-    )
-    .into_bytes()
-}
-
 /// The internal offset below which records predate an offset change of `partition`
 /// (0 when its offsets were never changed).
 fn barrier(wal: &Wal, connector: &str, partition: &SourcePartition) -> Result<i64, WalError> {
-    Ok(wal
-        .meta_get(&barrier_key(connector, partition))?
-        .and_then(|v| v.try_into().ok())
-        .map(i64::from_be_bytes)
-        .unwrap_or(0))
+    State::of(wal).barrier(connector, partition)
 }
 
 impl ConnectorRuntime {
@@ -308,7 +297,7 @@ impl ConnectorRuntime {
             } else {
                 0 // nothing copied yet: no barrier needed
             };
-            wal.meta_put(&barrier_key(name, partition), &end.to_be_bytes())?;
+            State::of(wal).set_barrier(name, partition, end)?;
             wal.partition(name, partition)?.reset(*offset)?;
             info!(connector = %name, %partition, offset = ?offset, internal_barrier = end, "offset changed");
         }

@@ -113,7 +113,7 @@ pub async fn run(
         max_bytes: config.wal_max_bytes,
         cache_bytes: config.wal_cache_bytes,
     };
-    let wal = tokio::task::spawn_blocking(move || Wal::open(&data_dir, options))
+    let wal = tokio::task::spawn_blocking(move || crate::state::open(&data_dir, options))
         .await
         .expect("opening the WAL does not panic")?;
     info!(data_dir = %config.data_dir.display(), wal_bytes = wal.used_bytes(), "WAL opened");

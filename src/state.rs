@@ -1,0 +1,540 @@
+//! The service's durable state beside the log: one owner for the WAL's metadata tree.
+//!
+//! Owns: every key of that tree ([`Key`], one encoder) and the typed value under each:
+//! a connector's target state, its config (for connectors created through the API), the
+//! barriers left by offset changes, the dead-letter floors and the schema versions.
+//!
+//! Guarantees: keys are built from *terminated* components, so no connector's keys are a
+//! prefix of another's (`orders` and `orders-eu` share nothing); every value decodes
+//! through one function per kind, and a value that does not decode is reported with its
+//! key. Writes are durable with the next [`Wal::commit`], except [`State::put_schema`],
+//! which is durable when it returns (a version is named downstream as soon as a record
+//! that uses it is produced). State written by builds before this encoding is rewritten
+//! once by [`State::upgrade`].
+
+use std::collections::BTreeMap;
+
+use crate::format::schema::Schema;
+use crate::record::SourcePartition;
+use crate::wal::{Wal, WalError};
+
+/// Opens the WAL in `dir` with its state in this build's encoding: state written by an
+/// earlier build is rewritten ([`State::upgrade`]) and synced before this returns.
+pub fn open(dir: &std::path::Path, options: crate::wal::WalOptions) -> Result<Wal, WalError> {
+    let wal = Wal::open(dir, options)?;
+    let moved = State::of(&wal).upgrade()?;
+    if moved > 0 {
+        wal.sync_blocking()?;
+        tracing::info!(
+            keys = moved,
+            "service state rewritten in this build's key encoding"
+        );
+    }
+    Ok(wal)
+}
+
+/// What a connector's tasks should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Fetch and forward.
+    Running,
+    /// Hold: no fetch and no produce is started (one in flight finishes).
+    Paused,
+    /// No tasks: they are stopped (the state in which offsets may be changed).
+    Stopped,
+}
+
+/// The dead-letter bookkeeping of one connector.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DeadLetterFloors {
+    /// Per dead-letter partition: every dead letter below this offset is counted in `next`.
+    pub(crate) floors: BTreeMap<i32, i64>,
+    /// (topic, partition, next source offset after its last dead letter).
+    pub(crate) next: Vec<(String, i32, i64)>,
+}
+
+/// A key of the metadata tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Key<'a> {
+    /// A connector's target, when it is not [`Target::Running`].
+    Target { connector: &'a str },
+    /// A connector created through the API: its settings.
+    Config { connector: &'a str },
+    /// The internal offset below which records predate an offset change.
+    Barrier {
+        connector: &'a str,
+        partition: &'a SourcePartition,
+    },
+    /// The dead-letter floors of a connector.
+    DeadLetters { connector: &'a str },
+    /// One version of a subject's schema.
+    Schema {
+        connector: &'a str,
+        subject: &'a str,
+        version: u32,
+    },
+}
+
+/// The first byte of every key of this encoding (the keys of earlier builds are text).
+const ENCODING: u8 = 0x02;
+
+/// The kinds, the key's second byte.
+mod kind {
+    pub(super) const TARGET: u8 = 1;
+    pub(super) const CONFIG: u8 = 2;
+    pub(super) const BARRIER: u8 = 3;
+    pub(super) const DEAD_LETTERS: u8 = 4;
+    pub(super) const SCHEMA: u8 = 5;
+}
+
+/// Appends `text` as one terminated component: NUL is escaped as `00 FF` and the
+/// component ends with `00 01`, so a component is never a prefix of a longer one.
+fn push_text(key: &mut Vec<u8>, text: &str) {
+    for &b in text.as_bytes() {
+        key.push(b);
+        if b == 0 {
+            key.push(0xff);
+        }
+    }
+    key.extend_from_slice(&[0, 1]);
+}
+
+/// Reads one component written by [`push_text`]; the rest after it.
+fn take_text(key: &[u8]) -> Option<(String, &[u8])> {
+    let mut text = Vec::new();
+    let mut i = 0;
+    loop {
+        match (key.get(i)?, key.get(i + 1)) {
+            (0, Some(0xff)) => text.push(0),
+            (0, Some(1)) => return Some((String::from_utf8(text).ok()?, &key[i + 2..])),
+            (0, _) => return None,
+            (&b, _) => {
+                text.push(b);
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+}
+
+impl Key<'_> {
+    /// The key's bytes.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut key = vec![ENCODING];
+        match *self {
+            Key::Target { connector } => {
+                key.push(kind::TARGET);
+                push_text(&mut key, connector);
+            }
+            Key::Config { connector } => {
+                key.push(kind::CONFIG);
+                push_text(&mut key, connector);
+            }
+            Key::Barrier {
+                connector,
+                partition,
+            } => {
+                key.push(kind::BARRIER);
+                push_text(&mut key, connector);
+                push_text(&mut key, &partition.topic);
+                key.extend_from_slice(&partition.partition.to_be_bytes());
+            }
+            Key::DeadLetters { connector } => {
+                key.push(kind::DEAD_LETTERS);
+                push_text(&mut key, connector);
+            }
+            Key::Schema {
+                connector,
+                subject,
+                version,
+            } => {
+                key.push(kind::SCHEMA);
+                push_text(&mut key, connector);
+                push_text(&mut key, subject);
+                key.extend_from_slice(&version.to_be_bytes());
+            }
+        }
+        key
+    }
+}
+
+/// The prefix of every key of `kind` belonging to `connector`.
+fn connector_prefix(kind: u8, connector: &str) -> Vec<u8> {
+    let mut key = vec![ENCODING, kind];
+    push_text(&mut key, connector);
+    key
+}
+
+fn damaged(key: &[u8], detail: impl std::fmt::Display) -> WalError {
+    WalError::Metadata {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The typed view of a WAL's metadata tree.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct State<'a> {
+    wal: &'a Wal,
+}
+
+impl<'a> State<'a> {
+    /// The state kept in `wal`.
+    pub(crate) fn of(wal: &'a Wal) -> Self {
+        Self { wal }
+    }
+
+    fn get(&self, key: Key<'_>) -> Result<Option<Vec<u8>>, WalError> {
+        self.wal.meta_get(&key.encode())
+    }
+
+    fn put(&self, key: Key<'_>, value: &[u8]) -> Result<(), WalError> {
+        self.wal.meta_put(&key.encode(), value)
+    }
+
+    fn remove(&self, key: Key<'_>) -> Result<(), WalError> {
+        self.wal.meta_remove(&key.encode())
+    }
+
+    /// The connector's target as last set ([`Target::Running`] when never set).
+    pub(crate) fn target(&self, connector: &str) -> Result<Target, WalError> {
+        let key = Key::Target { connector };
+        match self.get(key)?.as_deref() {
+            None => Ok(Target::Running),
+            Some(b"paused") => Ok(Target::Paused),
+            Some(b"stopped") => Ok(Target::Stopped),
+            Some(other) => Err(damaged(
+                &key.encode(),
+                format!("unknown target {:?}", String::from_utf8_lossy(other)),
+            )),
+        }
+    }
+
+    /// Sets the connector's target.
+    pub(crate) fn set_target(&self, connector: &str, target: Target) -> Result<(), WalError> {
+        let key = Key::Target { connector };
+        match target {
+            Target::Paused => self.put(key, b"paused"),
+            Target::Stopped => self.put(key, b"stopped"),
+            Target::Running => self.remove(key),
+        }
+    }
+
+    /// Every connector config stored through the API, by name.
+    pub(crate) fn configs(&self) -> Result<Vec<(String, BTreeMap<String, String>)>, WalError> {
+        let prefix = [ENCODING, kind::CONFIG];
+        let mut out = Vec::new();
+        for (key, value) in self.wal.meta_scan(&prefix)? {
+            let (name, rest) = take_text(&key[prefix.len()..])
+                .ok_or_else(|| damaged(&key, "not a connector name"))?;
+            if !rest.is_empty() {
+                return Err(damaged(&key, "bytes after the connector name"));
+            }
+            let settings = serde_json::from_slice(&value).map_err(|e| damaged(&key, e))?;
+            out.push((name, settings));
+        }
+        Ok(out)
+    }
+
+    /// Stores the settings of a connector created through the API.
+    pub(crate) fn put_config(
+        &self,
+        connector: &str,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<(), WalError> {
+        let bytes = serde_json::to_vec(settings).expect("a string map serializes");
+        self.put(Key::Config { connector }, &bytes)
+    }
+
+    /// The internal offset below which records predate an offset change of `partition`
+    /// (0 when its offsets were never changed).
+    pub(crate) fn barrier(
+        &self,
+        connector: &str,
+        partition: &SourcePartition,
+    ) -> Result<i64, WalError> {
+        let key = Key::Barrier {
+            connector,
+            partition,
+        };
+        match self.get(key)? {
+            None => Ok(0),
+            Some(bytes) => {
+                Ok(i64::from_be_bytes(bytes.try_into().map_err(|_| {
+                    damaged(&key.encode(), "a barrier is 8 bytes")
+                })?))
+            }
+        }
+    }
+
+    /// Sets the barrier of `partition`.
+    pub(crate) fn set_barrier(
+        &self,
+        connector: &str,
+        partition: &SourcePartition,
+        internal_offset: i64,
+    ) -> Result<(), WalError> {
+        let key = Key::Barrier {
+            connector,
+            partition,
+        };
+        self.put(key, &internal_offset.to_be_bytes())
+    }
+
+    /// The connector's dead-letter floors (empty when none were kept).
+    pub(crate) fn dead_letters(&self, connector: &str) -> Result<DeadLetterFloors, WalError> {
+        let key = Key::DeadLetters { connector };
+        match self.get(key)? {
+            None => Ok(DeadLetterFloors::default()),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| damaged(&key.encode(), e)),
+        }
+    }
+
+    /// Stores the connector's dead-letter floors.
+    pub(crate) fn put_dead_letters(
+        &self,
+        connector: &str,
+        floors: &DeadLetterFloors,
+    ) -> Result<(), WalError> {
+        let bytes = serde_json::to_vec(floors).expect("the floors serialize");
+        self.put(Key::DeadLetters { connector }, &bytes)
+    }
+
+    /// Every schema version of the connector: (subject, version, schema), by subject then
+    /// version.
+    pub(crate) fn schemas(&self, connector: &str) -> Result<Vec<(String, u32, Schema)>, WalError> {
+        let prefix = connector_prefix(kind::SCHEMA, connector);
+        let mut out = Vec::new();
+        for (key, value) in self.wal.meta_scan(&prefix)? {
+            let (subject, rest) = take_text(&key[prefix.len()..])
+                .ok_or_else(|| damaged(&key, "not a subject name"))?;
+            let version = u32::from_be_bytes(
+                rest.try_into()
+                    .map_err(|_| damaged(&key, "the version is not 4 bytes"))?,
+            );
+            let schema = serde_json::from_slice(&value)
+                .map_err(|e| damaged(&key, format!("schema does not decode: {e}")))?;
+            out.push((subject, version, schema));
+        }
+        Ok(out)
+    }
+
+    /// Stores a schema version and syncs the WAL before returning, so the version
+    /// survives any crash after it is named downstream. Blocks for the flush (versions
+    /// are rare).
+    pub(crate) fn put_schema(
+        &self,
+        connector: &str,
+        subject: &str,
+        version: u32,
+        schema: &Schema,
+    ) -> Result<(), WalError> {
+        let key = Key::Schema {
+            connector,
+            subject,
+            version,
+        };
+        let bytes = serde_json::to_vec(schema).expect("a schema serializes");
+        self.put(key, &bytes)?;
+        self.wal.sync_blocking()
+    }
+
+    /// Forgets what belongs to a deleted connector: its target, config and schemas. Its
+    /// barriers stay (a connector created again under the name starts after them), and
+    /// so do its dead-letter floors (the dead letters it wrote stay in the topic).
+    pub(crate) fn forget_connector(&self, connector: &str) -> Result<(), WalError> {
+        self.remove(Key::Target { connector })?;
+        self.remove(Key::Config { connector })?;
+        for (key, _) in self
+            .wal
+            .meta_scan(&connector_prefix(kind::SCHEMA, connector))?
+        {
+            self.wal.meta_remove(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the metadata of earlier builds (text keys `target\0<name>`,
+    /// `connector-config\0<name>`, `barrier\0<name>\0<topic>\0<partition>`,
+    /// `dead-letters\0<name>`, `schema\0<name>\0<subject>\0<version>`) under this
+    /// encoding, and returns how many keys it rewrote. Durable with the next commit;
+    /// run before anything reads the state.
+    pub(crate) fn upgrade(&self) -> Result<usize, WalError> {
+        let mut moved = 0;
+        for (key, value) in self.wal.meta_scan(&[])? {
+            if key.first() == Some(&ENCODING) {
+                continue;
+            }
+            let text =
+                |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| damaged(&key, "not UTF-8"));
+            let mut parts = key.splitn(2, |b| *b == 0);
+            let kind = parts.next().unwrap_or_default();
+            let rest = parts
+                .next()
+                .ok_or_else(|| damaged(&key, "an unknown metadata key"))?;
+            let new = match kind {
+                b"target" => Key::Target {
+                    connector: &text(rest)?,
+                }
+                .encode(),
+                b"connector-config" => Key::Config {
+                    connector: &text(rest)?,
+                }
+                .encode(),
+                b"dead-letters" => Key::DeadLetters {
+                    connector: &text(rest)?,
+                }
+                .encode(),
+                b"barrier" => {
+                    let fields: Vec<&[u8]> = rest.splitn(3, |b| *b == 0).collect();
+                    let [connector, topic, partition] = fields[..] else {
+                        return Err(damaged(&key, "a barrier key has three fields"));
+                    };
+                    let partition = SourcePartition::new(
+                        text(topic)?,
+                        text(partition)?
+                            .parse()
+                            .map_err(|_| damaged(&key, "the partition is not a number"))?,
+                    );
+                    Key::Barrier {
+                        connector: &text(connector)?,
+                        partition: &partition,
+                    }
+                    .encode()
+                }
+                b"schema" => {
+                    // The version is 4 raw bytes, which may hold a NUL: split from the end.
+                    if rest.len() < 5 || rest[rest.len() - 5] != 0 {
+                        return Err(damaged(&key, "a schema key ends in NUL and 4 bytes"));
+                    }
+                    let (names, version) = rest.split_at(rest.len() - 5);
+                    let (connector, subject) = names
+                        .iter()
+                        .position(|b| *b == 0)
+                        .map(|i| (&names[..i], &names[i + 1..]))
+                        .ok_or_else(|| damaged(&key, "no subject in a schema key"))?;
+                    Key::Schema {
+                        connector: &text(connector)?,
+                        subject: &text(subject)?,
+                        version: u32::from_be_bytes(version[1..].try_into().expect("4 bytes")),
+                    }
+                    .encode()
+                }
+                _ => return Err(damaged(&key, "an unknown metadata key")),
+            };
+            self.wal.meta_put(&new, &value)?;
+            self.wal.meta_remove(&key)?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{SyncPolicy, WalOptions};
+
+    fn wal(dir: &std::path::Path) -> Wal {
+        Wal::open_when_unlocked(
+            dir,
+            WalOptions {
+                sync: SyncPolicy::Flush,
+                max_bytes: 1 << 30,
+                cache_bytes: 1 << 20,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn components_are_terminated_so_no_connector_prefixes_another() {
+        let short = connector_prefix(kind::TARGET, "orders");
+        let long = Key::Target {
+            connector: "orders-eu",
+        }
+        .encode();
+        assert!(!long.starts_with(&short));
+        let nul = Key::Config { connector: "a\0b" }.encode();
+        assert_eq!(take_text(&nul[2..]).unwrap(), ("a\0b".to_owned(), &b""[..]));
+        assert!(!nul.starts_with(&connector_prefix(kind::CONFIG, "a")));
+    }
+
+    #[test]
+    fn forgetting_a_connector_keeps_the_state_of_one_it_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = wal(dir.path());
+        let state = State::of(&wal);
+        let schema = Schema::infer_record(&serde_json::json!({"id": 1})).unwrap();
+        for name in ["orders", "orders-eu"] {
+            state.set_target(name, Target::Paused).unwrap();
+            state.put_config(name, &BTreeMap::new()).unwrap();
+            state.put_schema(name, "int.o", 1, &schema).unwrap();
+        }
+        state.forget_connector("orders").unwrap();
+        assert_eq!(state.target("orders").unwrap(), Target::Running);
+        assert_eq!(state.target("orders-eu").unwrap(), Target::Paused);
+        assert_eq!(state.schemas("orders").unwrap(), vec![]);
+        assert_eq!(state.schemas("orders-eu").unwrap().len(), 1);
+        let names: Vec<String> = state.configs().unwrap().into_iter().map(|c| c.0).collect();
+        assert_eq!(names, vec!["orders-eu"]);
+    }
+
+    #[test]
+    fn the_text_keys_of_earlier_builds_are_rewritten_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = wal(dir.path());
+        let schema = Schema::infer_record(&serde_json::json!({"id": 1})).unwrap();
+        let schema_json = serde_json::to_vec(&schema).unwrap();
+        let mut version_key = b"schema\0orders\0int.o\0".to_vec();
+        version_key.extend_from_slice(&256u32.to_be_bytes()); // holds NUL bytes
+        wal.meta_put(&version_key, &schema_json).unwrap();
+        wal.meta_put(b"target\0orders-eu", b"stopped").unwrap();
+        wal.meta_put(b"connector-config\0orders", br#"{"topic.prefix":"x"}"#)
+            .unwrap();
+        wal.meta_put(b"barrier\0orders\0a.b\x002", &7i64.to_be_bytes())
+            .unwrap();
+        wal.meta_put(b"dead-letters\0orders", br#"{"floors":{"0":3},"next":[]}"#)
+            .unwrap();
+        let state = State::of(&wal);
+        assert_eq!(state.upgrade().unwrap(), 5);
+        assert_eq!(state.upgrade().unwrap(), 0, "once");
+        assert_eq!(state.target("orders-eu").unwrap(), Target::Stopped);
+        assert_eq!(state.configs().unwrap()[0].1["topic.prefix"], "x");
+        assert_eq!(
+            state
+                .barrier("orders", &SourcePartition::new("a.b", 2))
+                .unwrap(),
+            7
+        );
+        assert_eq!(state.dead_letters("orders").unwrap().floors[&0], 3);
+        assert_eq!(
+            state.schemas("orders").unwrap(),
+            vec![("int.o".to_owned(), 256, schema)]
+        );
+    }
+
+    /// What a kill -9 leaves on disk is what the process wrote to its files: a copy of
+    /// the data dir taken while the WAL is open, with no commit since the write.
+    #[test]
+    fn a_schema_version_is_on_disk_when_put_schema_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = wal(dir.path());
+        wal.sync_blocking().unwrap();
+        let schema = Schema::infer_record(&serde_json::json!({"id": 1})).unwrap();
+        State::of(&wal)
+            .put_schema("c", "int.a", 1, &schema)
+            .unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(dir.path().join("."))
+            .arg(copy.path())
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let crashed = self::wal(copy.path());
+        assert_eq!(State::of(&crashed).schemas("c").unwrap().len(), 1);
+    }
+}
