@@ -53,6 +53,9 @@ pub(crate) struct DeadLetterFloors {
     pub(crate) next: Vec<(String, i32, i64)>,
 }
 
+/// A connector's settings as given to the API (dotted keys without `connector.`).
+pub(crate) type Settings = BTreeMap<String, String>;
+
 /// A key of the metadata tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Key<'a> {
@@ -222,7 +225,7 @@ impl<'a> State<'a> {
     }
 
     /// Every connector config stored through the API, by name.
-    pub(crate) fn configs(&self) -> Result<Vec<(String, BTreeMap<String, String>)>, WalError> {
+    pub(crate) fn configs(&self) -> Result<Vec<(String, Settings)>, WalError> {
         let prefix = [ENCODING, kind::CONFIG];
         let mut out = Vec::new();
         for (key, value) in self.wal.meta_scan(&prefix)? {
