@@ -14,9 +14,9 @@ use kafka_direct::config::Format;
 use kafka_direct::format::registry::SchemaRegistry;
 use kafka_direct::format::schema::Schema;
 use kafka_direct::format::{Formatter, Verdict};
-use kafka_direct::forward::writer::{encode_batch, Outgoing};
+use kafka_direct::kafka::batches;
+use kafka_direct::kafka::produce::{encode_batch, Outgoing};
 use kafka_direct::record::{FetchedBatch, SourcePartition, SourceRecord};
-use kafka_direct::source::batches;
 use kafka_direct::wal::{codec, SyncPolicy, Wal, WalOptions};
 
 fn batch(first: i64, records: usize, size: usize) -> FetchedBatch {

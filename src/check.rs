@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::MetadataResponse;
 use serde_json::Value;
 
-use crate::cluster::Cluster;
 use crate::config::{closest, Format, OffsetReset, ServiceConfig};
 use crate::format::schema::{Fit, Schema};
 use crate::format::{Formatter, Verdict};
+use crate::kafka::cluster::Cluster;
+use crate::kafka::connection::{topic_partitions, Connection, WireError};
+use crate::kafka::fetch::PartitionReader;
+use crate::kafka::tls::CertificateSummary;
 use crate::record::SourceRecord;
-use crate::source::reader::PartitionReader;
-use crate::transport::CertificateSummary;
-use crate::wire::{topic_partitions, Connection, WireError};
 
 /// Values sampled per topic for the format step.
 pub const SAMPLE: usize = 100;
@@ -157,9 +157,10 @@ pub async fn run(config: &ServiceConfig) -> Report {
         ),
     );
     // The config was loaded, so its TLS material reads.
-    let (Ok(external_transport), Ok(internal_transport)) =
-        (declared(config).transport(), config.internal_transport())
-    else {
+    let (Ok(external_transport), Ok(internal_transport)) = (
+        crate::service::external_transport(declared(config)),
+        crate::service::internal_transport(config),
+    ) else {
         return Report::bad_config("TLS material could not be read".into());
     };
     let external = connect(
@@ -295,7 +296,7 @@ async fn connect(
     step: &'static str,
     key: &str,
     servers: &[String],
-    transport: &crate::transport::Transport,
+    transport: &crate::kafka::tls::Transport,
 ) -> Option<Answer> {
     let mut metadata = None;
     for server in servers {
@@ -318,7 +319,7 @@ async fn connect(
         let conn = tokio::time::timeout(STEP_TIMEOUT, async {
             let mut conn = Connection::open(server, "kafka-direct-check", transport).await?;
             let metadata = conn.metadata_all().await?;
-            Ok::<_, crate::wire::WireError>((
+            Ok::<_, crate::kafka::connection::WireError>((
                 metadata,
                 conn.peer_certificates().to_vec(),
                 conn.sasl_offered().to_vec(),
@@ -486,7 +487,7 @@ async fn topics(
                 let mut reader = PartitionReader::connect(cluster, topic, partition).await?;
                 let earliest = reader.earliest(cluster).await?;
                 let end = reader.fetch(cluster, earliest, 1, 1).await?.high_watermark;
-                Ok::<_, crate::cluster::ClusterError>((earliest, end))
+                Ok::<_, crate::kafka::cluster::ClusterError>((earliest, end))
             };
             match offsets.await {
                 Ok((earliest, end)) => records += (end - earliest).max(0),
@@ -535,7 +536,7 @@ async fn sample(
     cluster: &Cluster,
     topic: &str,
     partitions: usize,
-) -> Result<Vec<(i32, SourceRecord)>, crate::cluster::ClusterError> {
+) -> Result<Vec<(i32, SourceRecord)>, crate::kafka::cluster::ClusterError> {
     let mut out = Vec::new();
     for partition in 0..partitions as i32 {
         let mut reader = PartitionReader::connect(cluster, topic, partition).await?;

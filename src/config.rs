@@ -10,7 +10,28 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::kafka::access::{
+    Access, AccessError, SaslMechanism, SaslSettings, Secret, SslSettings, HIDDEN,
+};
+pub use crate::kafka::produce::Compression;
 use crate::wal::SyncPolicy;
+
+impl From<AccessError> for ConfigError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Missing { key, hint } => ConfigError::Missing { key, hint },
+            AccessError::Invalid {
+                key,
+                value,
+                expected,
+            } => ConfigError::Invalid {
+                key,
+                value,
+                expected,
+            },
+        }
+    }
+}
 
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,21 +119,6 @@ pub enum OffsetReset {
     None,
 }
 
-/// Compression of batches written to the internal cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// No compression.
-    None,
-    /// gzip.
-    Gzip,
-    /// LZ4.
-    Lz4,
-    /// Snappy.
-    Snappy,
-    /// Zstandard.
-    Zstd,
-}
-
 /// One connector: which external topics to copy and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectorConfig {
@@ -139,69 +145,7 @@ pub struct ConnectorConfig {
     pub access: Access,
 }
 
-/// How one cluster is reached: `security.protocol`, `ssl.*`, `sasl.*` and `proxy.url`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Access {
-    /// TLS (`SSL` and `SASL_SSL`).
-    pub ssl: Option<SslSettings>,
-    /// SASL authentication (`SASL_PLAINTEXT` and `SASL_SSL`).
-    pub sasl: Option<SaslSettings>,
-    /// `host:port` of the SOCKS5 proxy every connection goes through.
-    pub proxy: Option<String>,
-}
-
-/// A SASL mechanism kafka-direct speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaslMechanism {
-    /// RFC 4616: user and password sent as they are (use it with TLS).
-    Plain,
-    /// RFC 7677.
-    ScramSha256,
-    /// SCRAM with SHA-512.
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    /// The mechanism's name on the wire and in `sasl.mechanism`.
-    pub fn name(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
-/// SASL credentials of one cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SaslSettings {
-    /// The mechanism.
-    pub mechanism: SaslMechanism,
-    /// The user (for Event Hubs, `$ConnectionString`).
-    pub username: String,
-    /// The password (resolved if it was a reference).
-    pub password: Secret,
-}
-
-/// TLS settings of one cluster (docs/configuration.md, `ssl.*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SslSettings {
-    /// CA certificates: a PEM file or inline PEM; `None`: the system trust store.
-    pub ca_location: Option<String>,
-    /// Client certificate chain (mutual TLS).
-    pub certificate_location: Option<String>,
-    /// Its private key (a path or the key itself: never printed).
-    pub key_location: Option<Secret>,
-    /// Whether the broker's certificate must name the address connected to.
-    pub verify_hostname: bool,
-}
-
 impl ServiceConfig {
-    /// How the internal cluster is reached (reads the `internal.ssl.*` PEM files).
-    pub fn internal_transport(&self) -> Result<crate::transport::Transport, ConfigError> {
-        crate::transport::Transport::new(&self.internal_access, "internal.")
-    }
-
     /// The connector the file declares, for commands that need one (`check`, `schemas`).
     pub fn file_connector(&self) -> Result<&ConnectorConfig, ConfigError> {
         self.connector.as_ref().ok_or(ConfigError::Missing {
@@ -217,11 +161,6 @@ impl ServiceConfig {
 }
 
 impl ConnectorConfig {
-    /// How the external cluster is reached (reads the `ssl.*` PEM files).
-    pub fn transport(&self) -> Result<crate::transport::Transport, ConfigError> {
-        crate::transport::Transport::new(&self.access, CONNECTOR_PREFIX)
-    }
-
     /// Name of the internal topic a source topic is copied to.
     pub fn internal_topic(&self, source_topic: &str) -> String {
         format!("{}.{}", self.topic_prefix, source_topic)
@@ -436,26 +375,6 @@ pub const SECRET_KEYS: &[&str] = &[
 pub fn is_reference(value: &str) -> bool {
     let value = value.trim();
     value.ends_with('}') && (value.starts_with("${env:") || value.starts_with("${file:"))
-}
-
-/// What a secret is shown as.
-pub const HIDDEN: &str = "[hidden]";
-
-/// A secret value: its `Debug` output is [`HIDDEN`], so printing a config never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl Secret {
-    /// The value itself, for the one place that must compare or send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(HIDDEN)
-    }
 }
 
 const CONNECTOR_KEYS: &[Key] = &[
@@ -676,10 +595,7 @@ impl RawConfig {
 
         let declares_connector = self.0.keys().any(|k| k.starts_with(CONNECTOR_PREFIX));
         let connector = if declares_connector {
-            let connector = build_connector(&c)?;
-            // Reads the PEM material now, so that a bad file is refused at start.
-            connector.transport()?;
-            Some(connector)
+            Some(build_connector(&c)?)
         } else {
             None
         };
@@ -746,7 +662,6 @@ impl RawConfig {
                 .map(Secret),
             connector,
         };
-        config.internal_transport()?;
         Ok(config)
     }
 }
@@ -1015,7 +930,6 @@ pub fn connector_from_settings(
     })?;
     connector.settings.remove("name");
     connector.settings.insert("name".into(), name.to_owned());
-    connector.transport()?;
     Ok(connector)
 }
 
@@ -1523,7 +1437,7 @@ topic.include.list = "orders,payments"
         assert_eq!(sasl.password.expose(), "hunter2");
         assert!(!format!("{cfg:?}").contains("hunter2"));
         assert_eq!(
-            format!("{:?}", cfg.internal_transport().unwrap()),
+            format!("{:?}", crate::service::internal_transport(&cfg).unwrap()),
             "SASL_PLAINTEXT SCRAM-SHA-512 as $ConnectionString"
         );
     }

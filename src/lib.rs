@@ -16,16 +16,14 @@
 
 pub mod api;
 pub mod check;
-pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod format;
 pub mod forward;
+pub mod kafka;
 pub mod metrics;
 pub mod record;
 pub mod service;
 pub mod source;
 pub mod state;
-pub mod transport;
 pub mod wal;
-pub mod wire;

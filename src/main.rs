@@ -269,7 +269,7 @@ fn load(
 ) -> Result<kafka_direct::config::ServiceConfig, kafka_direct::config::ConfigError> {
     let mut raw = RawConfig::from_file(config)?;
     raw.apply_overrides(overrides)?;
-    raw.build()
+    kafka_direct::service::configure(&raw)
 }
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -103,3 +103,12 @@ pub mod source_headers {
     /// Source offset, decimal.
     pub const OFFSET: &str = "kafka-direct.source.offset";
 }
+
+/// Milliseconds since `timestamp_ms` (a record's timestamp) by this machine's clock.
+pub(crate) fn age_ms(timestamp_ms: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    now - timestamp_ms
+}

@@ -3,7 +3,7 @@
 //! next offset.
 #![no_main]
 
-use kafka_direct::source::batches::{decode, AbortedTransaction};
+use kafka_direct::kafka::batches::{decode, AbortedTransaction};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

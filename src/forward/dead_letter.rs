@@ -27,11 +27,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::writer::{Outgoing, PartitionWriter};
 use super::SETTLE;
-use crate::cluster::{Cluster, ClusterError, Retry};
 use crate::config::Compression;
 use crate::format::{ErrorKind, Rejection};
+use crate::kafka::cluster::{Cluster, ClusterError, Retry};
+use crate::kafka::produce::{Outgoing, PartitionWriter};
 use crate::record::{SourcePartition, SourceRecord};
 use crate::state::{self, DeadLetterFloors};
 use crate::wal::{Wal, WalError};

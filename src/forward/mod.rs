@@ -10,7 +10,6 @@
 
 pub mod dead_letter;
 pub mod tail;
-pub mod writer;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -21,16 +20,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{Cluster, ClusterError, Retry};
 use crate::config::Compression;
 use crate::control::Gate;
 use crate::format::{Formatter, Verdict};
+use crate::kafka::cluster::{Cluster, ClusterError, Retry};
+use crate::kafka::produce::{Outgoing, PartitionWriter};
 use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
-use crate::wal::{PartitionLog, Wal, WalError};
+use crate::wal::{LogReader, WalError};
 use dead_letter::DeadLetterSender;
 use tail::{Routed, TailError};
-use writer::{Outgoing, PartitionWriter};
 
 /// Why a forwarder stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +92,8 @@ pub struct Forwarder {
     /// was last changed (`PATCH`/`DELETE /connectors/{name}/offsets`): they say nothing
     /// about where to resume. 0 when it never was.
     pub barrier: i64,
-    /// The partition's WAL log.
-    pub log: PartitionLog,
-    /// The WAL (for commits).
-    pub wal: Wal,
+    /// The reader half of the partition's WAL log.
+    pub log: LogReader,
     /// Compression of produced batches.
     pub compression: Compression,
     /// Max records per produce.
@@ -534,7 +531,7 @@ impl Forwarder {
                         Ordering::Relaxed,
                     );
                     debug!(%partition, records = count, produce_ms = produce_took.as_millis() as u64,
-                        first_record_age_ms = age_ms(oldest_timestamp_ms), "produced");
+                        first_record_age_ms = crate::record::age_ms(oldest_timestamp_ms), "produced");
                     if base_offset != tail.end {
                         self.metrics
                             .unexpected_produce_offsets
@@ -669,13 +666,4 @@ impl Forwarder {
     fn header_overhead(&self) -> usize {
         135 + self.partition().topic.len()
     }
-}
-
-/// Milliseconds since `timestamp_ms` (a record's timestamp) by this machine's clock.
-pub(crate) fn age_ms(timestamp_ms: i64) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
-    now - timestamp_ms
 }

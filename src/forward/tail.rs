@@ -6,8 +6,8 @@
 //! below it is stored too. Resuming after it makes a re-sent batch harmless: a record
 //! may be sent twice, never stored twice, never skipped.
 
-use super::writer::Outgoing;
 use crate::format::ErrorKind;
+use crate::kafka::produce::Outgoing;
 use crate::record::{source_headers, FetchedBatch, SourcePartition, SourceRecord};
 
 /// Why the tail could not be interpreted.

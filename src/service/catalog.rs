@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use super::connector::{ConnectorRuntime, Context, ControlError};
-use crate::config::{connector_from_settings, ConnectorConfig};
+use crate::config::{connector_from_settings, ConfigError, ConnectorConfig};
 use crate::control::{ConnectorHandle, Target};
 use crate::format::registry::SchemaRegistry;
 use crate::metrics::PartitionMetrics;
@@ -30,6 +30,17 @@ pub struct Connectors {
     changes: tokio::sync::Mutex<()>,
 }
 
+/// The connector `settings` describe, with its TLS material read (a bad file is refused
+/// when the connector is created, not when it starts).
+fn checked_settings(
+    name: &str,
+    settings: &BTreeMap<String, String>,
+) -> Result<ConnectorConfig, ConfigError> {
+    let config = connector_from_settings(name, settings)?;
+    super::external_transport(&config)?;
+    Ok(config)
+}
+
 impl Connectors {
     /// The file's connector (if any) and every connector stored by the API, not
     /// started. `settle`: the previous run did not stop cleanly.
@@ -45,7 +56,7 @@ impl Connectors {
                 warn!(connector = %name, "a connector of this name was created through the API and the config file declares one too: the file's config is used");
                 continue;
             }
-            match connector_from_settings(&name, &settings) {
+            match checked_settings(&name, &settings) {
                 Ok(config) => configs.push(config),
                 Err(e) => {
                     error!(connector = %name, error = %e, "a stored connector config is no longer valid (after an upgrade?); it is not started: change it with PUT /connectors/{name}/config")
@@ -198,8 +209,8 @@ impl Connectors {
                 "connector {name} already exists"
             )));
         }
-        let config = connector_from_settings(name, settings)
-            .map_err(|e| ControlError::Refused(e.to_string()))?;
+        let config =
+            checked_settings(name, settings).map_err(|e| ControlError::Refused(e.to_string()))?;
         self.check_conflicts(&config)?;
         self.store(name, settings).await?;
         let runtime = self.runtime(config, false)?;
@@ -224,8 +235,8 @@ impl Connectors {
         }
         let _guard = self.changes.lock().await;
         let runtime = self.managed_by_api(name, "change")?;
-        let config = connector_from_settings(name, settings)
-            .map_err(|e| ControlError::Refused(e.to_string()))?;
+        let config =
+            checked_settings(name, settings).map_err(|e| ControlError::Refused(e.to_string()))?;
         self.check_conflicts(&config)?;
         let old = runtime.handle.config();
         if *old == config {

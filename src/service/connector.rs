@@ -17,13 +17,13 @@ use tracing::{error, info, warn};
 
 use super::topics::{ensure_dead_letter_topic, ensure_internal_topics, retry_start_up};
 use super::ServiceError;
-use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Format, OffsetReset, ServiceConfig};
 use crate::control::{ConnectorHandle, Target};
 use crate::format::Formatter;
 use crate::forward::dead_letter::{self, DeadLetterSender, DeadLetters};
-use crate::forward::writer::PartitionWriter;
 use crate::forward::{Forwarder, SinkError, SETTLE};
+use crate::kafka::cluster::{Cluster, ClusterError};
+use crate::kafka::produce::PartitionWriter;
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::record::SourcePartition;
 use crate::source::{Fetcher, SourceError};
@@ -356,8 +356,7 @@ impl ConnectorRuntime {
             timeout: config.request_timeout,
             internal_retries: true,
             client_id: format!("kafka-direct-{}", connector.name),
-            transport: connector
-                .transport()
+            transport: super::external_transport(connector)
                 .map_err(|e| ServiceError::Config(e.to_string()))?,
         };
         super::warn_if_names_unchecked(&connector.access, Some(&connector.name));
@@ -502,7 +501,7 @@ impl Spawner {
         let config = &ctx.config;
         let connector = &*self.handle.config();
         let wal = &ctx.wal;
-        let log = wal.partition(&connector.name, partition)?;
+        let (writer, reader) = wal.partition(&connector.name, partition)?.split();
         let metrics = Arc::new(PartitionMetrics::new(partition.clone()));
         let wake = Arc::new(Notify::new());
         let internal_topic = connector.internal_topic(&partition.topic);
@@ -523,8 +522,7 @@ impl Spawner {
                 .map(|d| DeadLetterSender::new(d, partition.clone())),
             internal_topic,
             barrier: barrier(wal, &connector.name, partition)?,
-            log: log.clone(),
-            wal: wal.clone(),
+            log: reader,
             compression: config.internal_compression,
             max_records: config.forward_batch_max_records,
             max_bytes: config.forward_batch_max_bytes,
@@ -536,8 +534,7 @@ impl Spawner {
         };
         let fetcher = Fetcher {
             cluster: self.source_cluster.clone(),
-            log,
-            wal: wal.clone(),
+            log: writer,
             reset,
             max_bytes: config.fetch_max_bytes,
             max_wait: config.fetch_max_wait,
@@ -607,7 +604,7 @@ impl Spawner {
                 let mut last = String::from("no internal server answered");
                 for server in &ctx.internal.servers {
                     let attempt = async {
-                        let mut conn = crate::wire::Connection::open(
+                        let mut conn = crate::kafka::connection::Connection::open(
                             server,
                             &ctx.internal.client_id,
                             &ctx.internal.transport,

@@ -18,10 +18,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, ClusterError};
-use crate::config::ServiceConfig;
+use crate::config::{ConfigError, ConnectorConfig, RawConfig, ServiceConfig};
 use crate::control::ConnectorState;
 use crate::forward::dead_letter::DeadLetterError;
+use crate::kafka::cluster::{Cluster, ClusterError};
+use crate::kafka::tls::Transport;
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::wal::{Wal, WalError, WalOptions};
 
@@ -101,6 +102,27 @@ pub(super) fn warn_if_names_unchecked(access: &crate::config::Access, connector:
     }
 }
 
+/// The service config `raw` describes, with every cluster's TLS material read: a bad
+/// PEM file or key is refused here, before anything starts (`run`, `validate`, `check`).
+pub fn configure(raw: &RawConfig) -> Result<ServiceConfig, ConfigError> {
+    let config = raw.build()?;
+    if let Some(connector) = &config.connector {
+        external_transport(connector)?;
+    }
+    internal_transport(&config)?;
+    Ok(config)
+}
+
+/// How the internal cluster is reached (reads the `internal.ssl.*` PEM files).
+pub(crate) fn internal_transport(config: &ServiceConfig) -> Result<Transport, ConfigError> {
+    Ok(Transport::new(&config.internal_access, "internal.")?)
+}
+
+/// How a connector's external cluster is reached (reads its `ssl.*` PEM files).
+pub(crate) fn external_transport(connector: &ConnectorConfig) -> Result<Transport, ConfigError> {
+    Ok(Transport::new(&connector.access, "connector.")?)
+}
+
 /// Runs the service until `shutdown` resolves (exit 0) or every connector's partitions
 /// failed.
 pub async fn run(
@@ -139,9 +161,7 @@ pub async fn run(
         timeout: config.request_timeout,
         internal_retries: false,
         client_id: "kafka-direct".into(),
-        transport: config
-            .internal_transport()
-            .map_err(|e| ServiceError::Config(e.to_string()))?,
+        transport: internal_transport(&config).map_err(|e| ServiceError::Config(e.to_string()))?,
     };
     warn_if_names_unchecked(&config.internal_access, None);
     let internal_client = internal.connect().await?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::ServiceError;
-use crate::cluster::{Cluster, ClusterError};
 use crate::config::{ConnectorConfig, ServiceConfig};
+use crate::kafka::cluster::{Cluster, ClusterError};
 
 /// Runs a start-up step on the internal cluster, retrying transient errors a few times:
 /// its client has no internal retries (see cluster.rs), and a broken connection here
@@ -18,7 +18,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ServiceError>>,
 {
-    let mut retry = crate::cluster::Retry::new(Duration::from_secs(5));
+    let mut retry = crate::kafka::cluster::Retry::new(Duration::from_secs(5));
     let mut attempts = 0;
     loop {
         match step().await {

@@ -12,17 +12,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
 use crate::config::OffsetReset;
 use crate::control::Gate;
+use crate::kafka::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
 use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
-use crate::wal::{PartitionLog, Wal, WalError};
+use crate::wal::{LogWriter, WalError};
 
-pub mod batches;
-pub(crate) mod reader;
-
-use reader::PartitionReader;
+use crate::kafka::fetch::PartitionReader;
 
 /// Why a fetcher stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +65,8 @@ impl SourceError {
 pub struct Fetcher {
     /// The external cluster.
     pub cluster: Cluster,
-    /// The partition's WAL log.
-    pub log: PartitionLog,
-    /// The WAL (for commits and backpressure).
-    pub wal: Wal,
+    /// The writer half of the partition's WAL log.
+    pub log: LogWriter,
     /// Start policy without checkpoint.
     pub reset: OffsetReset,
     /// Max bytes per fetch.
@@ -102,7 +97,7 @@ impl Fetcher {
             partition: partition.clone(),
             source,
         };
-        let mut next = self.log.checkpoints().map_err(wal_err)?.fetched_next;
+        let mut next = self.log.fetched_next().map_err(wal_err)?;
         if let Some(next) = next {
             info!(%partition, offset = next, "fetching from the checkpoint");
         }
@@ -117,13 +112,13 @@ impl Fetcher {
         let mut empty_streak = 0;
 
         loop {
-            if self.wal.is_full() && !was_full {
+            if self.log.is_full() && !was_full {
                 was_full = true;
-                warn!(%partition, wal_bytes = self.wal.used_bytes(), "WAL is full: fetching waits until the forwarders catch up (backpressure)");
+                warn!(%partition, wal_bytes = self.log.used_bytes(), "WAL is full: fetching waits until the forwarders catch up (backpressure)");
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                _ = self.wal.wait_for_room() => {}
+                _ = self.log.wait_for_room() => {}
             }
             if was_full {
                 was_full = false;
@@ -243,7 +238,7 @@ impl Fetcher {
                     records: Vec::new(),
                     next_offset: offset,
                 })?;
-                self.wal.commit().await?;
+                self.log.commit().await?;
                 info!(%partition, offset, policy = ?self.reset, "no checkpoint: fetching from auto.offset.reset");
                 *next = Some(offset);
                 self.metrics.fetched_next.store(offset, Ordering::Relaxed);
@@ -334,11 +329,11 @@ impl Fetcher {
         // fetched then; a restart resumes from the last completed commit.
         tokio::select! {
             _ = self.cancel.cancelled() => return Ok(Step::Cancelled),
-            r = self.wal.commit() => r?,
+            r = self.log.commit() => r?,
         }
         debug!(%partition, offset, records = count, fetch_ms, wait_ms = wait.as_millis() as u64,
             commit_ms = commit_started.elapsed().as_millis() as u64,
-            first_record_age_ms = first_timestamp_ms.map(crate::forward::age_ms), "fetched");
+            first_record_age_ms = first_timestamp_ms.map(crate::record::age_ms), "fetched");
         *next = Some(next_offset);
         self.metrics
             .fetched_next
@@ -475,7 +470,7 @@ impl Fetcher {
             records: Vec::new(),
             next_offset: target,
         })?;
-        self.wal.commit().await?;
+        self.log.commit().await?;
         Ok(target)
     }
 }

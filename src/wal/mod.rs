@@ -971,6 +971,109 @@ impl PartitionLog {
     }
 }
 
+impl PartitionLog {
+    /// The log's two halves: the fetcher's [`LogWriter`] and the forwarder's
+    /// [`LogReader`]. Data moves one way, from the writer through the log to the reader.
+    pub fn split(self) -> (LogWriter, LogReader) {
+        (LogWriter { log: self.clone() }, LogReader { log: self })
+    }
+}
+
+/// The fetcher's half of a partition's log: append batches, commit them, wait for room.
+#[derive(Debug)]
+pub struct LogWriter {
+    log: PartitionLog,
+}
+
+impl LogWriter {
+    /// The partition this log belongs to.
+    pub fn source_partition(&self) -> &SourcePartition {
+        self.log.source_partition()
+    }
+
+    /// The offset after the last appended batch (`None`: nothing ever appended).
+    pub fn fetched_next(&self) -> Result<Option<i64>, WalError> {
+        Ok(self.log.checkpoints()?.fetched_next)
+    }
+
+    /// [`PartitionLog::append`].
+    pub fn append(&self, batch: &FetchedBatch) -> Result<(), WalError> {
+        self.log.append(batch)
+    }
+
+    /// [`Wal::commit`]: returns once every append made before the call is durable.
+    pub async fn commit(&self) -> Result<(), WalError> {
+        self.log.wal.commit().await
+    }
+
+    /// [`Wal::is_full`].
+    pub fn is_full(&self) -> bool {
+        self.log.wal.is_full()
+    }
+
+    /// [`Wal::used_bytes`].
+    pub fn used_bytes(&self) -> u64 {
+        self.log.wal.used_bytes()
+    }
+
+    /// [`Wal::wait_for_room`].
+    pub async fn wait_for_room(&self) {
+        self.log.wal.wait_for_room().await
+    }
+}
+
+/// The forwarder's half of a partition's log: read the oldest entries, release them once
+/// stored, align with what the internal partition stores.
+#[derive(Debug)]
+pub struct LogReader {
+    log: PartitionLog,
+}
+
+impl LogReader {
+    /// The partition this log belongs to.
+    pub fn source_partition(&self) -> &SourcePartition {
+        self.log.source_partition()
+    }
+
+    /// [`PartitionLog::checkpoints`].
+    pub fn checkpoints(&self) -> Result<Checkpoints, WalError> {
+        self.log.checkpoints()
+    }
+
+    /// [`PartitionLog::oldest`].
+    pub fn oldest(
+        &self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FetchedBatch>, WalError> {
+        self.log.oldest(max_records, max_bytes)
+    }
+
+    /// [`PartitionLog::entries_after`].
+    pub fn entries_after(
+        &self,
+        after: Option<i64>,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FetchedBatch>, WalError> {
+        self.log.entries_after(after, max_records, max_bytes)
+    }
+
+    /// [`PartitionLog::release_entries`].
+    pub fn release_entries(
+        &self,
+        first_offsets: &[i64],
+        forwarded_next: i64,
+    ) -> Result<(), WalError> {
+        self.log.release_entries(first_offsets, forwarded_next)
+    }
+
+    /// [`PartitionLog::resume_from`].
+    pub fn resume_from(&self, stored_next: i64) -> Result<(), WalError> {
+        self.log.resume_from(stored_next)
+    }
+}
+
 #[cfg(test)]
 impl Wal {
     /// Opens `dir` again in the same test process, waiting (10 s at most) for sled's

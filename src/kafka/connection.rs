@@ -21,7 +21,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::config::SaslSettings;
+use super::access::SaslSettings;
 
 /// Largest response accepted (a larger length prefix means a broken stream).
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
@@ -144,7 +144,7 @@ impl Connection {
     pub async fn open(
         addr: &str,
         client_id: &str,
-        transport: &crate::transport::Transport,
+        transport: &crate::kafka::tls::Transport,
     ) -> Result<Self, WireError> {
         let stream = match transport.proxy() {
             None => TcpStream::connect(addr)
@@ -542,7 +542,7 @@ fn api_key<R: Request>() -> ApiKey {
 pub async fn connect_leader(
     servers: &[String],
     client_id: &str,
-    transport: &crate::transport::Transport,
+    transport: &crate::kafka::tls::Transport,
     topic: &str,
     partition: i32,
     timeout: Duration,
@@ -821,8 +821,8 @@ mod tests {
 
         use super::super::fake;
         use super::*;
-        use crate::config::{Access, SaslMechanism, Secret};
-        use crate::transport::Transport;
+        use crate::kafka::access::{Access, SaslMechanism, Secret};
+        use crate::kafka::tls::Transport;
 
         /// A broker enabling `enabled`, whose only user is alice/secret (PLAIN); it
         /// records the authentication bytes it received.
@@ -868,7 +868,7 @@ mod tests {
 
         fn plain(password: &str) -> Transport {
             let access = Access {
-                sasl: Some(crate::config::SaslSettings {
+                sasl: Some(crate::kafka::access::SaslSettings {
                     mechanism: SaslMechanism::Plain,
                     username: "alice".into(),
                     password: Secret(password.into()),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
-use crate::wire::{topic_partitions, Connection, LeaderError, WireError};
+use crate::kafka::connection::{topic_partitions, Connection, LeaderError, WireError};
 
 /// Which of the two clusters, for messages.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub struct Cluster {
     /// Kafka client id.
     pub client_id: String,
     /// Plaintext or TLS.
-    pub transport: crate::transport::Transport,
+    pub transport: crate::kafka::tls::Transport,
 }
 
 /// A failed call to a cluster.
@@ -71,7 +71,7 @@ pub enum ClusterError {
         /// rskafka's error.
         source: rskafka::client::error::Error,
     },
-    /// A call on the fetch path's own connection failed (see [`crate::wire`]).
+    /// A call on the fetch path's own connection failed (see [`crate::kafka::connection`]).
     #[error("{what} on the {role} cluster ({servers}) failed: {source}")]
     Wire {
         /// The operation.
@@ -99,7 +99,7 @@ pub enum WireFailure {
     Broker(kafka_protocol::ResponseError),
     /// A fetched record batch cannot be read (damaged, or a pre-0.11 message format).
     #[error(transparent)]
-    Batch(#[from] crate::source::batches::BatchError),
+    Batch(#[from] crate::kafka::batches::BatchError),
 }
 
 impl WireFailure {
@@ -149,7 +149,7 @@ wire_call_error!(
     WireError,
     LeaderError,
     WireFailure,
-    crate::source::batches::BatchError
+    crate::kafka::batches::BatchError
 );
 
 impl ClusterError {
@@ -314,7 +314,7 @@ impl Cluster {
     }
 
     /// Every topic with its partition count, read over our own connection (so through
-    /// the proxy and SASL code of [`crate::wire`]) from the first bootstrap server that
+    /// the proxy and SASL code of [`crate::kafka::connection`]) from the first bootstrap server that
     /// answers. With `internal_retries`, transient failures are retried for up to the
     /// call bound, as rskafka's client would; a refusal (authentication, TLS) is
     /// returned at once.

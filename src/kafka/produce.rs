@@ -1,5 +1,5 @@
 //! The forward path's connection to one internal partition: Produce, and the reads of
-//! the tail check, on a connection of our own ([`crate::wire`]) with messages encoded by
+//! the tail check, on a connection of our own ([`crate::kafka::connection`]) with messages encoded by
 //! the `kafka-protocol` crate.
 //!
 //! Not rskafka's produce: rskafka writes a request's length and body in two writes on a
@@ -18,11 +18,25 @@ use kafka_protocol::records::{
 };
 use kafka_protocol::ResponseError;
 
-use crate::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
-use crate::config::Compression;
+use crate::kafka::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
+use crate::kafka::connection::{topic_name, WireError};
+use crate::kafka::fetch::{Fetched, PartitionReader};
 use crate::record::{source_headers, SourcePartition, SourceRecord};
-use crate::source::reader::{Fetched, PartitionReader};
-use crate::wire::{topic_name, WireError};
+
+/// Compression of batches written to the internal cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// LZ4.
+    Lz4,
+    /// Snappy.
+    Snappy,
+    /// Zstandard.
+    Zstd,
+}
 
 /// Produce versions used: 3 is the first with record batches (magic 2); 13 replaces
 /// topic names with topic ids.
@@ -345,7 +359,7 @@ fn wire_compression(c: Compression) -> WireCompression {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::batches;
+    use crate::kafka::batches;
 
     fn record(offset: i64, headers: Vec<(String, Option<Vec<u8>>)>) -> SourceRecord {
         SourceRecord {

@@ -1,6 +1,6 @@
 //! How a cluster is reached: TLS (the rustls client configuration built from a
 //! cluster's `ssl.*` keys), SASL credentials and an optional SOCKS5 proxy. Our own
-//! connections (fetch and produce paths, [`crate::wire`]) and rskafka's (topic listing
+//! connections (fetch and produce paths, [`crate::kafka::connection`]) and rskafka's (topic listing
 //! and creation) share one [`Transport`].
 //!
 //! The server is verified against `ssl.ca.location` or, without it, the system's trust
@@ -18,7 +18,7 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::{Access, ConfigError, SaslMechanism, SaslSettings, SslSettings};
+use super::access::{Access, AccessError, SaslMechanism, SaslSettings, SslSettings, HIDDEN};
 
 /// How a cluster is reached: plaintext or TLS, with or without SASL, directly or
 /// through a SOCKS5 proxy.
@@ -56,7 +56,7 @@ impl Transport {
 
     /// The transport `access` describes (keys named under `prefix`, e.g. `connector.`);
     /// reads the PEM material now, so that a bad file is refused at start.
-    pub fn new(access: &Access, prefix: &str) -> Result<Self, ConfigError> {
+    pub fn new(access: &Access, prefix: &str) -> Result<Self, AccessError> {
         let tls = match &access.ssl {
             Some(ssl) => Some(Arc::new(client_config(ssl, prefix)?)),
             None => None,
@@ -168,8 +168,8 @@ impl CertificateSummary {
     }
 }
 
-fn bad(prefix: &str, key: &str, value: &str, expected: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
+fn bad(prefix: &str, key: &str, value: &str, expected: impl Into<String>) -> AccessError {
+    AccessError::Invalid {
         key: format!("{prefix}{key}"),
         value: value.chars().take(80).collect(),
         expected: expected.into(),
@@ -177,7 +177,7 @@ fn bad(prefix: &str, key: &str, value: &str, expected: impl Into<String>) -> Con
 }
 
 /// PEM text: the value itself when it holds a PEM block, else the file it names.
-fn pem(prefix: &str, key: &str, value: &str) -> Result<Vec<u8>, ConfigError> {
+fn pem(prefix: &str, key: &str, value: &str) -> Result<Vec<u8>, AccessError> {
     if value.contains("-----BEGIN") {
         return Ok(value.as_bytes().to_vec());
     }
@@ -191,7 +191,7 @@ fn pem(prefix: &str, key: &str, value: &str) -> Result<Vec<u8>, ConfigError> {
     })
 }
 
-fn client_config(ssl: &SslSettings, prefix: &str) -> Result<rustls::ClientConfig, ConfigError> {
+fn client_config(ssl: &SslSettings, prefix: &str) -> Result<rustls::ClientConfig, AccessError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     match &ssl.ca_location {
@@ -232,7 +232,7 @@ fn client_config(ssl: &SslSettings, prefix: &str) -> Result<rustls::ClientConfig
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(ConfigError::Missing {
+                return Err(AccessError::Missing {
                     key: format!("{prefix}ssl.ca.location"),
                     hint: "the system trust store is empty or unreadable: give the CA certificate(s) that signed the brokers' certificates",
                 });
@@ -282,9 +282,9 @@ fn client_config(ssl: &SslSettings, prefix: &str) -> Result<rustls::ClientConfig
                 ));
             }
             let key_text = pem(prefix, "ssl.key.location", key.expose()).map_err(|e| match e {
-                ConfigError::Invalid { key, expected, .. } => ConfigError::Invalid {
+                AccessError::Invalid { key, expected, .. } => AccessError::Invalid {
                     key,
-                    value: crate::config::HIDDEN.into(),
+                    value: HIDDEN.into(),
                     expected,
                 },
                 other => other,
@@ -308,11 +308,11 @@ fn client_config(ssl: &SslSettings, prefix: &str) -> Result<rustls::ClientConfig
             })
         }
         (None, None) => Ok(builder.with_no_client_auth()),
-        (Some(_), None) => Err(ConfigError::Missing {
+        (Some(_), None) => Err(AccessError::Missing {
             key: format!("{prefix}ssl.key.location"),
             hint: "the private key of ssl.certificate.location (mutual TLS needs both)",
         }),
-        (None, Some(_)) => Err(ConfigError::Missing {
+        (None, Some(_)) => Err(AccessError::Missing {
             key: format!("{prefix}ssl.certificate.location"),
             hint: "the certificate of ssl.key.location (mutual TLS needs both)",
         }),

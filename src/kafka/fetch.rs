@@ -1,5 +1,5 @@
 //! Reads one source partition through the fetch path's own connection
-//! ([`crate::wire`]): Fetch (read committed, with the aborted-transactions list) and
+//! ([`crate::kafka::connection`]): Fetch (read committed, with the aborted-transactions list) and
 //! ListOffsets, on a connection to the partition's leader.
 
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -7,9 +7,9 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest};
 use kafka_protocol::ResponseError;
 
-use super::batches::{self, AbortedTransaction, Decoded};
-use crate::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
-use crate::wire::{self, topic_name, Connection, WireError};
+use crate::kafka::batches::{self, AbortedTransaction, Decoded};
+use crate::kafka::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
+use crate::kafka::connection::{self, topic_name, Connection, WireError};
 
 /// Fetch versions used: 4 is the first with the aborted-transactions list; 11 is the
 /// last before the flexible encoding (12), whose tagged fields add nothing used here and
@@ -56,7 +56,7 @@ impl PartitionReader {
         let conn = cluster
             .bounded(
                 what.clone(),
-                wire::connect_leader(
+                connection::connect_leader(
                     &cluster.servers,
                     &cluster.client_id,
                     &cluster.transport,
@@ -249,7 +249,7 @@ mod tests {
     use kafka_protocol::protocol::{Encodable, StrBytes};
 
     use super::*;
-    use crate::source::batches::test_batches::{data, encode, marker, COMMIT};
+    use crate::kafka::batches::test_batches::{data, encode, marker, COMMIT};
 
     /// Serves one connection: ApiVersions, Metadata (itself as leader), ListOffsets
     /// (earliest 0) and Fetch (`records` with `aborted`, high watermark 10).
@@ -265,10 +265,10 @@ mod tests {
         listed: i64,
         fetch_error: Option<ResponseError>,
     ) -> String {
-        crate::wire::fake::broker(move |addr, api, version, _, out| {
+        crate::kafka::connection::fake::broker(move |addr, api, version, _, out| {
             match api {
                 ApiKey::ApiVersions => ApiVersionsResponse::default()
-                    .with_api_keys(crate::wire::fake::versions(&[
+                    .with_api_keys(crate::kafka::connection::fake::versions(&[
                         (ApiKey::Fetch, 16),
                         (ApiKey::ListOffsets, 9),
                         (ApiKey::Metadata, 12),
@@ -328,7 +328,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             internal_retries: true,
             client_id: "test".into(),
-            transport: crate::transport::Transport::plaintext(),
+            transport: crate::kafka::tls::Transport::plaintext(),
         }
     }
 

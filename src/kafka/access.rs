@@ -1,0 +1,104 @@
+//! How a cluster is reached, as settings: `security.protocol`, `ssl.*`, `sasl.*` and
+//! `proxy.url` after the config has parsed them. Plain data: reading the PEM files and
+//! building the TLS configuration is [`super::tls`]'s.
+
+/// How one cluster is reached: `security.protocol`, `ssl.*`, `sasl.*` and `proxy.url`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// TLS (`SSL` and `SASL_SSL`).
+    pub ssl: Option<SslSettings>,
+    /// SASL authentication (`SASL_PLAINTEXT` and `SASL_SSL`).
+    pub sasl: Option<SaslSettings>,
+    /// `host:port` of the SOCKS5 proxy every connection goes through.
+    pub proxy: Option<String>,
+}
+
+/// A SASL mechanism kafka-direct speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// RFC 4616: user and password sent as they are (use it with TLS).
+    Plain,
+    /// RFC 7677.
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The mechanism's name on the wire and in `sasl.mechanism`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// SASL credentials of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslSettings {
+    /// The mechanism.
+    pub mechanism: SaslMechanism,
+    /// The user (for Event Hubs, `$ConnectionString`).
+    pub username: String,
+    /// The password (resolved if it was a reference).
+    pub password: Secret,
+}
+
+/// TLS settings of one cluster (docs/configuration.md, `ssl.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SslSettings {
+    /// CA certificates: a PEM file or inline PEM; `None`: the system trust store.
+    pub ca_location: Option<String>,
+    /// Client certificate chain (mutual TLS).
+    pub certificate_location: Option<String>,
+    /// Its private key (a path or the key itself: never printed).
+    pub key_location: Option<Secret>,
+    /// Whether the broker's certificate must name the address connected to.
+    pub verify_hostname: bool,
+}
+
+/// What a secret is shown as.
+pub const HIDDEN: &str = "[hidden]";
+
+/// A secret value: its `Debug` output is [`HIDDEN`], so printing a config never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The value itself, for the one place that must compare or send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(HIDDEN)
+    }
+}
+
+/// A setting of [`Access`] that cannot be used; the config reports it under the key's
+/// full name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// A required key is absent.
+    #[error("missing required key `{key}`: {hint}")]
+    Missing {
+        /// The key.
+        key: String,
+        /// What to put there.
+        hint: &'static str,
+    },
+    /// A value that cannot be used.
+    #[error("invalid value {value:?} for `{key}`: expected {expected}")]
+    Invalid {
+        /// The key.
+        key: String,
+        /// The value given (secrets as [`HIDDEN`]).
+        value: String,
+        /// What the key accepts.
+        expected: String,
+    },
+}

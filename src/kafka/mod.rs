@@ -1,0 +1,28 @@
+//! The Kafka client layer: everything kafka-direct says to a broker, and nothing of the
+//! pipeline. `source`, `forward`, `service` and `check` reach the clusters only through
+//! it; rskafka is used only here.
+//!
+//! One concept a file, from the bytes up:
+//! - [`access`]: how a cluster is reached, as settings (TLS files, SASL credentials,
+//!   SOCKS5 proxy), with no TLS code;
+//! - [`tls`]: those settings made a [`tls::Transport`] (the rustls client
+//!   configuration, SASL, the proxy dial), shared by our connections and rskafka's;
+//! - [`connection`]: one broker connection: framing, correlation ids, ApiVersions and
+//!   version negotiation, SASL, leader lookup, for messages of the `kafka-protocol` crate;
+//! - [`cluster`]: a cluster: the bound on every call, error classification (one
+//!   `is_transient`), our backoff, the broker-specific waits, the admin calls (topic
+//!   listing and creation, CreatePartitions, DescribeConfigs) and rskafka's client;
+//! - [`batches`]: record batches to records (markers skipped, aborted transactions
+//!   dropped; pure);
+//! - [`fetch`]: the connection to one partition's leader for reading (Fetch
+//!   read-committed, ListOffsets, the high watermark);
+//! - [`produce`]: the connection to one partition's leader for writing (Produce v3–12,
+//!   each request sent once, and the tail reads of the exactly-once check).
+
+pub mod access;
+pub mod batches;
+pub mod cluster;
+pub mod connection;
+pub mod fetch;
+pub mod produce;
+pub mod tls;
