@@ -17,7 +17,8 @@
 pub mod api;
 pub mod check;
 pub mod config;
-pub mod control;
+pub mod connector;
+
 pub mod format;
 pub mod forward;
 pub mod kafka;

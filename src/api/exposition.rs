@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::control::{ConnectorHandle, ConnectorState};
+use crate::connector::{ConnectorHandle, ConnectorState};
 use crate::format::ErrorKind;
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::wal::Wal;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Secret;
-use crate::control::{ConnectorHandle, Target};
+use crate::connector::{ConnectorHandle, Target};
 use crate::metrics::PartitionMetrics;
 use crate::record::SourcePartition;
 use crate::service::{ConnectorRuntime, Connectors, ControlError};

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crate::control::ConnectorHandle;
+use crate::connector::ConnectorHandle;
 use crate::format::ErrorKind;
 
 /// Text safe inside HTML elements and attribute values.

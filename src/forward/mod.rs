@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Compression;
-use crate::control::Gate;
+use crate::connector::Gate;
 use crate::format::{Formatter, Verdict};
 use crate::kafka::cluster::{Cluster, ClusterError, Retry};
 use crate::kafka::produce::{Outgoing, PartitionWriter};

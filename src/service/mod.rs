@@ -19,19 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, ConnectorConfig, RawConfig, ServiceConfig};
-use crate::control::ConnectorState;
+use crate::connector::ConnectorState;
 use crate::forward::dead_letter::DeadLetterError;
 use crate::kafka::cluster::{Cluster, ClusterError};
 use crate::kafka::tls::Transport;
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::wal::{Wal, WalError, WalOptions};
 
-mod catalog;
-pub mod connector;
-mod topics;
-
-pub use catalog::Connectors;
-pub use connector::{ConnectorRuntime, Context, ControlError, RunEnd};
+pub use crate::connector::{ConnectorRuntime, Connectors, Context, ControlError, RunEnd};
 
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +88,7 @@ impl From<DeadLetterError> for ServiceError {
 /// Warns at start when a cluster's certificates are not checked against their
 /// addresses (`ssl.endpoint.identification.algorithm=none`); the external cluster's
 /// warning names its connector.
-pub(super) fn warn_if_names_unchecked(access: &crate::config::Access, connector: Option<&str>) {
+pub(crate) fn warn_if_names_unchecked(access: &crate::config::Access, connector: Option<&str>) {
     if access.ssl.as_ref().is_some_and(|ssl| !ssl.verify_hostname) {
         match connector {
             Some(name) => warn!(connector = %name, "connector.ssl.endpoint.identification.algorithm=none: the external brokers' certificates are not checked against their addresses"),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::OffsetReset;
-use crate::control::Gate;
+use crate::connector::Gate;
 use crate::kafka::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
 use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::ServiceError;
 use crate::config::{ConnectorConfig, ServiceConfig};
 use crate::kafka::cluster::{Cluster, ClusterError};
+use crate::service::ServiceError;
 
 /// Runs a start-up step on the internal cluster, retrying transient errors a few times:
 /// its client has no internal retries (see cluster.rs), and a broken connection here

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
-use super::connector::{ConnectorRuntime, Context, ControlError};
+use super::runtime::{ConnectorRuntime, Context, ControlError};
 use crate::config::{connector_from_settings, ConfigError, ConnectorConfig};
-use crate::control::{ConnectorHandle, Target};
+use crate::connector::{ConnectorHandle, Target};
 use crate::format::registry::SchemaRegistry;
 use crate::metrics::PartitionMetrics;
 use crate::record::SourcePartition;
@@ -37,7 +37,7 @@ fn checked_settings(
     settings: &BTreeMap<String, String>,
 ) -> Result<ConnectorConfig, ConfigError> {
     let config = connector_from_settings(name, settings)?;
-    super::external_transport(&config)?;
+    crate::service::external_transport(&config)?;
     Ok(config)
 }
 

@@ -1,9 +1,9 @@
-//! A connector's run-time state, shared by the service, which runs it, and the API, which
-//! shows and steers it: its config, its partitions' counters and latencies, and the
-//! target state (running or paused) its tasks follow.
+//! A connector's definition and what the API sees of it: its config, its partitions'
+//! counters and latencies, and the target state (running, paused or stopped) its tasks
+//! follow, shared by the runtime, which runs it, and the API, which shows and steers it.
 //!
-//! Pausing is durable: the target is kept in the WAL's metadata, so a paused connector
-//! stays paused across a restart of the service, as in Kafka Connect.
+//! The target is durable: it is kept in the WAL's state ([`crate::state`]), so a paused
+//! connector stays paused across a restart of the service, as in Kafka Connect.
 
 use std::sync::{Arc, RwLock};
 
@@ -154,8 +154,10 @@ impl ConnectorHandle {
         }
     }
 
-    /// Sets the target, durably first: a pause acknowledged by the API survives a crash.
-    pub async fn set_target(&self, target: Target) -> Result<(), WalError> {
+    /// Stores the target, durably first (a pause acknowledged by the API survives a
+    /// crash), and opens or closes the gate. The tasks are started or stopped by
+    /// [`super::ConnectorRuntime::set_target`], the one caller.
+    pub(super) async fn store_target(&self, target: Target) -> Result<(), WalError> {
         let name = self.config().name.clone();
         State::of(&self.wal).set_target(&name, target)?;
         self.wal.commit().await?;

@@ -16,9 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::topics::{ensure_dead_letter_topic, ensure_internal_topics, retry_start_up};
-use super::ServiceError;
 use crate::config::{Format, OffsetReset, ServiceConfig};
-use crate::control::{ConnectorHandle, Target};
+use crate::connector::{ConnectorHandle, Target};
 use crate::format::Formatter;
 use crate::forward::dead_letter::{self, DeadLetterSender, DeadLetters};
 use crate::forward::{Forwarder, SinkError, SETTLE};
@@ -26,6 +25,7 @@ use crate::kafka::cluster::{Cluster, ClusterError};
 use crate::kafka::produce::PartitionWriter;
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::record::SourcePartition;
+use crate::service::ServiceError;
 use crate::source::{Fetcher, SourceError};
 use crate::state::State;
 use crate::wal::{Wal, WalError};
@@ -201,7 +201,7 @@ impl ConnectorRuntime {
 
     /// Sets the target (durably), starting or stopping the tasks as it asks.
     pub async fn set_target(&self, target: Target) -> Result<(), ControlError> {
-        self.handle.set_target(target).await?;
+        self.handle.store_target(target).await?;
         match target {
             Target::Stopped => self.stop().await?,
             Target::Running | Target::Paused => self.start().await?,
@@ -356,10 +356,10 @@ impl ConnectorRuntime {
             timeout: config.request_timeout,
             internal_retries: true,
             client_id: format!("kafka-direct-{}", connector.name),
-            transport: super::external_transport(connector)
+            transport: crate::service::external_transport(connector)
                 .map_err(|e| ServiceError::Config(e.to_string()))?,
         };
-        super::warn_if_names_unchecked(&connector.access, Some(&connector.name));
+        crate::service::warn_if_names_unchecked(&connector.access, Some(&connector.name));
         let internal_cluster = ctx.internal.clone();
         let source_topics = source_cluster
             .topics("listing topics (key `connector.kafka.bootstrap.servers`)")
