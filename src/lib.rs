@@ -27,4 +27,5 @@ pub mod record;
 pub mod service;
 pub mod source;
 pub mod state;
+pub mod stop;
 pub mod wal;

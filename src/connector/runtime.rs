@@ -20,14 +20,16 @@ use crate::config::{Format, OffsetReset, ServiceConfig};
 use crate::connector::{ConnectorHandle, Target};
 use crate::format::Formatter;
 use crate::forward::dead_letter::{self, DeadLetterSender, DeadLetters};
-use crate::forward::{Forwarder, SinkError, SETTLE};
+use crate::forward::{Forwarder, SinkError};
 use crate::kafka::cluster::{Cluster, ClusterError};
 use crate::kafka::produce::PartitionWriter;
+use crate::kafka::settle::Settling;
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::record::SourcePartition;
 use crate::service::ServiceError;
 use crate::source::{Fetcher, SourceError};
 use crate::state::State;
+use crate::stop::Stop;
 use crate::wal::{Wal, WalError};
 
 /// What every connector of the service shares.
@@ -42,9 +44,7 @@ pub struct Context {
     /// Its client (topic listing and creation).
     pub internal_client: Arc<rskafka::client::Client>,
     /// Fires on a WAL storage failure: every task of every connector stops.
-    pub storage_failed: CancellationToken,
-    /// The first storage failure.
-    pub storage_failure: std::sync::Mutex<Option<String>>,
+    pub stop: Stop,
     /// Each run's end, for the service's main loop.
     pub ended: mpsc::UnboundedSender<(String, RunEnd)>,
 }
@@ -271,6 +271,7 @@ impl ConnectorRuntime {
                 name.clone(),
                 wal.clone(),
                 settle,
+                &self.ctx.stop.child_token(),
             )
             .await
             .map_err(ServiceError::from)?;
@@ -294,6 +295,11 @@ impl ConnectorRuntime {
             let end = if exists {
                 self.internal_end(&internal_topic, partition.partition, settle)
                     .await?
+                    .ok_or_else(|| {
+                        ControlError::Refused(format!(
+                            "the service is stopping: the offset of {partition} was not changed"
+                        ))
+                    })?
             } else {
                 0 // nothing copied yet: no barrier needed
             };
@@ -319,28 +325,29 @@ impl ConnectorRuntime {
     }
 
     /// The end of an existing internal partition; with `settle`, once two reads
-    /// [`SETTLE`] apart agree.
+    /// [`SETTLE`](crate::kafka::settle::SETTLE) apart agree (`None`: the service stops
+    /// before they do).
     async fn internal_end(
         &self,
         topic: &str,
         partition: i32,
         settle: bool,
-    ) -> Result<i64, ClusterError> {
+    ) -> Result<Option<i64>, ClusterError> {
         let cluster = &self.ctx.internal;
         let mut writer = PartitionWriter::connect(cluster, topic, partition).await?;
         let earliest = writer.earliest(cluster).await?;
-        let mut end = writer.high_watermark(cluster, earliest).await?;
-        if settle {
-            loop {
-                tokio::time::sleep(SETTLE).await;
-                let again = writer.high_watermark(cluster, earliest).await?;
-                if again == end {
-                    break;
-                }
-                end = again;
+        let end = writer.high_watermark(cluster, earliest).await?;
+        if !settle {
+            return Ok(Some(end));
+        }
+        let stopping = self.ctx.stop.child_token();
+        let mut settling = Settling::new(end);
+        while settling.pause(&stopping).await {
+            if settling.agrees(writer.high_watermark(cluster, earliest).await?) {
+                return Ok(Some(settling.into_inner()));
             }
         }
-        Ok(end)
+        Ok(None)
     }
 
     async fn start_tasks(&self) -> Result<Run, ServiceError> {
@@ -423,6 +430,7 @@ impl ConnectorRuntime {
                     connector.name.clone(),
                     wal.clone(),
                     settle,
+                    &ctx.stop.child_token(),
                 )
                 .await?)
             })
@@ -430,8 +438,8 @@ impl ConnectorRuntime {
             Some(Arc::new(dlq))
         };
 
-        // A child of the storage-failure token: a failed WAL stops every connector.
-        let cancel = ctx.storage_failed.child_token();
+        // A child of the service's stop: a failed WAL stops every connector.
+        let cancel = ctx.stop.child_token();
         let spawner = Spawner {
             handle: Arc::clone(&self.handle),
             ctx: Arc::clone(&self.ctx),
@@ -544,11 +552,11 @@ impl Spawner {
             gate: self.handle.gate(),
             cancel: stop_fetching.clone(),
         };
-        let storage_failed = ctx.storage_failed.clone();
+        let stop = ctx.stop.clone();
         let task_metrics = Arc::clone(&metrics);
         let settle = self.settle;
         tasks.spawn(async move {
-            let end = run_partition(fetcher, forwarder, settle, storage_failed).await;
+            let end = run_partition(fetcher, forwarder, settle, stop).await;
             match &end {
                 Ok(TaskEnd::Source(Err(e))) => task_metrics.fail(e.to_string()),
                 Ok(TaskEnd::Sink(Err(e))) | Err(e) => task_metrics.fail(e.to_string()),
@@ -709,7 +717,7 @@ async fn run_partition(
     fetcher: Fetcher,
     forwarder: Forwarder,
     settle: bool,
-    storage_failed: CancellationToken,
+    stop: Stop,
 ) -> Result<TaskEnd, SinkError> {
     let mut leader = None;
     let Some(tail) = forwarder.read_start_tail(&mut leader, settle).await? else {
@@ -732,7 +740,6 @@ async fn run_partition(
         Ordering::Relaxed,
     );
     forwarder.metrics.set_state(TaskState::Running);
-    let fetch_storage_failed = storage_failed.clone();
     let fetch_metrics = Arc::clone(&forwarder.metrics);
     let fetch = tokio::spawn(async move {
         let fetched = fetcher.run().await;
@@ -740,20 +747,16 @@ async fn run_partition(
             // The status says so at once: the forwarder goes on with what the WAL holds
             // and ends only when stopped.
             fetch_metrics.fail(e.to_string());
-            if e.wal_error().is_some_and(WalError::is_storage_failure) {
+            if let Some(wal) = e.wal_error().filter(|e| e.is_storage_failure()) {
                 // sled refuses every write after this: every task of every connector
-                // stops (a restart resumes from the last commit).
-                fetch_storage_failed.cancel();
+                // stops (a restart resumes from the last commit). The forwarder's and
+                // the tail check's failures reach the supervisor, which does the same.
+                stop.storage_failed(wal);
             }
         }
         fetched
     });
     let forward = forwarder.run(tail, leader).await;
-    if let Err(e) = &forward {
-        if e.wal_error().is_some_and(WalError::is_storage_failure) {
-            storage_failed.cancel(); // as the fetcher does: sled refuses further writes
-        }
-    }
     let fetch = fetch.await.expect("the fetcher task does not panic");
     Ok(match (fetch, forward) {
         (Ok(()), forward) => TaskEnd::Sink(forward),
@@ -807,14 +810,7 @@ async fn supervise(
             Ok(_) => (None, None),
         };
         if let Some(e) = storage.filter(|e| e.is_storage_failure()) {
-            let mut first = ctx
-                .storage_failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if first.is_none() {
-                *first = Some(e.to_string());
-            }
-            ctx.storage_failed.cancel();
+            ctx.stop.storage_failed(e);
         } else if let Some(f) = failure {
             warn!(%connector, error = %f, "a partition stopped; the others go on");
             failures.push(f);

@@ -27,11 +27,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::SETTLE;
 use crate::config::Compression;
 use crate::format::{ErrorKind, Rejection};
 use crate::kafka::cluster::{Cluster, ClusterError, Retry};
 use crate::kafka::produce::{Outgoing, PartitionWriter};
+use crate::kafka::settle::Settling;
 use crate::record::{SourcePartition, SourceRecord};
 use crate::state::{self, DeadLetterFloors};
 use crate::wal::{Wal, WalError};
@@ -138,7 +138,7 @@ pub fn forget(wal: &Wal, connector: &str, sources: &[SourcePartition]) -> Result
 impl DeadLetters {
     /// Reads what the dead-letter topic (which must exist, with `partitions`
     /// partitions) stores for each source partition, from the floors kept in the WAL.
-    /// With `settle`, reads again until the ends stay put for [`SETTLE`] (a produce of
+    /// With `settle`, reads again until the ends stay put for [`SETTLE`](crate::kafka::settle::SETTLE) (a produce of
     /// a run that crashed may still land).
     pub async fn open(
         cluster: Cluster,
@@ -147,6 +147,7 @@ impl DeadLetters {
         connector: String,
         wal: Wal,
         settle: bool,
+        cancel: &CancellationToken,
     ) -> Result<Self, DeadLetterError> {
         let stored = state::State::of(&wal).dead_letters(&connector)?;
         let mut next: HashMap<SourcePartition, i64> = stored
@@ -165,8 +166,9 @@ impl DeadLetters {
                 .copied()
                 .unwrap_or(0)
                 .max(earliest);
-            let mut end = conn.high_watermark(&cluster, earliest).await?;
+            let mut settling = Settling::new(conn.high_watermark(&cluster, earliest).await?);
             loop {
+                let end = *settling.last();
                 scanned += scan(
                     &cluster,
                     &mut conn,
@@ -179,17 +181,16 @@ impl DeadLetters {
                     },
                 )
                 .await?;
-                if !settle {
+                // Stopping: what was read is counted; the floors stay true of it.
+                if !settle || !settling.pause(cancel).await {
                     break;
                 }
-                tokio::time::sleep(SETTLE).await;
-                let again = conn.high_watermark(&cluster, earliest).await?;
-                if again == end {
+                if settling.agrees(conn.high_watermark(&cluster, earliest).await?) {
                     break;
                 }
-                (from, end) = (end, again);
+                from = end;
             }
-            known_end.push(end);
+            known_end.push(settling.into_inner());
         }
         info!(topic = %topic, partitions, read = scanned, "dead-letter topic read");
         let dlq = Self {
@@ -368,7 +369,7 @@ impl DeadLetterSender {
     }
 
     /// After a produce with an unknown outcome: waits until the dead-letter partition's
-    /// end stays put for [`SETTLE`], reading what landed meanwhile, so that
+    /// end stays put for [`SETTLE`](crate::kafka::settle::SETTLE), reading what landed meanwhile, so that
     /// [`DeadLetterSender::stored_next`] is true again. Returns the dead letters of this
     /// partition found (per kind), or `None` when cancelled.
     pub async fn resolve(
@@ -380,11 +381,10 @@ impl DeadLetterSender {
         };
         let mut counts = [0u64; ErrorKind::ALL.len()];
         let mut retry = Retry::new(Duration::from_secs(10));
-        let mut last_end = None;
+        let mut settling = Settling::new(None);
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(SETTLE) => {}
+            if !settling.pause(cancel).await {
+                return Ok(None);
             }
             let attempt = self.read_since(from, &mut counts);
             let result = tokio::select! {
@@ -392,11 +392,8 @@ impl DeadLetterSender {
                 r = attempt => r,
             };
             match result {
-                Ok(end) if last_end == Some(end) => break,
-                Ok(end) => {
-                    last_end = Some(end);
-                    from = end;
-                }
+                Ok(end) if settling.agrees(Some(end)) => break,
+                Ok(end) => from = end,
                 Err(e) if e.is_transient() => {
                     self.conn = None;
                     let delay = retry.delay();

@@ -25,6 +25,7 @@ use crate::connector::Gate;
 use crate::format::{Formatter, Verdict};
 use crate::kafka::cluster::{Cluster, ClusterError, Retry};
 use crate::kafka::produce::{Outgoing, PartitionWriter};
+use crate::kafka::settle::Settling;
 use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
 use crate::wal::{LogReader, WalError};
@@ -115,14 +116,6 @@ pub struct Forwarder {
     /// Stops the task (after the produce in flight).
     pub cancel: CancellationToken,
 }
-
-/// How long the tail must stay unchanged before it is trusted after an unknown outcome
-/// (or at start-up, after a crash). A produce request still queued on a dropped
-/// connection is processed by the broker once it answers again; seen here: a 1 MB
-/// request stored ~100 ms *after* a fresh connection had read the tail. Two equal reads
-/// this far apart, with the broker answering, leave no such request behind in practice
-/// (see docs/ARCHITECTURE.md for the residual risk).
-pub(crate) const SETTLE: Duration = Duration::from_millis(1500);
 
 impl Forwarder {
     fn partition(&self) -> &SourcePartition {
@@ -240,29 +233,29 @@ impl Forwarder {
         }
     }
 
-    /// Reads the tail until two reads [`SETTLE`] apart agree, so that a request of an
+    /// Reads the tail until two reads [`SETTLE`](crate::kafka::settle::SETTLE) apart agree, so that a request of an
     /// earlier connection that the broker had not processed yet is seen. `None` when
     /// cancelled.
     pub async fn read_settled_tail(
         &self,
         pc_slot: &mut Option<PartitionWriter>,
     ) -> Result<Option<Tail>, SinkError> {
-        let Some(mut tail) = self.read_tail_retrying(pc_slot).await? else {
+        let Some(tail) = self.read_tail_retrying(pc_slot).await? else {
             return Ok(None);
         };
+        let mut settling = Settling::new(tail);
         loop {
-            tokio::select! {
-                _ = self.cancel.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(SETTLE) => {}
+            if !settling.pause(&self.cancel).await {
+                return Ok(None);
             }
             let Some(again) = self.read_tail_retrying(pc_slot).await? else {
                 return Ok(None);
             };
-            if again == tail {
-                return Ok(Some(tail));
+            let before = settling.last().end;
+            if settling.agrees(again) {
+                return Ok(Some(settling.into_inner()));
             }
-            info!(partition = %self.partition(), before = tail.end, now = again.end, "internal partition's end moved while settling (a request of an earlier connection landed); reading again");
-            tail = again;
+            info!(partition = %self.partition(), before, now = settling.last().end, "internal partition's end moved while settling (a request of an earlier connection landed); reading again");
         }
     }
 

@@ -17,7 +17,8 @@
 //! - [`fetch`]: the connection to one partition's leader for reading (Fetch
 //!   read-committed, ListOffsets, the high watermark);
 //! - [`produce`]: the connection to one partition's leader for writing (Produce v3–12,
-//!   each request sent once, and the tail reads of the exactly-once check).
+//!   each request sent once, and the tail reads of the exactly-once check);
+//! - [`settle`]: the wait of that check: read an end until two reads 1.5 s apart agree.
 
 pub mod access;
 pub mod batches;
@@ -25,4 +26,5 @@ pub mod cluster;
 pub mod connection;
 pub mod fetch;
 pub mod produce;
+pub mod settle;
 pub mod tls;

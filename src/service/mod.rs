@@ -24,6 +24,7 @@ use crate::forward::dead_letter::DeadLetterError;
 use crate::kafka::cluster::{Cluster, ClusterError};
 use crate::kafka::tls::Transport;
 use crate::metrics::{PartitionMetrics, TaskState};
+use crate::stop::{Reason, Stop};
 use crate::wal::{Wal, WalError, WalOptions};
 
 pub use crate::connector::{ConnectorRuntime, Connectors, Context, ControlError, RunEnd};
@@ -168,8 +169,7 @@ pub async fn run(
         wal: wal.clone(),
         internal,
         internal_client,
-        storage_failed: CancellationToken::new(),
-        storage_failure: std::sync::Mutex::new(None),
+        stop: Stop::new(),
         ended,
     });
     let connectors = Arc::new(Connectors::open(
@@ -230,7 +230,7 @@ pub async fn run(
                 info!("shutdown requested: finishing in-flight writes and produces");
                 break;
             }
-            _ = ctx.storage_failed.cancelled() => break,
+            _ = ctx.stop.stopped() => break,
             Some((name, end)) = ends.recv() => {
                 last_end.insert(name, end);
                 let all = connectors.all();
@@ -255,10 +255,9 @@ pub async fn run(
         }
     }
     let storage_failure = ctx
-        .storage_failure
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+        .stop
+        .reason()
+        .map(|Reason::StorageFailed(detail)| detail);
     if let (Some(e), None) = (stop_error, &storage_failure) {
         return Err(e.into());
     }

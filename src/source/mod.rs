@@ -160,10 +160,10 @@ impl Fetcher {
                     }
                 }
                 Err(StepError::Wal(e)) if e.is_storage_failure() => {
-                    // sled refuses every write after this: the whole service stops (a
-                    // restart resumes from the last commit).
+                    // sled refuses every write after this: the whole service stops (the
+                    // task that runs this fetcher signals it; a restart resumes from the
+                    // last commit).
                     error!(%partition, error = %e, "writing the WAL failed: stopping every partition");
-                    self.cancel.cancel();
                     return Err(wal_err(e));
                 }
                 Err(StepError::Wal(e)) => {

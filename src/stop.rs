@@ -1,0 +1,61 @@
+//! The service's one stop signal: the token every task of every connector watches, and
+//! why it fired.
+//!
+//! A [`Stop`] is cancelled once, with a reason, in one call: [`Stop::storage_failed`]
+//! when the WAL's storage refuses a write (sled accepts no further writes after one, so
+//! every task stops and the service exits naming the first failure). A shutdown request
+//! stops the connectors one by one instead (each after its produce in flight), so it is
+//! not a [`Stop`].
+
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+/// Why the service stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// A write to the WAL's storage failed: the first failure.
+    StorageFailed(String),
+}
+
+/// The service-wide stop signal (cheap to clone; clones share it).
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<Reason>>>,
+}
+
+impl Stop {
+    /// A signal that has not fired.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `detail` as the reason (unless an earlier failure was recorded) and
+    /// stops every task.
+    pub fn storage_failed(&self, detail: impl std::fmt::Display) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| Reason::StorageFailed(detail.to_string()));
+        self.token.cancel();
+    }
+
+    /// Why it fired; `None` while it has not.
+    pub fn reason(&self) -> Option<Reason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Resolves once it fired.
+    pub async fn stopped(&self) {
+        self.token.cancelled().await
+    }
+
+    /// A token cancelled when this fires, or on its own (one connector's run).
+    pub fn child_token(&self) -> CancellationToken {
+        self.token.child_token()
+    }
+}
