@@ -4,7 +4,9 @@
 //! 1. config (loaded by the caller; a bad key ends the check there);
 //! 2. connectivity of each bootstrap server of both clusters: DNS, TCP + ApiVersions, and
 //!    whether every broker the cluster *advertises* is reachable from here;
-//! 3. security (PLAINTEXT only in this version);
+//! 3. security, per cluster: PLAINTEXT, or TLS (handshake, certificate summary and
+//!    expiry) and SASL (the mechanism, the user, what the broker offers), the SOCKS5
+//!    proxy, and a warning for PLAIN sent without TLS;
 //! 4. the configured topics: existence (else the closest names), partitions, leaders,
 //!    offsets, what `auto.offset.reset` means for them;
 //! 5. a sample of each topic's values against the configured format;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use kafka_direct::api::client::ApiClient;
-use kafka_direct::api::text;
+use kafka_direct::api::types::{KafkaOffset, KafkaPartition, Offsets, PartitionOffset};
+use kafka_direct::cli::client::ApiClient;
+use kafka_direct::cli::text;
 use kafka_direct::config::{describe_keys, RawConfig};
 use kafka_direct::format::registry::SchemaRegistry;
 use kafka_direct::format::schema::Type;
@@ -274,24 +275,7 @@ fn load(
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, overrides } => {
-            let config = match load(&config, &overrides) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("config error: {e}");
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            let result = runtime.block_on(kafka_direct::service::run(config, shutdown_signal()));
-            // A WAL flush stuck on failed storage must not keep the process alive.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-            result?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Run { config, overrides } => run_command(&config, &overrides),
         Command::Validate { config, overrides } => match load(&config, &overrides) {
             Ok(c) => {
                 out!("{c:#?}");
@@ -306,222 +290,275 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             overrides,
             json,
-        } => {
-            let report = match load(&config, &overrides) {
-                Ok(c) => {
-                    let runtime = tokio::runtime::Builder::new_multi_thread()
-                        .enable_all()
-                        .build()
-                        .context("starting the async runtime")?;
-                    runtime.block_on(kafka_direct::check::run(&c))
-                }
-                Err(e) => kafka_direct::check::Report::bad_config(e.to_string()),
-            };
-            if json {
-                out!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                let text = report.to_text();
-                out!("{}", text.trim_end());
-            }
-            Ok(if report.passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        Command::Status { api, json } => {
-            let client = api_client(&api)?;
-            let status = client.get_json("/connectors?expand=status")?;
-            if json {
-                out!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                out!("{}", text::status_table(&status).trim_end());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Connectors { api, command } => {
-            let client = api_client(&api)?;
-            match command {
-                ConnectorsCommand::List => {
-                    let names = client.get_json("/connectors")?;
-                    for name in names.as_array().into_iter().flatten() {
-                        out!("{}", name.as_str().unwrap_or_default());
-                    }
-                }
-                ConnectorsCommand::Pause { name } => {
-                    put_action(&client, &name, "pause")?;
-                    out!("connector {name}: pause requested");
-                }
-                ConnectorsCommand::Resume { name } => {
-                    put_action(&client, &name, "resume")?;
-                    out!("connector {name}: resume requested");
-                }
-                ConnectorsCommand::Stop { name } => {
-                    put_action(&client, &name, "stop")?;
-                    out!("connector {name}: stopped");
-                }
-                ConnectorsCommand::Restart { name } => {
-                    client.send_ok("POST", &format!("/connectors/{name}/restart"), None)?;
-                    out!("connector {name}: restarted");
-                }
-                ConnectorsCommand::Put { name, file } => {
-                    let raw = RawConfig::from_file(&file)?;
-                    let settings: serde_json::Map<String, serde_json::Value> = raw
-                        .entries()
-                        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                        .collect();
-                    let body = serde_json::Value::Object(settings);
-                    let (status, _) = client.send_ok(
-                        "PUT",
-                        &format!("/connectors/{name}/config"),
-                        Some(&body),
-                    )?;
-                    out!(
-                        "connector {name}: {}",
-                        if status == 201 {
-                            "created"
-                        } else {
-                            "config changed"
-                        }
-                    );
-                }
-                ConnectorsCommand::Delete { name } => {
-                    client.send_ok("DELETE", &format!("/connectors/{name}"), None)?;
-                    out!("connector {name}: deleted");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Offsets { api, command } => {
-            let client = api_client(&api)?;
-            match command {
-                OffsetsCommand::Set { name, positions } => {
-                    let mut offsets = Vec::new();
-                    for position in &positions {
-                        let parsed = position.rsplit_once('=').and_then(|(tp, offset)| {
-                            let (topic, partition) = tp.rsplit_once('/')?;
-                            Some((
-                                topic,
-                                partition.parse::<i32>().ok()?,
-                                offset.parse::<i64>().ok()?,
-                            ))
-                        });
-                        let Some((topic, partition, offset)) = parsed else {
-                            anyhow::bail!(
-                                "{position:?} is not TOPIC/PARTITION=OFFSET (e.g. orders/0=1200)"
-                            );
-                        };
-                        offsets.push(serde_json::json!({
-                            "partition": {"kafka_topic": topic, "kafka_partition": partition},
-                            "offset": {"kafka_offset": offset},
-                        }));
-                    }
-                    let body = serde_json::json!({ "offsets": offsets });
-                    client.send_ok("PATCH", &format!("/connectors/{name}/offsets"), Some(&body))?;
-                    out!("connector {name}: offsets set; resume it to copy from there");
-                }
-                OffsetsCommand::Reset { name } => {
-                    client.send_ok("DELETE", &format!("/connectors/{name}/offsets"), None)?;
-                    out!("connector {name}: offsets reset to auto.offset.reset; resume it to start again");
-                }
-                OffsetsCommand::Get { name, json } => {
-                    let offsets = client.get_json(&format!("/connectors/{name}/offsets"))?;
-                    if json {
-                        out!("{}", serde_json::to_string_pretty(&offsets)?);
-                    } else {
-                        out!("{}", text::offsets_table(&offsets).trim_end());
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Keys => {
-            for (key, default, doc) in describe_keys() {
-                match default {
-                    Some(d) => out!("{key:<45} default {d:?}: {doc}"),
-                    None => out!("{key:<45} required: {doc}"),
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => check_command(&config, &overrides, json),
+        Command::Status { api, json } => status_command(&api, json),
+        Command::Connectors { api, command } => connectors_command(&api, command),
+        Command::Offsets { api, command } => offsets_command(&api, command),
+        Command::Keys => keys_command(),
         Command::Wal { command } => wal_command(command),
         Command::Schemas {
             config,
             subject,
             connector,
             json,
-        } => {
-            let config = match load(&config, &[]) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("config error: {e}");
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            let connector = match &connector {
-                Some(name) => name.clone(),
-                None => config.file_connector()?.name.clone(),
-            };
-            let wal = open_wal(&config.data_dir)?;
-            let registry = SchemaRegistry::open(&wal, &connector)?;
-            let mut all = registry.all();
-            if let Some(subject) = &subject {
-                all.retain(|s, _| s == subject);
-                anyhow::ensure!(
-                    !all.is_empty(),
-                    "connector {connector} has no schema for subject {subject} (subjects are internal topic names)"
-                );
+        } => schemas_command(&config, subject, connector, json),
+    }
+}
+
+/// `run`: the service until SIGINT/SIGTERM.
+fn run_command(config: &std::path::Path, overrides: &[String]) -> anyhow::Result<ExitCode> {
+    let config = match load(config, overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(kafka_direct::service::run(config, shutdown_signal()));
+    // A WAL flush stuck on failed storage must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check`: the diagnosis, as text or JSON.
+fn check_command(
+    config: &std::path::Path,
+    overrides: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = match load(config, overrides) {
+        Ok(c) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(kafka_direct::check::run(&c))
+        }
+        Err(e) => kafka_direct::check::Report::bad_config(e.to_string()),
+    };
+    if json {
+        out!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let text = report.to_text();
+        out!("{}", text.trim_end());
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `status`: every connector and its partitions, through the API.
+fn status_command(api: &ApiArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let client = api_client(api)?;
+    let status = client.get_json("/connectors?expand=status")?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        let connectors =
+            text::expanded(status).context("the API's status answer does not read as a status")?;
+        out!("{}", text::status_table(&connectors).trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `connectors …`: list, pause, resume, stop, restart, put, delete, through the API.
+fn connectors_command(api: &ApiArgs, command: ConnectorsCommand) -> anyhow::Result<ExitCode> {
+    let client = api_client(api)?;
+    match command {
+        ConnectorsCommand::List => {
+            let names = client.get_json("/connectors")?;
+            for name in names.as_array().into_iter().flatten() {
+                out!("{}", name.as_str().unwrap_or_default());
             }
-            let versions = all.values().flatten();
-            if json {
-                let list: Vec<serde_json::Value> = versions
-                    .map(|v| {
-                        serde_json::json!({
-                            "subject": v.subject,
-                            "version": v.version,
-                            "schema": serde_json::from_str::<serde_json::Value>(&v.connect)
-                                .expect("stored schemas are JSON"),
-                        })
-                    })
-                    .collect();
-                out!("{}", serde_json::to_string_pretty(&list)?);
-            } else if subject.is_some() {
-                for v in versions {
-                    let schema: serde_json::Value = serde_json::from_str(&v.connect)?;
-                    out!(
-                        "{} version {}:\n{}",
-                        v.subject,
-                        v.version,
-                        serde_json::to_string_pretty(&schema)?
-                    );
+        }
+        ConnectorsCommand::Pause { name } => {
+            put_action(&client, &name, "pause")?;
+            out!("connector {name}: pause requested");
+        }
+        ConnectorsCommand::Resume { name } => {
+            put_action(&client, &name, "resume")?;
+            out!("connector {name}: resume requested");
+        }
+        ConnectorsCommand::Stop { name } => {
+            put_action(&client, &name, "stop")?;
+            out!("connector {name}: stopped");
+        }
+        ConnectorsCommand::Restart { name } => {
+            client.send_ok("POST", &format!("/connectors/{name}/restart"), None)?;
+            out!("connector {name}: restarted");
+        }
+        ConnectorsCommand::Put { name, file } => {
+            let raw = RawConfig::from_file(&file)?;
+            let settings: serde_json::Map<String, serde_json::Value> = raw
+                .entries()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let body = serde_json::Value::Object(settings);
+            let (status, _) =
+                client.send_ok("PUT", &format!("/connectors/{name}/config"), Some(&body))?;
+            out!(
+                "connector {name}: {}",
+                if status == 201 {
+                    "created"
+                } else {
+                    "config changed"
                 }
-            } else if all.is_empty() {
-                out!("no schemas stored for connector {connector} (they are made with connector.format=json and connector.schemas.enable=true)");
-            } else {
-                out!(
-                    "{:<40} {:>8} fields (latest version)",
-                    "subject",
-                    "versions"
-                );
-                for (subject, list) in &all {
-                    let latest = list.last().expect("a subject has a version");
-                    let fields = match &latest.schema.ty {
-                        Type::Struct { fields } => fields
-                            .iter()
-                            .map(|f| {
-                                let opt = if f.schema.optional { "?" } else { "" };
-                                format!("{}{opt}:{}", f.name, f.schema.ty.name())
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        other => other.name().to_owned(),
-                    };
-                    out!("{subject:<40} {:>8} {fields}", list.len());
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            );
+        }
+        ConnectorsCommand::Delete { name } => {
+            client.send_ok("DELETE", &format!("/connectors/{name}"), None)?;
+            out!("connector {name}: deleted");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `offsets …`: get, set, reset, through the API.
+fn offsets_command(api: &ApiArgs, command: OffsetsCommand) -> anyhow::Result<ExitCode> {
+    let client = api_client(api)?;
+    match command {
+        OffsetsCommand::Set { name, positions } => {
+            let mut offsets = Vec::new();
+            for position in &positions {
+                let parsed = position.rsplit_once('=').and_then(|(tp, offset)| {
+                    let (topic, partition) = tp.rsplit_once('/')?;
+                    Some((
+                        topic,
+                        partition.parse::<i32>().ok()?,
+                        offset.parse::<i64>().ok()?,
+                    ))
+                });
+                let Some((topic, partition, offset)) = parsed else {
+                    anyhow::bail!(
+                        "{position:?} is not TOPIC/PARTITION=OFFSET (e.g. orders/0=1200)"
+                    );
+                };
+                offsets.push(PartitionOffset {
+                    partition: KafkaPartition {
+                        kafka_topic: topic.to_owned(),
+                        kafka_partition: partition,
+                    },
+                    offset: KafkaOffset {
+                        kafka_offset: offset,
+                    },
+                });
+            }
+            let body = serde_json::to_value(Offsets { offsets })?;
+            client.send_ok("PATCH", &format!("/connectors/{name}/offsets"), Some(&body))?;
+            out!("connector {name}: offsets set; resume it to copy from there");
+        }
+        OffsetsCommand::Reset { name } => {
+            client.send_ok("DELETE", &format!("/connectors/{name}/offsets"), None)?;
+            out!("connector {name}: offsets reset to auto.offset.reset; resume it to start again");
+        }
+        OffsetsCommand::Get { name, json } => {
+            let offsets = client.get_json(&format!("/connectors/{name}/offsets"))?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&offsets)?);
+            } else {
+                let offsets = serde_json::from_value(offsets)
+                    .context("the API's offsets answer does not read as offsets")?;
+                out!("{}", text::offsets_table(&offsets).trim_end());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keys`: every configuration key with its default.
+fn keys_command() -> anyhow::Result<ExitCode> {
+    for (key, default, doc) in describe_keys() {
+        match default {
+            Some(d) => out!("{key:<45} default {d:?}: {doc}"),
+            None => out!("{key:<45} required: {doc}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `schemas`: the schema registry of a stopped service.
+fn schemas_command(
+    config: &std::path::Path,
+    subject: Option<String>,
+    connector: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = match load(config, &[]) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let connector = match &connector {
+        Some(name) => name.clone(),
+        None => config.file_connector()?.name.clone(),
+    };
+    let wal = open_wal(&config.data_dir)?;
+    let registry = SchemaRegistry::open(&wal, &connector)?;
+    let mut all = registry.all();
+    if let Some(subject) = &subject {
+        all.retain(|s, _| s == subject);
+        anyhow::ensure!(
+            !all.is_empty(),
+            "connector {connector} has no schema for subject {subject} (subjects are internal topic names)"
+        );
+    }
+    let versions = all.values().flatten();
+    if json {
+        let list: Vec<serde_json::Value> = versions
+            .map(|v| {
+                serde_json::json!({
+                    "subject": v.subject,
+                    "version": v.version,
+                    "schema": serde_json::from_str::<serde_json::Value>(&v.connect)
+                        .expect("stored schemas are JSON"),
+                })
+            })
+            .collect();
+        out!("{}", serde_json::to_string_pretty(&list)?);
+    } else if subject.is_some() {
+        for v in versions {
+            let schema: serde_json::Value = serde_json::from_str(&v.connect)?;
+            out!(
+                "{} version {}:\n{}",
+                v.subject,
+                v.version,
+                serde_json::to_string_pretty(&schema)?
+            );
+        }
+    } else if all.is_empty() {
+        out!("no schemas stored for connector {connector} (they are made with connector.format=json and connector.schemas.enable=true)");
+    } else {
+        out!(
+            "{:<40} {:>8} fields (latest version)",
+            "subject",
+            "versions"
+        );
+        for (subject, list) in &all {
+            let latest = list.last().expect("a subject has a version");
+            let fields = match &latest.schema.ty {
+                Type::Struct { fields } => fields
+                    .iter()
+                    .map(|f| {
+                        let opt = if f.schema.optional { "?" } else { "" };
+                        format!("{}{opt}:{}", f.name, f.schema.ty.name())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                other => other.name().to_owned(),
+            };
+            out!("{subject:<40} {:>8} {fields}", list.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The client of the API `args` point at.

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kafka_direct::api::client::ApiClient;
+use kafka_direct::cli::client::ApiClient;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);

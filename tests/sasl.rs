@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::secure::*;
 use common::*;
-use kafka_direct::api::client::ApiClient;
+use kafka_direct::cli::client::ApiClient;
 
 /// `n` records per partition written by kcat with `auth`: values `<topic>-<p>-<i>`.
 fn produce_all(addr: &str, topic: &str, partitions: i32, n: usize, auth: &[String]) {

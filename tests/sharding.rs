@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use kafka_direct::api::client::ApiClient;
+use kafka_direct::cli::client::ApiClient;
 
 const WAIT: Duration = Duration::from_secs(120);
 

@@ -28,10 +28,14 @@ use crate::record::SourcePartition;
 use crate::service::{ConnectorRuntime, Connectors, ControlError};
 use crate::wal::Wal;
 
-pub mod client;
-pub mod exposition;
-pub mod page;
-pub mod text;
+mod exposition;
+mod page;
+pub mod types;
+
+use types::{
+    ConnectorStatus, ConnectorSummary, KafkaOffset, KafkaPartition, Offsets, PartitionOffset,
+    SkippedOffsets, TaskStatus,
+};
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -281,7 +285,7 @@ async fn list_connectors(State(shared): Api, Query(query): Query<Vec<(String, St
         let mut entry = serde_json::Map::new();
         for what in &expand {
             match what.as_str() {
-                "status" => entry.insert("status".into(), status_of(&shared, c)),
+                "status" => entry.insert("status".into(), json!(status_of(&shared, c))),
                 "info" => entry.insert("info".into(), info_of(c)),
                 other => {
                     return Err(ApiError::new(
@@ -316,59 +320,54 @@ async fn connector_config(State(shared): Api, Path(name): Path<String>) -> Answe
     Ok(Json(json!(find(&shared, &name)?.config().settings)))
 }
 
-fn task_of(id: usize, p: &PartitionMetrics, worker_id: &str) -> Value {
+fn task_of(id: usize, p: &PartitionMetrics, worker_id: &str) -> TaskStatus {
     use std::sync::atomic::Ordering::Relaxed;
     let known = |v: i64| (v >= 0).then_some(v);
-    let mut task = json!({
-        "id": id,
-        "state": p.state().name(),
-        "worker_id": worker_id,
-        "topic": p.partition.topic,
-        "partition": p.partition.partition,
-        "high_watermark": known(p.source_high_watermark.load(Relaxed)),
-        "fetched_next": known(p.fetched_next.load(Relaxed)),
-        "forwarded_next": known(p.forwarded_next.load(Relaxed)),
-        "lag": p.source_lag(),
-        "wal_backlog": p.wal_backlog(),
-        "records_fetched": p.fetched_records.load(Relaxed),
-        "records_forwarded": p.forwarded_records.load(Relaxed),
-        "records_dead_lettered": p.dead_lettered_total(),
-        "produce_in_doubt": p.produce_in_doubt.load(Relaxed),
-    });
-    if let Some((from, to)) = *p.skipped_range.lock().unwrap_or_else(|e| e.into_inner()) {
-        task["skipped_offsets"] = json!({
-            "total": p.skipped_offsets.load(Relaxed),
-            "last": format!("{from}..{}", to - 1),
-        });
+    let skipped = *p.skipped_range.lock().unwrap_or_else(|e| e.into_inner());
+    TaskStatus {
+        id,
+        state: p.state().name().to_owned(),
+        worker_id: worker_id.to_owned(),
+        topic: p.partition.topic.clone(),
+        partition: p.partition.partition,
+        high_watermark: known(p.source_high_watermark.load(Relaxed)),
+        fetched_next: known(p.fetched_next.load(Relaxed)),
+        forwarded_next: known(p.forwarded_next.load(Relaxed)),
+        lag: p.source_lag(),
+        wal_backlog: p.wal_backlog(),
+        records_fetched: p.fetched_records.load(Relaxed),
+        records_forwarded: p.forwarded_records.load(Relaxed),
+        records_dead_lettered: p.dead_lettered_total(),
+        produce_in_doubt: p.produce_in_doubt.load(Relaxed),
+        skipped_offsets: skipped.map(|(from, to)| SkippedOffsets {
+            total: p.skipped_offsets.load(Relaxed),
+            last: format!("{from}..{}", to - 1),
+        }),
+        trace: p.error(),
     }
-    if let Some(error) = p.error() {
-        task["trace"] = json!(error);
-    }
-    task
 }
 
-fn status_of(shared: &Shared, c: &ConnectorHandle) -> Value {
-    let tasks: Vec<Value> = c
-        .partitions()
-        .iter()
-        .enumerate()
-        .map(|(id, p)| task_of(id, p, &shared.worker_id))
-        .collect();
-    let mut connector = json!({"state": c.state().name(), "worker_id": shared.worker_id});
-    if let Some(error) = c.error() {
-        connector["trace"] = json!(error);
+fn status_of(shared: &Shared, c: &ConnectorHandle) -> ConnectorStatus {
+    ConnectorStatus {
+        name: c.config().name.clone(),
+        connector: ConnectorSummary {
+            state: c.state().name().to_owned(),
+            worker_id: shared.worker_id.clone(),
+            trace: c.error(),
+        },
+        tasks: c
+            .partitions()
+            .iter()
+            .enumerate()
+            .map(|(id, p)| task_of(id, p, &shared.worker_id))
+            .collect(),
+        kind: "source".to_owned(),
     }
-    json!({
-        "name": c.config().name,
-        "connector": connector,
-        "tasks": tasks,
-        "type": "source",
-    })
 }
 
 async fn connector_status(State(shared): Api, Path(name): Path<String>) -> Answer {
     let c = find(&shared, &name)?;
-    Ok(Json(status_of(&shared, &c)))
+    Ok(Json(json!(status_of(&shared, &c))))
 }
 
 async fn connector_topics(State(shared): Api, Path(name): Path<String>) -> Answer {
@@ -389,13 +388,16 @@ async fn connector_offsets(State(shared): Api, Path(name): Path<String>) -> Answ
             .and_then(|log| log.checkpoints())
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         if let Some(next) = checkpoints.forwarded_next {
-            offsets.push(json!({
-                "partition": {"kafka_topic": p.partition.topic, "kafka_partition": p.partition.partition},
-                "offset": {"kafka_offset": next},
-            }));
+            offsets.push(PartitionOffset {
+                partition: KafkaPartition {
+                    kafka_topic: p.partition.topic.clone(),
+                    kafka_partition: p.partition.partition,
+                },
+                offset: KafkaOffset { kafka_offset: next },
+            });
         }
     }
-    Ok(Json(json!({ "offsets": offsets })))
+    Ok(Json(json!(Offsets { offsets })))
 }
 
 /// A JSON body, or a 400 naming what is wrong with it.

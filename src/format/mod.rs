@@ -101,15 +101,14 @@ impl Formatter {
 
     /// Decides what happens to `record`. Errors only when storing a new schema fails.
     pub fn check(&self, record: &SourceRecord) -> Result<Verdict, WalError> {
-        let forward = |verdict| verdict;
         let Some(value) = record.value.as_deref() else {
-            return Ok(forward(Verdict::Forward));
+            return Ok(Verdict::Forward);
         };
-        let reject = |kind, message| forward(Verdict::Reject(Rejection { kind, message }));
+        let reject = |kind, message| Verdict::Reject(Rejection { kind, message });
         match self.format {
-            Format::Bytes => Ok(forward(Verdict::Forward)),
+            Format::Bytes => Ok(Verdict::Forward),
             Format::String => Ok(match std::str::from_utf8(value) {
-                Ok(_) => forward(Verdict::Forward),
+                Ok(_) => Verdict::Forward,
                 Err(e) => reject(
                     ErrorKind::InvalidUtf8,
                     format!(
@@ -135,7 +134,7 @@ impl Formatter {
                 let Some((registry, subject)) = &self.schemas else {
                     // Syntax only: nothing is built.
                     return Ok(match serde_json::from_slice::<Syntax>(value) {
-                        Ok(_) => forward(Verdict::Forward),
+                        Ok(_) => Verdict::Forward,
                         Err(e) => reject(
                             ErrorKind::MalformedJson,
                             format!("value is not valid JSON: {e}"),
@@ -145,7 +144,7 @@ impl Formatter {
                 // The common case, a value that fits the latest version, without a tree.
                 if let Some(latest) = registry.latest(subject) {
                     if !latest.schema.has_envelope_fields() && latest.schema.fits_bytes(value) {
-                        return Ok(forward(Verdict::ForwardAs(wrap(&latest.connect, value))));
+                        return Ok(Verdict::ForwardAs(wrap(&latest.connect, value)));
                     }
                 }
                 let parsed: Value = match serde_json::from_slice(value) {

@@ -130,6 +130,7 @@ impl SchemaRegistry {
         // Durable before any forwarder can see it (the lock is held until it is).
         State::of(&self.wal).put_schema(&self.connector, subject, number, &next)?;
         let version = Arc::new(Version::new(subject, number, next));
+        tracing::info!(connector = %self.connector, subject, version = number, schema = %version.connect, "new schema version");
         versions.push(Arc::clone(&version));
         Ok(Ok(Admitted {
             version,

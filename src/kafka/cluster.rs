@@ -26,7 +26,8 @@ pub struct Cluster {
     /// Bound on each call.
     pub timeout: Duration,
     /// Whether calls retry transient failures themselves (rskafka's backoff,
-    /// [`Cluster::topics`]); never for produce: see DEPENDENCIES.md.
+    /// [`Cluster::topics`]); never for produce, which rskafka would send again without
+    /// an idempotent producer (docs/ARCHITECTURE.md, step 5).
     pub internal_retries: bool,
     /// Kafka client id.
     pub client_id: String,

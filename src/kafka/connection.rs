@@ -1,13 +1,16 @@
-//! A Kafka connection speaking the messages rskafka 0.6 cannot: the fetch path.
+//! One broker connection, for every message kafka-direct sends itself: Fetch,
+//! ListOffsets and Produce (the fetch and produce paths), Metadata (leader lookup, the
+//! external cluster's topic listing), CreatePartitions, DescribeConfigs, and `check`'s
+//! probes.
 //!
-//! rskafka's fetch cannot return a record whose header value is null (it fails with
-//! `Malformed` at that offset, every time), hides transaction control batches (a fetch
-//! of only a marker returns nothing and no next offset) and does not expose the
-//! aborted-transactions list, so it cannot filter aborted records. The fetcher therefore
-//! speaks Fetch, ListOffsets and Metadata itself: messages are encoded and decoded by the
-//! `kafka-protocol` crate; this module only frames them (a big-endian length prefix, a
-//! request header, a correlation id) on one TCP connection, and picks for each API the
-//! highest version both sides support.
+//! Owns: the transport under it (TCP or SOCKS5, TLS, from [`super::tls`]), ApiVersions
+//! and the choice, per API, of the highest version both sides support, SASL
+//! (SaslHandshake + SaslAuthenticate, rsasl computing PLAIN and SCRAM), framing (a
+//! big-endian length prefix, a request header, a correlation id checked on every
+//! response) and leader lookup. Messages are encoded and decoded by the `kafka-protocol`
+//! crate. rskafka 0.6 cannot fetch a record whose header value is null, hides
+//! transaction markers and the aborted-transactions list, and retries produce requests
+//! inside one call; hence this connection (docs/ARCHITECTURE.md, the fetch path).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -41,9 +41,6 @@ pub enum Compression {
 /// Produce versions used: 3 is the first with record batches (magic 2); 13 replaces
 /// topic names with topic ids.
 const PRODUCE_VERSIONS: std::ops::RangeInclusive<i16> = 3..=12;
-/// Broker waits of the successive tries of one read of what a partition stores (the tail
-/// check, the dead-letter topic): tansu sometimes answers a short fetch without the
-/// partition or without records although they exist.
 /// `acks=all`: the answer comes once every in-sync replica has the batch.
 const ACKS_ALL: i16 = -1;
 

@@ -1425,7 +1425,7 @@ pub async fn copied_source_offsets(addr: &str, topic: &str, partition: i32) -> V
 }
 
 /// The status of connector `test` from the service's API.
-pub async fn connector_status(api: &kafka_direct::api::client::ApiClient) -> serde_json::Value {
+pub async fn connector_status(api: &kafka_direct::cli::client::ApiClient) -> serde_json::Value {
     let api = api.clone();
     tokio::task::spawn_blocking(move || api.get_json("/connectors/test/status").unwrap())
         .await
@@ -1434,7 +1434,7 @@ pub async fn connector_status(api: &kafka_direct::api::client::ApiClient) -> ser
 
 /// Polls the status of connector `test` until `pred` holds (90 s at most).
 pub async fn wait_status(
-    api: &kafka_direct::api::client::ApiClient,
+    api: &kafka_direct::cli::client::ApiClient,
     what: &str,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
