@@ -3,7 +3,7 @@
 //! in-process path (fetched record batch → WAL → produce batch), and the latency
 //! histogram every acknowledged record is counted in.
 //!
-//! `cargo bench --bench wal` prints records/s for each case (criterion "elements");
+//! `cargo bench --features unstable --bench wal` prints records/s for each case (criterion "elements");
 //! docs/benchmarks.md holds this machine's figures.
 
 use std::time::Duration;

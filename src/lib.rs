@@ -18,15 +18,20 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
-pub mod connector;
-
+pub(crate) mod connector;
 pub mod format;
-pub mod forward;
-pub mod kafka;
-pub mod metrics;
+pub(crate) mod forward;
+pub(crate) mod metrics;
 pub mod record;
 pub mod service;
-pub mod source;
+pub(crate) mod source;
 pub mod state;
-pub mod stop;
+pub(crate) mod stop;
 pub mod wal;
+
+// The client layer is the crate's own; the benchmarks and fuzz targets measure pieces of
+// it (record batch encoding and decoding) through the `unstable` feature.
+#[cfg(feature = "unstable")]
+pub mod kafka;
+#[cfg(not(feature = "unstable"))]
+pub(crate) mod kafka;

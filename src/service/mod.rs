@@ -27,7 +27,7 @@ use crate::metrics::{PartitionMetrics, TaskState};
 use crate::stop::{Reason, Stop};
 use crate::wal::{Wal, WalError, WalOptions};
 
-pub use crate::connector::{ConnectorRuntime, Connectors, Context, ControlError, RunEnd};
+pub(crate) use crate::connector::{ConnectorRuntime, Connectors, Context, ControlError, RunEnd};
 
 /// Why the service could not run.
 #[derive(Debug, thiserror::Error)]
