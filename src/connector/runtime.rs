@@ -531,6 +531,7 @@ impl Spawner {
             internal_topic,
             barrier: barrier(wal, &connector.name, partition)?,
             log: reader,
+            forwarded_next: -1,
             compression: config.internal_compression,
             max_records: config.forward_batch_max_records,
             max_bytes: config.forward_batch_max_bytes,
@@ -715,7 +716,7 @@ async fn refresh(
 /// One partition: the start-up tail check, then its fetcher and forwarder.
 async fn run_partition(
     fetcher: Fetcher,
-    forwarder: Forwarder,
+    mut forwarder: Forwarder,
     settle: bool,
     stop: Stop,
 ) -> Result<TaskEnd, SinkError> {
@@ -732,13 +733,11 @@ async fn run_partition(
         info!(partition = %forwarder.log.source_partition(), stored_next, "internal partition already stores everything below this source offset (or, for refused records, the dead-letter topic)");
     }
     let checkpoints = forwarder.log.checkpoints().map_err(wal_err)?;
-    forwarder.metrics.forwarded_next.store(
-        forwarder
-            .frontier(&tail)
-            .or(checkpoints.forwarded_next)
-            .unwrap_or(-1),
-        Ordering::Relaxed,
-    );
+    let forwarded_next = forwarder
+        .frontier(&tail)
+        .or(checkpoints.forwarded_next)
+        .unwrap_or(-1);
+    forwarder.set_forwarded_next(forwarded_next);
     forwarder.metrics.set_state(TaskState::Running);
     let fetch_metrics = Arc::clone(&forwarder.metrics);
     let fetch = tokio::spawn(async move {

@@ -95,6 +95,9 @@ pub struct Forwarder {
     pub barrier: i64,
     /// The reader half of the partition's WAL log.
     pub log: LogReader,
+    /// The next source offset to forward: the WAL holds nothing below it (-1 until
+    /// known). Owned here; the metrics show a copy.
+    pub forwarded_next: i64,
     /// Compression of produced batches.
     pub compression: Compression,
     /// Max records per produce.
@@ -609,7 +612,7 @@ impl Forwarder {
     /// or sled's background flush persists it, and a crash that loses it is harmless,
     /// because the start-up tail check, not this checkpoint, decides what is stored.
     fn release_stored(
-        &self,
+        &mut self,
         pending: &mut VecDeque<FetchedBatch>,
         stored_next: Option<i64>,
     ) -> Result<(), WalError> {
@@ -630,25 +633,28 @@ impl Forwarder {
             done.push(entry.first_offset());
             pending.pop_front();
         }
-        if done.is_empty() && self.metrics.forwarded_next.load(Ordering::Relaxed) >= forwarded_next
-        {
+        if done.is_empty() && self.forwarded_next >= forwarded_next {
             return Ok(());
         }
         self.log.release_entries(&done, forwarded_next)?;
-        self.metrics
-            .forwarded_next
-            .store(forwarded_next, Ordering::Relaxed);
+        self.set_forwarded_next(forwarded_next);
         Ok(())
     }
 
     /// Records `next` as the forwarding position when every entry below it is gone.
-    fn forwarded_up_to(&self, next: i64) -> Result<(), WalError> {
-        if self.metrics.forwarded_next.load(Ordering::Relaxed) >= next {
+    fn forwarded_up_to(&mut self, next: i64) -> Result<(), WalError> {
+        if self.forwarded_next >= next {
             return Ok(());
         }
         self.log.release_entries(&[], next)?;
-        self.metrics.forwarded_next.store(next, Ordering::Relaxed);
+        self.set_forwarded_next(next);
         Ok(())
+    }
+
+    /// Moves the forwarding position (and the figure the status shows).
+    pub fn set_forwarded_next(&mut self, next: i64) {
+        self.forwarded_next = next;
+        self.metrics.forwarded_next.store(next, Ordering::Relaxed);
     }
 
     /// Bytes the source headers and record framing add to each produced record (an
