@@ -120,6 +120,15 @@ pub struct Forwarder {
     pub cancel: CancellationToken,
 }
 
+/// What the forwarding loop does after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Go on.
+    Go,
+    /// Stop: the task was cancelled.
+    Stop,
+}
+
 impl Forwarder {
     fn partition(&self) -> &SourcePartition {
         self.log.source_partition()
@@ -234,6 +243,59 @@ impl Forwarder {
         } else {
             self.read_tail_retrying(pc_slot).await
         }
+    }
+
+    /// Sends a run of refused records to the dead-letter topic; after an unknown outcome,
+    /// waits and re-reads the topic before going on. [`Flow::Stop`]: cancelled.
+    async fn send_dead_letters(
+        &mut self,
+        run: &tail::Run<'_>,
+        retry: &mut Retry,
+    ) -> Result<Flow, SinkError> {
+        let partition = self.partition().clone();
+        let count = run.records.len();
+        let last_source_offset = run.records[count - 1].record.offset;
+        let dlq = self
+            .dead_letters
+            .as_mut()
+            .expect("records are refused only when a dead-letter topic is set");
+        match dlq.produce(&run.records, self.compression).await {
+            Ok(()) => {
+                retry.reset();
+                debug!(%partition, records = count, last_source_offset, "dead-lettered");
+                for kind in &run.refused {
+                    self.metrics.dead_lettered[kind.index()].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) if e.is_transient() => {
+                self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
+                self.metrics
+                    .dead_letter_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let delay = retry.delay();
+                warn!(%partition, error = %e, retry_in = ?delay, "dead-letter produce outcome unknown; will re-read the dead-letter topic before re-sending");
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Ok(Flow::Stop),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                let dlq = self.dead_letters.as_mut().expect("set above");
+                match dlq.resolve(&self.cancel).await {
+                    Ok(Some(found)) => {
+                        for (counter, n) in self.metrics.dead_lettered.iter().zip(found) {
+                            counter.fetch_add(n, Ordering::Relaxed);
+                        }
+                        self.metrics
+                            .produce_in_doubt
+                            .store(false, Ordering::Relaxed);
+                        info!(%partition, stored_next = ?dlq.stored_next(), "dead-letter topic re-read; resuming");
+                    }
+                    Ok(None) => return Ok(Flow::Stop),
+                    Err(e) => return Err(self.dead_letter_failure(e)),
+                }
+            }
+            Err(e) => return Err(self.dead_letter_failure(e)),
+        }
+        Ok(Flow::Go)
     }
 
     /// Reads the tail until two reads [`SETTLE`](crate::kafka::settle::SETTLE) apart agree, so that a request of an
@@ -442,46 +504,8 @@ impl Forwarder {
             let oldest_timestamp_ms = run.records[0].record.timestamp_ms;
 
             if run.destination == tail::Destination::DeadLetters {
-                let dlq = self
-                    .dead_letters
-                    .as_mut()
-                    .expect("records are refused only when a dead-letter topic is set");
-                match dlq.produce(&run.records, self.compression).await {
-                    Ok(()) => {
-                        retry.reset();
-                        debug!(%partition, records = count, last_source_offset, "dead-lettered");
-                        for kind in &run.refused {
-                            self.metrics.dead_lettered[kind.index()]
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(e) if e.is_transient() => {
-                        self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
-                        self.metrics
-                            .dead_letter_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                        let delay = retry.delay();
-                        warn!(%partition, error = %e, retry_in = ?delay, "dead-letter produce outcome unknown; will re-read the dead-letter topic before re-sending");
-                        tokio::select! {
-                            _ = self.cancel.cancelled() => break,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                        let dlq = self.dead_letters.as_mut().expect("set above");
-                        match dlq.resolve(&self.cancel).await {
-                            Ok(Some(found)) => {
-                                for (counter, n) in self.metrics.dead_lettered.iter().zip(found) {
-                                    counter.fetch_add(n, Ordering::Relaxed);
-                                }
-                                self.metrics
-                                    .produce_in_doubt
-                                    .store(false, Ordering::Relaxed);
-                                info!(%partition, stored_next = ?dlq.stored_next(), "dead-letter topic re-read; resuming");
-                            }
-                            Ok(None) => break,
-                            Err(e) => return Err(self.dead_letter_failure(e)),
-                        }
-                    }
-                    Err(e) => return Err(self.dead_letter_failure(e)),
+                if self.send_dead_letters(&run, &mut retry).await? == Flow::Stop {
+                    break;
                 }
                 let stored_next = self.frontier(&tail);
                 self.release_stored(&mut pending, stored_next)

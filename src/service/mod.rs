@@ -125,43 +125,8 @@ pub async fn run(
     config: ServiceConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
-    let data_dir = config.data_dir.clone();
-    let options = WalOptions {
-        sync: config.wal_sync,
-        max_bytes: config.wal_max_bytes,
-        cache_bytes: config.wal_cache_bytes,
-    };
-    let wal = tokio::task::spawn_blocking(move || crate::state::open(&data_dir, options))
-        .await
-        .expect("opening the WAL does not panic")?;
-    info!(data_dir = %config.data_dir.display(), wal_bytes = wal.used_bytes(), "WAL opened");
-    // The start-up tail check waits for the internal partitions' ends to settle only if
-    // a request of an earlier run may still be pending (docs/ARCHITECTURE.md).
-    let settle = {
-        let new = wal.is_new();
-        let wal = wal.clone();
-        let clean = tokio::task::spawn_blocking(move || wal.take_clean_stop())
-            .await
-            .expect("reading the clean-stop mark does not panic")?;
-        let settle = !(clean || new);
-        if settle {
-            info!("the previous run did not stop cleanly: the start-up tail check waits for the internal partitions to settle");
-        }
-        settle
-    };
-
-    let internal = Cluster {
-        role: "internal",
-        key: "internal.bootstrap.servers",
-        servers: config.internal_bootstrap_servers.clone(),
-        timeout: config.request_timeout,
-        internal_retries: false,
-        client_id: "kafka-direct".into(),
-        transport: internal_transport(&config).map_err(|e| ServiceError::Config(e.to_string()))?,
-    };
-    warn_if_names_unchecked(&config.internal_access, None);
-    let internal_client = internal.connect().await?;
-    info!(internal = %config.internal_bootstrap_servers.join(","), "connected to the internal cluster");
+    let (wal, settle) = open_wal(&config).await?;
+    let (internal, internal_client) = connect_internal(&config).await?;
 
     let (ended, mut ends) = mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
@@ -221,33 +186,7 @@ pub async fn run(
         progress_stop.clone(),
     );
 
-    tokio::pin!(shutdown);
-    let mut last_end: BTreeMap<String, RunEnd> = BTreeMap::new();
-    let mut failure = None;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => {
-                info!("shutdown requested: finishing in-flight writes and produces");
-                break;
-            }
-            _ = ctx.stop.stopped() => break,
-            Some((name, end)) = ends.recv() => {
-                last_end.insert(name, end);
-                let all = connectors.all();
-                let failed: Vec<&String> = all
-                    .iter()
-                    .filter_map(|c| match last_end.get(&c.handle.config().name) {
-                        Some(RunEnd::AllFailed(first)) if c.handle.state() == ConnectorState::Failed => Some(first),
-                        _ => None,
-                    })
-                    .collect();
-                if !all.is_empty() && failed.len() == all.len() {
-                    failure = failed.first().map(|f| f.to_string());
-                    break;
-                }
-            }
-        }
-    }
+    let failure = wait_for_an_end(shutdown, &ctx.stop, &connectors, &mut ends).await;
     let mut stop_error = None;
     for c in connectors.all() {
         if let Err(e) = c.stop().await {
@@ -290,6 +229,86 @@ pub async fn run(
         "stopped; checkpoints are flushed"
     );
     Ok(())
+}
+
+/// Runs until a shutdown is requested, the service's [`Stop`] fires, or every connector
+/// failed; in the last case, the first failure.
+async fn wait_for_an_end(
+    shutdown: impl Future<Output = ()>,
+    stop: &Stop,
+    connectors: &Connectors,
+    ends: &mut mpsc::UnboundedReceiver<(String, RunEnd)>,
+) -> Option<String> {
+    tokio::pin!(shutdown);
+    let mut last_end: BTreeMap<String, RunEnd> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutdown requested: finishing in-flight writes and produces");
+                return None;
+            }
+            _ = stop.stopped() => return None,
+            Some((name, end)) = ends.recv() => {
+                last_end.insert(name, end);
+                let all = connectors.all();
+                let failed: Vec<&String> = all
+                    .iter()
+                    .filter_map(|c| match last_end.get(&c.handle.config().name) {
+                        Some(RunEnd::AllFailed(first)) if c.handle.state() == ConnectorState::Failed => Some(first),
+                        _ => None,
+                    })
+                    .collect();
+                if !all.is_empty() && failed.len() == all.len() {
+                    return failed.first().map(|f| f.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Opens the WAL, and says whether the start-up tail check must wait for the internal
+/// partitions' ends to settle: only if a request of an earlier run may still be pending
+/// (docs/ARCHITECTURE.md).
+async fn open_wal(config: &ServiceConfig) -> Result<(Wal, bool), ServiceError> {
+    let data_dir = config.data_dir.clone();
+    let options = WalOptions {
+        sync: config.wal_sync,
+        max_bytes: config.wal_max_bytes,
+        cache_bytes: config.wal_cache_bytes,
+    };
+    let wal = tokio::task::spawn_blocking(move || crate::state::open(&data_dir, options))
+        .await
+        .expect("opening the WAL does not panic")?;
+    info!(data_dir = %config.data_dir.display(), wal_bytes = wal.used_bytes(), "WAL opened");
+    let new = wal.is_new();
+    let marked = wal.clone();
+    let clean = tokio::task::spawn_blocking(move || marked.take_clean_stop())
+        .await
+        .expect("reading the clean-stop mark does not panic")?;
+    let settle = !(clean || new);
+    if settle {
+        info!("the previous run did not stop cleanly: the start-up tail check waits for the internal partitions to settle");
+    }
+    Ok((wal, settle))
+}
+
+/// The internal cluster and its client, connected.
+async fn connect_internal(
+    config: &ServiceConfig,
+) -> Result<(Cluster, Arc<rskafka::client::Client>), ServiceError> {
+    let internal = Cluster {
+        role: "internal",
+        key: "internal.bootstrap.servers",
+        servers: config.internal_bootstrap_servers.clone(),
+        timeout: config.request_timeout,
+        internal_retries: false,
+        client_id: "kafka-direct".into(),
+        transport: internal_transport(config).map_err(|e| ServiceError::Config(e.to_string()))?,
+    };
+    warn_if_names_unchecked(&config.internal_access, None);
+    let internal_client = internal.connect().await?;
+    info!(internal = %config.internal_bootstrap_servers.join(","), "connected to the internal cluster");
+    Ok((internal, internal_client))
 }
 
 /// Samples each connector's forwarded total for the status page's chart.
