@@ -1,9 +1,11 @@
 //! kafka-direct: copies topics of an external Kafka-compatible cluster into internal
 //! topics of another cluster, durably and exactly once per source offset.
 //!
-//! The pipeline is the module layout: [`source`] (fetch) → [`wal`] (durable log) →
-//! [`forward`] (exactly-once produce), wired by [`service`], configured by [`config`].
-//! See `docs/ARCHITECTURE.md` for the map and the exactly-once argument.
+//! The pipeline is the module layout: `source` (fetch) → [`wal`] (durable log) →
+//! `forward` (exactly-once produce), over one Kafka client layer (`kafka`), run per
+//! connector (`connector`), wired by [`service`], configured by [`config`]. The library's
+//! public surface is what the binary and the tests use. See `docs/ARCHITECTURE.md` for
+//! the map and the exactly-once argument.
 #![recursion_limit = "256"]
 #![deny(unsafe_code, rust_2018_idioms, rustdoc::broken_intra_doc_links)]
 #![warn(

@@ -1,16 +1,16 @@
 //! The service's durable state beside the log: one owner for the WAL's metadata tree.
 //!
-//! Owns: every key of that tree ([`Key`], one encoder) and the typed value under each:
+//! Owns: every key of that tree (`Key`, one encoder) and the typed value under each:
 //! a connector's target state, its config (for connectors created through the API), the
 //! barriers left by offset changes, the dead-letter floors and the schema versions.
 //!
 //! Guarantees: keys are built from *terminated* components, so no connector's keys are a
 //! prefix of another's (`orders` and `orders-eu` share nothing); every value decodes
 //! through one function per kind, and a value that does not decode is reported with its
-//! key. Writes are durable with the next [`Wal::commit`], except [`State::put_schema`],
+//! key. Writes are durable with the next [`Wal::commit`], except `State::put_schema`,
 //! which is durable when it returns (a version is named downstream as soon as a record
 //! that uses it is produced). State written by builds before this encoding is rewritten
-//! once by [`State::upgrade`].
+//! once by `State::upgrade` when the WAL is opened ([`open`]).
 
 use std::collections::BTreeMap;
 
@@ -19,7 +19,7 @@ use crate::record::SourcePartition;
 use crate::wal::{Wal, WalError};
 
 /// Opens the WAL in `dir` with its state in this build's encoding: state written by an
-/// earlier build is rewritten ([`State::upgrade`]) and synced before this returns.
+/// earlier build is rewritten (`State::upgrade`) and synced before this returns.
 pub fn open(dir: &std::path::Path, options: crate::wal::WalOptions) -> Result<Wal, WalError> {
     let wal = Wal::open(dir, options)?;
     let moved = State::of(&wal).upgrade()?;

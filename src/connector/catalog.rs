@@ -1,5 +1,5 @@
 //! The connectors a service runs: the one its config file declares, and those created
-//! through the API, whose configs are kept in the WAL's metadata so that a restart brings
+//! through the API, whose configs are kept in the WAL's state ([`crate::state`]) so that a restart brings
 //! each back in its last state (running, paused or stopped).
 //!
 //! A connector declared in the file is managed by the file: the API can pause, stop,

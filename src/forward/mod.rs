@@ -1,9 +1,13 @@
 //! The forwarder: one task per partition, draining WAL entries into the internal
 //! partition of the same number, exactly once.
 //!
+//! It holds the reader half of its partition's WAL log ([`crate::wal::LogReader`]) and
+//! produces through the client layer ([`crate::kafka::produce`]); it imports nothing of
+//! the fetcher.
+//!
 //! Guarantees:
-//! - rskafka's own produce retry is off (it could store a batch twice inside one call);
-//!   retries happen here, each one after a fresh tail check ([`tail`]).
+//! - each produce request is sent once (the client layer's connection has no retry of
+//!   its own); retries happen here, each one after a fresh tail check ([`tail`]).
 //! - `forwarded_next` advances only after the produce is acknowledged.
 //! - The offsets the broker assigns are compared with the partition end we expect (we are
 //!   the single writer); a mismatch is logged as an error and counted.

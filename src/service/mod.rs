@@ -1,6 +1,6 @@
 //! The service: opens the WAL, connects to the internal cluster, serves the API, starts
 //! its connectors (one fetcher and one forwarder per source partition, see
-//! [`connector`]), and owns shutdown.
+//! `crate::connector`), and owns shutdown.
 //!
 //! Start-up order per partition: the forwarder's tail check first, so the WAL's
 //! checkpoints are aligned with what the internal partition already stores before

@@ -1,4 +1,7 @@
 //! The fetcher: one task per source partition, copying fetched batches into the WAL.
+//! It reads through the client layer ([`crate::kafka::fetch`]) and holds the writer half
+//! of its partition's log ([`crate::wal::LogWriter`]); it imports nothing of the
+//! forwarder.
 //!
 //! Guarantee: a batch counts as fetched only once the WAL commit covering it returned;
 //! `fetched_next` moves in the same atomic write as the batch, so a crash at any

@@ -1,7 +1,12 @@
 //! The write-ahead log: fetched batches and per-partition offset checkpoints.
 //!
+//! A partition's log is split into a writer half for its fetcher ([`LogWriter`]: append,
+//! commit, wait for room) and a reader half for its forwarder ([`LogReader`]: oldest
+//! entries, release, align with the tail), so data moves one way through it
+//! ([`PartitionLog::split`]). The metadata tree beside the logs is [`crate::state`]'s.
+//!
 //! sled holds the checkpoints and, per entry, a pointer into an append-only segment
-//! file holding the entry's bytes ([`segments`]): sled keeps its values in memory, so
+//! file holding the entry's bytes (`segments`): sled keeps its values in memory, so
 //! entries stored as sled values made the RSS grow with the unforwarded data.
 //!
 //! Guarantees:
