@@ -19,12 +19,8 @@ use crate::wal::SyncPolicy;
 impl From<AccessError> for ConfigError {
     fn from(e: AccessError) -> Self {
         match e {
-            AccessError::Missing { key, hint } => ConfigError::Missing { key, hint },
-            AccessError::Invalid {
-                key,
-                value,
-                expected,
-            } => ConfigError::Invalid {
+            AccessError::Missing(key, hint) => ConfigError::Missing { key, hint },
+            AccessError::Invalid(key, value, expected) => ConfigError::Invalid {
                 key,
                 value,
                 expected,

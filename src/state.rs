@@ -124,41 +124,30 @@ fn take_text(key: &[u8]) -> Option<(String, &[u8])> {
 impl Key<'_> {
     /// The key's bytes.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut key = vec![ENCODING];
         match *self {
-            Key::Target { connector } => {
-                key.push(kind::TARGET);
-                push_text(&mut key, connector);
-            }
-            Key::Config { connector } => {
-                key.push(kind::CONFIG);
-                push_text(&mut key, connector);
-            }
+            Key::Target { connector } => connector_prefix(kind::TARGET, connector),
+            Key::Config { connector } => connector_prefix(kind::CONFIG, connector),
+            Key::DeadLetters { connector } => connector_prefix(kind::DEAD_LETTERS, connector),
             Key::Barrier {
                 connector,
                 partition,
             } => {
-                key.push(kind::BARRIER);
-                push_text(&mut key, connector);
+                let mut key = connector_prefix(kind::BARRIER, connector);
                 push_text(&mut key, &partition.topic);
                 key.extend_from_slice(&partition.partition.to_be_bytes());
-            }
-            Key::DeadLetters { connector } => {
-                key.push(kind::DEAD_LETTERS);
-                push_text(&mut key, connector);
+                key
             }
             Key::Schema {
                 connector,
                 subject,
                 version,
             } => {
-                key.push(kind::SCHEMA);
-                push_text(&mut key, connector);
+                let mut key = connector_prefix(kind::SCHEMA, connector);
                 push_text(&mut key, subject);
                 key.extend_from_slice(&version.to_be_bytes());
+                key
             }
         }
-        key
     }
 }
 
@@ -437,18 +426,9 @@ impl<'a> State<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::{SyncPolicy, WalOptions};
 
     fn wal(dir: &std::path::Path) -> Wal {
-        Wal::open_when_unlocked(
-            dir,
-            WalOptions {
-                sync: SyncPolicy::Flush,
-                max_bytes: 1 << 30,
-                cache_bytes: 1 << 20,
-            },
-        )
-        .unwrap()
+        Wal::open_for_tests(dir)
     }
 
     #[test]

@@ -156,20 +156,11 @@ impl SchemaRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::{SyncPolicy, WalOptions};
     use serde_json::json;
 
     /// Opens the WAL in `dir`, again after a drop (sled lets go of its lock a moment later).
     fn open(dir: &std::path::Path) -> Wal {
-        Wal::open_when_unlocked(
-            dir,
-            WalOptions {
-                sync: SyncPolicy::Flush,
-                max_bytes: 1 << 30,
-                cache_bytes: 1 << 20,
-            },
-        )
-        .unwrap()
+        Wal::open_for_tests(dir)
     }
 
     #[test]

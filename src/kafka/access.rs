@@ -83,22 +83,11 @@ impl std::fmt::Debug for Secret {
 /// full name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccessError {
-    /// A required key is absent.
-    #[error("missing required key `{key}`: {hint}")]
-    Missing {
-        /// The key.
-        key: String,
-        /// What to put there.
-        hint: &'static str,
-    },
-    /// A value that cannot be used.
-    #[error("invalid value {value:?} for `{key}`: expected {expected}")]
-    Invalid {
-        /// The key.
-        key: String,
-        /// The value given (secrets as [`HIDDEN`]).
-        value: String,
-        /// What the key accepts.
-        expected: String,
-    },
+    /// A required key is absent: the key, and what to put there.
+    #[error("missing required key `{0}`: {1}")]
+    Missing(String, &'static str),
+    /// A value that cannot be used: the key, the value given (secrets as [`HIDDEN`]),
+    /// and what the key accepts.
+    #[error("invalid value {1:?} for `{0}`: expected {2}")]
+    Invalid(String, String, String),
 }

@@ -20,7 +20,7 @@ use kafka_protocol::ResponseError;
 
 use crate::kafka::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
 use crate::kafka::connection::{topic_name, WireError};
-use crate::kafka::fetch::{Fetched, PartitionReader};
+use crate::kafka::fetch::PartitionReader;
 use crate::record::{source_headers, SourcePartition, SourceRecord};
 
 /// Compression of batches written to the internal cluster.
@@ -80,19 +80,6 @@ impl PartitionWriter {
         self.reader.earliest(cluster).await
     }
 
-    /// Fetches from `offset` (see [`PartitionReader::fetch`]).
-    pub async fn fetch(
-        &mut self,
-        cluster: &Cluster,
-        offset: i64,
-        max_bytes: i32,
-        max_wait_ms: i32,
-    ) -> Result<Fetched, ClusterError> {
-        self.reader
-            .fetch(cluster, offset, max_bytes, max_wait_ms)
-            .await
-    }
-
     /// The partition's end (high watermark) from a fetch at `earliest`: exact on every
     /// broker we know, where ListOffsets(latest) is not (docs/compatibility.md). tansu
     /// sometimes answers a short fetch without the partition: each try waits longer.
@@ -103,6 +90,7 @@ impl PartitionWriter {
     ) -> Result<i64, ClusterError> {
         for max_wait_ms in READ_WAITS_MS {
             let hw = self
+                .reader
                 .fetch(cluster, earliest, 1, max_wait_ms)
                 .await?
                 .high_watermark;
@@ -129,6 +117,7 @@ impl PartitionWriter {
     ) -> Result<Vec<SourceRecord>, ClusterError> {
         for max_wait_ms in READ_WAITS_MS {
             let mut records = self
+                .reader
                 .fetch(cluster, from, max_bytes, max_wait_ms)
                 .await?
                 .decoded

@@ -169,11 +169,11 @@ impl CertificateSummary {
 }
 
 fn bad(prefix: &str, key: &str, value: &str, expected: impl Into<String>) -> AccessError {
-    AccessError::Invalid {
-        key: format!("{prefix}{key}"),
-        value: value.chars().take(80).collect(),
-        expected: expected.into(),
-    }
+    AccessError::Invalid(
+        format!("{prefix}{key}"),
+        value.chars().take(80).collect(),
+        expected.into(),
+    )
 }
 
 /// PEM text: the value itself when it holds a PEM block, else the file it names.
@@ -232,10 +232,10 @@ fn client_config(ssl: &SslSettings, prefix: &str) -> Result<rustls::ClientConfig
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(AccessError::Missing {
-                    key: format!("{prefix}ssl.ca.location"),
-                    hint: "the system trust store is empty or unreadable: give the CA certificate(s) that signed the brokers' certificates",
-                });
+                return Err(AccessError::Missing(
+                    format!("{prefix}ssl.ca.location"),
+                    "the system trust store is empty or unreadable: give the CA certificate(s) that signed the brokers' certificates",
+                ));
             }
         }
     }
@@ -282,11 +282,9 @@ fn client_config(ssl: &SslSettings, prefix: &str) -> Result<rustls::ClientConfig
                 ));
             }
             let key_text = pem(prefix, "ssl.key.location", key.expose()).map_err(|e| match e {
-                AccessError::Invalid { key, expected, .. } => AccessError::Invalid {
-                    key,
-                    value: HIDDEN.into(),
-                    expected,
-                },
+                AccessError::Invalid(key, _, expected) => {
+                    AccessError::Invalid(key, HIDDEN.into(), expected)
+                }
                 other => other,
             })?;
             // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys.
@@ -308,14 +306,14 @@ fn client_config(ssl: &SslSettings, prefix: &str) -> Result<rustls::ClientConfig
             })
         }
         (None, None) => Ok(builder.with_no_client_auth()),
-        (Some(_), None) => Err(AccessError::Missing {
-            key: format!("{prefix}ssl.key.location"),
-            hint: "the private key of ssl.certificate.location (mutual TLS needs both)",
-        }),
-        (None, Some(_)) => Err(AccessError::Missing {
-            key: format!("{prefix}ssl.certificate.location"),
-            hint: "the certificate of ssl.key.location (mutual TLS needs both)",
-        }),
+        (Some(_), None) => Err(AccessError::Missing(
+            format!("{prefix}ssl.key.location"),
+            "the private key of ssl.certificate.location (mutual TLS needs both)",
+        )),
+        (None, Some(_)) => Err(AccessError::Missing(
+            format!("{prefix}ssl.certificate.location"),
+            "the certificate of ssl.key.location (mutual TLS needs both)",
+        )),
     }
 }
 

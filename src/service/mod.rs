@@ -356,23 +356,17 @@ fn log_progress(
     interval: Duration,
     last: &mut BTreeMap<&'static str, (u64, Instant)>,
 ) {
-    let fetched: u64 = metrics
-        .iter()
-        .map(|m| m.fetched_records.load(Ordering::Relaxed))
-        .sum();
-    let forwarded: u64 = metrics
-        .iter()
-        .map(|m| m.forwarded_records.load(Ordering::Relaxed))
-        .sum();
+    let total = |counter: fn(&PartitionMetrics) -> &std::sync::atomic::AtomicU64| -> u64 {
+        metrics
+            .iter()
+            .map(|m| counter(m).load(Ordering::Relaxed))
+            .sum()
+    };
+    let fetched = total(|m| &m.fetched_records);
+    let forwarded = total(|m| &m.forwarded_records);
     let lag: i64 = metrics.iter().map(|m| m.lag()).sum();
-    let unexpected: u64 = metrics
-        .iter()
-        .map(|m| m.unexpected_produce_offsets.load(Ordering::Relaxed))
-        .sum();
-    let aborted: u64 = metrics
-        .iter()
-        .map(|m| m.aborted_records.load(Ordering::Relaxed))
-        .sum();
+    let unexpected = total(|m| &m.unexpected_produce_offsets);
+    let aborted = total(|m| &m.aborted_records);
     let dead_lettered: u64 = metrics.iter().map(|m| m.dead_lettered_total()).sum();
     let now = Instant::now();
     let rate = match last.insert("forwarded", (forwarded, now)) {

@@ -219,13 +219,7 @@ impl Fetcher {
         empty_streak: &mut u32,
     ) -> Result<Step, StepError> {
         let partition = self.partition();
-        if leader.is_none() {
-            *leader = Some(
-                PartitionReader::connect(&self.cluster, &partition.topic, partition.partition)
-                    .await?,
-            );
-        }
-        let reader = leader.as_mut().expect("leader was just set");
+        let reader = self.leader(leader).await?;
         let offset = match *next {
             Some(offset) => offset,
             None => {
@@ -410,6 +404,21 @@ impl Bounds {
 }
 
 impl Fetcher {
+    /// The connection to the partition's leader, connecting first if there is none.
+    async fn leader<'a>(
+        &self,
+        leader: &'a mut Option<PartitionReader>,
+    ) -> Result<&'a mut PartitionReader, StepError> {
+        if leader.is_none() {
+            let partition = self.partition();
+            *leader = Some(
+                PartitionReader::connect(&self.cluster, &partition.topic, partition.partition)
+                    .await?,
+            );
+        }
+        Ok(leader.as_mut().expect("leader was just set"))
+    }
+
     /// Where to go on after the broker answered OFFSET_OUT_OF_RANGE at `from`, as a Kafka
     /// consumer with the same `auto.offset.reset` does, never silently: records removed
     /// before they were copied (retention, DeleteRecords) are counted, logged and named
@@ -421,13 +430,7 @@ impl Fetcher {
         from: i64,
     ) -> Result<i64, StepError> {
         let partition = self.partition();
-        if leader.is_none() {
-            *leader = Some(
-                PartitionReader::connect(&self.cluster, &partition.topic, partition.partition)
-                    .await?,
-            );
-        }
-        let reader = leader.as_mut().expect("leader was just set");
+        let reader = self.leader(leader).await?;
         let bounds = Bounds::read(&self.cluster, reader, true).await?;
         let (earliest, end) = (bounds.earliest, bounds.end);
         let policy = match self.reset {

@@ -1095,6 +1095,17 @@ impl Wal {
             }
         }
     }
+
+    /// [`Wal::open_when_unlocked`] with `wal.sync = flush` and room to spare: the WAL of
+    /// the unit tests of the modules above it (state, schema registry).
+    pub(crate) fn open_for_tests(dir: &Path) -> Wal {
+        let options = WalOptions {
+            sync: SyncPolicy::Flush,
+            max_bytes: 1 << 30,
+            cache_bytes: 1 << 20,
+        };
+        Wal::open_when_unlocked(dir, options).expect("the test WAL opens")
+    }
 }
 
 #[cfg(test)]
@@ -1103,6 +1114,13 @@ mod tests {
 
     use super::*;
     use crate::record::SourceRecord;
+
+    /// The WAL in `dir` and the log of partition t/0 of connector c.
+    fn open_one(dir: &Path) -> (Wal, PartitionLog) {
+        let wal = Wal::open(dir, options()).unwrap();
+        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        (wal, log)
+    }
 
     fn options() -> WalOptions {
         WalOptions {
@@ -1181,8 +1199,7 @@ mod tests {
     #[tokio::test]
     async fn append_then_release_keeps_checkpoints_and_entries_in_step() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), options()).unwrap();
-        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        let (wal, log) = open_one(dir.path());
         assert_eq!(log.checkpoints().unwrap(), Checkpoints::default());
 
         log.append(&batch(&[0, 1, 2], 3)).unwrap();
@@ -1266,8 +1283,7 @@ mod tests {
     fn entries_cut_short_by_a_machine_crash_are_fetched_again() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let wal = Wal::open(dir.path(), options()).unwrap();
-            let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+            let (wal, log) = open_one(dir.path());
             log.append(&batch(&[0, 1], 2)).unwrap();
             log.append(&batch(&[2, 3], 4)).unwrap();
             log.append(&batch(&[4], 5)).unwrap();
@@ -1299,8 +1315,7 @@ mod tests {
     #[test]
     fn entries_stored_whole_in_sled_by_earlier_builds_are_read_and_released() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), options()).unwrap();
-        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        let (wal, log) = open_one(dir.path());
         let old = codec::encode(&batch(&[0, 1], 2));
         log.tree.insert(entry_key(0), old.clone()).unwrap();
         log.tree.insert(FETCHED_NEXT, &2i64.to_be_bytes()).unwrap();
@@ -1375,8 +1390,7 @@ mod tests {
     #[test]
     fn a_segment_whose_entries_are_all_released_is_deleted_at_the_next_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), options()).unwrap();
-        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        let (wal, log) = open_one(dir.path());
         log.append(&batch(&[0], 1)).unwrap();
         wal.sync_blocking().unwrap();
         drop((log, wal));
@@ -1396,8 +1410,7 @@ mod tests {
     #[test]
     fn entries_after_reads_only_newer_entries_and_release_entries_frees_them() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), options()).unwrap();
-        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        let (wal, log) = open_one(dir.path());
         log.append(&batch(&[0, 1], 2)).unwrap();
         log.append(&batch(&[2, 3], 4)).unwrap();
         log.append(&batch(&[6], 7)).unwrap();
@@ -1419,8 +1432,7 @@ mod tests {
     #[test]
     fn resume_from_releases_stored_entries_and_never_moves_fetched_next_back() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), options()).unwrap();
-        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        let (_wal, log) = open_one(dir.path());
         log.append(&batch(&[0, 1], 2)).unwrap();
         log.append(&batch(&[2, 3], 4)).unwrap();
         log.resume_from(3).unwrap();
@@ -1438,8 +1450,7 @@ mod tests {
     #[test]
     fn resume_from_ahead_of_the_wal_moves_fetched_next_up() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path(), options()).unwrap();
-        let log = wal.partition("c", &SourcePartition::new("t", 0)).unwrap();
+        let (wal, log) = open_one(dir.path());
         log.append(&batch(&[0, 1], 2)).unwrap();
         log.append(&batch(&[2, 3], 4)).unwrap();
         log.resume_from(9).unwrap();
