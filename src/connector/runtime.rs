@@ -69,6 +69,18 @@ struct Run {
     dead_letters: Option<Arc<DeadLetters>>,
 }
 
+/// The in-doubt flags of a run's forwarders (one per partition, added as partitions
+/// start).
+type InDoubt = Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>;
+
+fn any_in_doubt(flags: &InDoubt) -> bool {
+    flags
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|f| f.load(Ordering::Relaxed))
+}
+
 /// Why an API request on a connector's lifecycle or offsets was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -116,6 +128,8 @@ pub struct ConnectorRuntime {
     settle: AtomicBool,
     /// Wakes the supervisor for a metadata refresh before its next tick.
     refresh: Arc<Notify>,
+    /// The current (or last) run's forwarders' in-doubt flags.
+    in_doubt: std::sync::Mutex<InDoubt>,
 }
 
 impl std::fmt::Debug for Run {
@@ -139,6 +153,7 @@ impl ConnectorRuntime {
             run: Mutex::new(None),
             settle: AtomicBool::new(settle),
             refresh: Arc::new(Notify::new()),
+            in_doubt: std::sync::Mutex::new(InDoubt::default()),
         }
     }
 
@@ -176,11 +191,7 @@ impl ConnectorRuntime {
         };
         current.cancel.cancel();
         let _ = current.supervisor.await;
-        let partitions = self.handle.partitions();
-        let in_doubt = partitions
-            .iter()
-            .any(|m| m.produce_in_doubt.load(Ordering::Relaxed));
-        if in_doubt {
+        if any_in_doubt(&self.run_in_doubt()) {
             self.settle.store(true, Ordering::Relaxed);
         } else if let Some(dlq) = &current.dead_letters {
             dlq.persist()?;
@@ -191,12 +202,11 @@ impl ConnectorRuntime {
     /// Whether nothing of this connector may still be pending at the internal cluster:
     /// no produce in doubt, and no settle owed by an earlier crash or in-doubt stop.
     pub fn clean(&self) -> bool {
-        !self.settle.load(Ordering::Relaxed)
-            && self
-                .handle
-                .partitions()
-                .iter()
-                .all(|m| !m.produce_in_doubt.load(Ordering::Relaxed))
+        !self.settle.load(Ordering::Relaxed) && !any_in_doubt(&self.run_in_doubt())
+    }
+
+    fn run_in_doubt(&self) -> InDoubt {
+        Arc::clone(&self.in_doubt.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Sets the target (durably), starting or stopping the tasks as it asks.
@@ -440,6 +450,8 @@ impl ConnectorRuntime {
 
         // A child of the service's stop: a failed WAL stops every connector.
         let cancel = ctx.stop.child_token();
+        let in_doubt = InDoubt::default();
+        *self.in_doubt.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&in_doubt);
         let spawner = Spawner {
             handle: Arc::clone(&self.handle),
             ctx: Arc::clone(&self.ctx),
@@ -447,6 +459,7 @@ impl ConnectorRuntime {
             dead_letters: dead_letters.clone(),
             settle,
             cancel: cancel.clone(),
+            in_doubt,
         };
         let mut tasks = JoinSet::new();
         let mut running = BTreeMap::new();
@@ -492,6 +505,7 @@ struct Spawner {
     dead_letters: Option<Arc<DeadLetters>>,
     settle: bool,
     cancel: CancellationToken,
+    in_doubt: InDoubt,
 }
 
 type Tasks = JoinSet<Result<TaskEnd, SinkError>>;
@@ -532,6 +546,14 @@ impl Spawner {
             barrier: barrier(wal, &connector.name, partition)?,
             log: reader,
             forwarded_next: -1,
+            in_doubt: {
+                let flag = Arc::new(AtomicBool::new(false));
+                self.in_doubt
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Arc::clone(&flag));
+                flag
+            },
             compression: config.internal_compression,
             max_records: config.forward_batch_max_records,
             max_bytes: config.forward_batch_max_bytes,

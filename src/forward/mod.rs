@@ -16,7 +16,7 @@ pub mod dead_letter;
 pub mod tail;
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,6 +102,10 @@ pub struct Forwarder {
     /// The next source offset to forward: the WAL holds nothing below it (-1 until
     /// known). Owned here; the metrics show a copy.
     pub forwarded_next: i64,
+    /// A produce's outcome is unknown until the tail is read again. Shared with the
+    /// connector's runtime, which owes the next start a settled tail check if it is set
+    /// when the task stops; the metrics show a copy.
+    pub in_doubt: Arc<AtomicBool>,
     /// Compression of produced batches.
     pub compression: Compression,
     /// Max records per produce.
@@ -272,7 +276,7 @@ impl Forwarder {
                 }
             }
             Err(e) if e.is_transient() => {
-                self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
+                self.set_in_doubt(true);
                 self.metrics
                     .dead_letter_errors
                     .fetch_add(1, Ordering::Relaxed);
@@ -288,10 +292,9 @@ impl Forwarder {
                         for (counter, n) in self.metrics.dead_lettered.iter().zip(found) {
                             counter.fetch_add(n, Ordering::Relaxed);
                         }
-                        self.metrics
-                            .produce_in_doubt
-                            .store(false, Ordering::Relaxed);
-                        info!(%partition, stored_next = ?dlq.stored_next(), "dead-letter topic re-read; resuming");
+                        let stored_next = dlq.stored_next();
+                        self.set_in_doubt(false);
+                        info!(%partition, ?stored_next, "dead-letter topic re-read; resuming");
                     }
                     Ok(None) => return Ok(Flow::Stop),
                     Err(e) => return Err(self.dead_letter_failure(e)),
@@ -563,14 +566,12 @@ impl Forwarder {
                         error!(%partition, internal = %self.internal_name(), expected_first = tail.end, assigned = base_offset, count,
                             "the broker stored the batch at an unexpected offset: another producer writes to this internal partition, or a request was stored twice");
                         // Re-read the truth before going on.
-                        self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
+                        self.set_in_doubt(true);
                         match self.read_settled_tail(&mut leader).await? {
                             Some(t) => tail = t,
                             None => break,
                         }
-                        self.metrics
-                            .produce_in_doubt
-                            .store(false, Ordering::Relaxed);
+                        self.set_in_doubt(false);
                     } else {
                         tail = Tail {
                             end: tail.end + count as i64,
@@ -586,7 +587,7 @@ impl Forwarder {
                 }
                 Err(e) if e.is_transient() => {
                     // The outcome is unknown: the batch may or may not be stored.
-                    self.metrics.produce_in_doubt.store(true, Ordering::Relaxed);
+                    self.set_in_doubt(true);
                     self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
                     leader = None;
                     let delay = retry.delay();
@@ -598,9 +599,7 @@ impl Forwarder {
                     match self.read_settled_tail(&mut leader).await? {
                         Some(t) => {
                             info!(%partition, internal_end = t.end, stored_next = ?t.stored_next, "internal partition's tail re-read; resuming");
-                            self.metrics
-                                .produce_in_doubt
-                                .store(false, Ordering::Relaxed);
+                            self.set_in_doubt(false);
                             // Records the lost acknowledgement covered are forwarded too.
                             self.metrics
                                 .forwarded_records
@@ -677,6 +676,14 @@ impl Forwarder {
         self.log.release_entries(&[], next)?;
         self.set_forwarded_next(next);
         Ok(())
+    }
+
+    /// Marks a produce's outcome unknown, or known again.
+    fn set_in_doubt(&self, in_doubt: bool) {
+        self.in_doubt.store(in_doubt, Ordering::Relaxed);
+        self.metrics
+            .produce_in_doubt
+            .store(in_doubt, Ordering::Relaxed);
     }
 
     /// Moves the forwarding position (and the figure the status shows).
