@@ -88,6 +88,16 @@ pub struct Fetcher {
     pub cancel: CancellationToken,
 }
 
+/// How the fetcher paces fetches that come back empty.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    /// The broker's wait per fetch: `fetch.max.wait.ms`, longer while fetches below the
+    /// high watermark come back empty.
+    wait: Duration,
+    /// Consecutive fetches below the high watermark that returned nothing.
+    empty_streak: u32,
+}
+
 impl Fetcher {
     fn partition(&self) -> &SourcePartition {
         self.log.source_partition()
@@ -108,11 +118,10 @@ impl Fetcher {
         let mut retry = Retry::new(Duration::from_secs(10));
         let mut was_full = false;
         let mut failing = false;
-        // Broker wait per fetch: `fetch.max.wait.ms`, longer while fetches below the
-        // high watermark come back empty.
-        let mut wait = self.max_wait;
-        // Consecutive fetches below the high watermark that returned nothing.
-        let mut empty_streak = 0;
+        let mut pacing = Pacing {
+            wait: self.max_wait,
+            empty_streak: 0,
+        };
 
         loop {
             if self.log.is_full() && !was_full {
@@ -132,9 +141,7 @@ impl Fetcher {
                 break;
             }
 
-            let result = self
-                .step(&mut leader, &mut next, &mut wait, &mut empty_streak)
-                .await;
+            let result = self.step(&mut leader, &mut next, &mut pacing).await;
             // The position is no longer in the partition: go on where auto.offset.reset
             // says; what that needs fails like a fetch (retried, or final).
             let result = match (result, next) {
@@ -211,34 +218,21 @@ impl Fetcher {
         Ok(())
     }
 
+    /// One fetch: the position (the start offset first, if there is none), the fetch,
+    /// then an empty answer paced or a batch appended and committed.
     async fn step(
         &self,
         leader: &mut Option<PartitionReader>,
         next: &mut Option<i64>,
-        wait: &mut Duration,
-        empty_streak: &mut u32,
+        pacing: &mut Pacing,
     ) -> Result<Step, StepError> {
         let partition = self.partition();
         let reader = self.leader(leader).await?;
         let offset = match *next {
             Some(offset) => offset,
             None => {
-                if self.reset == OffsetReset::None {
-                    return Err(StepError::Position(format!(
-                        "{partition} has no position (no checkpoint, nothing of it in the internal topic) and auto.offset.reset=none: set auto.offset.reset to earliest or latest, or give the partition an offset through the API (PATCH /connectors/<name>/offsets while the connector is stopped; docs/api.md)"
-                    )));
-                }
-                let offset = self.start_offset(reader).await?;
-                // Persist the start at once: a restart must not re-apply `latest` later
-                // and skip what arrived in between.
-                self.log.append(&FetchedBatch {
-                    records: Vec::new(),
-                    next_offset: offset,
-                })?;
-                self.log.commit().await?;
-                info!(%partition, offset, policy = ?self.reset, "no checkpoint: fetching from auto.offset.reset");
+                let offset = self.first_position(reader).await?;
                 *next = Some(offset);
-                self.metrics.fetched_next.store(offset, Ordering::Relaxed);
                 offset
             }
         };
@@ -247,7 +241,7 @@ impl Fetcher {
             &self.cluster,
             offset,
             self.max_bytes,
-            wait.as_millis() as i32,
+            pacing.wait.as_millis() as i32,
         );
         let fetch_started = std::time::Instant::now();
         let fetched = tokio::select! {
@@ -255,7 +249,6 @@ impl Fetcher {
             r = fetch => r?,
         };
         let fetch_took = fetch_started.elapsed();
-        let fetch_ms = fetch_took.as_millis() as u64;
         self.latencies.fetch.observe(fetch_took.as_secs_f64());
         self.metrics.fetched_once.store(true, Ordering::Relaxed);
         let high_watermark = fetched.high_watermark;
@@ -271,47 +264,105 @@ impl Fetcher {
                 .aborted_records
                 .fetch_add(decoded.aborted_records, Ordering::Relaxed);
         }
-        let batch = decoded.batch;
-        if batch.next_offset == offset {
-            if decoded.incomplete {
-                warn!(%partition, offset, max_bytes = self.max_bytes, "the broker returned only part of a record batch; fetching again (raise fetch.max.bytes if this repeats)");
-                return Ok(Step::Idle(Duration::from_millis(200)));
-            }
-            if high_watermark > offset {
-                // Records exist but none came back: an open transaction holds the last
-                // stable offset back, or the broker could not read them within the wait
-                // (a slow storage backend), or it answered before they became readable
-                // (tansu does, often, while records arrive). Do not spin: the pause
-                // between fetches grows from nothing to 200 ms. From the third empty
-                // fetch in a row the broker may also hold each fetch longer (a slow
-                // storage backend); not before, because tansu holds a fetch for about
-                // half its wait even when records arrive meanwhile (measured: a wait
-                // doubled by one race delayed records by seconds). An open transaction
-                // gets the long pause at once.
-                let transaction_open = (0..=offset).contains(&fetched.last_stable_offset);
-                *empty_streak = if transaction_open {
-                    u32::MAX
-                } else {
-                    empty_streak.saturating_add(1)
-                };
-                if *empty_streak >= 3 {
-                    let longer = (*wait * 2).min(self.cluster.timeout / 2).max(self.max_wait);
-                    if longer != *wait {
-                        debug!(%partition, offset, high_watermark, last_stable_offset = fetched.last_stable_offset, wait = ?longer, "fetches below the high watermark keep returning nothing; waiting longer per fetch");
-                    }
-                    *wait = longer;
-                }
-                return Ok(Step::Idle(empty_fetch_pause(*empty_streak)));
-            }
-            // Nothing new within max_wait: fetch again at once (the broker waited).
-            *empty_streak = 0;
-            return Ok(Step::Idle(Duration::ZERO));
+        if decoded.batch.next_offset == offset {
+            return Ok(self.after_empty_fetch(
+                offset,
+                high_watermark,
+                fetched.last_stable_offset,
+                decoded.incomplete,
+                pacing,
+            ));
         }
+        let fetch_ms = fetch_took.as_millis() as u64;
+        let wait_ms = pacing.wait.as_millis() as u64;
+        *pacing = Pacing {
+            wait: self.max_wait,
+            empty_streak: 0,
+        };
+        self.commit_batch(decoded.batch, offset, fetch_ms, wait_ms, next)
+            .await
+    }
 
-        *wait = self.max_wait;
-        *empty_streak = 0;
-        // A batch without records (only transaction markers or aborted records) is
-        // still committed: it moves `fetched_next` past them.
+    /// The position of a partition without one: where `auto.offset.reset` says, made
+    /// durable at once (a restart must not re-apply `latest` later and skip what arrived
+    /// in between).
+    async fn first_position(&self, reader: &mut PartitionReader) -> Result<i64, StepError> {
+        let partition = self.partition();
+        if self.reset == OffsetReset::None {
+            return Err(StepError::Position(format!(
+                "{partition} has no position (no checkpoint, nothing of it in the internal topic) and auto.offset.reset=none: set auto.offset.reset to earliest or latest, or give the partition an offset through the API (PATCH /connectors/<name>/offsets while the connector is stopped; docs/api.md)"
+            )));
+        }
+        let offset = self.start_offset(reader).await?;
+        self.log.append(&FetchedBatch {
+            records: Vec::new(),
+            next_offset: offset,
+        })?;
+        self.log.commit().await?;
+        info!(%partition, offset, policy = ?self.reset, "no checkpoint: fetching from auto.offset.reset");
+        self.metrics.fetched_next.store(offset, Ordering::Relaxed);
+        Ok(offset)
+    }
+
+    /// What follows a fetch at `offset` that moved nothing: fetch again at once, or
+    /// after a pause, and maybe with a longer broker wait.
+    fn after_empty_fetch(
+        &self,
+        offset: i64,
+        high_watermark: i64,
+        last_stable_offset: i64,
+        incomplete: bool,
+        pacing: &mut Pacing,
+    ) -> Step {
+        let partition = self.partition();
+        if incomplete {
+            warn!(%partition, offset, max_bytes = self.max_bytes, "the broker returned only part of a record batch; fetching again (raise fetch.max.bytes if this repeats)");
+            return Step::Idle(Duration::from_millis(200));
+        }
+        if high_watermark <= offset {
+            // Nothing new within max_wait: fetch again at once (the broker waited).
+            pacing.empty_streak = 0;
+            return Step::Idle(Duration::ZERO);
+        }
+        // Records exist but none came back: an open transaction holds the last stable
+        // offset back, or the broker could not read them within the wait (a slow
+        // storage backend), or it answered before they became readable (tansu does,
+        // often, while records arrive). Do not spin: the pause between fetches grows
+        // from nothing to 200 ms. From the third empty fetch in a row the broker may
+        // also hold each fetch longer (a slow storage backend); not before, because
+        // tansu holds a fetch for about half its wait even when records arrive
+        // meanwhile (measured: a wait doubled by one race delayed records by seconds).
+        // An open transaction gets the long pause at once.
+        let transaction_open = (0..=offset).contains(&last_stable_offset);
+        pacing.empty_streak = if transaction_open {
+            u32::MAX
+        } else {
+            pacing.empty_streak.saturating_add(1)
+        };
+        if pacing.empty_streak >= 3 {
+            let longer = (pacing.wait * 2)
+                .min(self.cluster.timeout / 2)
+                .max(self.max_wait);
+            if longer != pacing.wait {
+                debug!(%partition, offset, high_watermark, last_stable_offset, wait = ?longer, "fetches below the high watermark keep returning nothing; waiting longer per fetch");
+            }
+            pacing.wait = longer;
+        }
+        Step::Idle(empty_fetch_pause(pacing.empty_streak))
+    }
+
+    /// Appends the batch fetched at `offset` and commits it; it counts as fetched once
+    /// the commit returned. A batch without records (only transaction markers or aborted
+    /// records) is still committed: it moves `fetched_next` past them.
+    async fn commit_batch(
+        &self,
+        batch: FetchedBatch,
+        offset: i64,
+        fetch_ms: u64,
+        wait_ms: u64,
+        next: &mut Option<i64>,
+    ) -> Result<Step, StepError> {
+        let partition = self.partition();
         let bytes: usize = batch
             .records
             .iter()
@@ -328,7 +379,7 @@ impl Fetcher {
             _ = self.cancel.cancelled() => return Ok(Step::Cancelled),
             r = self.log.commit() => r?,
         }
-        debug!(%partition, offset, records = count, fetch_ms, wait_ms = wait.as_millis() as u64,
+        debug!(%partition, offset, records = count, fetch_ms, wait_ms,
             commit_ms = commit_started.elapsed().as_millis() as u64,
             first_record_age_ms = first_timestamp_ms.map(crate::record::age_ms), "fetched");
         *next = Some(next_offset);
