@@ -253,6 +253,76 @@ impl Forwarder {
         }
     }
 
+    /// After a produce acknowledged at `base_offset`: the latencies and figures, and the
+    /// check that the broker stored the run at `expected`, where the single writer
+    /// expects it. `Some(None)`: it did (the tail moves by the run); `Some(Some(tail))`:
+    /// it did not, and the tail was read again; `None`: cancelled while reading it.
+    async fn stored(
+        &mut self,
+        run: &tail::Run<'_>,
+        expected: i64,
+        base_offset: i64,
+        produce_took: Duration,
+        leader: &mut Option<PartitionWriter>,
+    ) -> Result<Option<Option<Tail>>, SinkError> {
+        let partition = self.partition().clone();
+        let count = run.records.len();
+        self.latencies.observe_produce(
+            produce_took,
+            run.records.iter().map(|r| r.record.timestamp_ms),
+        );
+        self.metrics.forwarder_ready.store(true, Ordering::Relaxed);
+        self.metrics.forwarded_bytes.fetch_add(
+            run.records
+                .iter()
+                .map(|r| r.record.approximate_size() as u64)
+                .sum(),
+            Ordering::Relaxed,
+        );
+        debug!(%partition, records = count, produce_ms = produce_took.as_millis() as u64,
+            first_record_age_ms = crate::record::age_ms(run.records[0].record.timestamp_ms), "produced");
+        if base_offset == expected {
+            return Ok(Some(None));
+        }
+        self.metrics
+            .unexpected_produce_offsets
+            .fetch_add(1, Ordering::Relaxed);
+        error!(%partition, internal = %self.internal_name(), expected_first = expected, assigned = base_offset, count,
+            "the broker stored the batch at an unexpected offset: another producer writes to this internal partition, or a request was stored twice");
+        // Re-read the truth before going on.
+        self.set_in_doubt(true);
+        let Some(tail) = self.read_settled_tail(leader).await? else {
+            return Ok(None);
+        };
+        self.set_in_doubt(false);
+        Ok(Some(Some(tail)))
+    }
+
+    /// After a produce whose outcome is unknown (`error`): waits, then reads the tail
+    /// settled, which says what was stored. `None`: cancelled.
+    async fn after_unknown_outcome(
+        &mut self,
+        error: ClusterError,
+        retry: &mut Retry,
+        leader: &mut Option<PartitionWriter>,
+    ) -> Result<Option<Tail>, SinkError> {
+        let partition = self.partition().clone();
+        self.set_in_doubt(true);
+        self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
+        let delay = retry.delay();
+        warn!(%partition, error = %error, retry_in = ?delay, "produce outcome unknown; will reconnect and re-read the internal partition's tail before re-sending");
+        tokio::select! {
+            _ = self.cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let Some(tail) = self.read_settled_tail(leader).await? else {
+            return Ok(None);
+        };
+        info!(%partition, internal_end = tail.end, stored_next = ?tail.stored_next, "internal partition's tail re-read; resuming");
+        self.set_in_doubt(false);
+        Ok(Some(tail))
+    }
+
     /// Sends a run of refused records to the dead-letter topic; after an unknown outcome,
     /// waits and re-reads the topic before going on. [`Flow::Stop`]: cancelled.
     async fn send_dead_letters(
@@ -508,7 +578,6 @@ impl Forwarder {
             .map_err(wal_err)?;
             let count = run.records.len();
             let last_source_offset = run.records[count - 1].record.offset;
-            let oldest_timestamp_ms = run.records[0].record.timestamp_ms;
 
             if run.destination == tail::Destination::DeadLetters {
                 if self.send_dead_letters(&run, &mut retry).await? == Flow::Stop {
@@ -544,40 +613,22 @@ impl Forwarder {
             match result {
                 Ok(base_offset) => {
                     retry.reset();
-                    let produce_took = produce_started.elapsed();
-                    self.latencies.observe_produce(
-                        produce_took,
-                        run.records.iter().map(|r| r.record.timestamp_ms),
-                    );
-                    self.metrics.forwarder_ready.store(true, Ordering::Relaxed);
-                    self.metrics.forwarded_bytes.fetch_add(
-                        run.records
-                            .iter()
-                            .map(|r| r.record.approximate_size() as u64)
-                            .sum(),
-                        Ordering::Relaxed,
-                    );
-                    debug!(%partition, records = count, produce_ms = produce_took.as_millis() as u64,
-                        first_record_age_ms = crate::record::age_ms(oldest_timestamp_ms), "produced");
-                    if base_offset != tail.end {
-                        self.metrics
-                            .unexpected_produce_offsets
-                            .fetch_add(1, Ordering::Relaxed);
-                        error!(%partition, internal = %self.internal_name(), expected_first = tail.end, assigned = base_offset, count,
-                            "the broker stored the batch at an unexpected offset: another producer writes to this internal partition, or a request was stored twice");
-                        // Re-read the truth before going on.
-                        self.set_in_doubt(true);
-                        match self.read_settled_tail(&mut leader).await? {
-                            Some(t) => tail = t,
-                            None => break,
-                        }
-                        self.set_in_doubt(false);
-                    } else {
-                        tail = Tail {
-                            end: tail.end + count as i64,
-                            stored_next: Some(last_source_offset + 1),
-                        };
-                    }
+                    let stored = self
+                        .stored(
+                            &run,
+                            tail.end,
+                            base_offset,
+                            produce_started.elapsed(),
+                            &mut leader,
+                        )
+                        .await?;
+                    let Some(stored) = stored else {
+                        break;
+                    };
+                    tail = stored.unwrap_or(Tail {
+                        end: tail.end + count as i64,
+                        stored_next: Some(last_source_offset + 1),
+                    });
                     let stored_next = self.frontier(&tail);
                     self.release_stored(&mut pending, stored_next)
                         .map_err(wal_err)?;
@@ -587,19 +638,12 @@ impl Forwarder {
                 }
                 Err(e) if e.is_transient() => {
                     // The outcome is unknown: the batch may or may not be stored.
-                    self.set_in_doubt(true);
-                    self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
                     leader = None;
-                    let delay = retry.delay();
-                    warn!(%partition, error = %e, retry_in = ?delay, "produce outcome unknown; will reconnect and re-read the internal partition's tail before re-sending");
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    match self.read_settled_tail(&mut leader).await? {
+                    match self
+                        .after_unknown_outcome(e, &mut retry, &mut leader)
+                        .await?
+                    {
                         Some(t) => {
-                            info!(%partition, internal_end = t.end, stored_next = ?t.stored_next, "internal partition's tail re-read; resuming");
-                            self.set_in_doubt(false);
                             // Records the lost acknowledgement covered are forwarded too.
                             self.metrics
                                 .forwarded_records
