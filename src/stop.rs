@@ -1,5 +1,5 @@
-//! The service's one stop signal: the token every task of every connector watches, and
-//! why it fired.
+//! The signals the tasks watch: the service's one stop signal (the token every task of
+//! every connector watches, and why it fired), and a connector's pause [`Gate`].
 //!
 //! A [`Stop`] is cancelled once, with a reason, in one call: [`Stop::storage_failed`]
 //! when the WAL's storage refuses a write (sled accepts no further writes after one, so
@@ -9,7 +9,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{PartitionMetrics, TaskState};
+use crate::state::Target;
 
 /// Why the service stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,5 +61,43 @@ impl Stop {
     /// A token cancelled when this fires, or on its own (one connector's run).
     pub fn child_token(&self) -> CancellationToken {
         self.token.child_token()
+    }
+}
+
+/// Where a fetcher or forwarder waits while its connector is paused.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    target: watch::Receiver<Target>,
+}
+
+impl Gate {
+    /// The gate of a connector whose target `target` follows.
+    pub(crate) fn new(target: watch::Receiver<Target>) -> Self {
+        Self { target }
+    }
+
+    /// Returns at once while running; while paused, marks the task paused and waits for
+    /// a resume. `false` when `cancel` fired first.
+    pub async fn pass(&mut self, cancel: &CancellationToken, metrics: &PartitionMetrics) -> bool {
+        if *self.target.borrow_and_update() == Target::Running {
+            return true;
+        }
+        metrics.set_state(TaskState::Paused);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                changed = self.target.changed() => {
+                    if changed.is_err() {
+                        // The handle is gone: the service is shutting down.
+                        cancel.cancelled().await;
+                        return false;
+                    }
+                    if *self.target.borrow_and_update() == Target::Running {
+                        metrics.set_state(TaskState::Running);
+                        return true;
+                    }
+                }
+            }
+        }
     }
 }

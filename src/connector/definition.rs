@@ -8,13 +8,13 @@
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::ConnectorConfig;
 use crate::format::registry::SchemaRegistry;
 use crate::metrics::{Latencies, PartitionMetrics, TaskState};
 use crate::state::State;
+use crate::stop::Gate;
 use crate::wal::{Wal, WalError};
 
 pub use crate::state::Target;
@@ -149,9 +149,7 @@ impl ConnectorHandle {
 
     /// A gate the connector's tasks wait at while it is paused.
     pub fn gate(&self) -> Gate {
-        Gate {
-            target: self.target.subscribe(),
-        }
+        Gate::new(self.target.subscribe())
     }
 
     /// Stores the target, durably first (a pause acknowledged by the API survives a
@@ -258,45 +256,5 @@ impl ConnectorHandle {
                 (b.at, records as f64 / (b.at - a.at).max(1e-3))
             })
             .collect()
-    }
-}
-
-/// Where a fetcher or forwarder waits while its connector is paused.
-#[derive(Debug, Clone)]
-pub struct Gate {
-    target: watch::Receiver<Target>,
-}
-
-impl Gate {
-    /// A gate that never closes (tests, benchmarks).
-    pub fn open() -> Self {
-        Self {
-            target: watch::channel(Target::Running).1,
-        }
-    }
-
-    /// Returns at once while running; while paused, marks the task paused and waits for
-    /// a resume. `false` when `cancel` fired first.
-    pub async fn pass(&mut self, cancel: &CancellationToken, metrics: &PartitionMetrics) -> bool {
-        if *self.target.borrow_and_update() == Target::Running {
-            return true;
-        }
-        metrics.set_state(TaskState::Paused);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return false,
-                changed = self.target.changed() => {
-                    if changed.is_err() {
-                        // The handle is gone: the service is shutting down.
-                        cancel.cancelled().await;
-                        return false;
-                    }
-                    if *self.target.borrow_and_update() == Target::Running {
-                        metrics.set_state(TaskState::Running);
-                        return true;
-                    }
-                }
-            }
-        }
     }
 }

@@ -18,5 +18,5 @@ pub mod runtime;
 pub mod topics;
 
 pub use catalog::Connectors;
-pub use definition::{ConnectorHandle, ConnectorState, Gate, Target};
+pub use definition::{ConnectorHandle, ConnectorState, Target};
 pub use runtime::{ConnectorRuntime, Context, ControlError, RunEnd};

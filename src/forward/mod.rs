@@ -25,13 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Compression;
-use crate::connector::Gate;
 use crate::format::{Formatter, Verdict};
 use crate::kafka::cluster::{Cluster, ClusterError, Retry};
 use crate::kafka::produce::{Outgoing, PartitionWriter};
 use crate::kafka::settle::Settling;
 use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
+use crate::stop::Gate;
 use crate::wal::{LogReader, WalError};
 use dead_letter::DeadLetterSender;
 use tail::{Routed, TailError};

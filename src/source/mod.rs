@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::OffsetReset;
-use crate::connector::Gate;
 use crate::kafka::cluster::{Cluster, ClusterError, Retry, PROBE_WAIT_MS};
 use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
+use crate::stop::Gate;
 use crate::wal::{LogWriter, WalError};
 
 use crate::kafka::fetch::PartitionReader;
