@@ -7,9 +7,9 @@
 //! Guarantees: keys are built from *terminated* components, so no connector's keys are a
 //! prefix of another's (`orders` and `orders-eu` share nothing); every value decodes
 //! through one function per kind, and a value that does not decode is reported with its
-//! key. Writes are durable with the next [`Wal::commit`], except `State::put_schema`,
-//! which is durable when it returns (a version is named downstream as soon as a record
-//! that uses it is produced). State written by builds before this encoding is rewritten
+//! key. Writes are durable with the next [`Wal::commit`]; `State::put_schema` returns the
+//! write mark its caller makes durable ([`Wal::commit_through`]) before anything names
+//! the version downstream. State written by builds before this encoding is rewritten
 //! once by `State::upgrade` when the WAL is opened ([`open`]).
 
 use std::collections::BTreeMap;
@@ -312,16 +312,16 @@ impl<'a> State<'a> {
         Ok(out)
     }
 
-    /// Stores a schema version and syncs the WAL before returning, so the version
-    /// survives any crash after it is named downstream. Blocks for the flush (versions
-    /// are rare).
+    /// Stores a schema version; returns the WAL's write mark, which
+    /// [`Wal::commit_through`] makes durable. Nothing may name the version downstream
+    /// before that returned.
     pub(crate) fn put_schema(
         &self,
         connector: &str,
         subject: &str,
         version: u32,
         schema: &Schema,
-    ) -> Result<(), WalError> {
+    ) -> Result<u64, WalError> {
         let key = Key::Schema {
             connector,
             subject,
@@ -329,7 +329,7 @@ impl<'a> State<'a> {
         };
         let bytes = serde_json::to_vec(schema).expect("a schema serializes");
         self.put(key, &bytes)?;
-        self.wal.sync_blocking()
+        Ok(self.wal.write_mark())
     }
 
     /// Forgets what belongs to a deleted connector: its target, config and schemas. Its
@@ -496,28 +496,5 @@ mod tests {
             state.schemas("orders").unwrap(),
             vec![("int.o".to_owned(), 256, schema)]
         );
-    }
-
-    /// What a kill -9 leaves on disk is what the process wrote to its files: a copy of
-    /// the data dir taken while the WAL is open, with no commit since the write.
-    #[test]
-    fn a_schema_version_is_on_disk_when_put_schema_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = wal(dir.path());
-        wal.sync_blocking().unwrap();
-        let schema = Schema::infer_record(&serde_json::json!({"id": 1})).unwrap();
-        State::of(&wal)
-            .put_schema("c", "int.a", 1, &schema)
-            .unwrap();
-        let copy = tempfile::tempdir().unwrap();
-        let copied = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(dir.path().join("."))
-            .arg(copy.path())
-            .status()
-            .unwrap();
-        assert!(copied.success());
-        let crashed = self::wal(copy.path());
-        assert_eq!(State::of(&crashed).schemas("c").unwrap().len(), 1);
     }
 }

@@ -762,6 +762,7 @@ async fn run_partition(
     forwarder.set_forwarded_next(forwarded_next);
     forwarder.metrics.set_state(TaskState::Running);
     let fetch_metrics = Arc::clone(&forwarder.metrics);
+    let fetch_stop = stop.clone();
     let fetch = tokio::spawn(async move {
         let fetched = fetcher.run().await;
         if let Err(e) = &fetched {
@@ -770,14 +771,19 @@ async fn run_partition(
             fetch_metrics.fail(e.to_string());
             if let Some(wal) = e.wal_error().filter(|e| e.is_storage_failure()) {
                 // sled refuses every write after this: every task of every connector
-                // stops (a restart resumes from the last commit). The forwarder's and
-                // the tail check's failures reach the supervisor, which does the same.
-                stop.storage_failed(wal);
+                // stops (a restart resumes from the last commit).
+                fetch_stop.storage_failed(wal);
             }
         }
         fetched
     });
     let forward = forwarder.run(tail, leader).await;
+    if let Err(e) = &forward {
+        if let Some(wal) = e.wal_error().filter(|e| e.is_storage_failure()) {
+            // As the fetcher does, before waiting for it: its own token would not fire.
+            stop.storage_failed(wal);
+        }
+    }
     let fetch = fetch.await.expect("the fetcher task does not panic");
     Ok(match (fetch, forward) {
         (Ok(()), forward) => TaskEnd::Sink(forward),

@@ -99,6 +99,15 @@ impl Formatter {
         Self { format, schemas }
     }
 
+    /// The WAL write mark a record this formatter let through may depend on (a schema
+    /// version it names): to be made durable before the record is produced. `None`
+    /// without schemas.
+    pub fn durable_mark(&self) -> Option<u64> {
+        self.schemas
+            .as_ref()
+            .map(|(registry, _)| registry.durable_mark())
+    }
+
     /// Decides what happens to `record`. Errors only when storing a new schema fails.
     pub fn check(&self, record: &SourceRecord) -> Result<Verdict, WalError> {
         let Some(value) = record.value.as_deref() else {

@@ -2,9 +2,10 @@
 //! name), stored in the WAL's sled database so that they survive restarts.
 //!
 //! Versions are numbered 1..n per subject and never change once stored. A new version is
-//! made durable (the WAL is synced) before any forwarder can see it, so a version number
-//! seen downstream always exists here after a crash. Versions are rare: the sync blocks
-//! the forwarder that makes one for a few milliseconds.
+//! durable before any record naming it is produced: every forwarder commits the WAL
+//! through [`SchemaRegistry::durable_mark`] before it produces (a group commit, at once
+//! when nothing new is pending), so a version number seen downstream always exists here
+//! after a crash, whichever partition made it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -59,6 +60,8 @@ pub struct SchemaRegistry {
     wal: Wal,
     connector: String,
     subjects: Mutex<BTreeMap<String, Vec<Arc<Version>>>>,
+    /// The WAL write mark of the newest version created by this run (0: none).
+    mark: std::sync::atomic::AtomicU64,
 }
 
 impl SchemaRegistry {
@@ -75,6 +78,7 @@ impl SchemaRegistry {
             wal: wal.clone(),
             connector: connector.to_owned(),
             subjects: Mutex::new(subjects),
+            mark: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -127,8 +131,11 @@ impl SchemaRegistry {
             return Ok(Err(m));
         }
         let number = versions.len() as u32 + 1;
-        // Durable before any forwarder can see it (the lock is held until it is).
-        State::of(&self.wal).put_schema(&self.connector, subject, number, &next)?;
+        // Seen by other forwarders once pushed below; each waits for this mark to be
+        // durable before producing a record (`SchemaRegistry::durable_mark`).
+        let mark = State::of(&self.wal).put_schema(&self.connector, subject, number, &next)?;
+        self.mark
+            .fetch_max(mark, std::sync::atomic::Ordering::SeqCst);
         let version = Arc::new(Version::new(subject, number, next));
         tracing::info!(connector = %self.connector, subject, version = number, schema = %version.connect, "new schema version");
         versions.push(Arc::clone(&version));
@@ -136,6 +143,14 @@ impl SchemaRegistry {
             version,
             created: true,
         }))
+    }
+
+    /// The WAL write mark that covers every version created so far: a forwarder makes it
+    /// durable ([`Wal::commit_through`]) before it produces a record, so no version is
+    /// named downstream before it survives a crash. At once but for the first produce
+    /// after a new version.
+    pub fn durable_mark(&self) -> u64 {
+        self.mark.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The latest version of `subject`.
@@ -207,5 +222,38 @@ mod tests {
             .unwrap()
             .all()
             .is_empty());
+    }
+
+    /// What a kill -9 leaves on disk is what the process wrote to its files: a copy of
+    /// the data dir taken while the WAL is open. A forwarder commits through the
+    /// registry's mark before it produces a record that may name a new version.
+    #[tokio::test]
+    async fn a_new_version_is_on_disk_once_its_mark_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open(dir.path());
+        let reg = SchemaRegistry::open(&wal, "c").unwrap();
+        assert_eq!(reg.durable_mark(), 0, "no version made yet");
+        reg.admit("int.a", &json!({"id": 1})).unwrap().unwrap();
+        wal.commit_through(reg.durable_mark()).await.unwrap();
+        let before = reg.durable_mark();
+        reg.admit("int.a", &json!({"id": 2, "x": "y"}))
+            .unwrap()
+            .unwrap();
+        assert!(
+            reg.durable_mark() > before,
+            "the new version moved the mark"
+        );
+        wal.commit_through(reg.durable_mark()).await.unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(dir.path().join("."))
+            .arg(copy.path())
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let crashed = open(copy.path());
+        let versions = SchemaRegistry::open(&crashed, "c").unwrap().all();
+        assert_eq!(versions.get("int.a").map(Vec::len), Some(2));
     }
 }

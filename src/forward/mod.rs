@@ -589,6 +589,14 @@ impl Forwarder {
                 continue;
             }
 
+            if let Some(mark) = self.formatter.durable_mark() {
+                // Every schema version a record of this run may name is durable first.
+                let durable = tokio::select! {
+                    _ = self.cancel.cancelled() => break,
+                    r = self.log.commit_through(mark) => r,
+                };
+                durable.map_err(wal_err)?;
+            }
             if leader.is_none() {
                 match self.connect().await {
                     Ok(pc) => leader = Some(pc),

@@ -470,7 +470,18 @@ impl Wal {
 
     /// Makes every write that completed before this call durable (group commit).
     pub async fn commit(&self) -> Result<(), WalError> {
-        let mine = self.shared.written.load(Ordering::SeqCst);
+        self.commit_through(self.write_mark()).await
+    }
+
+    /// The number of writes completed so far: a mark for [`Wal::commit_through`].
+    pub fn write_mark(&self) -> u64 {
+        self.shared.written.load(Ordering::SeqCst)
+    }
+
+    /// Returns once every write counted in `mark` is durable, flushing (group commit)
+    /// only if one is not yet; at once when they are.
+    pub async fn commit_through(&self, mark: u64) -> Result<(), WalError> {
+        let mine = mark;
         let mut durable = self.shared.durable.subscribe();
         loop {
             if *durable.borrow_and_update() >= mine {
@@ -1076,6 +1087,12 @@ impl LogReader {
     /// [`PartitionLog::resume_from`].
     pub fn resume_from(&self, stored_next: i64) -> Result<(), WalError> {
         self.log.resume_from(stored_next)
+    }
+
+    /// [`Wal::commit_through`]: the metadata a record to be produced depends on (a schema
+    /// version) is durable first.
+    pub async fn commit_through(&self, mark: u64) -> Result<(), WalError> {
+        self.log.wal.commit_through(mark).await
     }
 }
 
