@@ -55,6 +55,17 @@ fn without_connector(dir: &std::path::Path, internal: &Broker, settings: &str) -
     service
 }
 
+/// Stops the service cleanly and starts it again; the new run's API client.
+async fn restart(service: &mut Service) -> ApiClient {
+    assert!(
+        service.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        service.log_text()
+    );
+    service.start();
+    ApiClient::new(&service.api().await, None)
+}
+
 async fn wait_running(api: &ApiClient, name: &str, partitions: usize) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -194,13 +205,7 @@ async fn connectors_are_created_changed_kept_and_deleted_through_the_api() {
         .contains("config changed: restarting the connector"));
 
     // The connector and its config survive a restart of the service.
-    assert!(
-        service.terminate(Duration::from_secs(30)).success(),
-        "{}",
-        service.log_text()
-    );
-    service.start();
-    let api = ApiClient::new(&service.api().await, None);
+    let api = restart(&mut service).await;
     assert_eq!(
         send(&api, "GET", "/connectors", None).await,
         (200, json!(["one"]))
@@ -345,14 +350,8 @@ async fn deleting_a_connector_keeps_the_state_of_one_whose_name_it_prefixes() {
     assert_eq!(status, 202, "{body}");
     let (status, body) = send(&api, "DELETE", "/connectors/orders", None).await;
     assert_eq!(status, 204, "{body}");
-    assert!(
-        service.terminate(Duration::from_secs(30)).success(),
-        "{}",
-        service.log_text()
-    );
 
-    service.start();
-    let api = ApiClient::new(&service.api().await, None);
+    let api = restart(&mut service).await;
     assert_eq!(
         send(&api, "GET", "/connectors", None).await,
         (200, json!(["orders-eu"]))

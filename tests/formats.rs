@@ -304,6 +304,33 @@ async fn json_format_dead_letters_what_is_not_one_json_document() {
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }
 
+/// (subject, version) of every schema the stopped (or killed) service's registry holds,
+/// as `kafka-direct schemas --json` lists them.
+fn stored_versions(service: &Service) -> Vec<(String, i64)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
+        .args(["schemas", "--json", "--config"])
+        .arg(&service.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["subject"].as_str().unwrap().to_owned(),
+                v["version"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn envelope(r: &RecordAndOffset) -> Value {
     serde_json::from_slice(r.record.value.as_deref().expect("a value")).unwrap()
 }
@@ -389,28 +416,7 @@ async fn schemas_evolve_wrap_values_in_the_connect_envelope_and_refuse_drift() {
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 
     // The registry survives the restart: a record of the latest shape makes no version.
-    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
-        .args(["schemas", "--json", "--config"])
-        .arg(&p.service.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let listed: Vec<(String, i64)> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            (
-                v["subject"].as_str().unwrap().to_owned(),
-                v["version"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let listed = stored_versions(&p.service);
     let subject = p.internal_topic();
     assert_eq!(
         listed,
@@ -629,27 +635,14 @@ async fn sigkill_after_a_new_schema_version_is_produced_keeps_the_version() {
         }
         p.service.kill9();
 
-        let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
-            .args(["schemas", "--json", "--config"])
-            .arg(&p.service.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let versions: Vec<i64> = listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["version"].as_i64().unwrap())
+        let versions: Vec<i64> = stored_versions(&p.service)
+            .into_iter()
+            .map(|(_, version)| version)
             .collect();
         assert_eq!(
             versions,
             (1..=round + 1).collect::<Vec<i64>>(),
-            "round {round}: the registry of the killed service: {listed:#}"
+            "round {round}: the registry of the killed service"
         );
         p.service.start();
     }
