@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::state::Target;
+use crate::wal::WalError;
 
 /// Why the service stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,18 @@ impl Stop {
     /// A signal that has not fired.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Stops every task if `error` is a failure of the WAL's storage (sled refuses every
+    /// write after one; a restart resumes from the last commit). Whether it was.
+    pub fn if_storage_failed(&self, error: Option<&WalError>) -> bool {
+        match error.filter(|e| e.is_storage_failure()) {
+            Some(e) => {
+                self.storage_failed(e);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records `detail` as the reason (unless an earlier failure was recorded) and

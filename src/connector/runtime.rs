@@ -769,20 +769,14 @@ async fn run_partition(
             // The status says so at once: the forwarder goes on with what the WAL holds
             // and ends only when stopped.
             fetch_metrics.fail(e.to_string());
-            if let Some(wal) = e.wal_error().filter(|e| e.is_storage_failure()) {
-                // sled refuses every write after this: every task of every connector
-                // stops (a restart resumes from the last commit).
-                fetch_stop.storage_failed(wal);
-            }
+            fetch_stop.if_storage_failed(e.wal_error());
         }
         fetched
     });
     let forward = forwarder.run(tail, leader).await;
     if let Err(e) = &forward {
-        if let Some(wal) = e.wal_error().filter(|e| e.is_storage_failure()) {
-            // As the fetcher does, before waiting for it: its own token would not fire.
-            stop.storage_failed(wal);
-        }
+        // As the fetcher does, before waiting for it: its own token would not fire.
+        stop.if_storage_failed(e.wal_error());
     }
     let fetch = fetch.await.expect("the fetcher task does not panic");
     Ok(match (fetch, forward) {
@@ -836,9 +830,10 @@ async fn supervise(
             Ok(TaskEnd::Sink(Err(e))) | Err(e) => (Some(e.to_string()), e.wal_error()),
             Ok(_) => (None, None),
         };
-        if let Some(e) = storage.filter(|e| e.is_storage_failure()) {
-            ctx.stop.storage_failed(e);
-        } else if let Some(f) = failure {
+        if ctx.stop.if_storage_failed(storage) {
+            continue;
+        }
+        if let Some(f) = failure {
             warn!(%connector, error = %f, "a partition stopped; the others go on");
             failures.push(f);
         }
