@@ -16,6 +16,7 @@ use kafka_direct::format::schema::Schema;
 use kafka_direct::format::{Formatter, Verdict};
 use kafka_direct::kafka::batches;
 use kafka_direct::kafka::produce::{encode_batch, Outgoing};
+use kafka_direct::kafka::records::Producer;
 use kafka_direct::record::{FetchedBatch, SourcePartition, SourceRecord};
 use kafka_direct::wal::{codec, SyncPolicy, Wal, WalOptions};
 
@@ -27,7 +28,7 @@ fn batch(first: i64, records: usize, size: usize) -> FetchedBatch {
                 timestamp_ms: 1_700_000_000_000 + i as i64,
                 key: Some(format!("key-{i}").into_bytes()),
                 value: Some(vec![(i % 251) as u8; size]),
-                headers: vec![("trace".to_owned(), Some(b"abc".to_vec()))],
+                headers: vec![(b"trace".to_vec(), Some(b"abc".to_vec()))],
             })
             .collect(),
         next_offset: first + records as i64,
@@ -143,7 +144,9 @@ fn produce_encode_bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1000));
         for (compression, name) in [(Compression::None, "none"), (Compression::Lz4, "lz4")] {
             group.bench_function(BenchmarkId::new(format!("1000_{name}"), size), |bench| {
-                bench.iter(|| encode_batch(&source, &refs, compression).expect("encode"))
+                bench.iter(|| {
+                    encode_batch(&source, &refs, compression, Producer::NONE).expect("encode")
+                })
             });
         }
     }
@@ -164,7 +167,8 @@ fn in_process_path_bench(c: &mut Criterion) {
         // The fetched bytes: what a broker returns for 1000 records (encoded once).
         let produced = batch(0, 1000, size);
         let refs: Vec<Outgoing<'_>> = produced.records.iter().map(Outgoing::plain).collect();
-        let fetched = encode_batch(&source, &refs, Compression::None).expect("encode");
+        let fetched =
+            encode_batch(&source, &refs, Compression::None, Producer::NONE).expect("encode");
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = open_wal(dir.path(), SyncPolicy::Fsync);
         let log = wal.partition("bench", &source).expect("partition");
@@ -178,7 +182,8 @@ fn in_process_path_bench(c: &mut Criterion) {
                 for entry in &entries {
                     let refs: Vec<Outgoing<'_>> =
                         entry.records.iter().map(Outgoing::plain).collect();
-                    encode_batch(&source, &refs, Compression::None).expect("encode");
+                    encode_batch(&source, &refs, Compression::None, Producer::NONE)
+                        .expect("encode");
                 }
                 let firsts: Vec<i64> = entries.iter().map(|e| e.first_offset()).collect();
                 log.release_entries(&firsts, decoded.batch.next_offset)

@@ -45,7 +45,9 @@ impl fmt::Display for SourcePartition {
 
 /// A record read from the external cluster, with its real source offset.
 ///
-/// Header values are optional because Kafka allows a header with a null value.
+/// Header keys are bytes as they are on the wire (Kafka's clients write UTF-8, a
+/// librdkafka producer may write anything); header values are optional because Kafka
+/// allows a header with a null value. Duplicate keys are kept, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct SourceRecord {
     /// Offset in the source partition (offsets may have gaps).
@@ -56,8 +58,8 @@ pub struct SourceRecord {
     pub key: Option<Vec<u8>>,
     /// Value bytes; `None` is a null value (a tombstone).
     pub value: Option<Vec<u8>>,
-    /// Headers in the order they were read.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Headers in the order they were read, duplicates kept.
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl SourceRecord {

@@ -85,8 +85,7 @@ async fn compressed_source_batches_of_every_codec_are_replicated() {
 
 /// A header with a null value (legal in Kafka, written here by librdkafka) made
 /// rskafka's fetch fail at that offset forever. The record is copied, the header kept
-/// with an empty value (the produce path cannot write null: docs/compatibility.md), and
-/// the records after it follow.
+/// null, and the records after it follow.
 #[tokio::test(flavor = "multi_thread")]
 async fn null_header_values_do_not_stop_a_partition() {
     let mut p = Pipeline::new("nulls", 1, &[]).await;
@@ -132,6 +131,87 @@ async fn null_header_values_do_not_stop_a_partition() {
             "c1 "
         ],
         "records in order, each once, null header values still null"
+    );
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// The copy carries exactly the source's headers: Kafka allows duplicate keys and their
+/// order is part of the record (a map would turn `a=1,b=x,a=2` into `a=2,b=x`), null
+/// values stay null, and kafka-direct's headers come after them, even when the source
+/// record already has headers of the same names (a copy of a copy). And a topic with
+/// `message.timestamp.type=LogAppendTime` gives every record the broker's append time:
+/// the copy has that time, not the producer's create time. Read by kcat on both sides.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_header_is_copied_in_order_with_duplicates_and_log_append_time_is_kept() {
+    let mut p = Pipeline::new("faithful", 2, &[]).await;
+    let addr = p.external.addr();
+    kafka_tool(
+        "kafka-configs",
+        &[
+            "--bootstrap-server",
+            &addr,
+            "--alter",
+            "--entity-type",
+            "topics",
+            "--entity-name",
+            "faithful",
+            "--add-config",
+            "message.timestamp.type=LogAppendTime",
+        ],
+    );
+    let headers = [
+        "-H",
+        "a=1",
+        "-H",
+        "b=x",
+        "-H",
+        "a=2",
+        "-H",
+        "n",
+        "-H",
+        "kafka-direct.source.offset=77",
+        "-H",
+        "a=3",
+    ];
+    kcat_produce(&addr, "faithful", 0, &headers, "d0\nd1\n");
+    // Create time 2023-11-14 (test_records); the broker stamps its append time.
+    let pc = partition_client(&addr, "faithful", 1).await;
+    produce(&pc, test_records(1, 0, 20)).await;
+
+    let source = kcat_read(&addr, "faithful", 0, "%s %h");
+    let own = "a=1,b=x,a=2,n=NULL,kafka-direct.source.offset=77,a=3";
+    assert_eq!(source, [format!("d0 {own}"), format!("d1 {own}")]);
+    p.service.start();
+    // Not read by rskafka, which cannot read a null header value.
+    wait_for_end(&p.internal.addr(), "int.faithful", 0, 2, WAIT).await;
+    wait_for_end(&p.internal.addr(), "int.faithful", 1, 20, WAIT).await;
+
+    let copied = kcat_read(&p.internal.addr(), "int.faithful", 0, "%s %h");
+    let want: Vec<String> = (0..2)
+        .map(|i| {
+            format!(
+                "d{i} {own},kafka-direct.source.topic=faithful,kafka-direct.source.partition=0,kafka-direct.source.offset={i}"
+            )
+        })
+        .collect();
+    assert_eq!(copied, want, "every header, in order, then ours");
+
+    let stamps = |broker: &str, topic: &str| -> Vec<i64> {
+        kcat_read(broker, topic, 1, "%T")
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect()
+    };
+    let source_times = stamps(&addr, "faithful");
+    assert_eq!(source_times.len(), 20);
+    assert!(
+        source_times.iter().all(|&t| t > 1_750_000_000_000),
+        "the source holds append times, not the 2023 create times: {source_times:?}"
+    );
+    assert_eq!(
+        stamps(&p.internal.addr(), "int.faithful"),
+        source_times,
+        "each copy has its source record's append time"
     );
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }

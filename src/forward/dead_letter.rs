@@ -110,7 +110,7 @@ fn source_of(
             .headers
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| k == name.as_bytes())
             .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
     };
     if text(connect_headers::CONNECTOR)? != connector {
@@ -486,7 +486,9 @@ mod tests {
         // As the topic stores it, with the source headers the writer adds.
         let mut stored = record.clone();
         for (k, v) in &out.extra_headers {
-            stored.headers.push(((*k).to_owned(), Some(v.clone())));
+            stored
+                .headers
+                .push((k.as_bytes().to_vec(), Some(v.clone())));
         }
         use crate::record::source_headers as s;
         stored

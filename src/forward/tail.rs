@@ -27,7 +27,7 @@ pub enum TailError {
 
 /// Reads the next source offset to forward from the headers of the last internal record.
 pub fn stored_next_from_headers(
-    headers: &[(String, Option<Vec<u8>>)],
+    headers: &[(Vec<u8>, Option<Vec<u8>>)],
     source: &SourcePartition,
     internal: &str,
     offset: i64,
@@ -41,7 +41,7 @@ pub fn stored_next_from_headers(
         let raw = headers
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| k == name.as_bytes())
             .ok_or_else(|| foreign(format!("has no `{name}` header")))?
             .1
             .as_ref()
@@ -146,7 +146,7 @@ pub fn next_run<'a, E>(
 mod tests {
     use super::*;
 
-    fn headers(topic: &str, partition: &str, offset: &str) -> Vec<(String, Option<Vec<u8>>)> {
+    fn headers(topic: &str, partition: &str, offset: &str) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         [
             (source_headers::TOPIC, topic),
             (source_headers::PARTITION, partition),
@@ -154,7 +154,7 @@ mod tests {
             ("user", "x"),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), Some(v.as_bytes().to_vec())))
+        .map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())))
         .collect()
     }
 
@@ -187,7 +187,7 @@ mod tests {
             Vec::new(),
             {
                 let mut h = headers("orders", "2", "41");
-                h.retain(|(k, _)| k != source_headers::OFFSET);
+                h.retain(|(k, _)| k != source_headers::OFFSET.as_bytes());
                 h.push((source_headers::OFFSET.into(), None));
                 h
             },

@@ -12,15 +12,15 @@
 //! - a batch cut off at the end of the response (the size limit) is left for the next
 //!   fetch.
 //!
-//! Batches are decoded (and decompressed) by the `kafka-protocol` crate; only the
-//! batch framing (base offset, length) and the header fields that crate does not
-//! return (last offset delta, max timestamp) are read here, at their fixed positions.
+//! Batches are decoded by [`crate::kafka::records`] (headers kept as the list they
+//! are); the framing (base offset, length) is read here first, to skip a batch wholly
+//! before the fetch offset or cut off at the end without decoding it.
 
 use std::collections::HashSet;
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
 
+use crate::kafka::records;
 use crate::record::{FetchedBatch, SourceRecord};
 
 // Positions in a record batch (magic 2), from the start of its base offset.
@@ -28,9 +28,7 @@ const LENGTH_AT: usize = 8;
 const FRAMING: usize = 12;
 const MAGIC_AT: usize = 16;
 const LAST_OFFSET_DELTA_AT: usize = 23;
-const MAX_TIMESTAMP_AT: usize = 35;
 const RECORD_COUNT_AT: usize = 57;
-const HEADER_LEN: usize = 61;
 
 /// More records than this in one batch is taken as damage: the decoder reserves memory
 /// for the count the header claims before reading a record.
@@ -105,8 +103,8 @@ pub fn decode(
         if records.len() < total {
             break; // cut off by the size limit: fetched again next time
         }
-        let mut raw = records.split_to(total);
-        if raw.len() < HEADER_LEN {
+        let raw = records.split_to(total);
+        if raw.len() < records::HEADER_LEN {
             return Err(error(format!(
                 "batch of {total} bytes is shorter than its header"
             )));
@@ -136,28 +134,28 @@ pub fn decode(
         if last_offset < out.batch.next_offset {
             continue; // wholly before the position (a batch may start before it)
         }
-        let max_timestamp = read_i64(&raw, MAX_TIMESTAMP_AT);
-        let set = RecordBatchDecoder::decode(&mut raw).map_err(|e| error(e.to_string()))?;
+        let set = records::decode(raw).map_err(error)?;
+        let header = set.header;
         let position = out.batch.next_offset;
         out.batch.next_offset = last_offset + 1;
         let Some(first) = set.records.first() else {
             continue; // emptied by compaction
         };
 
-        if first.producer_id >= 0 {
+        if header.producer.id >= 0 {
             while let Some(t) = aborted.next_if(|t| t.first_offset <= last_offset) {
                 aborting.insert(t.producer_id);
             }
-            if first.control {
+            if header.control() {
                 if control_type(first.key.as_ref()) == Some(ABORT) {
-                    aborting.remove(&first.producer_id);
+                    aborting.remove(&header.producer.id);
                 }
-            } else if first.transactional && aborting.contains(&first.producer_id) {
+            } else if header.transactional() && aborting.contains(&header.producer.id) {
                 out.aborted_records += set.records.len() as u64;
                 continue;
             }
         }
-        if first.control {
+        if header.control() {
             out.control_records += set.records.len() as u64;
             continue;
         }
@@ -176,16 +174,19 @@ pub fn decode(
             }
             out.batch.records.push(SourceRecord {
                 offset: r.offset,
-                timestamp_ms: match r.timestamp_type {
-                    TimestampType::LogAppend => max_timestamp,
-                    TimestampType::Creation => r.timestamp,
+                // With LogAppendTime the broker's append time is the batch's max
+                // timestamp, and it is every record's timestamp.
+                timestamp_ms: if header.log_append_time() {
+                    header.max_timestamp
+                } else {
+                    r.timestamp
                 },
                 key: r.key.map(|b| b.to_vec()),
                 value: r.value.map(|b| b.to_vec()),
                 headers: r
                     .headers
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.map(|b| b.to_vec())))
+                    .map(|(k, v)| (k.to_vec(), v.map(|b| b.to_vec())))
                     .collect(),
             });
         }
@@ -331,8 +332,8 @@ mod tests {
         assert_eq!(
             r.headers,
             vec![
-                ("null".to_string(), None),
-                ("set".to_string(), Some(b"x".to_vec()))
+                (b"null".to_vec(), None),
+                (b"set".to_vec(), Some(b"x".to_vec()))
             ]
         );
     }
@@ -431,7 +432,7 @@ mod tests {
         bytes[last] ^= 0xff;
         let e = decode(Bytes::from(bytes), 40, &[]).unwrap_err();
         assert_eq!(e.offset, 40);
-        assert!(e.reason.contains("Cyclic redundancy check"), "{e}");
+        assert!(e.reason.contains("CRC mismatch"), "{e}");
     }
 
     #[test]

@@ -14,8 +14,10 @@
 //! - [`cluster`]: a cluster: the bound on every call, error classification (one
 //!   `is_transient`), our backoff, the broker-specific waits, the admin calls (topic
 //!   listing and creation, CreatePartitions, DescribeConfigs) and rskafka's client;
-//! - [`batches`]: record batches to records (markers skipped, aborted transactions
-//!   dropped; pure);
+//! - [`records`]: the record batch codec (magic 2): headers as the list they are,
+//!   duplicates and order kept, and the idempotent producer's fields (pure);
+//! - [`batches`]: a fetch's record batches to the records to copy (markers skipped,
+//!   aborted transactions dropped; pure);
 //! - [`fetch`]: the connection to one partition's leader for reading (Fetch
 //!   read-committed, ListOffsets, the high watermark);
 //! - [`produce`]: the connection to one partition's leader for writing (Produce v3–12,
@@ -28,5 +30,6 @@ pub mod cluster;
 pub mod connection;
 pub mod fetch;
 pub mod produce;
+pub mod records;
 pub mod settle;
 pub mod tls;

@@ -8,19 +8,15 @@
 //! floor of the end-to-end latency. Our connection sets `TCP_NODELAY`, and records are
 //! encoded once, straight from the WAL's records, with no retry inside a call.
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
+use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest};
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression as WireCompression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use kafka_protocol::ResponseError;
 
 use crate::kafka::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
 use crate::kafka::connection::{topic_name, WireError};
 use crate::kafka::fetch::PartitionReader;
+use crate::kafka::records::{self, Codec, NewRecord, Producer};
 use crate::record::{source_headers, SourcePartition, SourceRecord};
 
 /// Compression of batches written to the internal cluster.
@@ -151,7 +147,7 @@ impl PartitionWriter {
             let conn = self.reader.connection();
             cluster.error(what.clone(), conn.codec_error(ApiKey::Produce, reason))
         };
-        let batch = encode_batch(source, records, compression)
+        let batch = encode_batch(source, records, compression, Producer::NONE)
             .map_err(|e| codec(format!("encoding the record batch: {e}")))?;
         let request = ProduceRequest::default()
             .with_acks(ACKS_ALL)
@@ -225,120 +221,54 @@ impl<'a> Outgoing<'a> {
     }
 }
 
-/// One record batch (magic 2) of `records`, relative offsets 0..n, source headers added
-/// (the bytes of a produce request's partition).
-///
-/// Per record, kafka-protocol wants owned `Bytes` and a header map: keys, values and
-/// offset headers are copied into one buffer per batch and sliced from it (one
-/// allocation per batch, not three per record), and a record without headers of its
-/// own starts from a copy of the topic and partition headers, hashed once per batch.
+/// One record batch (magic 2) of `records`, relative offsets 0..n, each record's own
+/// headers as they are (duplicates and order kept), then the extra headers, then the
+/// source headers (the bytes of a produce request's partition). `producer` carries the
+/// idempotent producer's id, epoch and base sequence ([`Producer::NONE`] without).
 pub fn encode_batch(
     source: &SourcePartition,
     records: &[Outgoing<'_>],
     compression: Compression,
-) -> Result<Bytes, anyhow::Error> {
-    let topic = Bytes::from(source.topic.clone().into_bytes());
-    let partition = Bytes::from(source.partition.to_string().into_bytes());
-    let header = |name: &'static str| StrBytes::from_static_str(name);
-    let mut topic_and_partition: IndexMap<StrBytes, Option<Bytes>> = IndexMap::with_capacity(3);
-    topic_and_partition.insert(header(source_headers::TOPIC), Some(topic.clone()));
-    topic_and_partition.insert(header(source_headers::PARTITION), Some(partition.clone()));
-
-    // Keys, values and offsets of the whole batch in one buffer: (key, value, offset)
-    // ranges per record.
-    let value_of = |out: &Outgoing<'_>| match &out.value {
-        Some(v) => Some(v.len()),
-        None => out.record.value.as_ref().map(Vec::len),
-    };
-    let capacity: usize = records
+    producer: Producer,
+) -> Result<Bytes, String> {
+    let partition = source.partition.to_string();
+    let offsets: Vec<String> = records
         .iter()
-        .map(|out| out.record.key.as_ref().map_or(0, Vec::len) + value_of(out).unwrap_or(0) + 20)
-        .sum();
-    let mut arena = BytesMut::with_capacity(capacity);
-    let mut append = |bytes: Option<&[u8]>| {
-        bytes.map(|b| {
-            let start = arena.len();
-            arena.extend_from_slice(b);
-            start..arena.len()
-        })
-    };
-    let ranges: Vec<_> = records
-        .iter()
-        .map(|out| {
-            let r = out.record;
-            let key = append(r.key.as_deref());
-            let value = append(out.value.as_deref().or(r.value.as_deref()));
-            let offset = append(Some(r.offset.to_string().as_bytes()));
-            (key, value, offset.expect("an offset is always there"))
-        })
+        .map(|o| o.record.offset.to_string())
         .collect();
-    let arena = arena.freeze();
-
-    let wire: Vec<Record> = records
-        .iter()
-        .zip(ranges)
-        .enumerate()
-        .map(|(i, (out, (key, value, offset)))| {
-            let r = out.record;
-            let own = r.headers.len() + out.extra_headers.len();
-            let headers = if own == 0 {
-                let mut headers = topic_and_partition.clone();
-                headers.insert(header(source_headers::OFFSET), Some(arena.slice(offset)));
-                headers
-            } else {
-                let mut headers = IndexMap::with_capacity(own + 3);
-                for (k, v) in &r.headers {
-                    headers.insert(
-                        StrBytes::from_string(k.clone()),
-                        v.as_deref().map(Bytes::copy_from_slice),
-                    );
-                }
-                for (k, v) in &out.extra_headers {
-                    headers.insert(header(k), Some(Bytes::copy_from_slice(v)));
-                }
-                headers.insert(header(source_headers::TOPIC), Some(topic.clone()));
-                headers.insert(header(source_headers::PARTITION), Some(partition.clone()));
-                headers.insert(header(source_headers::OFFSET), Some(arena.slice(offset)));
-                headers
-            };
-            Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // No idempotence: the batch's base sequence is -1. The encoder keeps
-                // records in one batch while offset - sequence stays the same.
-                sequence: i as i32 - 1,
-                timestamp: r.timestamp_ms,
-                key: key.map(|k| arena.slice(k)),
-                value: value.map(|v| arena.slice(v)),
-                headers,
-            }
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        wire.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: wire_compression(compression),
-        },
-    )?;
-    Ok(buf.freeze())
+    let topic = source.topic.as_bytes();
+    let wire = records.iter().zip(&offsets).map(|(out, offset)| {
+        let r = out.record;
+        let own = r.headers.iter().map(|(k, v)| (&k[..], v.as_deref()));
+        let extra = out
+            .extra_headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(&v[..])));
+        let ours = [
+            (source_headers::TOPIC.as_bytes(), Some(topic)),
+            (
+                source_headers::PARTITION.as_bytes(),
+                Some(partition.as_bytes()),
+            ),
+            (source_headers::OFFSET.as_bytes(), Some(offset.as_bytes())),
+        ];
+        NewRecord {
+            timestamp: r.timestamp_ms,
+            key: r.key.as_deref(),
+            value: out.value.as_deref().or(r.value.as_deref()),
+            headers: own.chain(extra).chain(ours),
+        }
+    });
+    records::encode(wire, producer, wire_codec(compression))
 }
 
-fn wire_compression(c: Compression) -> WireCompression {
+fn wire_codec(c: Compression) -> Codec {
     match c {
-        Compression::None => WireCompression::None,
-        Compression::Gzip => WireCompression::Gzip,
-        Compression::Lz4 => WireCompression::Lz4,
-        Compression::Snappy => WireCompression::Snappy,
-        Compression::Zstd => WireCompression::Zstd,
+        Compression::None => Codec::None,
+        Compression::Gzip => Codec::Gzip,
+        Compression::Lz4 => Codec::Lz4,
+        Compression::Snappy => Codec::Snappy,
+        Compression::Zstd => Codec::Zstd,
     }
 }
 
@@ -346,8 +276,9 @@ fn wire_compression(c: Compression) -> WireCompression {
 mod tests {
     use super::*;
     use crate::kafka::batches;
+    use bytes::BytesMut;
 
-    fn record(offset: i64, headers: Vec<(String, Option<Vec<u8>>)>) -> SourceRecord {
+    fn record(offset: i64, headers: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> SourceRecord {
         SourceRecord {
             offset,
             timestamp_ms: 1_700_000_000_000 + offset,
@@ -358,15 +289,30 @@ mod tests {
     }
 
     #[test]
-    fn an_encoded_batch_decodes_to_the_records_with_source_headers() {
+    fn an_encoded_batch_decodes_to_the_records_with_every_header_and_source_headers() {
         let source = SourcePartition::new("orders", 3);
         let records = [
-            record(40, vec![("trace".into(), Some(b"abc".to_vec()))]),
-            record(41, vec![("absent".into(), None)]),
+            record(
+                40,
+                vec![
+                    ("a".into(), Some(b"1".to_vec())),
+                    ("b".into(), Some(b"x".to_vec())),
+                    ("a".into(), Some(b"2".to_vec())),
+                    // A copy of a copy: the source record names its own source.
+                    (source_headers::OFFSET.into(), Some(b"9".to_vec())),
+                ],
+            ),
+            record(41, vec![("absent".into(), None), (vec![0xff, 0], None)]),
         ];
         let refs: Vec<Outgoing<'_>> = records.iter().map(Outgoing::plain).collect();
-        for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
-            let bytes = encode_batch(&source, &refs, compression).unwrap();
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Lz4,
+            Compression::Snappy,
+            Compression::Zstd,
+        ] {
+            let bytes = encode_batch(&source, &refs, compression, Producer::NONE).unwrap();
             // As the broker would store it: at internal offset 7.
             let mut stored = BytesMut::from(&bytes[..]);
             stored[..8].copy_from_slice(&7i64.to_be_bytes());

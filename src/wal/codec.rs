@@ -150,3 +150,51 @@ mod tests {
         assert_eq!(decode(&entry).unwrap(), batch);
     }
 }
+
+#[cfg(test)]
+mod earlier_builds {
+    use super::*;
+
+    /// A record as builds before byte header keys wrote it: header keys as text.
+    #[derive(bincode::Encode)]
+    struct TextKeys {
+        offset: i64,
+        timestamp_ms: i64,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        headers: Vec<(String, Option<Vec<u8>>)>,
+    }
+
+    #[derive(bincode::Encode)]
+    struct TextKeysBatch {
+        records: Vec<TextKeys>,
+        next_offset: i64,
+    }
+
+    #[test]
+    fn entries_with_text_header_keys_read_as_byte_keys() {
+        let old = TextKeysBatch {
+            records: vec![TextKeys {
+                offset: 3,
+                timestamp_ms: 5,
+                key: None,
+                value: Some(b"v".to_vec()),
+                headers: vec![("trace".into(), Some(b"x".to_vec())), ("n".into(), None)],
+            }],
+            next_offset: 4,
+        };
+        let payload = bincode::encode_to_vec(&old, bincode::config::standard()).unwrap();
+        let mut entry = vec![FORMAT_VERSION];
+        entry.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+        entry.extend_from_slice(&payload);
+        let batch = decode(&entry).unwrap();
+        assert_eq!(
+            batch.records[0].headers,
+            vec![
+                (b"trace".to_vec(), Some(b"x".to_vec())),
+                (b"n".to_vec(), None)
+            ]
+        );
+        assert_eq!(batch.next_offset, 4);
+    }
+}
