@@ -190,6 +190,11 @@ pub struct ServiceConfig {
     pub forward_batch_max_records: usize,
     /// Max bytes per produce request.
     pub forward_batch_max_bytes: usize,
+    /// Whether the produce path uses an idempotent producer where the internal cluster
+    /// offers one (`internal.enable.idempotence`).
+    pub internal_idempotence: bool,
+    /// Produce requests per partition in flight with idempotence (1 to 5).
+    pub internal_max_in_flight: usize,
     /// Bound on every request to a broker.
     pub request_timeout: Duration,
     /// Interval of the progress log line.
@@ -314,6 +319,16 @@ const SERVICE_KEYS: &[Key] = &[
         name: "forward.batch.max.bytes",
         default: Some("1048576"),
         doc: "max bytes per produce request",
+    },
+    Key {
+        name: "internal.enable.idempotence",
+        default: Some("true"),
+        doc: "produce with an idempotent producer where the internal cluster offers one",
+    },
+    Key {
+        name: "internal.max.in.flight.requests.per.connection",
+        default: Some("5"),
+        doc: "produce requests per partition in flight with idempotence (1 to 5)",
     },
     Key {
         name: "request.timeout.ms",
@@ -627,6 +642,15 @@ impl RawConfig {
             forward_batch_max_records: s.number("forward.batch.max.records", 1, 1_000_000)?
                 as usize,
             forward_batch_max_bytes: s.number("forward.batch.max.bytes", 1024, 64 << 20)? as usize,
+            internal_idempotence: s.choice(
+                "internal.enable.idempotence",
+                &[("true", true), ("false", false)],
+            )?,
+            internal_max_in_flight: s.number(
+                "internal.max.in.flight.requests.per.connection",
+                1,
+                5,
+            )? as usize,
             request_timeout: Duration::from_millis(
                 s.number("request.timeout.ms", 100, 3_600_000)? as u64
             ),

@@ -36,6 +36,14 @@ pub struct PartitionMetrics {
     pub aborted_records: AtomicU64,
     /// Produce acknowledgements whose offsets were not the expected partition end.
     pub unexpected_produce_offsets: AtomicU64,
+    /// Batches sent again with their producer id, epoch and sequence after an unknown
+    /// outcome (the broker stores each once).
+    pub resent_batches: AtomicU64,
+    /// Re-sent batches a broker answered as already stored (DUPLICATE_SEQUENCE_NUMBER).
+    pub deduplicated_batches: AtomicU64,
+    /// Producer sessions renewed (new epoch or id) after the broker lost or refused
+    /// their sequence state.
+    pub producer_resets: AtomicU64,
     /// Source offsets skipped because they were no longer in the source partition
     /// (removed by retention or DeleteRecords before they were copied), since start.
     pub skipped_offsets: AtomicU64,
@@ -126,6 +134,9 @@ impl PartitionMetrics {
             dead_lettered: Default::default(),
             aborted_records: AtomicU64::new(0),
             unexpected_produce_offsets: AtomicU64::new(0),
+            resent_batches: AtomicU64::new(0),
+            deduplicated_batches: AtomicU64::new(0),
+            producer_resets: AtomicU64::new(0),
             skipped_offsets: AtomicU64::new(0),
             skipped_range: Mutex::new(None),
             source_high_watermark: AtomicI64::new(-1),

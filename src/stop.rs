@@ -89,6 +89,11 @@ impl Gate {
         Self { target }
     }
 
+    /// Whether the connector is running (not paused).
+    pub fn is_open(&self) -> bool {
+        *self.target.borrow() == Target::Running
+    }
+
     /// Returns at once while running; while paused, marks the task paused and waits for
     /// a resume. `false` when `cancel` fired first.
     pub async fn pass(&mut self, cancel: &CancellationToken, metrics: &PartitionMetrics) -> bool {

@@ -11,16 +11,18 @@ use rskafka::record::Record;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// rskafka retries a produce inside one call when the connection breaks, without an
-/// idempotent producer; kafka-direct must turn that off and retry behind a tail check.
-/// Here a proxy swallows responses after the broker stored the batch, many times.
+/// A proxy swallows produce responses after the broker stored the batch, many times,
+/// with several batches in flight. kafka-direct's idempotent producer sends the batches
+/// in flight again with the same producer id and sequence numbers, and the broker itself
+/// refuses to store one twice: every record is stored once, and the tail of the internal
+/// partition was never read to find out (no settle).
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_produce_responses_never_store_a_record_twice() {
     let (mut proxy, listener) = CuttingProxy::bind().await;
     let internal = Broker::start_advertising(Some(proxy.port));
     proxy.forward_to(listener, internal.port);
-    // Produce requests of 30 records split each fetched entry (100 records) in pieces, so
-    // a lost response can leave an entry partly stored: only the tail check tells which part.
+    // Produce requests of 30 records split each fetched entry (100 records) in pieces,
+    // several in flight at once, so a lost response leaves an entry partly answered.
     let mut p =
         Pipeline::with_internal("cuts", 2, &[("forward.batch.max.records", "30")], internal).await;
     p.service.start();
@@ -38,19 +40,26 @@ async fn lost_produce_responses_never_store_a_record_twice() {
     }
     p.assert_replicated(0, WAIT).await;
     let cuts = proxy.cuts_done.load(Ordering::SeqCst);
-    let unknown = p
-        .service
-        .log_text()
-        .matches("produce outcome unknown")
+    let log = p.service.log_text();
+    let resent = log
+        .matches("send the batches in flight again with the same producer id")
         .count();
     assert!(cuts >= 10, "only {cuts} responses were cut");
     assert!(
-        unknown >= 3,
-        "only {unknown} produce outcomes were unknown; log:\n{}",
-        p.service.log_text()
+        resent >= 3,
+        "only {resent} produce outcomes were unknown and re-sent; log:\n{log}"
+    );
+    let resent_batches = counter_sum(&p.service.metrics().await, "produce_resent_batches");
+    assert!(
+        resent_batches >= resent as u64,
+        "{resent_batches} batches re-sent for {resent} unknown outcomes"
+    );
+    assert!(
+        !log.contains("tail re-read"),
+        "the broker deduplicated: no tail check was needed; log:\n{log}"
     );
     eprintln!(
-        "{cuts} responses cut, {unknown} produce outcomes unknown, in {:?}",
+        "{cuts} responses cut, {resent} produce outcomes unknown, {resent_batches} batches re-sent, in {:?}",
         started.elapsed()
     );
     assert!(p.service.terminate(Duration::from_secs(30)).success());

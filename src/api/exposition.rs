@@ -112,6 +112,21 @@ const COUNTERS: &[(&str, &str, CounterOf)] = &[
         "Produce acknowledgements at an offset other than the expected partition end (another writer, or a request stored twice)",
         |p| p.unexpected_produce_offsets.load(Ordering::Relaxed),
     ),
+    (
+        "produce_resent_batches",
+        "Batches sent again with their producer id, epoch and sequence numbers after an unknown outcome (the broker stores each once)",
+        |p| p.resent_batches.load(Ordering::Relaxed),
+    ),
+    (
+        "produce_deduplicated_batches",
+        "Re-sent batches the broker answered as already stored (DUPLICATE_SEQUENCE_NUMBER)",
+        |p| p.deduplicated_batches.load(Ordering::Relaxed),
+    ),
+    (
+        "producer_resets",
+        "Producer sessions renewed (next epoch or new producer id) after the broker lost or refused their sequence state",
+        |p| p.producer_resets.load(Ordering::Relaxed),
+    ),
 ];
 
 const GAUGES: &[(&str, &str, GaugeOf)] = &[

@@ -557,6 +557,8 @@ impl Spawner {
             compression: config.internal_compression,
             max_records: config.forward_batch_max_records,
             max_bytes: config.forward_batch_max_bytes,
+            idempotence: config.internal_idempotence,
+            max_in_flight: config.internal_max_in_flight,
             wake: Arc::clone(&wake),
             metrics: Arc::clone(&metrics),
             latencies: self.handle.latencies.clone(),

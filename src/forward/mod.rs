@@ -14,6 +14,7 @@
 
 pub mod dead_letter;
 pub mod tail;
+pub mod window;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +27,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Compression;
 use crate::format::{Formatter, Verdict};
+use kafka_protocol::ResponseError;
+
 use crate::kafka::cluster::{Cluster, ClusterError, Retry};
-use crate::kafka::produce::{Outgoing, PartitionWriter};
+use crate::kafka::produce::{encode_batch, Outgoing, PartitionWriter};
 use crate::kafka::settle::Settling;
 use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
@@ -35,6 +38,7 @@ use crate::stop::Gate;
 use crate::wal::{LogReader, WalError};
 use dead_letter::DeadLetterSender;
 use tail::{Routed, TailError};
+use window::{Batch, Producing, Window};
 
 /// Why a forwarder stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,14 @@ pub enum SinkError {
         partition: SourcePartition,
         /// The WAL error.
         source: WalError,
+    },
+    /// A batch could not be encoded (larger than a record batch can be).
+    #[error("forwarding {partition} stopped: encoding a record batch failed: {reason}")]
+    Encode {
+        /// The source partition.
+        partition: SourcePartition,
+        /// Why.
+        reason: String,
     },
     /// The internal partition holds records of another writer.
     #[error("forwarding {partition} stopped: {source}")]
@@ -112,6 +124,10 @@ pub struct Forwarder {
     pub max_records: usize,
     /// Max bytes per produce.
     pub max_bytes: usize,
+    /// Whether to produce with an idempotent producer where the broker offers one.
+    pub idempotence: bool,
+    /// Produce requests in flight with idempotence (1 to 5).
+    pub max_in_flight: usize,
     /// Checks each record's value against the connector's format.
     pub formatter: Formatter,
     /// Where refused records go (set whenever the format can refuse one).
@@ -126,6 +142,42 @@ pub struct Forwarder {
     pub gate: Gate,
     /// Stops the task (after the produce in flight).
     pub cancel: CancellationToken,
+}
+
+/// The forwarding loop's state between answers.
+#[derive(Debug)]
+struct Sending {
+    /// Bytes per produce request (lowered after a MESSAGE_TOO_LARGE).
+    produce_max_bytes: usize,
+    /// Entries read and decoded once, kept until every record in them is stored.
+    pending: VecDeque<FetchedBatch>,
+    /// The first offset of the last entry read.
+    read_after: Option<i64>,
+    /// The batches in flight.
+    window: Window,
+}
+
+/// What filling the window ended with.
+#[derive(Debug)]
+enum Fill {
+    /// The window is full, or nothing more can be sent now.
+    Ready,
+    /// Cancelled.
+    Stop,
+    /// Sending failed (the connection broke): the outcome of the window is unknown.
+    Failed(ClusterError),
+}
+
+/// Whether the broker lost or refused the producer's sequence state: the batches in
+/// flight cannot be deduplicated any more.
+fn lost_sequence_state(error: ResponseError) -> bool {
+    matches!(
+        error,
+        ResponseError::OutOfOrderSequenceNumber
+            | ResponseError::UnknownProducerId
+            | ResponseError::InvalidProducerEpoch
+            | ResponseError::ProducerFenced
+    )
 }
 
 /// What the forwarding loop does after a step.
@@ -251,51 +303,6 @@ impl Forwarder {
         } else {
             self.read_tail_retrying(pc_slot).await
         }
-    }
-
-    /// After a produce acknowledged at `base_offset`: the latencies and figures, and the
-    /// check that the broker stored the run at `expected`, where the single writer
-    /// expects it. `Some(None)`: it did (the tail moves by the run); `Some(Some(tail))`:
-    /// it did not, and the tail was read again; `None`: cancelled while reading it.
-    async fn stored(
-        &mut self,
-        run: &tail::Run<'_>,
-        expected: i64,
-        base_offset: i64,
-        produce_took: Duration,
-        leader: &mut Option<PartitionWriter>,
-    ) -> Result<Option<Option<Tail>>, SinkError> {
-        let partition = self.partition().clone();
-        let count = run.records.len();
-        self.latencies.observe_produce(
-            produce_took,
-            run.records.iter().map(|r| r.record.timestamp_ms),
-        );
-        self.metrics.forwarder_ready.store(true, Ordering::Relaxed);
-        self.metrics.forwarded_bytes.fetch_add(
-            run.records
-                .iter()
-                .map(|r| r.record.approximate_size() as u64)
-                .sum(),
-            Ordering::Relaxed,
-        );
-        debug!(%partition, records = count, produce_ms = produce_took.as_millis() as u64,
-            first_record_age_ms = crate::record::age_ms(run.records[0].record.timestamp_ms), "produced");
-        if base_offset == expected {
-            return Ok(Some(None));
-        }
-        self.metrics
-            .unexpected_produce_offsets
-            .fetch_add(1, Ordering::Relaxed);
-        error!(%partition, internal = %self.internal_name(), expected_first = expected, assigned = base_offset, count,
-            "the broker stored the batch at an unexpected offset: another producer writes to this internal partition, or a request was stored twice");
-        // Re-read the truth before going on.
-        self.set_in_doubt(true);
-        let Some(tail) = self.read_settled_tail(leader).await? else {
-            return Ok(None);
-        };
-        self.set_in_doubt(false);
-        Ok(Some(Some(tail)))
     }
 
     /// After a produce whose outcome is unknown (`error`): waits, then reads the tail
@@ -516,91 +523,36 @@ impl Forwarder {
         };
         let mut tail = initial;
         let mut retry = Retry::new(Duration::from_secs(10));
-        // Bytes per produce request: forward.batch.max.bytes, halved each time the broker
-        // refuses a batch as larger than the topic's max.message.bytes (the byte count
-        // here is an estimate of the encoded batch).
-        let mut produce_max_bytes = self.max_bytes;
+        let mut producing = if self.idempotence {
+            Producing::Asking
+        } else {
+            Producing::Plain
+        };
+        let mut s = Sending {
+            // Bytes per produce request: forward.batch.max.bytes, halved each time the
+            // broker refuses a batch as larger than the topic's max.message.bytes (the byte
+            // count here is an estimate of the encoded batch).
+            produce_max_bytes: self.max_bytes,
+            pending: VecDeque::new(),
+            read_after: None,
+            window: Window::default(),
+        };
 
-        // Entries read and decoded once, kept until every record in them is stored.
-        let mut pending: VecDeque<FetchedBatch> = VecDeque::new();
-        let mut read_after: Option<i64> = None;
-
-        while !self.cancel.is_cancelled() {
-            let cancel = self.cancel.clone();
-            if !self.gate.pass(&cancel, &self.metrics).await {
+        loop {
+            let stopping = self.cancel.is_cancelled();
+            if stopping && s.window.is_empty() {
                 break;
             }
-            if pending.is_empty() {
-                // Read before the entries: whatever is appended after this read lies
-                // at or above it.
-                let fetched_next = self.log.checkpoints().map_err(wal_err)?.fetched_next;
-                let entries = self
-                    .log
-                    .entries_after(read_after, self.max_records, self.max_bytes)
-                    .map_err(wal_err)?;
-                let Some(last) = entries.last() else {
-                    // Nothing left to forward: the position moves past records that
-                    // were fetched but are not copied (transaction markers, aborted
-                    // transactions) too.
-                    if let Some(next) = fetched_next {
-                        self.forwarded_up_to(next).map_err(wal_err)?;
-                    }
-                    self.metrics.forwarder_ready.store(true, Ordering::Relaxed);
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => break,
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                    continue;
-                };
-                read_after = Some(last.first_offset());
-                pending.extend(entries);
-            }
-            // Needed here too, not only after a produce: an entry whose records are all
-            // stored but whose next_offset lies beyond them (trailing control records)
-            // survives the start-up alignment and would otherwise never be released.
-            let stored_next = self.frontier(&tail);
-            self.release_stored(&mut pending, stored_next)
-                .map_err(wal_err)?;
-            let records = tail::unstored_records(pending.make_contiguous(), stored_next);
-            if records.is_empty() {
-                continue;
-            }
-            // One produce request goes to one place and stays within the batch limits
-            // *after* the source headers are added; the rest waits for the next round.
-            let run = tail::next_run(
-                &records,
-                self.max_records,
-                produce_max_bytes,
-                self.header_overhead(),
-                |r| self.route(r),
-            )
-            .map_err(wal_err)?;
-            let count = run.records.len();
-            let last_source_offset = run.records[count - 1].record.offset;
-
-            if run.destination == tail::Destination::DeadLetters {
-                if self.send_dead_letters(&run, &mut retry).await? == Flow::Stop {
-                    break;
-                }
-                let stored_next = self.frontier(&tail);
-                self.release_stored(&mut pending, stored_next)
-                    .map_err(wal_err)?;
-                continue;
-            }
-
-            if let Some(mark) = self.formatter.durable_mark() {
-                // Every schema version a record of this run may name is durable first.
-                let durable = tokio::select! {
-                    _ = self.cancel.cancelled() => break,
-                    r = self.log.commit_through(mark) => r,
-                };
-                durable.map_err(wal_err)?;
+            if s.window.is_empty() && !self.gate.pass(&self.cancel, &self.metrics).await {
+                break;
             }
             if leader.is_none() {
                 match self.connect().await {
                     Ok(pc) => leader = Some(pc),
                     Err(e) if e.is_transient() => {
+                        if !s.window.is_empty() {
+                            self.set_in_doubt(true);
+                        }
                         let delay = retry.delay();
                         warn!(%partition, error = %e, retry_in = ?delay, "cannot reach the internal partition's leader; retrying");
                         tokio::select! {
@@ -612,78 +564,366 @@ impl Forwarder {
                     Err(e) => return Err(self.cluster_failure(e)),
                 }
             }
-            let pc = leader.as_mut().expect("leader was just set");
-            let produce_started = std::time::Instant::now();
-            // Not cancellable: a produce in flight is finished, then the loop ends.
-            let result = pc
-                .produce(&self.cluster, &partition, &run.records, self.compression)
-                .await;
+            let pc = leader.as_mut().expect("connected above");
+            if producing == Producing::Asking {
+                match self.ask_producer_id(pc).await {
+                    Ok(p) => producing = p,
+                    Err(e) => {
+                        leader = None;
+                        let delay = retry.delay();
+                        warn!(%partition, error = %e, retry_in = ?delay, "asking the internal cluster for a producer id failed; retrying");
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+
+            // After a reconnect the batches in flight go again, in order and as they are:
+            // the same producer id, epoch and sequences, so the broker stores each once.
+            let mut failure = self.resend(pc, &mut s.window).await.err();
+            if failure.is_none() && !stopping {
+                match self
+                    .fill(pc, &mut s, &tail, &mut producing, &mut retry)
+                    .await?
+                {
+                    Fill::Ready => {}
+                    Fill::Stop if s.window.is_empty() => break,
+                    Fill::Stop => {}
+                    Fill::Failed(e) => failure = Some(e),
+                }
+            }
+            if s.window.is_empty() {
+                if failure.is_none() {
+                    // Nothing left to send now.
+                    self.metrics.forwarder_ready.store(true, Ordering::Relaxed);
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                continue;
+            }
+
+            // The oldest batch's answer. Not cancellable: the batches in flight are
+            // answered, then the loop ends.
+            let result = match failure {
+                Some(e) => Err(e),
+                None => {
+                    let front = s.window.front_mut().expect("not empty");
+                    let in_flight = front.in_flight.take().expect("sent on this connection");
+                    pc.receive(&self.cluster, in_flight).await
+                }
+            };
+            let refusal = result.as_ref().err().and_then(ClusterError::broker_error);
             match result {
                 Ok(base_offset) => {
                     retry.reset();
-                    let stored = self
-                        .stored(
-                            &run,
-                            tail.end,
-                            base_offset,
-                            produce_started.elapsed(),
-                            &mut leader,
-                        )
-                        .await?;
-                    let Some(stored) = stored else {
-                        break;
-                    };
-                    tail = stored.unwrap_or(Tail {
-                        end: tail.end + count as i64,
-                        stored_next: Some(last_source_offset + 1),
-                    });
+                    let batch = s.window.pop_front().expect("answered");
+                    if self.acknowledged(&batch, Some(base_offset)) {
+                        tail = Tail {
+                            end: batch.expected_base + batch.records as i64,
+                            stored_next: Some(batch.last_source_offset + 1),
+                        };
+                    } else {
+                        // Re-read the truth before going on; a new epoch refuses
+                        // whatever of ours is still on its way.
+                        s.window.clear();
+                        leader = None;
+                        producing = producing.renewed(false);
+                        self.set_in_doubt(true);
+                        let Some(t) = self.read_settled_tail(&mut leader).await? else {
+                            break;
+                        };
+                        tail = t;
+                    }
+                    if s.window.is_empty() {
+                        self.set_in_doubt(false);
+                    }
                     let stored_next = self.frontier(&tail);
-                    self.release_stored(&mut pending, stored_next)
+                    self.release_stored(&mut s.pending, stored_next)
                         .map_err(wal_err)?;
+                }
+                // A broker that answers a batch it already stored with this error
+                // instead of that batch's offset (tansu): stored, where expected.
+                Err(_) if refusal == Some(ResponseError::DuplicateSequenceNumber) => {
+                    retry.reset();
+                    let batch = s.window.pop_front().expect("answered");
+                    self.acknowledged(&batch, None);
                     self.metrics
-                        .forwarded_records
-                        .fetch_add(count as u64, Ordering::Relaxed);
+                        .deduplicated_batches
+                        .fetch_add(1, Ordering::Relaxed);
+                    tail = Tail {
+                        end: batch.expected_base + batch.records as i64,
+                        stored_next: Some(batch.last_source_offset + 1),
+                    };
+                    let stored_next = self.frontier(&tail);
+                    self.release_stored(&mut s.pending, stored_next)
+                        .map_err(wal_err)?;
                 }
                 Err(e) if e.is_transient() => {
-                    // The outcome is unknown: the batch may or may not be stored.
                     leader = None;
-                    match self
-                        .after_unknown_outcome(e, &mut retry, &mut leader)
-                        .await?
-                    {
-                        Some(t) => {
-                            // Records the lost acknowledgement covered are forwarded too.
-                            self.metrics
-                                .forwarded_records
-                                .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
-                            tail = t;
+                    if let Producing::Idempotent(session) = producing {
+                        // The outcome is unknown; the broker knows it.
+                        self.set_in_doubt(true);
+                        self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
+                        s.window.mark_unsent();
+                        self.metrics
+                            .resent_batches
+                            .fetch_add(s.window.len() as u64, Ordering::Relaxed);
+                        let delay = retry.delay();
+                        warn!(%partition, error = %e, batches = s.window.len(), producer_id = session.id, retry_in = ?delay,
+                            "produce outcome unknown; will reconnect and send the batches in flight again with the same producer id and sequence numbers (the broker stores each once)");
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
                         }
-                        None => break,
+                    } else {
+                        // The batch may or may not be stored: the tail says.
+                        s.window.clear();
+                        let Some(t) = self
+                            .after_unknown_outcome(e, &mut retry, &mut leader)
+                            .await?
+                        else {
+                            break;
+                        };
+                        // Records the lost acknowledgement covered are forwarded too.
+                        self.metrics
+                            .forwarded_records
+                            .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
+                        tail = t;
                     }
                 }
                 // Refused whole, nothing stored: the same records go again in smaller
                 // requests. A single record too large is a failure to report.
-                Err(e) if e.is_message_too_large() && count > 1 => {
-                    let bytes: usize = run
-                        .records
-                        .iter()
-                        .map(|r| r.record.approximate_size() + self.header_overhead())
-                        .sum();
-                    produce_max_bytes = (bytes / 2).max(1);
-                    warn!(%partition, internal = %self.internal_name(), records = count, approximate_bytes = bytes, produce_max_bytes,
-                        "the internal broker refused a produce as larger than the topic's max.message.bytes; sending smaller requests (lower forward.batch.max.bytes to avoid this)");
-                }
                 Err(e) if e.is_message_too_large() => {
-                    error!(%partition, internal = %self.internal_name(), source_offset = last_source_offset,
-                        approximate_bytes = run.records[0].record.approximate_size() + self.header_overhead(),
-                        "this record alone is larger than the internal topic's max.message.bytes: raise it on the internal topic (kafka-configs --alter --entity-type topics --add-config max.message.bytes=...) and restart the connector");
-                    return Err(self.cluster_failure(e));
+                    let batch = s.window.front_mut().expect("refused");
+                    let (count, bytes) = (batch.records, batch.source_bytes as usize);
+                    if count == 1 {
+                        error!(%partition, internal = %self.internal_name(), source_offset = batch.last_source_offset,
+                            approximate_bytes = bytes + self.header_overhead(),
+                            "this record alone is larger than the internal topic's max.message.bytes: raise it on the internal topic (kafka-configs --alter --entity-type topics --add-config max.message.bytes=...) and restart the connector");
+                        return Err(self.cluster_failure(e));
+                    }
+                    let bytes = bytes + count * self.header_overhead();
+                    s.produce_max_bytes = (bytes / 2).max(1);
+                    warn!(%partition, internal = %self.internal_name(), records = count, approximate_bytes = bytes, produce_max_bytes = s.produce_max_bytes,
+                        "the internal broker refused a produce as larger than the topic's max.message.bytes; sending smaller requests (lower forward.batch.max.bytes to avoid this)");
+                    // The batches after it were refused too (their sequences do not
+                    // follow a stored batch): they go again, smaller, from its sequence.
+                    if let Producing::Idempotent(session) = &mut producing {
+                        session.rewind_to(batch.producer.base_sequence);
+                    }
+                    if s.window.len() > 1 {
+                        leader = None;
+                    }
+                    s.window.clear();
+                }
+                Err(e) if refusal.is_some_and(lost_sequence_state) => {
+                    let fenced = matches!(
+                        refusal,
+                        Some(ResponseError::InvalidProducerEpoch | ResponseError::ProducerFenced)
+                    );
+                    self.metrics.producer_resets.fetch_add(1, Ordering::Relaxed);
+                    warn!(%partition, error = %e, batches = s.window.len(),
+                        "the internal broker lost or refused this producer's sequence state (producer id expired, log truncated, or fenced); producing with a new epoch or producer id after reading the internal partition's tail again");
+                    s.window.clear();
+                    leader = None;
+                    producing = producing.renewed(fenced);
+                    self.set_in_doubt(true);
+                    let Some(t) = self.read_settled_tail(&mut leader).await? else {
+                        break;
+                    };
+                    self.set_in_doubt(false);
+                    self.metrics
+                        .forwarded_records
+                        .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
+                    tail = t;
                 }
                 Err(e) => return Err(self.cluster_failure(e)),
             }
         }
         debug!(%partition, "forwarder stopped");
         Ok(())
+    }
+
+    /// A producer id for this partition's session, or [`Producing::Plain`] when the
+    /// broker offers none (or refuses one: a principal without the right to write
+    /// idempotently on an old broker).
+    async fn ask_producer_id(&self, pc: &mut PartitionWriter) -> Result<Producing, ClusterError> {
+        let partition = self.partition();
+        match pc.init_producer_id(&self.cluster).await {
+            Ok(Some(session)) => {
+                debug!(%partition, producer_id = session.id, epoch = session.epoch, "idempotent producer");
+                Ok(Producing::Idempotent(session))
+            }
+            Ok(None) => {
+                warn!(%partition, internal = %self.internal_name(),
+                    "the internal cluster does not offer InitProducerId: producing without idempotence (one request in flight, the tail read again and settled after an unknown outcome)");
+                Ok(Producing::Plain)
+            }
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                warn!(%partition, internal = %self.internal_name(), error = %e,
+                    "the internal cluster refused a producer id: producing without idempotence (one request in flight, the tail read again and settled after an unknown outcome)");
+                Ok(Producing::Plain)
+            }
+        }
+    }
+
+    /// Sends the batches of the window that are not on this connection, in order.
+    async fn resend(
+        &self,
+        pc: &mut PartitionWriter,
+        window: &mut Window,
+    ) -> Result<(), ClusterError> {
+        for batch in window.unsent() {
+            batch.sent_at = std::time::Instant::now();
+            batch.in_flight = Some(
+                pc.send(&self.cluster, batch.bytes.clone(), batch.records)
+                    .await?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends new batches until the window is full or nothing is left to send now (dead
+    /// letters are sent here too, when no batch is in flight).
+    async fn fill(
+        &mut self,
+        pc: &mut PartitionWriter,
+        s: &mut Sending,
+        tail: &Tail,
+        producing: &mut Producing,
+        retry: &mut Retry,
+    ) -> Result<Fill, SinkError> {
+        let partition = self.partition().clone();
+        let wal_err = |source| SinkError::Wal {
+            partition: partition.clone(),
+            source,
+        };
+        loop {
+            if s.window.len() >= producing.window(self.max_in_flight) || !self.gate.is_open() {
+                return Ok(Fill::Ready);
+            }
+            // Needed here too, not only after an answer: an entry whose records are all
+            // stored but whose next_offset lies beyond them (trailing control records)
+            // survives the start-up alignment and would otherwise never be released.
+            let stored_next = self.frontier(tail);
+            self.release_stored(&mut s.pending, stored_next)
+                .map_err(wal_err)?;
+            let from = s.window.next_source_offset().or(stored_next);
+            if tail::unstored_records(s.pending.make_contiguous(), from).is_empty() {
+                // Read before the entries: whatever is appended after this read lies at
+                // or above it.
+                let fetched_next = self.log.checkpoints().map_err(wal_err)?.fetched_next;
+                let entries = self
+                    .log
+                    .entries_after(s.read_after, self.max_records, self.max_bytes)
+                    .map_err(wal_err)?;
+                let Some(last) = entries.last() else {
+                    if s.pending.is_empty() {
+                        // Everything is forwarded: the position moves past records that
+                        // were fetched but are not copied (transaction markers, aborted
+                        // transactions) too.
+                        if let Some(next) = fetched_next {
+                            self.forwarded_up_to(next).map_err(wal_err)?;
+                        }
+                    }
+                    return Ok(Fill::Ready);
+                };
+                s.read_after = Some(last.first_offset());
+                s.pending.extend(entries);
+                continue;
+            }
+            let records = tail::unstored_records(s.pending.make_contiguous(), from);
+            // One produce request goes to one place and stays within the batch limits
+            // *after* the source headers are added; the rest waits for the next round.
+            let run = tail::next_run(
+                &records,
+                self.max_records,
+                s.produce_max_bytes,
+                self.header_overhead(),
+                |r| self.route(r),
+            )
+            .map_err(wal_err)?;
+            if run.destination == tail::Destination::DeadLetters {
+                if !s.window.is_empty() {
+                    // In order: after the batches before it are answered.
+                    return Ok(Fill::Ready);
+                }
+                if self.send_dead_letters(&run, retry).await? == Flow::Stop {
+                    return Ok(Fill::Stop);
+                }
+                continue;
+            }
+            if let Some(mark) = self.formatter.durable_mark() {
+                // Every schema version a record of this run may name is durable first.
+                let durable = tokio::select! {
+                    _ = self.cancel.cancelled() => return Ok(Fill::Stop),
+                    r = self.log.commit_through(mark) => r,
+                };
+                durable.map_err(wal_err)?;
+            }
+            let count = run.records.len();
+            let producer = producing.next_batch(count);
+            let bytes = encode_batch(self.partition(), &run.records, self.compression, producer)
+                .map_err(|reason| SinkError::Encode {
+                    partition: partition.clone(),
+                    reason,
+                })?;
+            let batch = s.window.push(Batch {
+                bytes,
+                producer,
+                records: count,
+                last_source_offset: run.records[count - 1].record.offset,
+                expected_base: s.window.end(tail.end),
+                timestamps: run.records.iter().map(|r| r.record.timestamp_ms).collect(),
+                source_bytes: run
+                    .records
+                    .iter()
+                    .map(|r| r.record.approximate_size() as u64)
+                    .sum(),
+                sent_at: std::time::Instant::now(),
+                in_flight: None,
+            });
+            match pc.send(&self.cluster, batch.bytes.clone(), count).await {
+                Ok(in_flight) => batch.in_flight = Some(in_flight),
+                Err(e) => return Ok(Fill::Failed(e)),
+            }
+        }
+    }
+
+    /// A batch answered as stored at `base_offset` (`None`: stored earlier, offset not
+    /// said): the figures, and whether it is where the single writer expects it.
+    fn acknowledged(&mut self, batch: &Batch, base_offset: Option<i64>) -> bool {
+        let partition = self.partition().clone();
+        self.latencies
+            .observe_produce(batch.sent_at.elapsed(), batch.timestamps.iter().copied());
+        self.metrics.forwarder_ready.store(true, Ordering::Relaxed);
+        self.metrics
+            .forwarded_bytes
+            .fetch_add(batch.source_bytes, Ordering::Relaxed);
+        self.metrics
+            .forwarded_records
+            .fetch_add(batch.records as u64, Ordering::Relaxed);
+        debug!(%partition, records = batch.records, produce_ms = batch.sent_at.elapsed().as_millis() as u64,
+            first_record_age_ms = crate::record::age_ms(batch.timestamps[0]), "produced");
+        let Some(base_offset) = base_offset else {
+            return true;
+        };
+        if base_offset == batch.expected_base {
+            return true;
+        }
+        self.metrics
+            .unexpected_produce_offsets
+            .fetch_add(1, Ordering::Relaxed);
+        error!(%partition, internal = %self.internal_name(), expected_first = batch.expected_base, assigned = base_offset, count = batch.records,
+            "the broker stored the batch at an unexpected offset: another producer writes to this internal partition, or a request was stored twice");
+        false
     }
 
     /// Drops the entries at the front of `pending` whose records are all stored and

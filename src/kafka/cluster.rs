@@ -243,6 +243,18 @@ impl ClusterError {
         }
     }
 
+    /// The error code a broker answered on one of our own connections, if that is what
+    /// failed.
+    pub fn broker_error(&self) -> Option<kafka_protocol::ResponseError> {
+        match self {
+            ClusterError::Wire {
+                source: WireFailure::Broker(e),
+                ..
+            } => Some(*e),
+            _ => None,
+        }
+    }
+
     /// The broker's protocol error, if that is what failed.
     pub fn protocol_error(&self) -> Option<rskafka::client::error::ProtocolError> {
         match self {

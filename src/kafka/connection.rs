@@ -132,6 +132,15 @@ pub struct Connection {
     sasl_offered: Vec<String>,
 }
 
+/// A request sent on a [`Connection`] whose response is still to be read.
+#[derive(Debug)]
+#[must_use = "its response must be received before the next one"]
+pub struct Sent<R> {
+    correlation_id: i32,
+    version: i16,
+    request: std::marker::PhantomData<fn() -> R>,
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
@@ -366,6 +375,18 @@ impl Connection {
     where
         R::Response: Send,
     {
+        let sent = self.send(request, version).await?;
+        self.receive(sent).await
+    }
+
+    /// Sends one request without waiting for its response: several may be in flight on
+    /// a connection, and the broker answers them in the order they were sent, so each
+    /// [`Connection::receive`] takes the oldest.
+    pub async fn send<R: Request + Sync>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<Sent<R>, WireError> {
         let api = api_key::<R>();
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let header = RequestHeader::default()
@@ -386,7 +407,20 @@ impl Connection {
             .write_all(&frame)
             .await
             .map_err(|source| self.io_error(source))?;
+        Ok(Sent {
+            correlation_id: self.correlation_id,
+            version,
+            request: std::marker::PhantomData,
+        })
+    }
 
+    /// Waits for the response to `sent`, which must be the oldest request in flight.
+    pub async fn receive<R: Request>(&mut self, sent: Sent<R>) -> Result<R::Response, WireError>
+    where
+        R::Response: Send,
+    {
+        let api = api_key::<R>();
+        let version = sent.version;
         let len = self
             .reader
             .read_i32()
@@ -412,12 +446,12 @@ impl Connection {
         let mut body = body.freeze();
         let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
             .map_err(|e| self.codec_error(api, format!("bad response header: {e}")))?;
-        if header.correlation_id != self.correlation_id {
+        if header.correlation_id != sent.correlation_id {
             return Err(self.codec_error(
                 api,
                 format!(
                     "response to request {} arrived while waiting for {}",
-                    header.correlation_id, self.correlation_id
+                    header.correlation_id, sent.correlation_id
                 ),
             ));
         }

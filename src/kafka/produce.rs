@@ -10,11 +10,11 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest};
+use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, ProduceRequest, ProducerId};
 use kafka_protocol::ResponseError;
 
 use crate::kafka::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
-use crate::kafka::connection::{topic_name, WireError};
+use crate::kafka::connection::{topic_name, Sent, WireError};
 use crate::kafka::fetch::PartitionReader;
 use crate::kafka::records::{self, Codec, NewRecord, Producer};
 use crate::record::{source_headers, SourcePartition, SourceRecord};
@@ -39,6 +39,74 @@ pub enum Compression {
 const PRODUCE_VERSIONS: std::ops::RangeInclusive<i16> = 3..=12;
 /// `acks=all`: the answer comes once every in-sync replica has the batch.
 const ACKS_ALL: i16 = -1;
+/// InitProducerId versions: 0 is KIP-98's; 3 (KIP-360) adds an existing id and epoch to
+/// the request, which a new idempotent producer leaves at -1.
+const INIT_PRODUCER_ID_VERSIONS: std::ops::RangeInclusive<i16> = 0..=4;
+
+/// An idempotent producer's state for one partition (KIP-98): the id and epoch the
+/// broker gave, and the sequence number of the next record. The broker stores a batch
+/// only if its base sequence follows the last one it stored for this id and epoch, and
+/// answers a batch it already stored (one of the last five) with that batch's offset
+/// instead of storing it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSession {
+    /// Producer id.
+    pub id: i64,
+    /// Producer epoch.
+    pub epoch: i16,
+    next_sequence: i32,
+}
+
+impl ProducerSession {
+    /// A session from InitProducerId's answer: sequences start at 0.
+    pub fn new(id: i64, epoch: i16) -> Self {
+        Self {
+            id,
+            epoch,
+            next_sequence: 0,
+        }
+    }
+
+    /// The fields of the next batch of `records` records; the sequence moves past it.
+    pub fn next_batch(&mut self, records: usize) -> Producer {
+        let producer = Producer {
+            id: self.id,
+            epoch: self.epoch,
+            base_sequence: self.next_sequence,
+        };
+        self.next_sequence = increment_sequence(self.next_sequence, records);
+        producer
+    }
+
+    /// Sends the batch that started at `sequence` again as the next one (every batch
+    /// after it was refused too).
+    pub fn rewind_to(&mut self, sequence: i32) {
+        self.next_sequence = sequence;
+    }
+
+    /// The same id with the next epoch and sequences from 0, as Kafka's producer bumps
+    /// an idempotent producer's epoch itself (KIP-360) when the broker lost or refused
+    /// its sequence state: the broker takes a higher epoch at sequence 0, and refuses a
+    /// batch of a lower epoch once one of the higher is stored. `None` when the epoch
+    /// is exhausted (a new id is needed).
+    pub fn bumped(self) -> Option<Self> {
+        (self.epoch < i16::MAX).then(|| Self::new(self.id, self.epoch + 1))
+    }
+}
+
+/// Kafka's sequence arithmetic: numbers wrap from `i32::MAX` to 0.
+fn increment_sequence(sequence: i32, by: usize) -> i32 {
+    let by = (by % (i32::MAX as usize + 1)) as i64;
+    ((i64::from(sequence) + by) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// A produce request sent and not yet answered.
+#[derive(Debug)]
+#[must_use = "its answer must be received before the next one"]
+pub struct InFlight {
+    sent: Sent<ProduceRequest>,
+    records: usize,
+}
 
 /// A connection to the leader of one internal partition.
 #[derive(Debug)]
@@ -127,9 +195,47 @@ impl PartitionWriter {
         Ok(Vec::new())
     }
 
-    /// Produces `records` of `source` as one batch, each with the source headers added;
-    /// returns the offset the broker gave the first one. Bounded by the cluster's timeout;
-    /// on a timeout or a broken connection the outcome is unknown.
+    /// A new idempotent producer id and epoch (InitProducerId without a transactional
+    /// id); `None` when the broker does not offer InitProducerId.
+    pub async fn init_producer_id(
+        &mut self,
+        cluster: &Cluster,
+    ) -> Result<Option<ProducerSession>, ClusterError> {
+        let what = format!(
+            "getting a producer id for {}/{}",
+            self.topic, self.partition
+        );
+        let Ok(version) = self
+            .reader
+            .connection()
+            .version::<InitProducerIdRequest>(INIT_PRODUCER_ID_VERSIONS)
+        else {
+            return Ok(None);
+        };
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(i32::MAX)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let response = cluster
+            .bounded(
+                what.clone(),
+                self.reader.connection_mut().call(&request, version),
+            )
+            .await?;
+        if let Some(error) = ResponseError::try_from_code(response.error_code) {
+            return Err(cluster.error(what, WireFailure::Broker(error)));
+        }
+        Ok(Some(ProducerSession::new(
+            response.producer_id.0,
+            response.producer_epoch,
+        )))
+    }
+
+    /// Produces `records` of `source` as one batch without idempotence, each with the
+    /// source headers added; returns the offset the broker gave the first one. Bounded
+    /// by the cluster's timeout; on a timeout or a broken connection the outcome is
+    /// unknown.
     pub async fn produce(
         &mut self,
         cluster: &Cluster,
@@ -137,18 +243,33 @@ impl PartitionWriter {
         records: &[Outgoing<'_>],
         compression: Compression,
     ) -> Result<i64, ClusterError> {
-        let what = format!(
-            "producing {} records to {}/{}",
-            records.len(),
-            self.topic,
-            self.partition
-        );
-        let codec = |reason: String| {
+        let batch = encode_batch(source, records, compression, Producer::NONE).map_err(|e| {
             let conn = self.reader.connection();
-            cluster.error(what.clone(), conn.codec_error(ApiKey::Produce, reason))
-        };
-        let batch = encode_batch(source, records, compression, Producer::NONE)
-            .map_err(|e| codec(format!("encoding the record batch: {e}")))?;
+            cluster.error(
+                self.what(records.len()),
+                conn.codec_error(ApiKey::Produce, format!("encoding the record batch: {e}")),
+            )
+        })?;
+        let in_flight = self.send(cluster, batch, records.len()).await?;
+        self.receive(cluster, in_flight).await
+    }
+
+    fn what(&self, records: usize) -> String {
+        format!(
+            "producing {records} records to {}/{}",
+            self.topic, self.partition
+        )
+    }
+
+    /// Sends one encoded batch of `records` records (see [`encode_batch`]) without
+    /// waiting for the answer: up to five may be in flight on the connection, answered
+    /// in order by [`PartitionWriter::receive`]. Bounded by the cluster's timeout.
+    pub async fn send(
+        &mut self,
+        cluster: &Cluster,
+        batch: Bytes,
+        records: usize,
+    ) -> Result<InFlight, ClusterError> {
         let request = ProduceRequest::default()
             .with_acks(ACKS_ALL)
             .with_timeout_ms(cluster.timeout.as_millis().min(i32::MAX as u128) as i32)
@@ -158,10 +279,28 @@ impl PartitionWriter {
                     .with_index(self.partition)
                     .with_records(Some(batch))])]);
         let version = self.produce_version;
+        let sent = cluster
+            .bounded(
+                self.what(records),
+                self.reader.connection_mut().send(&request, version),
+            )
+            .await?;
+        Ok(InFlight { sent, records })
+    }
+
+    /// The answer to the oldest batch in flight: the offset the broker gave its first
+    /// record. Bounded by the cluster's timeout; on a timeout or a broken connection the
+    /// outcome is unknown (and the connection is not to be used again).
+    pub async fn receive(
+        &mut self,
+        cluster: &Cluster,
+        in_flight: InFlight,
+    ) -> Result<i64, ClusterError> {
+        let what = self.what(in_flight.records);
         let response = cluster
             .bounded(
                 what.clone(),
-                self.reader.connection_mut().call(&request, version),
+                self.reader.connection_mut().receive(in_flight.sent),
             )
             .await?;
         let answer = response
@@ -286,6 +425,25 @@ mod tests {
             value: Some(vec![b'v'; offset as usize]),
             headers,
         }
+    }
+
+    #[test]
+    fn sequences_follow_each_batch_and_wrap_past_i32_max() {
+        let mut session = ProducerSession::new(7, 2);
+        assert_eq!(session.next_batch(3).base_sequence, 0);
+        assert_eq!(session.next_batch(10).base_sequence, 3);
+        assert_eq!(session.next_batch(1).base_sequence, 13);
+        session.rewind_to(i32::MAX - 1);
+        assert_eq!(session.next_batch(3).base_sequence, i32::MAX - 1);
+        assert_eq!(
+            session.next_batch(1).base_sequence,
+            1,
+            "MAX-1, MAX, 0, then 1"
+        );
+        let bumped = session.bumped().unwrap();
+        assert_eq!((bumped.id, bumped.epoch), (7, 3));
+        assert_eq!(bumped.clone().next_batch(1).base_sequence, 0);
+        assert_eq!(ProducerSession::new(7, i16::MAX).bumped(), None);
     }
 
     #[test]

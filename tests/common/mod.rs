@@ -1116,6 +1116,14 @@ impl Service {
     }
 
     /// `http://host:port` of the API of the current run, from its "API listening" line.
+    /// The service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let api = kafka_direct::cli::client::ApiClient::new(&self.api().await, None);
+        tokio::task::spawn_blocking(move || api.call("GET", "/metrics").expect("the API answers").1)
+            .await
+            .unwrap()
+    }
+
     pub async fn api(&self) -> String {
         let marker = "API listening address=";
         let runs = self.runs;
@@ -1174,6 +1182,17 @@ pub fn progress_field(log: &str, name: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The sum of every series of counter `name` (without `kafka_direct_` and `_total`) in
+/// a `/metrics` text.
+pub fn counter_sum(metrics: &str, name: &str) -> u64 {
+    let series = format!("kafka_direct_{name}_total{{");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&series))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
 
 /// Produces `lines` (one record each) with kcat, adding `args` (codec, headers, key
