@@ -1,8 +1,11 @@
-//! Faults around the process: a damaged WAL, a full disk (docs/reliability.md).
+//! Faults around the process: a damaged WAL, a full disk, an internal broker that holds
+//! requests past every timeout (docs/reliability.md).
 
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -176,5 +179,44 @@ async fn a_full_disk_stops_the_service_clearly_and_a_restart_loses_nothing() {
     p.internal.resume();
     p.service.start();
     p.assert_replicated(0, WAIT).await;
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// The internal broker stops (SIGSTOP) with produce requests in flight and stays stopped
+/// for three times `request.timeout.ms`: kafka-direct gives up on the requests, connects
+/// again (the kernel accepts the connection, the broker answers nothing) and sends the
+/// same batches again, which wait too. When the broker resumes it reads both the old
+/// requests and the re-sent ones. The old tail-check design could not exclude storing
+/// such a held request twice (it waited 1.5 s for the tail to settle); the broker's
+/// deduplication of the idempotent producer's sequence numbers does: every record is
+/// stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_held_by_a_stopped_broker_past_the_timeout_are_stored_once() {
+    let mut p = Pipeline::isolated(
+        "held",
+        2,
+        &[
+            ("request.timeout.ms", "2000"),
+            ("forward.batch.max.records", "20"),
+        ],
+    )
+    .await;
+    p.service.start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = produce_in_background_until(&p, 40, test_records, Arc::clone(&stop));
+    wait_for_end(&p.internal.addr(), "int.held", 0, 300, WAIT).await;
+    p.internal.pause();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    p.internal.resume();
+    stop.store(true, Ordering::SeqCst);
+    producer.await.unwrap();
+    p.assert_replicated(0, WAIT).await;
+    let log = p.service.log_text();
+    let resent = counter_sum(&p.service.metrics().await, "produce_resent_batches");
+    assert!(
+        resent >= 1 && log.contains("send the batches in flight again"),
+        "the broker stopped with no batch in flight: the test did not test that; log:\n{log}"
+    );
+    eprintln!("{resent} batches sent again while the broker held the first ones");
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }

@@ -1,7 +1,10 @@
 //! Leader changes on Apache Kafka: a 3-broker source cluster and a 3-broker internal
 //! cluster (replication factor 3, min.insync.replicas 2, produce with acks=all). The
 //! leader of a partition is killed mid-stream on each side in turn; the copy goes on
-//! against the new leaders, and every record arrives exactly once.
+//! against the new leaders, and every record arrives exactly once. The internal leader
+//! dies with produce requests in flight (small batches, up to five in flight): they go
+//! again to the new leader with their sequence numbers, which the new leader holds from
+//! the replicated log, so what the old leader had stored is not stored twice.
 
 mod common;
 
@@ -110,6 +113,7 @@ async fn killing_the_leaders_on_either_side_loses_and_duplicates_nothing() {
             extra: &[
                 ("internal.replication.factor", "3"),
                 ("request.timeout.ms", "5000"),
+                ("forward.batch.max.records", "20"),
             ],
         },
     );
@@ -123,11 +127,18 @@ async fn killing_the_leaders_on_either_side_loses_and_duplicates_nothing() {
     produce_through(&source, 1000, 1000).await;
     wait_for_end(&target, &format!("int.{TOPIC}"), 0, 2000, WAIT).await;
 
-    // Then the internal leader of partition 0, while more records arrive.
+    // Then the internal leader of partition 0, while more records arrive and are
+    // forwarded.
     let internal_leader = leader_of(&target, &format!("int.{TOPIC}"), 0).await;
+    let producing = tokio::spawn({
+        let source = source.clone();
+        async move { produce_through(&source, 2000, 1000).await }
+    });
+    let int_topic = format!("int.{TOPIC}");
+    wait_for_end(&target, &int_topic, 0, 2100, WAIT).await;
     internal.node(internal_leader).kill9();
     let target = internal.bootstrap_without(internal_leader);
-    produce_through(&source, 2000, 1000).await;
+    producing.await.unwrap();
 
     for p in 0..PARTITIONS {
         if let Err(now) = reach_end(&target, &format!("int.{TOPIC}"), p, 3000, WAIT).await {
@@ -145,5 +156,11 @@ async fn killing_the_leaders_on_either_side_loses_and_duplicates_nothing() {
         );
         assert_exactly_once(&from_source, &copied, TOPIC, p);
     }
+    let resent = counter_sum(&service.metrics().await, "produce_resent_batches");
+    eprintln!("{resent} batches sent again after the internal leader died");
+    assert!(
+        resent >= 1,
+        "the internal leader died with no batch in flight: the test did not test that"
+    );
     assert!(service.terminate(Duration::from_secs(60)).success());
 }

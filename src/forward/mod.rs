@@ -6,9 +6,12 @@
 //! the fetcher.
 //!
 //! Guarantees:
-//! - each produce request is sent once (the client layer's connection has no retry of
-//!   its own); retries happen here, each one after a fresh tail check ([`tail`]).
-//! - `forwarded_next` advances only after the produce is acknowledged.
+//! - each produce request is sent once by the client layer (its connection has no retry
+//!   of its own); re-sends happen here: with an idempotent producer, the batches in
+//!   flight again as they are, same sequences ([`window`]), which the broker stores
+//!   once; without one, or once the broker lost the producer's state, after a settled
+//!   tail check ([`tail`]).
+//! - `forwarded_next` advances only over acknowledged batches, in order.
 //! - The offsets the broker assigns are compared with the partition end we expect (we are
 //!   the single writer); a mismatch is logged as an error and counted.
 

@@ -20,9 +20,11 @@
 //!   aborted transactions dropped; pure);
 //! - [`fetch`]: the connection to one partition's leader for reading (Fetch
 //!   read-committed, ListOffsets, the high watermark);
-//! - [`produce`]: the connection to one partition's leader for writing (Produce v3–12,
-//!   each request sent once, and the tail reads of the exactly-once check);
-//! - [`settle`]: the wait of that check: read an end until two reads 1.5 s apart agree.
+//! - [`produce`]: the connection to one partition's leader for writing (InitProducerId,
+//!   the idempotent producer's sequences, Produce v3–12 with up to five requests in
+//!   flight, each sent once, and the tail reads of the exactly-once check);
+//! - [`settle`]: the wait of that check where the broker cannot deduplicate: read an end
+//!   until two reads 1.5 s apart agree.
 
 pub mod access;
 pub mod batches;
