@@ -28,7 +28,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use common::{create_topic, end_offset, kcat, progress_field, Broker};
+use common::{create_topic, end_offset, kcat, progress_field, Broker, DelayProxy};
 
 #[derive(Parser, Debug, Serialize, Clone)]
 #[command(about = "kafka-direct end-to-end benchmark (docs/benchmarks.md)")]
@@ -61,6 +61,16 @@ struct Args {
     /// Keeps the work directory (service configs and logs) and prints where it is.
     #[arg(long)]
     keep: bool,
+    /// One more kafka-direct run (wal.sync=fsync) with this setting too, `key=value`
+    /// (repeatable, all in that one run), e.g. `--compare internal.enable.idempotence=false`
+    /// to measure the produce path without the idempotent producer's pipelining.
+    #[arg(long = "compare", value_name = "KEY=VALUE")]
+    compare: Vec<String>,
+    /// Puts the internal broker behind a proxy that delays each direction by this many
+    /// milliseconds (a remote internal cluster: the round trip is twice it). Every
+    /// replicator's produce traffic goes through it.
+    #[arg(long, default_value_t = 0)]
+    internal_delay_ms: u64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -243,6 +253,8 @@ struct Bench {
     args: Args,
     external: Broker,
     internal: Broker,
+    /// The internal broker's delaying proxy (`--internal-delay-ms`).
+    _delay: Option<DelayProxy>,
     work: tempfile::TempDir,
     records_file: PathBuf,
     payload_bytes: u64,
@@ -252,7 +264,15 @@ impl Bench {
     /// Two brokers, the source topic, and the file of `args.records` records to preload.
     async fn prepare(args: Args) -> Result<Self> {
         let external = Broker::start();
-        let internal = Broker::start();
+        let (internal, delay) = if args.internal_delay_ms > 0 {
+            let (port, listener) = DelayProxy::bind().await;
+            let internal = Broker::start_advertising(Some(port));
+            let one_way = Duration::from_millis(args.internal_delay_ms);
+            let proxy = DelayProxy::start(listener, internal.port, one_way);
+            (internal, Some(proxy))
+        } else {
+            (Broker::start(), None)
+        };
         create_topic(&external.addr(), "bench", args.partitions).await;
         let work = work_dir(&args)?;
         let records_file = work.path().join("records.txt");
@@ -261,6 +281,7 @@ impl Bench {
             args,
             external,
             internal,
+            _delay: delay,
             work,
             records_file,
             payload_bytes,
@@ -477,12 +498,21 @@ impl Bench {
     async fn kafka_direct(&self, prefix: &str, sync: &str) -> Result<Row> {
         let dir = self.work.path().join(prefix);
         std::fs::create_dir_all(&dir)?;
-        let config = self.service_config(&dir, prefix, "bench", &format!("wal.sync = \"{sync}\""));
+        let mut extra = format!("wal.sync = \"{sync}\"\n");
+        let mut note = self.settings_note();
+        if prefix == "compare" {
+            for setting in &self.args.compare {
+                let (key, value) = setting.split_once('=').expect("--compare takes key=value");
+                extra.push_str(&format!("{key} = \"{value}\"\n"));
+                note.push_str(&format!(", {key}={value}"));
+            }
+        }
+        let config = self.service_config(&dir, prefix, "bench", &extra);
         let log = dir.join("service.log");
         let started = Instant::now();
         let child = self.spawn_service(&config, &log)?;
         let pid = child.id();
-        let name = format!("kafka-direct, wal.sync={sync}{}", self.settings_note());
+        let name = format!("kafka-direct, wal.sync={sync}{note}");
         let progress = bar(self.args.records, &name);
         let dest = format!("{prefix}.bench");
         // Polling before the service created the topic would let the broker auto-create it.
@@ -771,6 +801,12 @@ async fn throughput(args: Args) -> Result<serde_json::Value> {
         bench.external.addr(),
         bench.internal.addr()
     );
+    if args.internal_delay_ms > 0 {
+        println!(
+            "the internal broker is behind a proxy adding {} ms to each round trip",
+            2 * args.internal_delay_ms
+        );
+    }
     let mut rows = vec![bench.kcat_produce()?];
     let stored = total_end(&bench.external.addr(), "bench", args.partitions).await;
     ensure!(
@@ -782,6 +818,9 @@ async fn throughput(args: Args) -> Result<serde_json::Value> {
     rows.push(bench.kcat_pipe("pipes.bench", true).await?);
     rows.push(bench.kafka_direct("fsync", "fsync").await?);
     rows.push(bench.kafka_direct("flush", "flush").await?);
+    if !args.compare.is_empty() {
+        rows.push(bench.kafka_direct("compare", "fsync").await?);
+    }
     let pipe = rows[2].records_per_sec;
     for row in &mut rows[2..] {
         row.ratio_to_kcat_pipe = Some(row.records_per_sec / pipe);

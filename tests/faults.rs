@@ -203,7 +203,7 @@ async fn requests_held_by_a_stopped_broker_past_the_timeout_are_stored_once() {
     .await;
     p.service.start();
     let stop = Arc::new(AtomicBool::new(false));
-    let producer = produce_in_background_until(&p, 40, test_records, Arc::clone(&stop));
+    let producer = produce_in_background_until(&p, 40, recent_records, Arc::clone(&stop));
     wait_for_end(&p.internal.addr(), "int.held", 0, 300, WAIT).await;
     p.internal.pause();
     tokio::time::sleep(Duration::from_secs(6)).await;

@@ -59,7 +59,7 @@ async fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
 async fn produce_through(bootstrap: &str, start: usize, n: usize) {
     for p in 0..PARTITIONS {
         for chunk_start in (start..start + n).step_by(100) {
-            let records = test_records(p, chunk_start, 100.min(start + n - chunk_start));
+            let records = recent_records(p, chunk_start, 100.min(start + n - chunk_start));
             let deadline = Instant::now() + WAIT;
             loop {
                 let pc = partition_client(bootstrap, TOPIC, p).await;

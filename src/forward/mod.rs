@@ -33,7 +33,9 @@ use crate::format::{Formatter, Verdict};
 use kafka_protocol::ResponseError;
 
 use crate::kafka::cluster::{Cluster, ClusterError, Retry};
-use crate::kafka::produce::{encode_batch, Outgoing, PartitionWriter};
+use crate::kafka::produce::{
+    encode_batch, Outgoing, PartitionWriter, DEFAULT_PRODUCER_ID_EXPIRATION,
+};
 use crate::kafka::settle::Settling;
 use crate::metrics::{Latencies, PartitionMetrics};
 use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
@@ -71,6 +73,18 @@ pub enum SinkError {
         partition: SourcePartition,
         /// Why.
         reason: String,
+    },
+    /// The internal broker refused a batch and stored a later one.
+    #[error("forwarding {partition} stopped: {internal} lacks source offsets {first}..={last}: the broker refused them and stored later records, so they cannot be copied in order any more (they are still in the source)")]
+    Gap {
+        /// The source partition.
+        partition: SourcePartition,
+        /// The internal topic/partition.
+        internal: String,
+        /// First source offset of the refused batch.
+        first: i64,
+        /// Last source offset of the refused batch.
+        last: i64,
     },
     /// The internal partition holds records of another writer.
     #[error("forwarding {partition} stopped: {source}")]
@@ -158,6 +172,31 @@ struct Sending {
     read_after: Option<i64>,
     /// The batches in flight.
     window: Window,
+    /// Whether the broker holds this producer session's state for the partition (a
+    /// batch of the session was stored): before that, it takes any sequence number, so
+    /// a batch refused while a later one is stored would leave a gap.
+    state_known: bool,
+    /// The partition leader's `producer.id.expiration.ms`: the broker forgets a
+    /// producer this long after the timestamp of the last batch it stored, wherever
+    /// that timestamp lies (a source record's create time).
+    expiration: Duration,
+}
+
+/// Whether a batch whose newest record has `max_timestamp` leaves the broker's state of
+/// its producer in place long enough (`expiration`, the broker's): younger than half of it.
+fn young(expiration: Duration, max_timestamp: i64) -> bool {
+    crate::record::age_ms(max_timestamp) < (expiration.as_millis() / 2) as i64
+}
+
+impl Sending {
+    /// Whether the broker can tell a re-sent batch of the window from a new one: it holds
+    /// the session's state, and will hold it while these batches are in flight (a batch
+    /// whose records are older than the broker's expiration makes the state expire at its
+    /// next check, every 10 minutes by default, which could fall between a batch and its
+    /// re-sent copy).
+    fn deduplication_trusted(&self) -> bool {
+        self.state_known && self.window.all(|b| young(self.expiration, b.max_timestamp))
+    }
 }
 
 /// What filling the window ended with.
@@ -517,7 +556,33 @@ impl Forwarder {
     pub async fn run(
         mut self,
         initial: Tail,
+        leader: Option<PartitionWriter>,
+    ) -> Result<(), SinkError> {
+        let mut s = Sending {
+            // Bytes per produce request: forward.batch.max.bytes, halved each time the
+            // broker refuses a batch as larger than the topic's max.message.bytes (the byte
+            // count here is an estimate of the encoded batch).
+            produce_max_bytes: self.max_bytes,
+            pending: VecDeque::new(),
+            read_after: None,
+            window: Window::default(),
+            state_known: false,
+            expiration: DEFAULT_PRODUCER_ID_EXPIRATION,
+        };
+        let ended = self.forward(initial, leader, &mut s).await;
+        if !s.window.is_empty() {
+            // Whatever ended the loop, batches sent and not answered may still be
+            // stored: the next start owes them a settled tail check.
+            self.set_in_doubt(true);
+        }
+        ended
+    }
+
+    async fn forward(
+        &mut self,
+        initial: Tail,
         mut leader: Option<PartitionWriter>,
+        s: &mut Sending,
     ) -> Result<(), SinkError> {
         let partition = self.partition().clone();
         let wal_err = |source| SinkError::Wal {
@@ -530,15 +595,6 @@ impl Forwarder {
             Producing::Asking
         } else {
             Producing::Plain
-        };
-        let mut s = Sending {
-            // Bytes per produce request: forward.batch.max.bytes, halved each time the
-            // broker refuses a batch as larger than the topic's max.message.bytes (the byte
-            // count here is an estimate of the encoded batch).
-            produce_max_bytes: self.max_bytes,
-            pending: VecDeque::new(),
-            read_after: None,
-            window: Window::default(),
         };
 
         loop {
@@ -569,8 +625,11 @@ impl Forwarder {
             }
             let pc = leader.as_mut().expect("connected above");
             if producing == Producing::Asking {
-                match self.ask_producer_id(pc).await {
-                    Ok(p) => producing = p,
+                match self.ask_producer_id(pc, s).await {
+                    Ok(p) => {
+                        producing = p;
+                        s.state_known = false;
+                    }
                     Err(e) => {
                         leader = None;
                         let delay = retry.delay();
@@ -588,10 +647,7 @@ impl Forwarder {
             // the same producer id, epoch and sequences, so the broker stores each once.
             let mut failure = self.resend(pc, &mut s.window).await.err();
             if failure.is_none() && !stopping {
-                match self
-                    .fill(pc, &mut s, &tail, &mut producing, &mut retry)
-                    .await?
-                {
+                match self.fill(pc, s, &tail, &mut producing, &mut retry).await? {
                     Fill::Ready => {}
                     Fill::Stop if s.window.is_empty() => break,
                     Fill::Stop => {}
@@ -627,16 +683,26 @@ impl Forwarder {
                     retry.reset();
                     let batch = s.window.pop_front().expect("answered");
                     if self.acknowledged(&batch, Some(base_offset)) {
+                        s.state_known = true;
                         tail = Tail {
                             end: batch.expected_base + batch.records as i64,
                             stored_next: Some(batch.last_source_offset + 1),
                         };
                     } else {
-                        // Re-read the truth before going on; a new epoch refuses
-                        // whatever of ours is still on its way.
+                        // Re-read the truth before going on, once the batches still in
+                        // flight are answered (stored or refused, they are then in the
+                        // tail); a new epoch refuses whatever of ours is still on its way.
+                        for b in s.window.unsent_or_in_flight() {
+                            if let Some(in_flight) = b.in_flight.take() {
+                                if pc.receive(&self.cluster, in_flight).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
                         s.window.clear();
                         leader = None;
                         producing = producing.renewed(false);
+                        s.state_known = false;
                         self.set_in_doubt(true);
                         let Some(t) = self.read_settled_tail(&mut leader).await? else {
                             break;
@@ -656,6 +722,7 @@ impl Forwarder {
                     retry.reset();
                     let batch = s.window.pop_front().expect("answered");
                     self.acknowledged(&batch, None);
+                    s.state_known = true;
                     self.metrics
                         .deduplicated_batches
                         .fetch_add(1, Ordering::Relaxed);
@@ -663,13 +730,17 @@ impl Forwarder {
                         end: batch.expected_base + batch.records as i64,
                         stored_next: Some(batch.last_source_offset + 1),
                     };
+                    if s.window.is_empty() {
+                        self.set_in_doubt(false);
+                    }
                     let stored_next = self.frontier(&tail);
                     self.release_stored(&mut s.pending, stored_next)
                         .map_err(wal_err)?;
                 }
                 Err(e) if e.is_transient() => {
                     leader = None;
-                    if let Producing::Idempotent(session) = producing {
+                    let trusted = s.deduplication_trusted();
+                    if let (Producing::Idempotent(session), true) = (producing, trusted) {
                         // The outcome is unknown; the broker knows it.
                         self.set_in_doubt(true);
                         self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
@@ -685,8 +756,13 @@ impl Forwarder {
                             _ = tokio::time::sleep(delay) => {}
                         }
                     } else {
-                        // The batch may or may not be stored: the tail says.
+                        // The batch may or may not be stored, and the broker may hold
+                        // no state to tell a re-sent copy by (the session's first batch,
+                        // or records old enough for it to expire): the tail says. A new
+                        // epoch refuses whatever of ours is still on its way.
                         s.window.clear();
+                        producing = producing.renewed(false);
+                        s.state_known = false;
                         let Some(t) = self
                             .after_unknown_outcome(e, &mut retry, &mut leader)
                             .await?
@@ -709,6 +785,7 @@ impl Forwarder {
                         error!(%partition, internal = %self.internal_name(), source_offset = batch.last_source_offset,
                             approximate_bytes = bytes + self.header_overhead(),
                             "this record alone is larger than the internal topic's max.message.bytes: raise it on the internal topic (kafka-configs --alter --entity-type topics --add-config max.message.bytes=...) and restart the connector");
+                        self.after_refusal(pc, &mut s.window).await?;
                         return Err(self.cluster_failure(e));
                     }
                     let bytes = bytes + count * self.header_overhead();
@@ -717,13 +794,12 @@ impl Forwarder {
                         "the internal broker refused a produce as larger than the topic's max.message.bytes; sending smaller requests (lower forward.batch.max.bytes to avoid this)");
                     // The batches after it were refused too (their sequences do not
                     // follow a stored batch): they go again, smaller, from its sequence.
+                    let sequence = batch.producer.base_sequence;
+                    self.after_refusal(pc, &mut s.window).await?;
                     if let Producing::Idempotent(session) = &mut producing {
-                        session.rewind_to(batch.producer.base_sequence);
+                        session.rewind_to(sequence);
                     }
-                    if s.window.len() > 1 {
-                        leader = None;
-                    }
-                    s.window.clear();
+                    leader = None;
                 }
                 Err(e) if refusal.is_some_and(lost_sequence_state) => {
                     let fenced = matches!(
@@ -736,6 +812,7 @@ impl Forwarder {
                     s.window.clear();
                     leader = None;
                     producing = producing.renewed(fenced);
+                    s.state_known = false;
                     self.set_in_doubt(true);
                     let Some(t) = self.read_settled_tail(&mut leader).await? else {
                         break;
@@ -746,7 +823,10 @@ impl Forwarder {
                         .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
                     tail = t;
                 }
-                Err(e) => return Err(self.cluster_failure(e)),
+                Err(e) => {
+                    self.after_refusal(pc, &mut s.window).await?;
+                    return Err(self.cluster_failure(e));
+                }
             }
         }
         debug!(%partition, "forwarder stopped");
@@ -756,11 +836,21 @@ impl Forwarder {
     /// A producer id for this partition's session, or [`Producing::Plain`] when the
     /// broker offers none (or refuses one: a principal without the right to write
     /// idempotently on an old broker).
-    async fn ask_producer_id(&self, pc: &mut PartitionWriter) -> Result<Producing, ClusterError> {
+    async fn ask_producer_id(
+        &self,
+        pc: &mut PartitionWriter,
+        s: &mut Sending,
+    ) -> Result<Producing, ClusterError> {
         let partition = self.partition();
         match pc.init_producer_id(&self.cluster).await {
             Ok(Some(session)) => {
-                debug!(%partition, producer_id = session.id, epoch = session.epoch, "idempotent producer");
+                s.expiration = match pc.producer_id_expiration(&self.cluster).await {
+                    Ok(Some(expiration)) => expiration,
+                    Ok(None) => DEFAULT_PRODUCER_ID_EXPIRATION,
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(_) => DEFAULT_PRODUCER_ID_EXPIRATION,
+                };
+                debug!(%partition, producer_id = session.id, epoch = session.epoch, expiration_ms = s.expiration.as_millis() as u64, "idempotent producer");
                 Ok(Producing::Idempotent(session))
             }
             Ok(None) => {
@@ -774,6 +864,47 @@ impl Forwarder {
                     "the internal cluster refused a producer id: producing without idempotence (one request in flight, the tail read again and settled after an unknown outcome)");
                 Ok(Producing::Plain)
             }
+        }
+    }
+
+    /// After the broker refused the window's oldest batch for good: reads the answers to
+    /// the batches after it, which the broker refuses as out of sequence, and empties the
+    /// window. One of them stored would leave the refused batch's records missing below
+    /// it (possible only if the broker dropped the producer's state in between): that
+    /// stops the partition, naming the records, instead of going on past them.
+    async fn after_refusal(
+        &self,
+        pc: &mut PartitionWriter,
+        window: &mut Window,
+    ) -> Result<(), SinkError> {
+        let refused = window.pop_front();
+        let mut stored_after = None;
+        for b in window.unsent_or_in_flight() {
+            let Some(in_flight) = b.in_flight.take() else {
+                break;
+            };
+            match pc.receive(&self.cluster, in_flight).await {
+                Ok(_) => stored_after = Some(b.last_source_offset),
+                Err(e) if e.broker_error().is_some() => {}
+                // The connection is gone: what it carried is found by the next start's
+                // settled tail check (the window is in doubt until then).
+                Err(_) => break,
+            }
+        }
+        window.clear();
+        match (refused, stored_after) {
+            (Some(refused), Some(last)) => {
+                let first = refused.first_source_offset;
+                error!(partition = %self.partition(), internal = %self.internal_name(), refused_up_to = refused.last_source_offset, stored_up_to = last,
+                    "the internal broker refused a batch and stored a later one (it had dropped this producer's state): the refused records are missing from the internal partition; forwarding stops for this partition");
+                Err(SinkError::Gap {
+                    partition: self.partition().clone(),
+                    internal: self.internal_name(),
+                    first,
+                    last: refused.last_source_offset,
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -809,7 +940,15 @@ impl Forwarder {
             source,
         };
         loop {
-            if s.window.len() >= producing.window(self.max_in_flight) || !self.gate.is_open() {
+            // More than one in flight only once the broker holds the session's state:
+            // before, it takes any sequence number, so a batch refused while a later one
+            // is stored would leave a gap.
+            let limit = if s.state_known {
+                producing.window(self.max_in_flight)
+            } else {
+                1
+            };
+            if s.window.len() >= limit || !self.gate.is_open() {
                 return Ok(Fill::Ready);
             }
             // Needed here too, not only after an answer: an entry whose records are all
@@ -872,6 +1011,12 @@ impl Forwarder {
                 durable.map_err(wal_err)?;
             }
             let count = run.records.len();
+            let max_timestamp = run
+                .records
+                .iter()
+                .map(|r| r.record.timestamp_ms)
+                .max()
+                .expect("a run is never empty");
             let producer = producing.next_batch(count);
             let bytes = encode_batch(self.partition(), &run.records, self.compression, producer)
                 .map_err(|reason| SinkError::Encode {
@@ -882,7 +1027,9 @@ impl Forwarder {
                 bytes,
                 producer,
                 records: count,
+                first_source_offset: run.records[0].record.offset,
                 last_source_offset: run.records[count - 1].record.offset,
+                max_timestamp,
                 expected_base: s.window.end(tail.end),
                 timestamps: run.records.iter().map(|r| r.record.timestamp_ms).collect(),
                 source_bytes: run

@@ -23,8 +23,12 @@ pub struct Batch {
     pub producer: Producer,
     /// Records in it.
     pub records: usize,
+    /// Source offset of its first record.
+    pub first_source_offset: i64,
     /// Source offset of its last record.
     pub last_source_offset: i64,
+    /// Its newest record's timestamp.
+    pub max_timestamp: i64,
     /// The internal offset its first record gets if the broker stores it where the single
     /// writer expects.
     pub expected_base: i64,
@@ -82,6 +86,16 @@ impl Window {
     /// Removes the oldest batch (answered).
     pub fn pop_front(&mut self) -> Option<Batch> {
         self.batches.pop_front()
+    }
+
+    /// Whether every batch in flight satisfies `f`.
+    pub fn all(&self, f: impl Fn(&Batch) -> bool) -> bool {
+        self.batches.iter().all(f)
+    }
+
+    /// Every batch, oldest first.
+    pub fn unsent_or_in_flight(&mut self) -> impl Iterator<Item = &mut Batch> {
+        self.batches.iter_mut()
     }
 
     /// The batches to send on the current connection, oldest first.

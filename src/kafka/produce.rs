@@ -9,8 +9,12 @@
 //! encoded once, straight from the WAL's records, with no retry inside a call.
 
 use bytes::Bytes;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, ProduceRequest, ProducerId};
+use kafka_protocol::messages::{
+    ApiKey, DescribeConfigsRequest, InitProducerIdRequest, ProduceRequest, ProducerId,
+};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::kafka::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
@@ -42,6 +46,10 @@ const ACKS_ALL: i16 = -1;
 /// InitProducerId versions: 0 is KIP-98's; 3 (KIP-360) adds an existing id and epoch to
 /// the request, which a new idempotent producer leaves at -1.
 const INIT_PRODUCER_ID_VERSIONS: std::ops::RangeInclusive<i16> = 0..=4;
+
+/// Kafka's default `producer.id.expiration.ms` (one day).
+pub const DEFAULT_PRODUCER_ID_EXPIRATION: std::time::Duration =
+    std::time::Duration::from_secs(86_400);
 
 /// An idempotent producer's state for one partition (KIP-98): the id and epoch the
 /// broker gave, and the sequence number of the next record. The broker stores a batch
@@ -230,6 +238,54 @@ impl PartitionWriter {
             response.producer_id.0,
             response.producer_epoch,
         )))
+    }
+
+    /// The partition leader's `producer.id.expiration.ms` (DescribeConfigs of the
+    /// broker): how long it keeps a producer's state after the timestamp of the last
+    /// batch it stored. `None` when the broker does not say (no DescribeConfigs, no such
+    /// key, or refused).
+    pub async fn producer_id_expiration(
+        &mut self,
+        cluster: &Cluster,
+    ) -> Result<Option<std::time::Duration>, ClusterError> {
+        const KEY: &str = "producer.id.expiration.ms";
+        const BROKER: i8 = 4;
+        let what = format!(
+            "reading the {KEY} of the leader of {}/{}",
+            self.topic, self.partition
+        );
+        let conn = self.reader.connection_mut();
+        let Ok(version) = conn.version::<DescribeConfigsRequest>(1..=4) else {
+            return Ok(None);
+        };
+        let metadata = cluster
+            .bounded(what.clone(), conn.metadata(&self.topic))
+            .await?;
+        let leader = metadata
+            .topics
+            .iter()
+            .filter(|t| t.name.as_ref().is_some_and(|n| *n.0 == self.topic))
+            .flat_map(|t| &t.partitions)
+            .find(|p| p.partition_index == self.partition)
+            .map(|p| p.leader_id.0);
+        let Some(leader) = leader.filter(|id| *id >= 0) else {
+            return Ok(None);
+        };
+        let request = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(BROKER)
+                .with_resource_name(StrBytes::from_string(leader.to_string()))
+                .with_configuration_keys(Some(vec![StrBytes::from_static_str(KEY)])),
+        ]);
+        let response = cluster.bounded(what, conn.call(&request, version)).await?;
+        Ok(response
+            .results
+            .iter()
+            .filter(|r| r.error_code == 0)
+            .flat_map(|r| &r.configs)
+            .find(|c| &*c.name == KEY)
+            .and_then(|c| c.value.as_ref()?.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis))
     }
 
     /// Produces `records` of `source` as one batch without idempotence, each with the

@@ -667,6 +667,86 @@ impl Drop for CuttingProxy {
     }
 }
 
+/// A TCP proxy in front of a broker that delays every byte by the same time in each
+/// direction, without limiting throughput: a remote cluster's round trip (twice the
+/// delay) on loopback, where the kernel here has no netem.
+pub struct DelayProxy {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DelayProxy {
+    /// Listens on a free port; the broker behind it must advertise that port
+    /// ([`Broker::start_advertising`]).
+    pub async fn bind() -> (u16, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (listener.local_addr().unwrap().port(), listener)
+    }
+
+    /// Relays connections from `listener` to the broker on `broker_port`, each byte
+    /// `one_way` later than it arrived.
+    pub fn start(listener: tokio::net::TcpListener, broker_port: u16, one_way: Duration) -> Self {
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
+                else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = broker.set_nodelay(true);
+                let (client_rx, client_tx) = client.into_split();
+                let (broker_rx, broker_tx) = broker.into_split();
+                tokio::spawn(Self::delay_line(client_rx, broker_tx, one_way));
+                tokio::spawn(Self::delay_line(broker_rx, client_tx, one_way));
+            }
+        });
+        Self { port, task }
+    }
+
+    async fn delay_line(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        let writer = tokio::spawn(async move {
+            while let Some((due, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                if to.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            let _ = to.shutdown().await;
+        });
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let due = tokio::time::Instant::now() + delay;
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub async fn client(addr: &str) -> Client {
     tokio::time::timeout(
         Duration::from_secs(20),
@@ -723,6 +803,24 @@ pub fn test_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
                     .timestamp_millis_opt(1_700_000_000_000 + i as i64)
                     .unwrap(),
             }
+        })
+        .collect()
+}
+
+/// [`test_records`] stamped with the current time: records a broker keeps its
+/// producer state for (Kafka forgets an idempotent producer `producer.id.expiration.ms`
+/// after the timestamp of its last batch, a day by default; `test_records` are from 2023).
+pub fn recent_records(partition: i32, start: usize, n: usize) -> Vec<Record> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let now = Utc.timestamp_millis_opt(now_ms).unwrap();
+    test_records(partition, start, n)
+        .into_iter()
+        .map(|r| Record {
+            timestamp: now,
+            ..r
         })
         .collect()
 }
