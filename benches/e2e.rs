@@ -51,6 +51,11 @@ struct Args {
     /// Runs the spool test with this many records instead of the throughput comparison.
     #[arg(long)]
     spool: Option<u64>,
+    /// Runs the restart test instead of the throughput comparison: the preloaded topic
+    /// copied, then the service stopped (SIGTERM, then kill -9) and started again, timed
+    /// until every partition's start-up tail check is done.
+    #[arg(long)]
+    restart: bool,
     /// Where the results go as JSON (default: target/bench/e2e-<mode>.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -847,6 +852,65 @@ async fn throughput(args: Args) -> Result<serde_json::Value> {
     Ok(serde_json::json!({ "throughput": rows, "latency": latencies }))
 }
 
+/// The restart test: kafka-direct copies the preloaded topic, is stopped with SIGTERM
+/// and started again, then killed with SIGKILL and started again; each start is timed
+/// until every partition's start-up tail check is done (its "already stores" line). After
+/// a kill the internal partitions are read until two reads 1.5 s apart agree (the
+/// previous process may have left requests in flight); after a clean stop they are not.
+async fn restart(args: Args) -> Result<serde_json::Value> {
+    let bench = Bench::prepare(args.clone()).await?;
+    println!(
+        "kafka-direct restart test: {} records of {} B values, {} partitions",
+        args.records, args.size, args.partitions
+    );
+    bench.kcat_produce()?;
+    let dir = bench.work.path().join("restart");
+    std::fs::create_dir_all(&dir)?;
+    let config = bench.service_config(&dir, "restart", "bench", "");
+    let log = dir.join("service.log");
+    let mut child = bench.spawn_service(&config, &log)?;
+    started_up(&log).await?;
+    let progress = bar(args.records, "first copy");
+    bench
+        .watch_destination("restart.bench", &progress, Instant::now())
+        .await
+        .with_context(|| log_tail(&log))?;
+    progress.finish_and_clear();
+    let marker = "internal partition already stores everything below";
+    let mut starts = Vec::new();
+    for (after, signal) in [("SIGTERM", "TERM"), ("kill -9", "KILL")] {
+        common::signal(child.id(), signal);
+        tokio::task::spawn_blocking(move || reap(child, "kafka-direct")).await??;
+        let started = Instant::now();
+        child = bench.spawn_service(&config, &log)?;
+        loop {
+            let text = std::fs::read_to_string(&log)?;
+            if text.matches(marker).count() >= args.partitions as usize {
+                let seconds = started.elapsed().as_secs_f64();
+                let settled = text.contains("the previous run did not stop cleanly");
+                println!(
+                    "  start after {after:<8} {seconds:>6.2} s until the {} partitions' tail checks are done{}",
+                    args.partitions,
+                    if settled { " (settled: two reads 1.5 s apart)" } else { "" }
+                );
+                starts.push(
+                    serde_json::json!({ "after": after, "seconds": seconds, "settled": settled }),
+                );
+                break;
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(300),
+                "the tail checks did not finish: {}",
+                log_tail(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    common::signal(child.id(), "TERM");
+    tokio::task::spawn_blocking(move || reap(child, "kafka-direct")).await??;
+    Ok(serde_json::json!({ "starts": starts }))
+}
+
 /// The spool test: the internal broker stopped (SIGSTOP) while `n` records are fetched
 /// into the WAL; RSS sampled all along; then the drain rate once the broker answers again.
 async fn spool(args: Args, n: u64) -> Result<serde_json::Value> {
@@ -1006,6 +1070,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let (mode, results) = match args.spool {
         Some(n) => ("spool", spool(args.clone(), n).await?),
+        None if args.restart => ("restart", restart(args.clone()).await?),
         None => ("throughput", throughput(args.clone()).await?),
     };
     let json = args

@@ -180,6 +180,8 @@ struct Sending {
     /// producer this long after the timestamp of the last batch it stored, wherever
     /// that timestamp lies (a source record's create time).
     expiration: Duration,
+    /// Whether `expiration` is still to be asked of the leader.
+    expiration_unread: bool,
 }
 
 /// Whether a batch whose newest record has `max_timestamp` leaves the broker's state of
@@ -568,6 +570,7 @@ impl Forwarder {
             window: Window::default(),
             state_known: false,
             expiration: DEFAULT_PRODUCER_ID_EXPIRATION,
+            expiration_unread: true,
         };
         let ended = self.forward(initial, leader, &mut s).await;
         if !s.window.is_empty() {
@@ -624,8 +627,23 @@ impl Forwarder {
                 }
             }
             let pc = leader.as_mut().expect("connected above");
+            if s.expiration_unread {
+                // Once per forwarder, before its first producer id. A broker that lists
+                // DescribeConfigs but hangs up on a broker resource (tansu) leaves Kafka's
+                // default, and the connection is made again.
+                s.expiration_unread = false;
+                match pc.producer_id_expiration(&self.cluster).await {
+                    Ok(Some(expiration)) => s.expiration = expiration,
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(%partition, error = %e, "the internal partition's leader did not say its producer.id.expiration.ms; assuming Kafka's default (a day)");
+                        leader = None;
+                        continue;
+                    }
+                }
+            }
             if producing == Producing::Asking {
-                match self.ask_producer_id(pc, s).await {
+                match self.ask_producer_id(pc).await {
                     Ok(p) => {
                         producing = p;
                         s.state_known = false;
@@ -836,21 +854,11 @@ impl Forwarder {
     /// A producer id for this partition's session, or [`Producing::Plain`] when the
     /// broker offers none (or refuses one: a principal without the right to write
     /// idempotently on an old broker).
-    async fn ask_producer_id(
-        &self,
-        pc: &mut PartitionWriter,
-        s: &mut Sending,
-    ) -> Result<Producing, ClusterError> {
+    async fn ask_producer_id(&self, pc: &mut PartitionWriter) -> Result<Producing, ClusterError> {
         let partition = self.partition();
         match pc.init_producer_id(&self.cluster).await {
             Ok(Some(session)) => {
-                s.expiration = match pc.producer_id_expiration(&self.cluster).await {
-                    Ok(Some(expiration)) => expiration,
-                    Ok(None) => DEFAULT_PRODUCER_ID_EXPIRATION,
-                    Err(e) if e.is_transient() => return Err(e),
-                    Err(_) => DEFAULT_PRODUCER_ID_EXPIRATION,
-                };
-                debug!(%partition, producer_id = session.id, epoch = session.epoch, expiration_ms = s.expiration.as_millis() as u64, "idempotent producer");
+                debug!(%partition, producer_id = session.id, epoch = session.epoch, "idempotent producer");
                 Ok(Producing::Idempotent(session))
             }
             Ok(None) => {
