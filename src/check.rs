@@ -10,7 +10,8 @@
 //! 4. the configured topics: existence (else the closest names), partitions, leaders,
 //!    offsets, what `auto.offset.reset` means for them;
 //! 5. a sample of each topic's values against the configured format;
-//! 6. the internal cluster: internal topics and the dead-letter topic present or creatable.
+//! 6. the internal cluster: idempotent produce offered or not, internal topics and the
+//!    dead-letter topic present or creatable.
 //!
 //! Only a finding that stops the service from running is a failure; a finding that
 //! makes it copy less than expected is a warning.
@@ -244,9 +245,12 @@ pub async fn run(config: &ServiceConfig) -> Report {
         format(&mut report, config, &cluster, topic, *count).await;
     }
     if let Some(Answer {
-        metadata: internal, ..
+        metadata: internal,
+        idempotence,
+        ..
     }) = internal
     {
+        produce_path(&mut report, config, idempotence);
         internal_topics(&mut report, config, &internal, &partitions);
     }
     report
@@ -290,6 +294,8 @@ struct Answer {
     metadata: MetadataResponse,
     chain: Vec<CertificateSummary>,
     sasl_offered: Vec<String>,
+    /// Whether the broker offers InitProducerId (an idempotent producer).
+    idempotence: bool,
 }
 
 /// Step 2 for one cluster: the metadata of the first server that answers.
@@ -321,14 +327,18 @@ async fn connect(
         let conn = tokio::time::timeout(STEP_TIMEOUT, async {
             let mut conn = Connection::open(server, "kafka-direct-check", transport).await?;
             let metadata = conn.metadata_all().await?;
+            let idempotence = conn
+                .version::<kafka_protocol::messages::InitProducerIdRequest>(0..=4)
+                .is_ok();
             Ok::<_, crate::kafka::connection::WireError>((
                 metadata,
                 conn.peer_certificates().to_vec(),
                 conn.sasl_offered().to_vec(),
+                idempotence,
             ))
         })
         .await;
-        let (answer, chain, offered) = match conn {
+        let (answer, chain, offered, idempotence) = match conn {
             Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
                 let fix = match &e {
@@ -418,6 +428,7 @@ async fn connect(
             metadata: answer,
             chain,
             sasl_offered: offered,
+            idempotence,
         });
         break;
     }
@@ -670,6 +681,30 @@ async fn format(
         report.fail("format", finding, fix);
     } else {
         report.warn("format", finding, fix);
+    }
+}
+
+/// Step 6: how the internal cluster will be written: as an idempotent producer where it
+/// offers InitProducerId.
+fn produce_path(report: &mut Report, config: &ServiceConfig, offered: bool) {
+    let settle = "one produce request in flight per partition, and after a lost answer the internal partition's tail is read until two reads 1.5 s apart agree";
+    match (config.internal_idempotence, offered) {
+        (true, true) => report.ok(
+            "internal",
+            format!(
+                "the brokers offer InitProducerId: produce is idempotent (the broker stores a re-sent batch once), up to {} requests in flight per partition",
+                config.internal_max_in_flight
+            ),
+        ),
+        (true, false) => report.warn(
+            "internal",
+            format!("the brokers do not offer InitProducerId (no idempotent producer): {settle}"),
+            "nothing to change for correctness; a broker with idempotence (Kafka 0.11 and later) is faster after failures and with a distant internal cluster",
+        ),
+        (false, _) => report.ok(
+            "internal",
+            format!("internal.enable.idempotence=false: {settle}"),
+        ),
     }
 }
 

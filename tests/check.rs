@@ -78,6 +78,12 @@ async fn a_good_config_passes_and_says_what_will_happen() {
             .any(|f| f.contains("dead-letter topic int.dlq will be created")),
         "{internal:?}"
     );
+    assert!(
+        internal.iter().any(|f| f.contains(
+            "the brokers offer InitProducerId: produce is idempotent (the broker stores a re-sent batch once), up to 5 requests in flight per partition"
+        )),
+        "{internal:?}"
+    );
     // The text form has the same verdict.
     let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
         .args(["check", "--config"])
