@@ -362,9 +362,8 @@ impl Forwarder {
         self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
         let delay = retry.delay();
         warn!(%partition, error = %error, retry_in = ?delay, "produce outcome unknown; will reconnect and re-read the internal partition's tail before re-sending");
-        tokio::select! {
-            _ = self.cancel.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(delay) => {}
+        if !self.wait(delay).await {
+            return Ok(None);
         }
         let Some(tail) = self.read_settled_tail(leader).await? else {
             return Ok(None);
@@ -403,9 +402,8 @@ impl Forwarder {
                     .fetch_add(1, Ordering::Relaxed);
                 let delay = retry.delay();
                 warn!(%partition, error = %e, retry_in = ?delay, "dead-letter produce outcome unknown; will re-read the dead-letter topic before re-sending");
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return Ok(Flow::Stop),
-                    _ = tokio::time::sleep(delay) => {}
+                if !self.wait(delay).await {
+                    return Ok(Flow::Stop);
                 }
                 let dlq = self.dead_letters.as_mut().expect("set above");
                 match dlq.resolve(&self.cancel).await {
@@ -483,9 +481,8 @@ impl Forwarder {
                     *pc_slot = None;
                     let delay = retry.delay();
                     warn!(partition = %self.partition(), error = %e, retry_in = ?delay, "reading the internal partition's tail failed; retrying");
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(delay) => {}
+                    if !self.wait(delay).await {
+                        return Ok(None);
                     }
                 }
                 Err(e) => return Err(self.cluster_failure(e)),
@@ -617,9 +614,8 @@ impl Forwarder {
                         }
                         let delay = retry.delay();
                         warn!(%partition, error = %e, retry_in = ?delay, "cannot reach the internal partition's leader; retrying");
-                        tokio::select! {
-                            _ = self.cancel.cancelled() => break,
-                            _ = tokio::time::sleep(delay) => {}
+                        if !self.wait(delay).await {
+                            break;
                         }
                         continue;
                     }
@@ -652,9 +648,8 @@ impl Forwarder {
                         leader = None;
                         let delay = retry.delay();
                         warn!(%partition, error = %e, retry_in = ?delay, "asking the internal cluster for a producer id failed; retrying");
-                        tokio::select! {
-                            _ = self.cancel.cancelled() => break,
-                            _ = tokio::time::sleep(delay) => {}
+                        if !self.wait(delay).await {
+                            break;
                         }
                         continue;
                     }
@@ -769,9 +764,8 @@ impl Forwarder {
                         let delay = retry.delay();
                         warn!(%partition, error = %e, batches = s.window.len(), producer_id = session.id, retry_in = ?delay,
                             "produce outcome unknown; will reconnect and send the batches in flight again with the same producer id and sequence numbers (the broker stores each once)");
-                        tokio::select! {
-                            _ = self.cancel.cancelled() => break,
-                            _ = tokio::time::sleep(delay) => {}
+                        if !self.wait(delay).await {
+                            break;
                         }
                     } else {
                         // The batch may or may not be stored, and the broker may hold
@@ -1126,6 +1120,14 @@ impl Forwarder {
         self.log.release_entries(&[], next)?;
         self.set_forwarded_next(next);
         Ok(())
+    }
+
+    /// Waits `delay`; `false` when the task is cancelled first.
+    async fn wait(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
     }
 
     /// Marks a produce's outcome unknown, or known again.

@@ -587,6 +587,27 @@ impl Drop for ObjectStore {
     }
 }
 
+/// Accepts connections on `listener` and hands each, with a new connection to the broker
+/// on `broker_port`, to `pair` (the proxies' common part).
+fn relay(
+    listener: tokio::net::TcpListener,
+    broker_port: u16,
+    pair: impl Fn(tokio::net::TcpStream, tokio::net::TcpStream) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
+            else {
+                continue;
+            };
+            pair(client, broker);
+        }
+    })
+}
+
 /// A TCP proxy in front of a broker that can drop a connection after the broker received
 /// a request but before its response reaches the client: the outcome the client sees is
 /// unknown while the broker may have acted on the request.
@@ -616,42 +637,33 @@ impl CuttingProxy {
         use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (cut, done) = (self.cut.clone(), self.cuts_done.clone());
-        self.task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
-                else {
-                    continue;
-                };
-                let (mut client_rx, mut client_tx) = client.into_split();
-                let (mut broker_rx, mut broker_tx) = broker.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut client_rx, &mut broker_tx).await;
-                });
-                let (cut, done) = (cut.clone(), done.clone());
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match broker_rx.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        // A response is on its way back: swallow it and close, if asked to.
-                        if cut
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
-                            .is_ok()
-                        {
-                            done.fetch_add(1, Ordering::SeqCst);
-                            return; // drops both halves: the client sees a broken connection
-                        }
-                        if client_tx.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
+        self.task = relay(listener, broker_port, move |client, broker| {
+            let (cut, done) = (cut.clone(), done.clone());
+            let (mut client_rx, mut client_tx) = client.into_split();
+            let (mut broker_rx, mut broker_tx) = broker.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_rx, &mut broker_tx).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match broker_rx.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    // A response is on its way back: swallow it and close, if asked to.
+                    if cut
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
+                        .is_ok()
+                    {
+                        done.fetch_add(1, Ordering::SeqCst);
+                        return; // drops both halves: the client sees a broken connection
                     }
-                });
-            }
+                    if client_tx.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
         });
     }
 
@@ -687,22 +699,13 @@ impl DelayProxy {
     /// `one_way` later than it arrived.
     pub fn start(listener: tokio::net::TcpListener, broker_port: u16, one_way: Duration) -> Self {
         let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(broker) = tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
-                else {
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = broker.set_nodelay(true);
-                let (client_rx, client_tx) = client.into_split();
-                let (broker_rx, broker_tx) = broker.into_split();
-                tokio::spawn(Self::delay_line(client_rx, broker_tx, one_way));
-                tokio::spawn(Self::delay_line(broker_rx, client_tx, one_way));
-            }
+        let task = relay(listener, broker_port, move |client, broker| {
+            let _ = client.set_nodelay(true);
+            let _ = broker.set_nodelay(true);
+            let (client_rx, client_tx) = client.into_split();
+            let (broker_rx, broker_tx) = broker.into_split();
+            tokio::spawn(Self::delay_line(client_rx, broker_tx, one_way));
+            tokio::spawn(Self::delay_line(broker_rx, client_tx, one_way));
         });
         Self { port, task }
     }
