@@ -182,6 +182,9 @@ struct Sending {
     expiration: Duration,
     /// Whether `expiration` is still to be asked of the leader.
     expiration_unread: bool,
+    /// Batches sent again after an unknown outcome and not answered yet (the produce is
+    /// in doubt until they are).
+    resent_unanswered: usize,
 }
 
 /// Whether a batch whose newest record has `max_timestamp` leaves the broker's state of
@@ -568,6 +571,7 @@ impl Forwarder {
             state_known: false,
             expiration: DEFAULT_PRODUCER_ID_EXPIRATION,
             expiration_unread: true,
+            resent_unanswered: 0,
         };
         let ended = self.forward(initial, leader, &mut s).await;
         if !s.window.is_empty() {
@@ -622,17 +626,39 @@ impl Forwarder {
                     Err(e) => return Err(self.cluster_failure(e)),
                 }
             }
+            if s.window.has_unsent() && !s.deduplication_trusted() {
+                // The batches to send again waited so long (an outage) that the broker may
+                // have forgotten this producer: the tail says what is stored instead.
+                warn!(%partition, batches = s.window.len(),
+                    "the batches in flight waited longer than the broker keeps this producer's state for records this old; reading the internal partition's tail (settled) instead of sending them again");
+                s.window.clear();
+                producing = producing.renewed(false);
+                s.state_known = false;
+                self.set_in_doubt(true);
+                let Some(t) = self.read_settled_tail(&mut leader).await? else {
+                    break;
+                };
+                self.set_in_doubt(false);
+                self.metrics
+                    .forwarded_records
+                    .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
+                tail = t;
+                continue;
+            }
             let pc = leader.as_mut().expect("connected above");
             if s.expiration_unread {
                 // Once per forwarder, before its first producer id. A broker that lists
                 // DescribeConfigs but hangs up on a broker resource (tansu) leaves Kafka's
                 // default, and the connection is made again.
                 s.expiration_unread = false;
+                let fallback = "assuming Kafka's default, a day: records older than 12 hours go one produce request at a time, and a lost answer is resolved by reading the tail";
                 match pc.producer_id_expiration(&self.cluster).await {
                     Ok(Some(expiration)) => s.expiration = expiration,
-                    Ok(None) => {}
+                    Ok(None) => {
+                        warn!(%partition, "the internal partition's leader does not say its producer.id.expiration.ms (no DescribeConfigs of brokers, or refused); {fallback}");
+                    }
                     Err(e) => {
-                        debug!(%partition, error = %e, "the internal partition's leader did not say its producer.id.expiration.ms; assuming Kafka's default (a day)");
+                        warn!(%partition, error = %e, "the internal partition's leader did not say its producer.id.expiration.ms; {fallback}");
                         leader = None;
                         continue;
                     }
@@ -659,12 +685,16 @@ impl Forwarder {
             // After a reconnect the batches in flight go again, in order and as they are:
             // the same producer id, epoch and sequences, so the broker stores each once.
             let mut failure = self.resend(pc, &mut s.window).await.err();
+            let mut sent_failed = failure.is_some();
             if failure.is_none() && !stopping {
                 match self.fill(pc, s, &tail, &mut producing, &mut retry).await? {
                     Fill::Ready => {}
                     Fill::Stop if s.window.is_empty() => break,
                     Fill::Stop => {}
-                    Fill::Failed(e) => failure = Some(e),
+                    Fill::Failed(e) => {
+                        failure = Some(e);
+                        sent_failed = true;
+                    }
                 }
             }
             if s.window.is_empty() {
@@ -722,7 +752,8 @@ impl Forwarder {
                         };
                         tail = t;
                     }
-                    if s.window.is_empty() {
+                    s.resent_unanswered = s.resent_unanswered.saturating_sub(1);
+                    if s.window.is_empty() || s.resent_unanswered == 0 {
                         self.set_in_doubt(false);
                     }
                     let stored_next = self.frontier(&tail);
@@ -743,7 +774,8 @@ impl Forwarder {
                         end: batch.expected_base + batch.records as i64,
                         stored_next: Some(batch.last_source_offset + 1),
                     };
-                    if s.window.is_empty() {
+                    s.resent_unanswered = s.resent_unanswered.saturating_sub(1);
+                    if s.window.is_empty() || s.resent_unanswered == 0 {
                         self.set_in_doubt(false);
                     }
                     let stored_next = self.frontier(&tail);
@@ -758,6 +790,7 @@ impl Forwarder {
                         self.set_in_doubt(true);
                         self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
                         s.window.mark_unsent();
+                        s.resent_unanswered = s.window.len();
                         self.metrics
                             .resent_batches
                             .fetch_add(s.window.len() as u64, Ordering::Relaxed);
@@ -836,7 +869,13 @@ impl Forwarder {
                     tail = t;
                 }
                 Err(e) => {
-                    self.after_refusal(pc, &mut s.window).await?;
+                    if sent_failed {
+                        // No answer was read: what is in flight is for the next start's
+                        // settled tail check to find.
+                        self.set_in_doubt(true);
+                    } else {
+                        self.after_refusal(pc, &mut s.window).await?;
+                    }
                     return Err(self.cluster_failure(e));
                 }
             }
@@ -887,10 +926,25 @@ impl Forwarder {
             };
             match pc.receive(&self.cluster, in_flight).await {
                 Ok(_) => stored_after = Some(b.last_source_offset),
+                // Appended, whatever the replicas did next.
+                Err(e)
+                    if matches!(
+                        e.broker_error(),
+                        Some(
+                            ResponseError::NotEnoughReplicasAfterAppend
+                                | ResponseError::RequestTimedOut
+                        )
+                    ) =>
+                {
+                    stored_after = Some(b.last_source_offset)
+                }
                 Err(e) if e.broker_error().is_some() => {}
-                // The connection is gone: what it carried is found by the next start's
-                // settled tail check (the window is in doubt until then).
-                Err(_) => break,
+                // The connection is gone: what it carried is for the next start's settled
+                // tail check to find.
+                Err(_) => {
+                    self.set_in_doubt(true);
+                    break;
+                }
             }
         }
         window.clear();
@@ -942,10 +996,10 @@ impl Forwarder {
             source,
         };
         loop {
-            // More than one in flight only once the broker holds the session's state:
-            // before, it takes any sequence number, so a batch refused while a later one
-            // is stored would leave a gap.
-            let limit = if s.state_known {
+            // More than one in flight only while the broker holds the session's state and
+            // will go on holding it: without it, it takes any sequence number, so a batch
+            // refused while a later one is stored would leave a gap.
+            let limit = if s.deduplication_trusted() {
                 producing.window(self.max_in_flight)
             } else {
                 1
@@ -1019,6 +1073,11 @@ impl Forwarder {
                 .map(|r| r.record.timestamp_ms)
                 .max()
                 .expect("a run is never empty");
+            if !s.window.is_empty() && !young(s.expiration, max_timestamp) {
+                // Records this old may outlive the broker's state of this producer: sent
+                // alone, once the batches in flight are answered.
+                return Ok(Fill::Ready);
+            }
             let producer = producing.next_batch(count);
             let bytes = encode_batch(self.partition(), &run.records, self.compression, producer)
                 .map_err(|reason| SinkError::Encode {

@@ -103,6 +103,11 @@ impl Window {
         self.batches.iter_mut().filter(|b| b.in_flight.is_none())
     }
 
+    /// Whether a batch is to be sent (again) on the current connection.
+    pub fn has_unsent(&self) -> bool {
+        self.batches.iter().any(|b| b.in_flight.is_none())
+    }
+
     /// The connection is gone: every batch is to be sent again.
     pub fn mark_unsent(&mut self) {
         for b in &mut self.batches {

@@ -1189,7 +1189,7 @@ mod tests {
     #[test]
     fn the_clean_stop_mark_counts_for_the_next_open_only() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || Wal::open(dir.path(), options()).unwrap();
+        let open = || Wal::open_when_unlocked(dir.path(), options()).unwrap();
         let wal = open();
         assert!(wal.is_new());
         assert!(!wal.take_clean_stop().unwrap());
@@ -1249,7 +1249,7 @@ mod tests {
             wal.commit().await.unwrap();
             used = wal.used_bytes();
         }
-        let wal = Wal::open(dir.path(), options()).unwrap();
+        let wal = Wal::open_when_unlocked(dir.path(), options()).unwrap();
         assert_eq!(
             wal.partitions(),
             vec![("c".to_owned(), SourcePartition::new("t", 3))]
