@@ -852,6 +852,15 @@ impl Forwarder {
                         Some(ResponseError::InvalidProducerEpoch | ResponseError::ProducerFenced)
                     );
                     self.metrics.producer_resets.fetch_add(1, Ordering::Relaxed);
+                    if fenced && !s.state_known && !sent_failed {
+                        // The first batch of an epoch the broker does not take (tansu
+                        // refuses an epoch bumped by the producer): it went alone and
+                        // nothing of this epoch is stored, so the tail is as known.
+                        info!(%partition, error = %e, "the internal broker refused this producer's new epoch; asking for a new producer id");
+                        s.window.clear();
+                        producing = Producing::Asking;
+                        continue;
+                    }
                     warn!(%partition, error = %e, batches = s.window.len(),
                         "the internal broker lost or refused this producer's sequence state (producer id expired, log truncated, or fenced); producing with a new epoch or producer id after reading the internal partition's tail again");
                     s.window.clear();
