@@ -631,17 +631,10 @@ impl Forwarder {
                 // have forgotten this producer: the tail says what is stored instead.
                 warn!(%partition, batches = s.window.len(),
                     "the batches in flight waited longer than the broker keeps this producer's state for records this old; reading the internal partition's tail (settled) instead of sending them again");
-                s.window.clear();
                 producing = producing.renewed(false);
-                s.state_known = false;
-                self.set_in_doubt(true);
-                let Some(t) = self.read_settled_tail(&mut leader).await? else {
+                let Some(t) = self.start_over(s, &mut leader, &tail).await? else {
                     break;
                 };
-                self.set_in_doubt(false);
-                self.metrics
-                    .forwarded_records
-                    .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
                 tail = t;
                 continue;
             }
@@ -752,13 +745,7 @@ impl Forwarder {
                         };
                         tail = t;
                     }
-                    s.resent_unanswered = s.resent_unanswered.saturating_sub(1);
-                    if s.window.is_empty() || s.resent_unanswered == 0 {
-                        self.set_in_doubt(false);
-                    }
-                    let stored_next = self.frontier(&tail);
-                    self.release_stored(&mut s.pending, stored_next)
-                        .map_err(wal_err)?;
+                    self.after_answer(s, &tail).map_err(wal_err)?;
                 }
                 // A broker that answers a batch it already stored with this error
                 // instead of that batch's offset (tansu): stored, where expected.
@@ -774,13 +761,7 @@ impl Forwarder {
                         end: batch.expected_base + batch.records as i64,
                         stored_next: Some(batch.last_source_offset + 1),
                     };
-                    s.resent_unanswered = s.resent_unanswered.saturating_sub(1);
-                    if s.window.is_empty() || s.resent_unanswered == 0 {
-                        self.set_in_doubt(false);
-                    }
-                    let stored_next = self.frontier(&tail);
-                    self.release_stored(&mut s.pending, stored_next)
-                        .map_err(wal_err)?;
+                    self.after_answer(s, &tail).map_err(wal_err)?;
                 }
                 Err(e) if e.is_transient() => {
                     leader = None;
@@ -863,18 +844,11 @@ impl Forwarder {
                     }
                     warn!(%partition, error = %e, batches = s.window.len(),
                         "the internal broker lost or refused this producer's sequence state (producer id expired, log truncated, or fenced); producing with a new epoch or producer id after reading the internal partition's tail again");
-                    s.window.clear();
                     leader = None;
                     producing = producing.renewed(fenced);
-                    s.state_known = false;
-                    self.set_in_doubt(true);
-                    let Some(t) = self.read_settled_tail(&mut leader).await? else {
+                    let Some(t) = self.start_over(s, &mut leader, &tail).await? else {
                         break;
                     };
-                    self.set_in_doubt(false);
-                    self.metrics
-                        .forwarded_records
-                        .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
                     tail = t;
                 }
                 Err(e) => {
@@ -891,6 +865,41 @@ impl Forwarder {
         }
         debug!(%partition, "forwarder stopped");
         Ok(())
+    }
+
+    /// After a batch is answered as stored (and `tail` moved past it): the produce is no
+    /// longer in doubt once the re-sent batches are answered, and the entries stored are
+    /// released.
+    fn after_answer(&mut self, s: &mut Sending, tail: &Tail) -> Result<(), WalError> {
+        s.resent_unanswered = s.resent_unanswered.saturating_sub(1);
+        if s.window.is_empty() || s.resent_unanswered == 0 {
+            self.set_in_doubt(false);
+        }
+        let stored_next = self.frontier(tail);
+        self.release_stored(&mut s.pending, stored_next)
+    }
+
+    /// Forgets the window (the broker cannot be trusted to deduplicate it) and reads the
+    /// tail settled, which says what is stored; the records the lost answers covered
+    /// count as forwarded. The caller has moved the producer to a new epoch or id.
+    /// `None`: cancelled.
+    async fn start_over(
+        &mut self,
+        s: &mut Sending,
+        leader: &mut Option<PartitionWriter>,
+        tail: &Tail,
+    ) -> Result<Option<Tail>, SinkError> {
+        s.window.clear();
+        s.state_known = false;
+        self.set_in_doubt(true);
+        let Some(t) = self.read_settled_tail(leader).await? else {
+            return Ok(None);
+        };
+        self.set_in_doubt(false);
+        self.metrics
+            .forwarded_records
+            .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
+        Ok(Some(t))
     }
 
     /// A producer id for this partition's session, or [`Producing::Plain`] when the
