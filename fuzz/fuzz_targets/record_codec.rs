@@ -3,7 +3,7 @@
 //! and every header in order, duplicates included.
 #![no_main]
 
-use kafka_direct::kafka::records::{decode, encode, Codec, NewRecord};
+use kafka_direct::kafka::records::{decode, encode, Compression, NewRecord};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
             headers: r.headers.iter().map(|(k, v)| (&k[..], v.as_deref())),
         }),
         batch.header.producer,
-        Codec::None,
+        Compression::None,
     )
     .expect("decoded records encode");
     let round = decode(again).expect("an encoded batch decodes");

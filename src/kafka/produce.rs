@@ -20,23 +20,9 @@ use kafka_protocol::ResponseError;
 use crate::kafka::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
 use crate::kafka::connection::{topic_name, Sent, WireError};
 use crate::kafka::fetch::PartitionReader;
-use crate::kafka::records::{self, Codec, NewRecord, Producer};
+pub use crate::kafka::records::Compression;
+use crate::kafka::records::{self, NewRecord, Producer};
 use crate::record::{source_headers, SourcePartition, SourceRecord};
-
-/// Compression of batches written to the internal cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// No compression.
-    None,
-    /// gzip.
-    Gzip,
-    /// LZ4.
-    Lz4,
-    /// Snappy.
-    Snappy,
-    /// Zstandard.
-    Zstd,
-}
 
 /// Produce versions used: 3 is the first with record batches (magic 2); 13 replaces
 /// topic names with topic ids.
@@ -454,17 +440,7 @@ pub fn encode_batch(
             headers: own.chain(extra).chain(ours),
         }
     });
-    records::encode(wire, producer, wire_codec(compression))
-}
-
-fn wire_codec(c: Compression) -> Codec {
-    match c {
-        Compression::None => Codec::None,
-        Compression::Gzip => Codec::Gzip,
-        Compression::Lz4 => Codec::Lz4,
-        Compression::Snappy => Codec::Snappy,
-        Compression::Zstd => Codec::Zstd,
-    }
+    records::encode(wire, producer, compression)
 }
 
 #[cfg(test)]

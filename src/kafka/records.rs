@@ -22,40 +22,41 @@ pub const HEADER_LEN: usize = 61;
 /// Where the CRC's range starts (the attributes).
 const CRC_FROM: usize = 21;
 
-/// Compression codecs of the attributes' lowest three bits.
+/// Compression of a record batch (the attributes' lowest three bits), and of the batches
+/// written to the internal cluster (`internal.compression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    /// 0.
+pub enum Compression {
+    /// No compression (0).
     None,
-    /// 1.
+    /// gzip (1).
     Gzip,
-    /// 2.
+    /// Snappy (2).
     Snappy,
-    /// 3.
+    /// LZ4 (3).
     Lz4,
-    /// 4.
+    /// Zstandard (4).
     Zstd,
 }
 
-impl Codec {
+impl Compression {
     fn from_attributes(attributes: i16) -> Result<Self, String> {
         Ok(match attributes & 0x07 {
-            0 => Codec::None,
-            1 => Codec::Gzip,
-            2 => Codec::Snappy,
-            3 => Codec::Lz4,
-            4 => Codec::Zstd,
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
             other => return Err(format!("unknown compression codec {other}")),
         })
     }
 
     fn bits(self) -> i16 {
         match self {
-            Codec::None => 0,
-            Codec::Gzip => 1,
-            Codec::Snappy => 2,
-            Codec::Lz4 => 3,
-            Codec::Zstd => 4,
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
         }
     }
 }
@@ -194,12 +195,12 @@ pub fn decode(raw: Bytes) -> Result<Batch, String> {
     }
     let mut body = raw.slice(HEADER_LEN..);
     let read = |buf: &mut Bytes| decode_records(buf, &header).map_err(anyhow::Error::msg);
-    let records = match Codec::from_attributes(header.attributes)? {
-        Codec::None => read(&mut body),
-        Codec::Gzip => codec::Gzip::decompress(&mut body, read),
-        Codec::Snappy => codec::Snappy::decompress(&mut body, read),
-        Codec::Lz4 => codec::Lz4::decompress(&mut body, read),
-        Codec::Zstd => codec::Zstd::decompress(&mut body, read),
+    let records = match Compression::from_attributes(header.attributes)? {
+        Compression::None => read(&mut body),
+        Compression::Gzip => codec::Gzip::decompress(&mut body, read),
+        Compression::Snappy => codec::Snappy::decompress(&mut body, read),
+        Compression::Lz4 => codec::Lz4::decompress(&mut body, read),
+        Compression::Zstd => codec::Zstd::decompress(&mut body, read),
     }
     .map_err(|e| format!("{e:#}"))?;
     Ok(Batch { header, records })
@@ -335,7 +336,11 @@ pub struct NewRecord<'a, H> {
 
 /// Encodes `records` as one batch at base offset 0 (the broker assigns offsets), create
 /// time, not transactional, with the producer's fields.
-pub fn encode<'a, H, I>(records: I, producer: Producer, compression: Codec) -> Result<Bytes, String>
+pub fn encode<'a, H, I>(
+    records: I,
+    producer: Producer,
+    compression: Compression,
+) -> Result<Bytes, String>
 where
     H: IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     I: IntoIterator<Item = NewRecord<'a, H>>,
@@ -393,11 +398,11 @@ where
     buf.put_i32(producer.base_sequence);
     buf.put_i32(count as i32);
     match compression {
-        Codec::None => write(&mut buf),
-        Codec::Gzip => codec::Gzip::compress(&mut buf, write),
-        Codec::Snappy => codec::Snappy::compress(&mut buf, write),
-        Codec::Lz4 => codec::Lz4::compress(&mut buf, write),
-        Codec::Zstd => codec::Zstd::compress(&mut buf, write),
+        Compression::None => write(&mut buf),
+        Compression::Gzip => codec::Gzip::compress(&mut buf, write),
+        Compression::Snappy => codec::Snappy::compress(&mut buf, write),
+        Compression::Lz4 => codec::Lz4::compress(&mut buf, write),
+        Compression::Zstd => codec::Zstd::compress(&mut buf, write),
     }
     .map_err(|e| format!("{e:#}"))?;
     let length = buf.len() - 12;
@@ -416,8 +421,8 @@ mod tests {
     use kafka_protocol::indexmap::IndexMap;
     use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::{
-        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-        TimestampType,
+        Compression as TheirCompression, Record, RecordBatchDecoder, RecordBatchEncoder,
+        RecordEncodeOptions, TimestampType,
     };
     use proptest::prelude::*;
 
@@ -459,17 +464,17 @@ mod tests {
             })
     }
 
-    fn codec() -> impl Strategy<Value = Codec> {
+    fn codec() -> impl Strategy<Value = Compression> {
         prop_oneof![
-            Just(Codec::None),
-            Just(Codec::Gzip),
-            Just(Codec::Snappy),
-            Just(Codec::Lz4),
-            Just(Codec::Zstd)
+            Just(Compression::None),
+            Just(Compression::Gzip),
+            Just(Compression::Snappy),
+            Just(Compression::Lz4),
+            Just(Compression::Zstd)
         ]
     }
 
-    fn ours(records: &[Plain], producer: Producer, compression: Codec) -> Bytes {
+    fn ours(records: &[Plain], producer: Producer, compression: Compression) -> Bytes {
         encode(
             records.iter().map(|r| NewRecord {
                 timestamp: r.timestamp,
@@ -483,13 +488,13 @@ mod tests {
         .unwrap()
     }
 
-    fn theirs_compression(c: Codec) -> Compression {
+    fn theirs_compression(c: Compression) -> TheirCompression {
         match c {
-            Codec::None => Compression::None,
-            Codec::Gzip => Compression::Gzip,
-            Codec::Snappy => Compression::Snappy,
-            Codec::Lz4 => Compression::Lz4,
-            Codec::Zstd => Compression::Zstd,
+            Compression::None => TheirCompression::None,
+            Compression::Gzip => TheirCompression::Gzip,
+            Compression::Snappy => TheirCompression::Snappy,
+            Compression::Lz4 => TheirCompression::Lz4,
+            Compression::Zstd => TheirCompression::Zstd,
         }
     }
 
@@ -604,7 +609,7 @@ mod tests {
             value: Some(b"v".to_vec()),
             headers: vec![],
         }];
-        let raw = ours(&records, Producer::NONE, Codec::None);
+        let raw = ours(&records, Producer::NONE, Compression::None);
         let mut damaged = BytesMut::from(&raw[..]);
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
