@@ -352,13 +352,16 @@ impl Forwarder {
         }
     }
 
-    /// After a produce whose outcome is unknown (`error`): waits, then reads the tail
-    /// settled, which says what was stored. `None`: cancelled.
+    /// After a produce whose outcome is unknown (`error`) that the broker cannot be
+    /// trusted to deduplicate: waits, then starts over from the tail read settled, which
+    /// says what was stored ([`Forwarder::start_over`]). `None`: cancelled.
     async fn after_unknown_outcome(
         &mut self,
         error: ClusterError,
         retry: &mut Retry,
+        s: &mut Sending,
         leader: &mut Option<PartitionWriter>,
+        tail: &Tail,
     ) -> Result<Option<Tail>, SinkError> {
         let partition = self.partition().clone();
         self.set_in_doubt(true);
@@ -368,11 +371,10 @@ impl Forwarder {
         if !self.wait(delay).await {
             return Ok(None);
         }
-        let Some(tail) = self.read_settled_tail(leader).await? else {
+        let Some(tail) = self.start_over(s, leader, tail).await? else {
             return Ok(None);
         };
         info!(%partition, internal_end = tail.end, stored_next = ?tail.stored_next, "internal partition's tail re-read; resuming");
-        self.set_in_doubt(false);
         Ok(Some(tail))
     }
 
@@ -720,10 +722,7 @@ impl Forwarder {
                     let batch = s.window.pop_front().expect("answered");
                     if self.acknowledged(&batch, Some(base_offset)) {
                         s.state_known = true;
-                        tail = Tail {
-                            end: batch.expected_base + batch.records as i64,
-                            stored_next: Some(batch.last_source_offset + 1),
-                        };
+                        tail = batch.stored();
                     } else {
                         // Re-read the truth before going on, once the batches still in
                         // flight are answered (stored or refused, they are then in the
@@ -757,10 +756,7 @@ impl Forwarder {
                     self.metrics
                         .deduplicated_batches
                         .fetch_add(1, Ordering::Relaxed);
-                    tail = Tail {
-                        end: batch.expected_base + batch.records as i64,
-                        stored_next: Some(batch.last_source_offset + 1),
-                    };
+                    tail = batch.stored();
                     self.after_answer(s, &tail).map_err(wal_err)?;
                 }
                 Err(e) if e.is_transient() => {
@@ -786,19 +782,13 @@ impl Forwarder {
                         // no state to tell a re-sent copy by (the session's first batch,
                         // or records old enough for it to expire): the tail says. A new
                         // epoch refuses whatever of ours is still on its way.
-                        s.window.clear();
                         producing = producing.renewed(false);
-                        s.state_known = false;
                         let Some(t) = self
-                            .after_unknown_outcome(e, &mut retry, &mut leader)
+                            .after_unknown_outcome(e, &mut retry, s, &mut leader, &tail)
                             .await?
                         else {
                             break;
                         };
-                        // Records the lost acknowledgement covered are forwarded too.
-                        self.metrics
-                            .forwarded_records
-                            .fetch_add((t.end - tail.end).max(0) as u64, Ordering::Relaxed);
                         tail = t;
                     }
                 }
@@ -1032,7 +1022,8 @@ impl Forwarder {
             self.release_stored(&mut s.pending, stored_next)
                 .map_err(wal_err)?;
             let from = s.window.next_source_offset().or(stored_next);
-            if tail::unstored_records(s.pending.make_contiguous(), from).is_empty() {
+            let records = tail::unstored_records(s.pending.make_contiguous(), from);
+            if records.is_empty() {
                 // Read before the entries: whatever is appended after this read lies at
                 // or above it.
                 let fetched_next = self.log.checkpoints().map_err(wal_err)?.fetched_next;
@@ -1055,7 +1046,6 @@ impl Forwarder {
                 s.pending.extend(entries);
                 continue;
             }
-            let records = tail::unstored_records(s.pending.make_contiguous(), from);
             // One produce request goes to one place and stays within the batch limits
             // *after* the source headers are added; the rest waits for the next round.
             let run = tail::next_run(

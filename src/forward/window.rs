@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::forward::Tail;
 use crate::kafka::produce::{InFlight, ProducerSession};
 use crate::kafka::records::Producer;
 
@@ -40,6 +41,16 @@ pub struct Batch {
     pub sent_at: Instant,
     /// The request on the current connection; `None` when it is to be sent (again).
     pub in_flight: Option<InFlight>,
+}
+
+impl Batch {
+    /// The internal partition's tail once this batch is stored where expected.
+    pub fn stored(&self) -> Tail {
+        Tail {
+            end: self.expected_base + self.records as i64,
+            stored_next: Some(self.last_source_offset + 1),
+        }
+    }
 }
 
 /// The batches in flight, oldest first.
