@@ -9,8 +9,10 @@
 //!    proxy, and a warning for PLAIN sent without TLS;
 //! 4. the configured topics: existence (else the closest names), partitions, leaders,
 //!    offsets, what `auto.offset.reset` means for them;
-//! 5. a sample of each topic's values against the configured format;
-//! 6. the internal cluster: idempotent produce offered or not, internal topics and the
+//! 5. the connector's consumer group: readable (DESCRIBE), committable (READ on the
+//!    group and the topics, checked without committing), offsets set by another client;
+//! 6. a sample of each topic's values against the configured format;
+//! 7. the internal cluster: idempotent produce offered or not, internal topics and the
 //!    dead-letter topic present or creatable.
 //!
 //! Only a finding that stops the service from running is a failure; a finding that
@@ -29,6 +31,7 @@ use crate::format::{Formatter, Verdict};
 use crate::kafka::cluster::Cluster;
 use crate::kafka::connection::{topic_partitions, Connection, WireError};
 use crate::kafka::fetch::PartitionReader;
+use crate::kafka::group::GroupClient;
 use crate::kafka::tls::CertificateSummary;
 use crate::record::SourceRecord;
 
@@ -52,7 +55,7 @@ pub enum Status {
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
-    /// The step: config, external, internal, security, topics, format.
+    /// The step: config, external, internal, security, topics, group, format.
     pub step: &'static str,
     /// Ok, warn or fail.
     pub status: Status,
@@ -241,6 +244,7 @@ pub async fn run(config: &ServiceConfig) -> Report {
         transport: external_transport.clone(),
     };
     let partitions = topics(&mut report, config, &external, &cluster).await;
+    group(&mut report, config, &cluster, &partitions).await;
     for (topic, count) in &partitions {
         format(&mut report, config, &cluster, topic, *count).await;
     }
@@ -542,6 +546,77 @@ async fn topics(
         }
     }
     found
+}
+
+/// The connector's consumer group on the external cluster: whether this principal may
+/// read it (DESCRIBE) and commit to it (READ on the group and the topics), without
+/// changing it.
+async fn group(
+    report: &mut Report,
+    config: &ServiceConfig,
+    cluster: &Cluster,
+    partitions: &BTreeMap<String, usize>,
+) {
+    use crate::connector::group::{is_ours, refusal_hint};
+    let connector = declared(config);
+    let id = &connector.group_id;
+    let mut client = GroupClient::new(cluster.clone(), id.clone());
+    let fix = |e: &crate::kafka::cluster::ClusterError| {
+        refusal_hint(e, id)
+            .unwrap_or_else(|| "replication does not need the group; lag tools do".into())
+    };
+    match client.committed(&connector.topics).await {
+        Ok(committed) => {
+            let ours = committed.values().filter(|c| is_ours(c)).count();
+            let others = committed.len() - ours;
+            let mut finding = format!(
+                "consumer group {id} can be read: {} partition{} committed",
+                committed.len(),
+                if committed.len() == 1 { "" } else { "s" }
+            );
+            if !committed.is_empty() {
+                finding.push_str(&format!(" ({ours} by kafka-direct, {others} by another client)"));
+            }
+            report.ok("group", finding);
+            if others > 0 {
+                report.warn(
+                    "group",
+                    format!("{others} offset{} of group {id} were set by another client: partitions with a position start from them at the next start (records the internal topic holds above them are copied again)", if others == 1 { "" } else { "s" }),
+                    "expected after kafka-consumer-groups --reset-offsets; otherwise set connector.group.id to a group of kafka-direct's own",
+                );
+            }
+        }
+        Err(e) => report.warn(
+            "group",
+            format!("consumer group {id} cannot be read: {e}; replication goes on, lag tools do not see kafka-direct's position"),
+            fix(&e),
+        ),
+    }
+    let Some((topic, &count)) = partitions.iter().next() else {
+        return;
+    };
+    match client.probe_commit(topic, count as i32).await {
+        Ok(Some(kafka_protocol::ResponseError::UnknownTopicOrPartition)) | Ok(None) => report.ok(
+            "group",
+            format!("this principal may commit to group {id} (READ on the group and on {topic})"),
+        ),
+        Ok(Some(error)) => {
+            let e = cluster.error(
+                format!("committing to group {id}"),
+                crate::kafka::cluster::WireFailure::Broker(error),
+            );
+            report.warn(
+                "group",
+                format!("this principal may not commit to group {id}: {error:?}; replication goes on, lag tools do not see kafka-direct's position"),
+                fix(&e),
+            )
+        }
+        Err(e) => report.warn(
+            "group",
+            format!("committing to group {id} could not be checked: {e}"),
+            fix(&e),
+        ),
+    }
 }
 
 /// Up to [`SAMPLE`] records of `topic`, from the start of each partition in turn.

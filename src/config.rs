@@ -134,6 +134,16 @@ pub struct ConnectorConfig {
     pub auto_offset_reset: OffsetReset,
     /// Dead-letter topic on the internal cluster (`<topic.prefix>.dlq` by default).
     pub dead_letter_topic: String,
+    /// The consumer group on the external cluster the connector commits its stored
+    /// positions to (`kafka-direct-<name>` by default).
+    pub group_id: String,
+    /// How often the stored positions are committed to `group_id`.
+    pub offset_flush_interval: Duration,
+    /// Source consumer groups whose offsets are translated and committed to the same
+    /// group on the internal cluster: regular expressions matching whole group ids.
+    pub groups_sync: Vec<String>,
+    /// How often those groups are synced.
+    pub groups_sync_interval: Duration,
     /// The `connector.*` keys as given (without the prefix), secrets replaced by
     /// [`HIDDEN`]: what the API shows as the connector's config.
     pub settings: BTreeMap<String, String>,
@@ -174,6 +184,9 @@ pub struct ServiceConfig {
     pub internal_replication_factor: i16,
     /// Compression of produced batches.
     pub internal_compression: Compression,
+    /// Topic configs set on every internal topic over those carried from its source
+    /// (`internal.topic.config.<name>`).
+    pub internal_topic_configs: BTreeMap<String, String>,
     /// How the internal cluster is reached (`internal.security.protocol`, ...).
     pub internal_access: Access,
     /// WAL cap in bytes of unforwarded entries.
@@ -284,6 +297,11 @@ const SERVICE_KEYS: &[Key] = &[
         name: "internal.compression",
         default: Some("none"),
         doc: "none | gzip | lz4 | snappy | zstd",
+    },
+    Key {
+        name: "internal.topic.config.<name>",
+        default: Some(""),
+        doc: "a topic config set on every internal topic kafka-direct creates or syncs, over what the source topic has (e.g. internal.topic.config.retention.ms=2592000000)",
     },
     Key {
         name: "wal.max.bytes",
@@ -479,9 +497,32 @@ const CONNECTOR_KEYS: &[Key] = &[
         default: Some(""),
         doc: "dead-letter topic on the internal cluster (default <topic.prefix>.dlq)",
     },
+    Key {
+        name: "group.id",
+        default: Some(""),
+        doc: "consumer group on the external cluster holding the connector's stored positions, for lag tools (default kafka-direct-<name>)",
+    },
+    Key {
+        name: "offset.flush.interval.ms",
+        default: Some("5000"),
+        doc: "how often the stored positions are committed to group.id (and once at a clean stop)",
+    },
+    Key {
+        name: "groups.sync",
+        default: Some(""),
+        doc: "comma-separated regular expressions of source consumer groups whose committed offsets are translated exactly and committed to the same groups on the internal cluster, while those have no active members there (consumer failover)",
+    },
+    Key {
+        name: "groups.sync.interval.ms",
+        default: Some("10000"),
+        doc: "how often groups.sync translates and commits",
+    },
 ];
 
 const CONNECTOR_PREFIX: &str = "connector.";
+
+/// The prefix of the service keys that set topic configs of internal topics.
+const TOPIC_CONFIG_PREFIX: &str = "internal.topic.config.";
 
 /// Flat `key → value` view of a config file plus overrides.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -579,7 +620,12 @@ impl RawConfig {
         for key in self.0.keys() {
             let known = match key.strip_prefix(CONNECTOR_PREFIX) {
                 Some(rest) => CONNECTOR_KEYS.iter().any(|k| k.name == rest),
-                None => SERVICE_KEYS.iter().any(|k| k.name == key),
+                None => {
+                    SERVICE_KEYS.iter().any(|k| k.name == key)
+                        || key
+                            .strip_prefix(TOPIC_CONFIG_PREFIX)
+                            .is_some_and(|name| !name.is_empty() && !name.contains('<'))
+                }
             };
             if !known {
                 let known = known_keys();
@@ -631,6 +677,13 @@ impl RawConfig {
                     ("zstd", Compression::Zstd),
                 ],
             )?,
+            internal_topic_configs: self
+                .0
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((k.strip_prefix(TOPIC_CONFIG_PREFIX)?.to_owned(), v.clone()))
+                })
+                .collect(),
             wal_max_bytes: s.number("wal.max.bytes", 1, i64::MAX)? as u64,
             wal_sync: s.choice(
                 "wal.sync",
@@ -745,6 +798,26 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
         ));
     }
 
+    let mut groups_sync = Vec::new();
+    for pattern in c
+        .get("groups.sync")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        if let Err(e) = regex::Regex::new(&format!("^(?:{pattern})$")) {
+            return Err(c.invalid(
+                "groups.sync",
+                pattern,
+                format!("a regular expression ({e})"),
+            ));
+        }
+        groups_sync.push(pattern.to_owned());
+    }
+    let group_id = match c.get("group.id") {
+        id if id.is_empty() => format!("kafka-direct-{name}"),
+        id => id,
+    };
     Ok(ConnectorConfig {
         name,
         bootstrap_servers: c.servers("kafka.bootstrap.servers")?,
@@ -761,6 +834,18 @@ fn build_connector(c: &Lookup<'_>) -> Result<ConnectorConfig, ConfigError> {
             ],
         )?,
         dead_letter_topic: dlq,
+        group_id,
+        offset_flush_interval: Duration::from_millis(c.number(
+            "offset.flush.interval.ms",
+            100,
+            86_400_000,
+        )? as u64),
+        groups_sync,
+        groups_sync_interval: Duration::from_millis(c.number(
+            "groups.sync.interval.ms",
+            100,
+            86_400_000,
+        )? as u64),
         settings: c.raw.redacted(CONNECTOR_PREFIX),
         access,
     })

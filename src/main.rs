@@ -187,6 +187,18 @@ enum OffsetsCommand {
         /// Connector name.
         name: String,
     },
+    /// The internal offset holding the copy of a source offset (or of the next one
+    /// that has a copy): where a consumer failing over resumes.
+    Translate {
+        /// Connector name.
+        name: String,
+        /// e.g. orders/0=1200
+        #[arg(value_name = "TOPIC/PARTITION=OFFSET")]
+        position: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -420,22 +432,21 @@ fn connectors_command(api: &ApiArgs, command: ConnectorsCommand) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-/// `offsets …`: get, set, reset, through the API.
+/// `TOPIC/PARTITION=OFFSET`.
+fn parse_position(position: &str) -> Option<(&str, i32, i64)> {
+    let (tp, offset) = position.rsplit_once('=')?;
+    let (topic, partition) = tp.rsplit_once('/')?;
+    Some((topic, partition.parse().ok()?, offset.parse().ok()?))
+}
+
+/// `offsets …`: get, set, reset, translate, through the API.
 fn offsets_command(api: &ApiArgs, command: OffsetsCommand) -> anyhow::Result<ExitCode> {
     let client = api_client(api)?;
     match command {
         OffsetsCommand::Set { name, positions } => {
             let mut offsets = Vec::new();
             for position in &positions {
-                let parsed = position.rsplit_once('=').and_then(|(tp, offset)| {
-                    let (topic, partition) = tp.rsplit_once('/')?;
-                    Some((
-                        topic,
-                        partition.parse::<i32>().ok()?,
-                        offset.parse::<i64>().ok()?,
-                    ))
-                });
-                let Some((topic, partition, offset)) = parsed else {
+                let Some((topic, partition, offset)) = parse_position(position) else {
                     anyhow::bail!(
                         "{position:?} is not TOPIC/PARTITION=OFFSET (e.g. orders/0=1200)"
                     );
@@ -453,6 +464,36 @@ fn offsets_command(api: &ApiArgs, command: OffsetsCommand) -> anyhow::Result<Exi
             let body = serde_json::to_value(Offsets { offsets })?;
             client.send_ok("PATCH", &format!("/connectors/{name}/offsets"), Some(&body))?;
             out!("connector {name}: offsets set; resume it to copy from there");
+        }
+        OffsetsCommand::Translate {
+            name,
+            position,
+            json,
+        } => {
+            let Some((topic, partition, offset)) = parse_position(&position) else {
+                anyhow::bail!("{position:?} is not TOPIC/PARTITION=OFFSET (e.g. orders/0=1200)");
+            };
+            let answer = client.get_json(&format!(
+                "/connectors/{name}/offsets/translate?topic={topic}&partition={partition}&offset={offset}"
+            ))?;
+            if json {
+                out!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                let at = answer["internal_offset"]
+                    .as_i64()
+                    .map(|o| {
+                        format!(
+                            "{}/{partition}@{o}",
+                            answer["internal_topic"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                out!(
+                    "{topic}/{partition}@{offset} -> {at} ({})\n{}",
+                    answer["basis"].as_str().unwrap_or_default(),
+                    answer["detail"].as_str().unwrap_or_default()
+                );
+            }
         }
         OffsetsCommand::Reset { name } => {
             client.send_ok("DELETE", &format!("/connectors/{name}/offsets"), None)?;

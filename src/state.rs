@@ -2,7 +2,8 @@
 //!
 //! Owns: every key of that tree (`Key`, one encoder) and the typed value under each:
 //! a connector's target state, its config (for connectors created through the API), the
-//! barriers left by offset changes, the dead-letter floors and the schema versions.
+//! barriers left by offset changes, the group offsets followed at a start, the
+//! dead-letter floors and the schema versions.
 //!
 //! Guarantees: keys are built from *terminated* components, so no connector's keys are a
 //! prefix of another's (`orders` and `orders-eu` share nothing); every value decodes
@@ -70,6 +71,12 @@ pub(crate) enum Key<'a> {
     },
     /// The dead-letter floors of a connector.
     DeadLetters { connector: &'a str },
+    /// The group offset of `partition` last followed at a start (a reset made with
+    /// the group's tools), until kafka-direct's own commit replaces it in the group.
+    GroupReset {
+        connector: &'a str,
+        partition: &'a SourcePartition,
+    },
     /// One version of a subject's schema.
     Schema {
         connector: &'a str,
@@ -88,6 +95,7 @@ mod kind {
     pub(super) const BARRIER: u8 = 3;
     pub(super) const DEAD_LETTERS: u8 = 4;
     pub(super) const SCHEMA: u8 = 5;
+    pub(super) const GROUP_RESET: u8 = 6;
 }
 
 /// Appends `text` as one terminated component: NUL is escaped as `00 FF` and the
@@ -131,12 +139,11 @@ impl Key<'_> {
             Key::Barrier {
                 connector,
                 partition,
-            } => {
-                let mut key = connector_prefix(kind::BARRIER, connector);
-                push_text(&mut key, &partition.topic);
-                key.extend_from_slice(&partition.partition.to_be_bytes());
-                key
-            }
+            } => partition_key(kind::BARRIER, connector, partition),
+            Key::GroupReset {
+                connector,
+                partition,
+            } => partition_key(kind::GROUP_RESET, connector, partition),
             Key::Schema {
                 connector,
                 subject,
@@ -155,6 +162,14 @@ impl Key<'_> {
 fn connector_prefix(kind: u8, connector: &str) -> Vec<u8> {
     let mut key = vec![ENCODING, kind];
     push_text(&mut key, connector);
+    key
+}
+
+/// The key of `kind` for one of `connector`'s partitions.
+fn partition_key(kind: u8, connector: &str, partition: &SourcePartition) -> Vec<u8> {
+    let mut key = connector_prefix(kind, connector);
+    push_text(&mut key, &partition.topic);
+    key.extend_from_slice(&partition.partition.to_be_bytes());
     key
 }
 
@@ -272,6 +287,44 @@ impl<'a> State<'a> {
             partition,
         };
         self.put(key, &internal_offset.to_be_bytes())
+    }
+
+    /// The group offset of `partition` followed at the last start, while the group
+    /// still holds it (see `connector::group`).
+    pub(crate) fn group_reset(
+        &self,
+        connector: &str,
+        partition: &SourcePartition,
+    ) -> Result<Option<i64>, WalError> {
+        let key = Key::GroupReset {
+            connector,
+            partition,
+        };
+        match self.get(key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                Ok(Some(i64::from_be_bytes(bytes.try_into().map_err(
+                    |_| damaged(&key.encode(), "a group offset is 8 bytes"),
+                )?)))
+            }
+        }
+    }
+
+    /// Records (`Some`) or forgets (`None`) the group offset followed for `partition`.
+    pub(crate) fn set_group_reset(
+        &self,
+        connector: &str,
+        partition: &SourcePartition,
+        offset: Option<i64>,
+    ) -> Result<(), WalError> {
+        let key = Key::GroupReset {
+            connector,
+            partition,
+        };
+        match offset {
+            Some(offset) => self.put(key, &offset.to_be_bytes()),
+            None => self.remove(key),
+        }
     }
 
     /// The connector's dead-letter floors (empty when none were kept).

@@ -277,3 +277,126 @@ async fn sasl_plain_over_plaintext_and_over_tls_replicates_exactly_once() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_principal_without_group_acls_replicates_and_check_names_the_missing_permission() {
+    // Kafka's StandardAuthorizer: the plaintext listener (the test kit's, Kafka's
+    // tools') is the super user ANONYMOUS; kafka-direct authenticates as `mirror`, who
+    // may read the topic and nothing of any group.
+    let secure_port = free_port();
+    let args: Vec<String> = [
+        "--secure",
+        &format!("SASL_PLAINTEXT:{secure_port}"),
+        "--mechanisms",
+        "PLAIN",
+        "--user",
+        "mirror:mirror-secret",
+        "--set",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "--set",
+        "super.users=User:ANONYMOUS",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let external = Broker::start_kafka(None, &args);
+    let plain = external.addr();
+    let secure = format!("127.0.0.1:{secure_port}");
+    create_topic(&plain, "guarded", 1).await;
+    let acl = |extra: &[&str]| {
+        let mut a = vec![
+            "--bootstrap-server",
+            &plain,
+            "--add",
+            "--allow-principal",
+            "User:mirror",
+        ];
+        a.extend_from_slice(extra);
+        kafka_tool("kafka-acls", &a);
+    };
+    acl(&[
+        "--operation",
+        "Read",
+        "--operation",
+        "Describe",
+        "--operation",
+        "DescribeConfigs",
+        "--topic",
+        "guarded",
+    ]);
+    produce_all(&plain, "guarded", 1, 50, &[]);
+    let internal = Broker::start();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &secure,
+            internal: &internal.addr(),
+            topics: "guarded",
+            extra: &[
+                ("connector.security.protocol", "SASL_PLAINTEXT"),
+                ("connector.sasl.mechanism", "PLAIN"),
+                ("connector.sasl.username", "mirror"),
+                ("connector.sasl.password", "mirror-secret"),
+                ("connector.offset.flush.interval.ms", "300"),
+            ],
+        },
+    );
+    let (ok, text) = service.cli("check");
+    assert!(
+        ok,
+        "missing group permissions are a warning, not a failure: {text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("consumer group kafka-direct-test cannot be read"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("GroupAuthorizationFailed"), "{line}");
+    assert!(
+        text.contains("grant it READ and DESCRIBE on Group:kafka-direct-test"),
+        "{text}"
+    );
+
+    // Replication goes on without the group.
+    service.start();
+    wait_for_end(
+        &internal.addr(),
+        "int.guarded",
+        0,
+        50,
+        Duration::from_secs(90),
+    )
+    .await;
+    service
+        .wait_log("the group warning", Duration::from_secs(30), |log| {
+            log.contains("lag tools do not see kafka-direct's position")
+        })
+        .await;
+
+    // Granted, the group shows the position, and check says so.
+    acl(&[
+        "--operation",
+        "Read",
+        "--operation",
+        "Describe",
+        "--group",
+        "kafka-direct-test",
+    ]);
+    let (ok, text) = service.cli("check");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("this principal may commit to group kafka-direct-test"),
+        "{text}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = described(&plain, "kafka-direct-test", "guarded");
+        if seen.get(&0) == Some(&Some(50)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}

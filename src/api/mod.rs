@@ -147,6 +147,10 @@ fn router(shared: Arc<Shared>) -> Router {
                 .patch(alter_offsets)
                 .delete(reset_offsets),
         )
+        .route(
+            "/connectors/{name}/offsets/translate",
+            get(translate_offset),
+        )
         .route("/connectors/{name}/pause", put(pause))
         .route("/connectors/{name}/resume", put(resume))
         .route("/connectors/{name}/stop", put(stop))
@@ -558,6 +562,52 @@ fn parse_offsets(body: &Value) -> Result<Vec<(SourcePartition, Option<i64>)>, St
             Ok((SourcePartition::new(topic, partition), offset))
         })
         .collect()
+}
+
+/// `GET /connectors/{name}/offsets/translate?topic=T&partition=P&offset=O`: the internal
+/// offset where a consumer reads source offset O of T/P on (docs/api.md).
+async fn translate_offset(
+    State(shared): Api,
+    Path(name): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Answer {
+    let runtime = find_runtime(&shared, &name)?;
+    let param = |key: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the query needs {key}: ?topic=T&partition=P&offset=O"),
+                )
+            })
+    };
+    let topic = param("topic")?;
+    let number = |key: &str| -> Result<i64, ApiError> {
+        let text = param(key)?;
+        text.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{key}={text} is not a number"),
+            )
+        })
+    };
+    let partition = i32::try_from(number("partition")?)
+        .ok()
+        .filter(|p| *p >= 0)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "partition must be a partition number",
+            )
+        })?;
+    let offset = number("offset")?;
+    let translation = runtime
+        .translate(&SourcePartition::new(topic, partition), offset)
+        .await?;
+    Ok(Json(json!(translation)))
 }
 
 /// `DELETE /connectors/{name}/offsets`: every partition back to `auto.offset.reset`.

@@ -10,12 +10,22 @@
 //!   way to change a target: it stores it, then starts or stops the tasks;
 //! - [`catalog`]: the connectors of a service: the file's and those created through
 //!   the API (their settings kept in the WAL's state), create, change, delete;
-//! - [`topics`]: creating the internal and dead-letter topics.
+//! - [`failover`]: `groups.sync`: source consumer groups' offsets translated and
+//!   committed to the same groups on the internal cluster;
+//! - [`group`]: the connector's consumer group on the external cluster: stored
+//!   positions committed for lag tools, read at each start;
+//! - [`topics`]: creating the internal and dead-letter topics, and carrying their
+//!   source topics' configs;
+//! - [`translate`]: exact offset translation, source offset to internal offset, by
+//!   bisecting the internal partition.
 
 pub mod catalog;
 pub mod definition;
+pub mod failover;
+pub mod group;
 pub mod runtime;
 pub mod topics;
+pub mod translate;
 
 pub use catalog::Connectors;
 pub use definition::{ConnectorHandle, ConnectorState, Target};

@@ -15,13 +15,20 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::topics::{ensure_dead_letter_topic, ensure_internal_topics, retry_start_up};
-use crate::config::{Format, OffsetReset, ServiceConfig};
+use kafka_protocol::ResponseError;
+
+use super::group::{self, SourceGroup};
+use super::topics::{
+    ensure_dead_letter_topic, ensure_internal_topics, retry_start_up, sync_topic_configs,
+};
+use super::translate::{self, Translation};
+use crate::config::{ConnectorConfig, Format, OffsetReset, ServiceConfig};
 use crate::connector::{ConnectorHandle, Target};
 use crate::format::Formatter;
 use crate::forward::dead_letter::{self, DeadLetterSender, DeadLetters};
 use crate::forward::{Forwarder, SinkError};
 use crate::kafka::cluster::{Cluster, ClusterError};
+use crate::kafka::group::GroupClient;
 use crate::kafka::produce::PartitionWriter;
 use crate::kafka::settle::Settling;
 use crate::metrics::{PartitionMetrics, TaskState};
@@ -67,6 +74,11 @@ struct Run {
     cancel: CancellationToken,
     supervisor: tokio::task::JoinHandle<()>,
     dead_letters: Option<Arc<DeadLetters>>,
+    /// Commits the stored positions to the connector's group; ends with the run and
+    /// gives the group back for the last commit.
+    committer: tokio::task::JoinHandle<SourceGroup>,
+    /// Carries the `groups.sync` groups over to the internal cluster.
+    failover: tokio::task::JoinHandle<()>,
 }
 
 /// The in-doubt flags of a run's forwarders (one per partition, added as partitions
@@ -107,6 +119,17 @@ pub enum ControlError {
 impl From<ServiceError> for ControlError {
     fn from(e: ServiceError) -> Self {
         ControlError::Service(Box::new(e))
+    }
+}
+
+impl From<ControlError> for ServiceError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Service(e) => *e,
+            ControlError::Wal(e) => ServiceError::Wal(e),
+            ControlError::Cluster(e) => ServiceError::Cluster(*e),
+            refused => ServiceError::Config(refused.to_string()),
+        }
     }
 }
 
@@ -191,6 +214,11 @@ impl ConnectorRuntime {
         };
         current.cancel.cancel();
         let _ = current.supervisor.await;
+        let _ = current.failover.await;
+        if let Ok(mut group) = current.committer.await {
+            // Every forwarder has stopped: the positions are final.
+            group.flush(&self.ctx.wal, &self.handle.partitions()).await;
+        }
         if any_in_doubt(&self.run_in_doubt()) {
             self.settle.store(true, Ordering::Relaxed);
         } else if let Some(dlq) = &current.dead_letters {
@@ -259,17 +287,96 @@ impl ConnectorRuntime {
                 )));
             }
         }
+        // The group first: a partition set back to auto.offset.reset must not find an
+        // offset of the group at its next start.
+        self.move_group(&connector, changes).await?;
+        let settle = self.settle.load(Ordering::Relaxed);
+        self.move_positions(&connector, changes, settle).await?;
+        for (partition, offset) in changes {
+            info!(connector = %name, %partition, offset = ?offset, "offset changed");
+        }
+        Ok(())
+    }
+
+    /// Moves the connector's group on the external cluster as `changes` say (committed
+    /// with kafka-direct's metadata, or deleted for `None`). A group this principal may
+    /// not use is left alone with a warning; any other failure refuses the change.
+    async fn move_group(
+        &self,
+        connector: &ConnectorConfig,
+        changes: &[(SourcePartition, Option<i64>)],
+    ) -> Result<(), ControlError> {
+        let cluster = self
+            .source_cluster(connector)
+            .map_err(ControlError::Refused)?;
+        let mut client = GroupClient::new(cluster, connector.group_id.clone());
+        let commits: BTreeMap<SourcePartition, i64> = changes
+            .iter()
+            .filter_map(|(p, o)| Some((p.clone(), (*o)?)))
+            .collect();
+        let deletes: Vec<SourcePartition> = changes
+            .iter()
+            .filter(|(_, o)| o.is_none())
+            .map(|(p, _)| p.clone())
+            .collect();
+        let moved = match client
+            .commit(&commits, &group::metadata(&connector.name))
+            .await
+        {
+            Ok(()) => client.delete(&deletes).await,
+            Err(e) => Err(e),
+        };
+        match moved {
+            Ok(()) => Ok(()),
+            Err(e) if e.broker_error() == Some(ResponseError::GroupAuthorizationFailed) => {
+                warn!(connector = %connector.name, group = %connector.group_id, error = %e,
+                    "the connector's consumer group was not moved with its offsets ({})",
+                    group::refusal_hint(&e, &connector.group_id).unwrap_or_default());
+                Ok(())
+            }
+            Err(e) => Err(ControlError::Refused(format!(
+                "moving consumer group {} on the external cluster failed, so no offset was changed: {e}{}",
+                connector.group_id,
+                group::refusal_hint(&e, &connector.group_id)
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// The external cluster of `connector`, as its tasks reach it.
+    fn source_cluster(&self, connector: &ConnectorConfig) -> Result<Cluster, String> {
+        Ok(Cluster {
+            role: "external",
+            key: "connector.kafka.bootstrap.servers",
+            servers: connector.bootstrap_servers.clone(),
+            timeout: self.ctx.config.request_timeout,
+            internal_retries: true,
+            client_id: format!("kafka-direct-{}", connector.name),
+            transport: crate::service::external_transport(connector).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// Moves the WAL positions of `changes` (the connector is stopped or not started
+    /// yet): each partition's internal end becomes its barrier, its unforwarded entries
+    /// are dropped, and its dead-letter bookkeeping is forgotten; durable on return.
+    async fn move_positions(
+        &self,
+        connector: &ConnectorConfig,
+        changes: &[(SourcePartition, Option<i64>)],
+        settle: bool,
+    ) -> Result<(), ControlError> {
+        let name = &connector.name;
         let wal = &self.ctx.wal;
         // After a crash or a stop with a produce in doubt, a request may still land: the
-        // ends read below must have settled.
-        let settle = self.settle.load(Ordering::Relaxed);
+        // ends read below must have settled (`settle`).
         if connector.format != Format::Bytes {
             // Brings the dead-letter floors up to the topic's ends (and keeps them), so
             // that the dead letters of the changed partitions written so far are not
             // read again at the next start.
             let count = ensure_dead_letter_topic(
                 &self.ctx.config,
-                &connector,
+                connector,
                 &self.ctx.internal,
                 &self.ctx.internal_client,
             )
@@ -314,13 +421,24 @@ impl ConnectorRuntime {
                 0 // nothing copied yet: no barrier needed
             };
             State::of(wal).set_barrier(name, partition, end)?;
+            State::of(wal).set_group_reset(name, partition, None)?;
             wal.partition(name, partition)?.reset(*offset)?;
-            info!(connector = %name, %partition, offset = ?offset, internal_barrier = end, "offset changed");
+            info!(connector = %name, %partition, offset = ?offset, internal_barrier = end, "position moved");
         }
         let sources: Vec<SourcePartition> = changes.iter().map(|(p, _)| p.clone()).collect();
         dead_letter::forget(wal, name, &sources)?;
         wal.commit().await?;
         Ok(())
+    }
+
+    /// The internal offset of the first copy of source offset `offset` of `partition`
+    /// or of the next source offset that has one (see [`translate`]).
+    pub async fn translate(
+        &self,
+        partition: &SourcePartition,
+        offset: i64,
+    ) -> Result<Translation, ControlError> {
+        translate::of_connector(&self.ctx, &self.handle, partition, offset).await
     }
 
     /// Every partition this connector has a log for in the WAL.
@@ -366,16 +484,9 @@ impl ConnectorRuntime {
         let connector = &*self.handle.config();
         let wal = &ctx.wal;
         let settle = self.settle.load(Ordering::Relaxed);
-        let source_cluster = Cluster {
-            role: "external",
-            key: "connector.kafka.bootstrap.servers",
-            servers: connector.bootstrap_servers.clone(),
-            timeout: config.request_timeout,
-            internal_retries: true,
-            client_id: format!("kafka-direct-{}", connector.name),
-            transport: crate::service::external_transport(connector)
-                .map_err(|e| ServiceError::Config(e.to_string()))?,
-        };
+        let source_cluster = self
+            .source_cluster(connector)
+            .map_err(ServiceError::Config)?;
         crate::service::warn_if_names_unchecked(&connector.access, Some(&connector.name));
         let internal_cluster = ctx.internal.clone();
         let source_topics = source_cluster
@@ -407,18 +518,55 @@ impl ConnectorRuntime {
                 found: source_topics.keys().cloned().collect::<Vec<_>>().join(","),
             });
         }
+        // The connector's group: offsets set by someone else while it was stopped are
+        // followed now, before anything runs; the others are starts for partitions
+        // without a position.
+        let mut group = SourceGroup::new(source_cluster.clone(), connector);
+        let committed = group.read(&connector.topics).await;
+        let follow = group.resets_to_follow(wal, &committed, &partitions)?;
+        if !follow.is_empty() {
+            let changes: Vec<(SourcePartition, Option<i64>)> =
+                follow.iter().map(|(p, o)| (p.clone(), Some(*o))).collect();
+            self.move_positions(connector, &changes, settle)
+                .await
+                .map_err(ServiceError::from)?;
+            for (partition, offset) in &follow {
+                State::of(wal).set_group_reset(&connector.name, partition, Some(*offset))?;
+                warn!(connector = %connector.name, group = %group.id(), %partition, offset,
+                    "following the group's offset, set by another client while the connector was stopped: copying from it (records below the internal end are copied again, as after an offset change through the API)");
+            }
+            wal.commit().await?;
+        }
+        let group_offsets: BTreeMap<SourcePartition, i64> =
+            committed.into_iter().map(|(p, c)| (p, c.offset)).collect();
+
         // Each attempt re-lists the topics, so a topic created by an attempt whose answer
         // was lost is seen as existing.
         retry_start_up("preparing internal topics", || {
             ensure_internal_topics(
                 config,
                 connector,
+                &source_cluster,
                 &internal_cluster,
                 &ctx.internal_client,
                 &source_topics,
             )
         })
         .await?;
+        let existing: Vec<String> = connector
+            .topics
+            .iter()
+            .filter(|t| source_topics.contains_key(*t))
+            .cloned()
+            .collect();
+        sync_topic_configs(
+            config,
+            connector,
+            &source_cluster,
+            &internal_cluster,
+            &existing,
+        )
+        .await;
 
         // The dead-letter topic is read before any forwarder starts: each one resumes
         // after the highest source offset it stored there or in its internal partition.
@@ -455,11 +603,13 @@ impl ConnectorRuntime {
         let spawner = Spawner {
             handle: Arc::clone(&self.handle),
             ctx: Arc::clone(&self.ctx),
-            source_cluster,
+            source_cluster: source_cluster.clone(),
             dead_letters: dead_letters.clone(),
             settle,
             cancel: cancel.clone(),
             in_doubt,
+            group_id: group.id().to_owned(),
+            group_offsets,
         };
         let mut tasks = JoinSet::new();
         let mut running = BTreeMap::new();
@@ -473,6 +623,19 @@ impl ConnectorRuntime {
         info!(connector = %connector.name, partitions = running.len(), topics = %connector.topics.join(","),
             shard = %format!("{}/{}", config.shard_index, config.shard_count), "replicating");
 
+        let committer = tokio::spawn(commit_positions(
+            group,
+            Arc::clone(&self.handle),
+            wal.clone(),
+            connector.offset_flush_interval,
+            cancel.clone(),
+        ));
+        let failover = tokio::spawn(super::failover::sync_groups(
+            Arc::clone(&self.ctx),
+            Arc::clone(&self.handle),
+            source_cluster.clone(),
+            cancel.clone(),
+        ));
         let supervisor = tokio::spawn(supervise(
             spawner,
             tasks,
@@ -483,6 +646,8 @@ impl ConnectorRuntime {
             cancel,
             supervisor,
             dead_letters,
+            committer,
+            failover,
         })
     }
 }
@@ -506,6 +671,11 @@ struct Spawner {
     settle: bool,
     cancel: CancellationToken,
     in_doubt: InDoubt,
+    /// The connector's group on the external cluster.
+    group_id: String,
+    /// Its committed offsets when the run started: the start of a partition without a
+    /// position.
+    group_offsets: BTreeMap<SourcePartition, i64>,
 }
 
 type Tasks = JoinSet<Result<TaskEnd, SinkError>>;
@@ -569,6 +739,10 @@ impl Spawner {
             cluster: self.source_cluster.clone(),
             log: writer,
             reset,
+            group: (
+                self.group_id.clone(),
+                self.group_offsets.get(partition).copied(),
+            ),
             max_bytes: config.fetch_max_bytes,
             max_wait: config.fetch_max_wait,
             forwarder_wake: wake,
@@ -623,6 +797,7 @@ impl Spawner {
                 ensure_internal_topics(
                     &ctx.config,
                     connector,
+                    &self.source_cluster,
                     &ctx.internal,
                     &ctx.internal_client,
                     &sources,
@@ -734,6 +909,40 @@ async fn refresh(
         spawner
             .handle
             .set_partitions(running.values().map(|r| Arc::clone(&r.metrics)).collect());
+    }
+    let existing: Vec<String> = connector
+        .topics
+        .iter()
+        .filter(|t| topics.contains_key(*t))
+        .cloned()
+        .collect();
+    sync_topic_configs(
+        &spawner.ctx.config,
+        connector,
+        &spawner.source_cluster,
+        &spawner.ctx.internal,
+        &existing,
+    )
+    .await;
+}
+
+/// Commits the stored positions to the connector's group every `interval` until the
+/// run ends; returns the group for the last commit.
+async fn commit_positions(
+    mut group: SourceGroup,
+    handle: Arc<ConnectorHandle>,
+    wal: Wal,
+    interval: std::time::Duration,
+    cancel: CancellationToken,
+) -> SourceGroup {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return group,
+            _ = tick.tick() => group.flush(&wal, &handle.partitions()).await,
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Start-up steps on the internal cluster: creating the internal and dead-letter topics.
+//! Start-up steps on the internal cluster: creating the internal and dead-letter topics,
+//! and the internal topics' configs carried from their source topics.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -6,8 +7,11 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use kafka_protocol::ResponseError;
+
 use crate::config::{ConnectorConfig, ServiceConfig};
-use crate::kafka::cluster::{Cluster, ClusterError};
+use crate::kafka::admin;
+use crate::kafka::cluster::Cluster;
 use crate::service::ServiceError;
 
 /// Runs a start-up step on the internal cluster, retrying transient errors a few times:
@@ -33,42 +37,180 @@ where
     }
 }
 
-/// Creates `topic` with `partitions` partitions on the internal cluster.
+/// The topic configs an internal topic takes from its source topic, when set on the
+/// source topic itself: those that say what the topic keeps and how long. Not carried:
+/// `message.timestamp.type` (LogAppendTime on the copy would replace the source's
+/// timestamps, which the copy keeps), `message.timestamp.before.max.ms` and
+/// `.after.max.ms` (they would refuse old records a backfill copies), and what belongs
+/// to the cluster rather than the data (`min.insync.replicas`, throttles, tiered
+/// storage, `unclean.leader.election.enable`). `internal.topic.config.<name>` sets any
+/// of those, and overrides what is carried.
+pub const CARRIED_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "retention.ms",
+    "retention.bytes",
+    "delete.retention.ms",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
+    "min.cleanable.dirty.ratio",
+    "max.message.bytes",
+    "compression.type",
+    "segment.bytes",
+    "segment.ms",
+];
+
+/// The configs an internal topic should have: the carried ones of its source topic's
+/// `source` configs, then the service's `internal.topic.config.*` over them.
+pub fn internal_topic_configs(
+    source: &BTreeMap<String, String>,
+    overrides: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut configs: BTreeMap<String, String> = source
+        .iter()
+        .filter(|(k, _)| CARRIED_CONFIGS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    configs.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+    configs
+}
+
+/// The values to set on an internal topic whose configs set on it are `current` so
+/// that it has `wanted`. Nothing is removed: a config the source topic no longer sets
+/// (or never set) keeps the value the internal topic has, which may be an operator's.
+pub fn config_changes(
+    current: &BTreeMap<String, String>,
+    wanted: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    wanted
+        .iter()
+        .filter(|(k, v)| current.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Creates `topic` with `partitions` partitions and `configs` on the internal cluster;
+/// one that exists already (another shard, or an earlier attempt whose answer was
+/// lost, made it) counts as created.
 async fn create_topic(
     config: &ServiceConfig,
     cluster: &Cluster,
-    client: &rskafka::client::Client,
     topic: &str,
     partitions: i32,
+    configs: &BTreeMap<String, String>,
 ) -> Result<(), ServiceError> {
-    let controller = client
-        .controller_client()
-        .map_err(|source| ClusterError::Client {
-            what: "finding the controller".into(),
-            role: cluster.role,
-            servers: cluster.servers.join(","),
-            source,
-        })?;
-    let created = cluster
-        .bounded(
-            format!("creating topic {topic}"),
-            controller.create_topic(
-                topic.to_owned(),
-                partitions,
-                config.internal_replication_factor,
-                config.request_timeout.as_millis() as i32,
-            ),
-        )
-        .await;
+    let created = admin::create_topic(
+        cluster,
+        topic,
+        partitions,
+        config.internal_replication_factor,
+        configs,
+    )
+    .await?;
     match created {
-        // Another shard (or an earlier attempt whose answer was lost) created it.
-        Err(e)
-            if e.protocol_error()
-                == Some(rskafka::client::error::ProtocolError::TopicAlreadyExists) =>
-        {
-            Ok(())
+        Ok(()) => Ok(()),
+        Err(refused) if refused.error == ResponseError::TopicAlreadyExists => Ok(()),
+        Err(refused) if refused.error == ResponseError::InvalidReplicationFactor => {
+            Err(ServiceError::Config(format!(
+                "creating internal topic {topic} with internal.replication.factor={} failed: {refused}. Set internal.replication.factor to at most the internal cluster's broker count (-1: the broker's default.replication.factor)",
+                config.internal_replication_factor
+            )))
         }
-        other => Ok(other?),
+        Err(refused) if refused.error == ResponseError::InvalidConfig => {
+            Err(ServiceError::Config(format!(
+                "the internal cluster refused the configs of topic {topic} ({}): {refused}. Check the internal.topic.config.* keys, or the source topic's configs that are carried (docs/configuration.md)",
+                configs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+        Err(refused) => Err(ServiceError::Config(format!(
+            "creating internal topic {topic} failed: {refused}"
+        ))),
+    }
+}
+
+/// The configs set on each of `topics` on the external cluster; empty, with a warning,
+/// for a topic whose configs cannot be read (then only `internal.topic.config.*`
+/// applies).
+async fn source_configs(
+    source: &Cluster,
+    topics: &[String],
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    match admin::topic_configs(source, topics).await {
+        Ok(read) => read
+            .into_iter()
+            .filter_map(|(topic, configs)| match configs {
+                Ok(configs) => Some((topic, configs)),
+                Err(refused) => {
+                    warn!(%topic, error = %refused, "the source topic's configs cannot be read (DescribeConfigs; a principal needs DESCRIBE_CONFIGS on the topic): its internal topic gets the internal cluster's defaults and internal.topic.config.* only");
+                    None
+                }
+            })
+            .collect(),
+        Err(e) => {
+            warn!(topics = %topics.join(","), error = %e, "the source topics' configs cannot be read: internal topics get the internal cluster's defaults and internal.topic.config.* only");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Sets on `connector`'s existing internal topics of `topics` the carried configs their
+/// source topics set now (and `internal.topic.config.*`) where they differ, logging each
+/// change. Runs at each start and each metadata refresh; failures are logged, never
+/// fatal.
+pub(super) async fn sync_topic_configs(
+    config: &ServiceConfig,
+    connector: &ConnectorConfig,
+    source: &Cluster,
+    internal: &Cluster,
+    topics: &[String],
+) {
+    if topics.is_empty() {
+        return;
+    }
+    let from_source = match admin::topic_configs(source, topics).await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the source topics' configs failed; synced at the next refresh");
+            return;
+        }
+    };
+    let internal_topics: Vec<String> = topics.iter().map(|t| connector.internal_topic(t)).collect();
+    let on_internal = match admin::topic_configs(internal, &internal_topics).await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the internal topics' configs failed; synced at the next refresh");
+            return;
+        }
+    };
+    for topic in topics {
+        let Some(Ok(source_configs)) = from_source.get(topic) else {
+            continue;
+        };
+        let internal_topic = connector.internal_topic(topic);
+        let Some(Ok(current)) = on_internal.get(&internal_topic) else {
+            continue;
+        };
+        let wanted = internal_topic_configs(source_configs, &config.internal_topic_configs);
+        let set = config_changes(current, &wanted);
+        if set.is_empty() {
+            continue;
+        }
+        match admin::alter_topic_configs(internal, &internal_topic, &set).await {
+            Ok(Ok(())) => {
+                for (k, v) in &set {
+                    info!(topic = %internal_topic, config = %k, from = current.get(k).map(String::as_str).unwrap_or("(default)"), to = %v, "internal topic config changed to follow its source topic (or internal.topic.config.*)");
+                }
+            }
+            Ok(Err(refused)) => {
+                warn!(topic = %internal_topic, error = %refused, "the internal cluster refused to change the internal topic's configs to follow its source topic")
+            }
+            Err(e) => {
+                tracing::debug!(topic = %internal_topic, error = %e, "changing the internal topic's configs failed; tried again at the next refresh")
+            }
+        }
     }
 }
 
@@ -89,16 +231,18 @@ pub(super) async fn ensure_dead_letter_topic(
     if let Some(t) = existing {
         return Ok(t.partitions.len() as i32);
     }
-    create_topic(config, cluster, client, topic, 1).await?;
+    create_topic(config, cluster, topic, 1, &BTreeMap::new()).await?;
     info!(%topic, "created the dead-letter topic");
     Ok(1)
 }
 
 /// Creates the internal topics missing for `connector`'s source topics, with as many
-/// partitions as their source; refuses an existing one with fewer.
+/// partitions as their source and the source's carried configs
+/// ([`internal_topic_configs`]); refuses an existing one with fewer partitions.
 pub(super) async fn ensure_internal_topics(
     config: &ServiceConfig,
     connector: &ConnectorConfig,
+    source: &Cluster,
     cluster: &Cluster,
     client: &rskafka::client::Client,
     source_topics: &BTreeMap<String, usize>,
@@ -109,6 +253,19 @@ pub(super) async fn ensure_internal_topics(
         .into_iter()
         .map(|t| (t.name, t.partitions.len()))
         .collect();
+    let missing: Vec<String> = connector
+        .topics
+        .iter()
+        .filter(|t| {
+            source_topics.contains_key(*t) && !existing.contains_key(&connector.internal_topic(t))
+        })
+        .cloned()
+        .collect();
+    let carried = if missing.is_empty() {
+        BTreeMap::new()
+    } else {
+        source_configs(source, &missing).await
+    };
     for topic in &connector.topics {
         let Some(&source_count) = source_topics.get(topic) else {
             continue;
@@ -125,8 +282,14 @@ pub(super) async fn ensure_internal_topics(
                 })
             }
             None => {
-                create_topic(config, cluster, client, &internal, source_count as i32).await?;
-                info!(topic = %internal, partitions = source_count, "created internal topic");
+                let configs = internal_topic_configs(
+                    carried.get(topic).unwrap_or(&BTreeMap::new()),
+                    &config.internal_topic_configs,
+                );
+                create_topic(config, cluster, &internal, source_count as i32, &configs).await?;
+                info!(topic = %internal, partitions = source_count,
+                    configs = %configs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                    "created internal topic");
             }
         }
     }

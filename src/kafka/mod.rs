@@ -14,6 +14,11 @@
 //! - [`cluster`]: a cluster: the bound on every call, error classification (one
 //!   `is_transient`), our backoff, the broker-specific waits, the admin calls (topic
 //!   listing and creation, CreatePartitions, DescribeConfigs) and rskafka's client;
+//! - [`admin`]: topic configs read, set at creation and changed (DescribeConfigs,
+//!   CreateTopics, IncrementalAlterConfigs) over our own connection to any broker;
+//! - [`group`]: a consumer group's committed offsets, read, committed and deleted as a
+//!   consumer outside the group does (FindCoordinator, OffsetFetch, OffsetCommit,
+//!   OffsetDelete);
 //! - [`records`]: the record batch codec (magic 2): headers as the list they are,
 //!   duplicates and order kept, and the idempotent producer's fields (pure);
 //! - [`batches`]: a fetch's record batches to the records to copy (markers skipped,
@@ -27,10 +32,12 @@
 //!   until two reads 1.5 s apart agree.
 
 pub mod access;
+pub mod admin;
 pub mod batches;
 pub mod cluster;
 pub mod connection;
 pub mod fetch;
+pub mod group;
 pub mod produce;
 pub mod records;
 pub mod settle;

@@ -72,6 +72,9 @@ pub struct Fetcher {
     pub log: LogWriter,
     /// Start policy without checkpoint.
     pub reset: OffsetReset,
+    /// The connector's consumer group and its committed offset for this partition: the
+    /// start of a partition without a position, before `reset`.
+    pub group: (String, Option<i64>),
     /// Max bytes per fetch.
     pub max_bytes: i32,
     /// Max broker wait per fetch.
@@ -288,6 +291,16 @@ impl Fetcher {
     /// in between).
     async fn first_position(&self, reader: &mut PartitionReader) -> Result<i64, StepError> {
         let partition = self.partition();
+        if let (group, Some(offset)) = &self.group {
+            self.log.append(&FetchedBatch {
+                records: Vec::new(),
+                next_offset: *offset,
+            })?;
+            self.log.commit().await?;
+            info!(%partition, offset, %group, "no checkpoint: fetching from the committed offset of the connector's consumer group");
+            self.metrics.fetched_next.store(*offset, Ordering::Relaxed);
+            return Ok(*offset);
+        }
         if self.reset == OffsetReset::None {
             return Err(StepError::Position(format!(
                 "{partition} has no position (no checkpoint, nothing of it in the internal topic) and auto.offset.reset=none: set auto.offset.reset to earliest or latest, or give the partition an offset through the API (PATCH /connectors/<name>/offsets while the connector is stopped; docs/api.md)"

@@ -1600,3 +1600,27 @@ pub fn wal_fetched_next(data_dir: &Path) -> BTreeMap<(String, i32), Option<i64>>
         })
         .collect()
 }
+
+/// A group's committed offsets of `topic` as `kafka-consumer-groups --describe` prints
+/// them (partition → CURRENT-OFFSET, `None` for "-"); empty when the group does not
+/// exist.
+pub fn described(addr: &str, group: &str, topic: &str) -> BTreeMap<i32, Option<i64>> {
+    let out = Command::new(repo_root().join("scripts/kafka-tool"))
+        .args([
+            "kafka-consumer-groups",
+            "--bootstrap-server",
+            addr,
+            "--describe",
+            "--group",
+            group,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|cols| cols.len() >= 6 && cols[0] == group && cols[1] == topic)
+        .map(|cols| (cols[2].parse().unwrap(), cols[3].parse().ok()))
+        .collect()
+}
