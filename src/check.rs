@@ -244,7 +244,14 @@ pub async fn run(config: &ServiceConfig) -> Report {
         transport: external_transport.clone(),
     };
     let partitions = topics(&mut report, config, &external, &cluster).await;
-    group(&mut report, config, &cluster, &partitions).await;
+    let deployment = crate::connector::group::deployment_of(
+        internal
+            .as_ref()
+            .and_then(|a| a.metadata.cluster_id.as_ref().map(|id| id.to_string())),
+        &config.internal_bootstrap_servers,
+        declared(config),
+    );
+    group(&mut report, config, &cluster, &partitions, &deployment).await;
     for (topic, count) in &partitions {
         format(&mut report, config, &cluster, topic, *count).await;
     }
@@ -556,8 +563,9 @@ async fn group(
     config: &ServiceConfig,
     cluster: &Cluster,
     partitions: &BTreeMap<String, usize>,
+    deployment: &str,
 ) {
-    use crate::connector::group::{is_ours, refusal_hint};
+    use crate::connector::group::{origin, refusal_hint, Origin};
     let connector = declared(config);
     let id = &connector.group_id;
     let mut client = GroupClient::new(cluster.clone(), id.clone());
@@ -567,21 +575,34 @@ async fn group(
     };
     match client.committed(&connector.topics).await {
         Ok(committed) => {
-            let ours = committed.values().filter(|c| is_ours(c)).count();
-            let others = committed.len() - ours;
+            let count = |o: Origin| {
+                committed
+                    .values()
+                    .filter(|c| origin(c, &connector.name, deployment) == o)
+                    .count()
+            };
+            let (ours, elsewhere) = (count(Origin::Ours), count(Origin::OtherDeployment));
+            let others = committed.len() - ours - elsewhere;
             let mut finding = format!(
                 "consumer group {id} can be read: {} partition{} committed",
                 committed.len(),
                 if committed.len() == 1 { "" } else { "s" }
             );
             if !committed.is_empty() {
-                finding.push_str(&format!(" ({ours} by kafka-direct, {others} by another client)"));
+                finding.push_str(&format!(" ({ours} by this connector, {others} by another client)"));
             }
             report.ok("group", finding);
+            if elsewhere > 0 {
+                report.warn(
+                    "group",
+                    format!("{elsewhere} offset{} of group {id} were committed by another kafka-direct deployment (another internal cluster or topic.prefix, or another connector): they are ignored and overwritten", if elsewhere == 1 { "" } else { "s" }),
+                    "give each deployment a connector.group.id of its own",
+                );
+            }
             if others > 0 {
                 report.warn(
                     "group",
-                    format!("{others} offset{} of group {id} were set by another client: partitions with a position start from them at the next start (records the internal topic holds above them are copied again)", if others == 1 { "" } else { "s" }),
+                    format!("{others} offset{} of group {id} were set by another client: the next start takes them (a partition with a position goes back or forward to them as after an offset change; records the internal topic holds above them are copied again)", if others == 1 { "" } else { "s" }),
                     "expected after kafka-consumer-groups --reset-offsets; otherwise set connector.group.id to a group of kafka-direct's own",
                 );
             }

@@ -231,7 +231,14 @@ async fn a_group_reset_with_kafka_consumer_groups_while_stopped_is_followed_once
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partition_without_a_position_starts_from_the_groups_committed_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut service, external, internal) = service(dir.path(), "inherited", 1, &[]).await;
+    // No periodic commit: the group keeps the offset set below until a clean stop.
+    let (mut service, external, internal) = service(
+        dir.path(),
+        "inherited",
+        1,
+        &[("connector.offset.flush.interval.ms", "3600000")],
+    )
+    .await;
     produce_to(&external, "inherited", 0, 0, 40).await;
     // The group exists before kafka-direct ever ran (an earlier consumer's, or a
     // position chosen on purpose).
@@ -246,7 +253,20 @@ async fn a_partition_without_a_position_starts_from_the_groups_committed_offset(
         copied_source_offsets(&internal, "int.inherited", 0).await,
         (25..40).collect::<Vec<i64>>()
     );
+
+    // A crash while the group still holds that offset: the restart does not take it a
+    // second time (as an offset change, which would copy 25.. again).
+    service.kill9();
+    service.start();
+    produce_to(&external, "inherited", 0, 40, 5).await;
+    wait_for_end(&internal, "int.inherited", 0, 20, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        copied_source_offsets(&internal, "int.inherited", 0).await,
+        (25..45).collect::<Vec<i64>>()
+    );
     assert!(service.terminate(Duration::from_secs(30)).success());
+    wait_described(&external, GROUP, "inherited", &[(0, Some(45))]).await;
 }
 
 /// `kafka-configs --describe` of a topic: its configs set on the topic itself.

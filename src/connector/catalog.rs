@@ -285,7 +285,7 @@ impl Connectors {
         let changes: Vec<(SourcePartition, Option<i64>)> =
             partitions.iter().map(|p| (p.clone(), None)).collect();
         if !changes.is_empty() {
-            runtime.alter_offsets(&changes).await?;
+            runtime.forget_offsets(&changes).await?;
         }
         for p in &partitions {
             wal.drop_partition(name, p)?;

@@ -116,92 +116,115 @@ async fn sync_round(
         .filter(|g| matcher.is_match(g) && *g != connector.group_id)
         .collect();
     seen.retain(|g, _| groups.contains(g));
+    let mut failed = Vec::new();
     for group in groups {
-        let mut on_source = GroupClient::new(source.clone(), group.clone());
-        let committed = on_source
-            .committed(&connector.topics)
-            .await
-            .map_err(|e| e.to_string())?;
         let state = seen.entry(group.clone()).or_default();
-        // Keyed by the internal topic's partitions: the consumer that fails over reads
-        // those, and its group's offsets there are theirs.
-        let mut translated = BTreeMap::new();
-        for (partition, c) in committed {
-            if !ctx.config.owns(&partition) {
-                continue;
-            }
-            let internal_partition = SourcePartition::new(
-                connector.internal_topic(&partition.topic),
-                partition.partition,
-            );
-            if let Some(&(offset, internal)) = state.translated.get(&partition) {
-                if offset == c.offset {
-                    translated.insert(internal_partition, (internal, c.metadata));
-                    continue;
-                }
-            }
-            let t = translate::of_connector(ctx, handle, &partition, c.offset)
-                .await
-                .map_err(|e| e.to_string())?;
-            let Some(internal) = t.internal_offset.filter(|_| t.basis != Basis::NotCopiedYet)
-            else {
-                debug!(%group, %partition, offset = c.offset, "not copied yet: synced at a later round");
-                continue;
-            };
-            state
-                .translated
-                .insert(partition.clone(), (c.offset, internal));
-            translated.insert(internal_partition, (internal, c.metadata));
+        if let Err(e) = sync_group(ctx, handle, source, &group, state).await {
+            failed.push(format!("group {group}: {e}"));
         }
-        if translated.is_empty() {
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+/// One round for one source group.
+async fn sync_group(
+    ctx: &Context,
+    handle: &ConnectorHandle,
+    source: &Cluster,
+    group: &str,
+    state: &mut Seen,
+) -> Result<(), String> {
+    let connector = handle.config();
+    let mut on_source = GroupClient::new(source.clone(), group.to_owned());
+    let committed = on_source
+        .committed(&connector.topics)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Keyed by the internal topic's partitions: the consumer that fails over reads
+    // those, and its group's offsets there are theirs.
+    let mut translated = BTreeMap::new();
+    for (partition, c) in committed {
+        if !ctx.config.owns(&partition) {
             continue;
         }
-        let internal_topics: Vec<String> = connector
-            .topics
-            .iter()
-            .map(|t| connector.internal_topic(t))
-            .collect();
-        let mut on_internal = GroupClient::new(ctx.internal.clone(), group.clone());
-        let held = on_internal
-            .committed(&internal_topics)
+        let internal_partition = SourcePartition::new(
+            connector.internal_topic(&partition.topic),
+            partition.partition,
+        );
+        if let Some(&(offset, internal)) = state.translated.get(&partition) {
+            if offset == c.offset {
+                translated.insert(internal_partition, (internal, c.metadata));
+                continue;
+            }
+        }
+        let t = translate::of_connector(ctx, handle, &partition, c.offset)
             .await
             .map_err(|e| e.to_string())?;
-        let moves = forward_only(&translated, &held);
-        if moves.is_empty() {
+        let Some(internal) = t.internal_offset.filter(|_| t.basis != Basis::NotCopiedYet) else {
+            debug!(%group, %partition, offset = c.offset, "not copied yet: synced at a later round");
             continue;
-        }
-        // One commit per metadata string (a commit carries one per partition, but the
-        // client sends one for all; consumers rarely vary it).
-        let mut by_metadata: BTreeMap<String, BTreeMap<SourcePartition, i64>> = BTreeMap::new();
-        for (partition, (offset, metadata)) in &moves {
-            by_metadata
-                .entry(metadata.clone())
-                .or_default()
-                .insert(partition.clone(), *offset);
-        }
-        for (metadata, offsets) in by_metadata {
-            match on_internal.commit(&offsets, &metadata).await {
-                Ok(()) => {
-                    state.active = false;
-                    for (partition, offset) in &offsets {
-                        info!(connector = %connector.name, %group, %partition, internal_offset = offset,
-                            from = held.get(partition).map(|c| c.offset), "consumer group offset carried to the internal cluster");
-                    }
+        };
+        state
+            .translated
+            .insert(partition.clone(), (c.offset, internal));
+        translated.insert(internal_partition, (internal, c.metadata));
+    }
+    if translated.is_empty() {
+        return Ok(());
+    }
+    let internal_topics: Vec<String> = connector
+        .topics
+        .iter()
+        .map(|t| connector.internal_topic(t))
+        .collect();
+    let mut on_internal = GroupClient::new(ctx.internal.clone(), group.to_owned());
+    let held = on_internal
+        .committed(&internal_topics)
+        .await
+        .map_err(|e| e.to_string())?;
+    let moves = forward_only(&translated, &held);
+    if moves.is_empty() {
+        return Ok(());
+    }
+    // One commit per metadata string (a commit carries one per partition, but the
+    // client sends one for all; consumers rarely vary it).
+    let mut by_metadata: BTreeMap<String, BTreeMap<SourcePartition, i64>> = BTreeMap::new();
+    for (partition, (offset, metadata)) in &moves {
+        by_metadata
+            .entry(metadata.clone())
+            .or_default()
+            .insert(partition.clone(), *offset);
+    }
+    for (metadata, offsets) in by_metadata {
+        match on_internal.commit(&offsets, &metadata).await {
+            Ok(()) => {
+                state.active = false;
+                for (partition, offset) in &offsets {
+                    info!(connector = %connector.name, %group, %partition, internal_offset = offset,
+                        from = held.get(partition).map(|c| c.offset), "consumer group offset carried to the internal cluster");
                 }
-                Err(e)
-                    if matches!(
-                        e.broker_error(),
-                        Some(ResponseError::UnknownMemberId | ResponseError::IllegalGeneration)
-                    ) =>
-                {
-                    if !state.active {
-                        state.active = true;
-                        info!(connector = %connector.name, %group, "the group has active members on the internal cluster: its offsets there are theirs, and are no longer synced while they are");
-                    }
-                    break;
-                }
-                Err(e) => return Err(e.to_string()),
             }
+            Err(e)
+                if matches!(
+                    e.broker_error(),
+                    Some(
+                        ResponseError::UnknownMemberId
+                            | ResponseError::IllegalGeneration
+                            | ResponseError::RebalanceInProgress
+                    )
+                ) =>
+            {
+                if !state.active {
+                    state.active = true;
+                    info!(connector = %connector.name, %group, "the group has active members on the internal cluster: its offsets there are theirs, and are no longer synced while they are");
+                }
+                break;
+            }
+            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(())

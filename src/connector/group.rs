@@ -5,25 +5,33 @@
 //! What is committed is the stored position of each partition: the next source offset
 //! not yet stored in the internal cluster (or the dead-letter topic), committed every
 //! `offset.flush.interval.ms` and once at a clean stop, as a consumer outside the group
-//! commits (generation -1), with metadata naming kafka-direct and the connector.
+//! commits (generation -1), with metadata naming kafka-direct, the connector and its
+//! deployment (the internal cluster's id and `topic.prefix`): another deployment's
+//! connector of the same name committing to the same group is told apart.
 //!
-//! The group is read at each start:
-//! - a partition without a WAL position starts from the group's offset when it has one
-//!   (before `auto.offset.reset`); the internal topic's tail is looked at first and wins,
-//!   so a group offset never makes a record stored twice;
-//! - an offset that does not carry kafka-direct's metadata was set by someone else
-//!   (`kafka-consumer-groups --reset-offsets` while the connector was stopped): it is
-//!   followed as an offset change through the API is, and recorded in the state until
-//!   kafka-direct's own commit replaces it in the group, so a crash before that does not
-//!   follow it twice.
+//! The group is read at each start ([`SourceGroup::plan`]); each committed offset of a
+//! partition this shard runs is, by its metadata:
+//! - this deployment's: the start of a partition without a WAL position (before
+//!   `auto.offset.reset`; the internal topic's tail is looked at first and wins);
+//! - another deployment's: ignored, with a warning;
+//! - anyone else's (`kafka-consumer-groups --reset-offsets`, an earlier consumer): an
+//!   operator's choice, taken once: followed as an offset change through the API is for a
+//!   partition with a position, the start of one without. It is then recorded in the
+//!   state (`GroupReset`) until kafka-direct's own commit replaces it in the group, so a
+//!   crash before that does not take it twice. Taken only while the group has no active
+//!   members: a group with members is some application's, not this connector's.
 //!
-//! While the connector runs, an offset set by someone else is overwritten at the next
+//! An offset recorded in the state is not taken again: that also covers what an offset
+//! change through the API could not delete from the group.
+//!
+//! While the connector runs, an offset set by anyone else is overwritten at the next
 //! commit, with an error naming it: positions move only while a connector is stopped.
+//! If the start could not read the group, such an offset is left for the next start.
 //!
 //! A group that cannot be read or written (no Group ACL, a broker without the group
 //! APIs) never stops replication: a warning names the missing permission, once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -38,24 +46,66 @@ use crate::record::SourcePartition;
 use crate::state::State;
 use crate::wal::{Wal, WalError};
 
+/// Which deployment a connector is: the internal cluster's id (its servers when it
+/// gives none) and the connector's `topic.prefix`. Shards of one deployment share it.
+/// An internal cluster that does not answer is an error: guessing would take this
+/// deployment's own offsets for another's.
+pub(crate) async fn deployment(
+    internal: &Cluster,
+    connector: &ConnectorConfig,
+) -> Result<String, ClusterError> {
+    let id = crate::kafka::admin::cluster_id(internal).await?;
+    Ok(deployment_of(id, &internal.servers, connector))
+}
+
+/// [`deployment`] from the internal cluster's id as already read.
+pub(crate) fn deployment_of(
+    cluster_id: Option<String>,
+    servers: &[String],
+    connector: &ConnectorConfig,
+) -> String {
+    let cluster = cluster_id
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| servers.join(","));
+    format!("{cluster}/{}", connector.topic_prefix)
+}
+
 /// The metadata kafka-direct commits with its offsets.
-pub(crate) fn metadata(connector: &str) -> String {
+pub(crate) fn metadata(connector: &str, deployment: &str) -> String {
     format!(
-        "kafka-direct {} connector={connector}",
+        "kafka-direct {} connector={connector} deployment={deployment}",
         env!("CARGO_PKG_VERSION")
     )
 }
 
-/// Whether an offset was committed by kafka-direct (by its metadata).
-pub(crate) fn is_ours(committed: &Committed) -> bool {
-    committed.metadata.starts_with("kafka-direct ")
+/// Who committed an offset, by its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// This connector of this deployment.
+    Ours,
+    /// kafka-direct, but another connector or deployment.
+    OtherDeployment,
+    /// Anyone else: Kafka's tools, a consumer.
+    Other,
+}
+
+/// Who committed `committed`, for `connector` of `deployment`.
+pub(crate) fn origin(committed: &Committed, connector: &str, deployment: &str) -> Origin {
+    let m = &committed.metadata;
+    if !m.starts_with("kafka-direct ") {
+        Origin::Other
+    } else if m.ends_with(&format!(" connector={connector} deployment={deployment}")) {
+        Origin::Ours
+    } else {
+        Origin::OtherDeployment
+    }
 }
 
 /// What a refusal of the group's calls means for the user, when it is one.
 pub(crate) fn refusal_hint(e: &ClusterError, group: &str) -> Option<String> {
     match e.broker_error()? {
         ResponseError::GroupAuthorizationFailed => Some(format!(
-            "the external cluster refuses group {group} to this principal: grant it READ and DESCRIBE on Group:{group} (kafka-acls --add --allow-principal User:<user> --operation Read --operation Describe --group {group}), or set connector.group.id to a group it may use"
+            "the external cluster refuses group {group} to this principal: grant it READ and DESCRIBE on Group:{group} (kafka-acls --add --allow-principal User:<user> --operation Read --operation Describe --group {group}; DELETE too for offset resets through the API), or set connector.group.id to a group it may use"
         )),
         ResponseError::TopicAuthorizationFailed => Some(format!(
             "committing to group {group} needs READ on the topics (the principal can fetch them only with it: check the topic ACLs)"
@@ -67,26 +117,48 @@ pub(crate) fn refusal_hint(e: &ClusterError, group: &str) -> Option<String> {
     }
 }
 
+/// What the group says for this start.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Offsets set by someone else for partitions with a position: offset changes to
+    /// make before anything runs.
+    pub(crate) follow: Vec<(SourcePartition, i64)>,
+    /// Where partitions without a position start.
+    pub(crate) starts: BTreeMap<SourcePartition, i64>,
+    /// Offsets set by someone else taken as starts: recorded in the state before
+    /// anything runs.
+    pub(crate) taken: Vec<(SourcePartition, i64)>,
+}
+
 /// The connector's group and what kafka-direct last committed to it.
 #[derive(Debug)]
 pub(crate) struct SourceGroup {
     client: GroupClient,
     connector: String,
+    deployment: String,
     metadata: String,
     /// The last offset committed per partition.
     committed: BTreeMap<SourcePartition, i64>,
+    /// Whether the start read the group: an offset set by someone else seen later is
+    /// overwritten only then (else the next start takes it).
+    read_at_start: bool,
+    /// Offsets set by someone else left alone for the next start, logged once each.
+    deferred: BTreeSet<(SourcePartition, i64)>,
     /// A failure was logged as a warning; the next ones go to debug until a call works.
     warned: bool,
 }
 
 impl SourceGroup {
-    /// The group of `connector` on its external cluster.
-    pub(crate) fn new(cluster: Cluster, connector: &ConnectorConfig) -> Self {
+    /// The group of `connector` of `deployment` on its external cluster.
+    pub(crate) fn new(cluster: Cluster, connector: &ConnectorConfig, deployment: String) -> Self {
         Self {
             client: GroupClient::new(cluster, connector.group_id.clone()),
             connector: connector.name.clone(),
-            metadata: metadata(&connector.name),
+            metadata: metadata(&connector.name, &deployment),
+            deployment,
             committed: BTreeMap::new(),
+            read_at_start: false,
+            deferred: BTreeSet::new(),
             warned: false,
         }
     }
@@ -94,21 +166,6 @@ impl SourceGroup {
     /// The group's id.
     pub(crate) fn id(&self) -> &str {
         self.client.group()
-    }
-
-    /// The group's committed offsets of `topics`; empty, with a warning, when the group
-    /// cannot be read.
-    pub(crate) async fn read(&mut self, topics: &[String]) -> BTreeMap<SourcePartition, Committed> {
-        match self.client.committed(topics).await {
-            Ok(committed) => {
-                self.warned = false;
-                committed
-            }
-            Err(e) => {
-                self.failed("reading", &e);
-                BTreeMap::new()
-            }
-        }
     }
 
     fn failed(&mut self, doing: &str, e: &ClusterError) {
@@ -124,40 +181,84 @@ impl SourceGroup {
         }
     }
 
-    /// The partitions of `committed` whose offset someone else set, and that this
-    /// connector has a position for in the WAL: offset changes to follow at this start.
-    /// An offset already followed at an earlier start (recorded in the state, and not yet
-    /// replaced in the group by kafka-direct's own commit) is not followed again.
-    pub(crate) fn resets_to_follow(
-        &self,
+    /// Reads the group and decides what its offsets mean for the start of `owned`
+    /// (see the module's text). A group that cannot be read gives an empty plan, with a
+    /// warning.
+    pub(crate) async fn plan(
+        &mut self,
         wal: &Wal,
-        committed: &BTreeMap<SourcePartition, Committed>,
+        topics: &[String],
         owned: &[SourcePartition],
-    ) -> Result<Vec<(SourcePartition, i64)>, WalError> {
-        let mut follow = Vec::new();
+    ) -> Result<Plan, WalError> {
+        let committed = match self.client.committed(topics).await {
+            Ok(committed) => {
+                self.read_at_start = true;
+                self.warned = false;
+                committed
+            }
+            Err(e) => {
+                self.failed("reading", &e);
+                return Ok(Plan::default());
+            }
+        };
+        let state = State::of(wal);
+        let mut plan = Plan::default();
+        let mut others = Vec::new();
         for partition in owned {
             let Some(c) = committed.get(partition) else {
                 continue;
             };
-            if is_ours(c) {
-                continue;
-            }
-            if State::of(wal).group_reset(&self.connector, partition)? == Some(c.offset) {
-                continue;
+            if state.group_reset(&self.connector, partition)? == Some(c.offset) {
+                continue; // taken already
             }
             let log = wal.partition(&self.connector, partition)?;
             let checkpoints = log.checkpoints()?;
-            if checkpoints.fetched_next.is_none() && checkpoints.forwarded_next.is_none() {
-                continue; // no position: the group's offset is its start anyway
+            let positioned =
+                checkpoints.fetched_next.is_some() || checkpoints.forwarded_next.is_some();
+            match origin(c, &self.connector, &self.deployment) {
+                Origin::Ours if !positioned => {
+                    plan.starts.insert(partition.clone(), c.offset);
+                }
+                Origin::Ours => {}
+                Origin::OtherDeployment => {
+                    warn!(connector = %self.connector, group = %self.id(), %partition, offset = c.offset, metadata = %c.metadata,
+                        "the connector's group holds an offset committed by another kafka-direct deployment: it is neither followed nor used as a start, and kafka-direct overwrites it; give each deployment a connector.group.id of its own");
+                }
+                Origin::Other => others.push((partition.clone(), c.offset, positioned)),
             }
-            follow.push((partition.clone(), c.offset));
         }
-        Ok(follow)
+        if others.is_empty() {
+            return Ok(plan);
+        }
+        match self.client.is_empty().await {
+            Ok(Some(true)) => {}
+            answer => {
+                let why = match answer {
+                    Ok(Some(_)) => "it has active members".to_owned(),
+                    Ok(None) => "it is not a classic group without members".to_owned(),
+                    Err(e) => format!("describing it failed: {e}"),
+                };
+                warn!(connector = %self.connector, group = %self.id(), partitions = others.len(),
+                    "the connector's group holds offsets set by another client, but {why}: they are not taken (is connector.group.id an application's group?)");
+                return Ok(plan);
+            }
+        }
+        for (partition, offset, positioned) in others {
+            if positioned {
+                plan.follow.push((partition, offset));
+            } else {
+                info!(connector = %self.connector, group = %self.id(), %partition, offset,
+                    "no position yet: starting from the offset another client set in the connector's group");
+                plan.starts.insert(partition.clone(), offset);
+                plan.taken.push((partition, offset));
+            }
+        }
+        Ok(plan)
     }
 
     /// Commits the stored position of each of `partitions` that changed since the last
-    /// commit (all of them after an offset set by someone else). Failures are logged;
-    /// replication never waits for the group.
+    /// commit (and over an offset set by someone else). Failures are logged; replication
+    /// never waits for the group.
     pub(crate) async fn flush(&mut self, wal: &Wal, partitions: &[Arc<PartitionMetrics>]) {
         let positions: BTreeMap<SourcePartition, i64> = partitions
             .iter()
@@ -172,11 +273,8 @@ impl SourceGroup {
         if positions.is_empty() {
             return;
         }
-        let topics: Vec<String> = {
-            let mut t: Vec<String> = positions.keys().map(|p| p.topic.clone()).collect();
-            t.dedup();
-            t
-        };
+        let mut topics: Vec<String> = positions.keys().map(|p| p.topic.clone()).collect();
+        topics.dedup();
         let current = match self.client.committed(&topics).await {
             Ok(current) => current,
             Err(e) => {
@@ -184,24 +282,40 @@ impl SourceGroup {
                 return;
             }
         };
+        let mut left_alone = BTreeSet::new();
         for (partition, c) in &current {
-            if !is_ours(c) && positions.contains_key(partition) {
-                let followed = State::of(wal)
-                    .group_reset(&self.connector, partition)
-                    .ok()
-                    .flatten();
-                if followed != Some(c.offset) {
-                    error!(connector = %self.connector, group = %self.client.group(), %partition, offset = c.offset,
+            if !positions.contains_key(partition) {
+                continue;
+            }
+            let taken = State::of(wal)
+                .group_reset(&self.connector, partition)
+                .ok()
+                .flatten()
+                == Some(c.offset);
+            match origin(c, &self.connector, &self.deployment) {
+                Origin::Ours => continue,
+                Origin::Other if !taken && !self.read_at_start => {
+                    if self.deferred.insert((partition.clone(), c.offset)) {
+                        warn!(connector = %self.connector, group = %self.id(), %partition, offset = c.offset,
+                            "the connector's group holds an offset set by another client, and this start could not read the group: it is left there and taken at the next start");
+                    }
+                    left_alone.insert(partition.clone());
+                    continue;
+                }
+                Origin::Other if !taken => {
+                    error!(connector = %self.connector, group = %self.id(), %partition, offset = c.offset,
                         "the connector's group offset was set by another client while the connector runs: kafka-direct overwrites it with its own position. To move the connector, stop it (PUT /connectors/<name>/stop), then reset the group or PATCH its offsets, and resume it");
                 }
-                self.committed.remove(partition);
+                _ => {}
             }
+            self.committed.remove(partition);
         }
         let changed: BTreeMap<SourcePartition, i64> = positions
             .into_iter()
             .filter(|(p, next)| {
-                self.committed.get(p) != Some(next)
-                    || current.get(p).map(|c| c.offset) != Some(*next)
+                !left_alone.contains(p)
+                    && (self.committed.get(p) != Some(next)
+                        || current.get(p).map(|c| c.offset) != Some(*next))
             })
             .collect();
         if changed.is_empty() {
@@ -210,17 +324,44 @@ impl SourceGroup {
         match self.client.commit(&changed, &self.metadata).await {
             Ok(()) => {
                 if self.warned {
-                    info!(connector = %self.connector, group = %self.client.group(), "committing to the connector's consumer group works again");
+                    info!(connector = %self.connector, group = %self.id(), "committing to the connector's consumer group works again");
                 }
                 self.warned = false;
                 for (partition, next) in changed {
-                    // The group now holds kafka-direct's offset: an offset followed at
-                    // the start is no longer in it.
+                    // The group now holds kafka-direct's offset: an offset taken at the
+                    // start is no longer in it.
                     let _ = State::of(wal).set_group_reset(&self.connector, &partition, None);
                     self.committed.insert(partition, next);
                 }
             }
             Err(e) => self.failed("committing to", &e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_told_apart_by_connector_and_deployment() {
+        let c = |m: &str| Committed {
+            offset: 1,
+            metadata: m.to_owned(),
+        };
+        let ours = metadata("orders", "abc/ext");
+        assert_eq!(origin(&c(&ours), "orders", "abc/ext"), Origin::Ours);
+        let older = "kafka-direct 0.0.1 connector=orders deployment=abc/ext";
+        assert_eq!(origin(&c(older), "orders", "abc/ext"), Origin::Ours);
+        assert_eq!(
+            origin(&c(&metadata("orders", "xyz/ext")), "orders", "abc/ext"),
+            Origin::OtherDeployment
+        );
+        assert_eq!(
+            origin(&c(&metadata("orders-eu", "abc/ext")), "orders", "abc/ext"),
+            Origin::OtherDeployment
+        );
+        assert_eq!(origin(&c(""), "orders", "abc/ext"), Origin::Other);
+        assert_eq!(origin(&c("app state"), "orders", "abc/ext"), Origin::Other);
     }
 }

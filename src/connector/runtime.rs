@@ -289,26 +289,47 @@ impl ConnectorRuntime {
         }
         // The group first: a partition set back to auto.offset.reset must not find an
         // offset of the group at its next start.
-        self.move_group(&connector, changes).await?;
+        let left = self.move_group(&connector, changes, true).await?;
         let settle = self.settle.load(Ordering::Relaxed);
-        self.move_positions(&connector, changes, settle).await?;
+        self.move_positions(&connector, changes, &left, settle)
+            .await?;
         for (partition, offset) in changes {
             info!(connector = %name, %partition, offset = ?offset, "offset changed");
         }
         Ok(())
     }
 
+    /// [`ConnectorRuntime::alter_offsets`] for a connector being deleted: its group is
+    /// moved if it can be, and the deletion goes on if it cannot (the external cluster
+    /// may be gone for good).
+    pub async fn forget_offsets(
+        &self,
+        changes: &[(SourcePartition, Option<i64>)],
+    ) -> Result<(), ControlError> {
+        let _run = self.run.lock().await;
+        let connector = self.handle.config();
+        let left = self.move_group(&connector, changes, false).await?;
+        let settle = self.settle.load(Ordering::Relaxed);
+        self.move_positions(&connector, changes, &left, settle)
+            .await
+    }
+
     /// Moves the connector's group on the external cluster as `changes` say (committed
-    /// with kafka-direct's metadata, or deleted for `None`). A group this principal may
-    /// not use is left alone with a warning; any other failure refuses the change.
+    /// with kafka-direct's metadata, or deleted for `None`). Returns what the group
+    /// still holds of the partitions sent back to `auto.offset.reset` when it could not
+    /// be deleted: recorded as taken, so no start uses it. A principal refused the group
+    /// (or any failure, unless `required`) leaves it alone with a warning; otherwise a
+    /// failure refuses the change.
     async fn move_group(
         &self,
         connector: &ConnectorConfig,
         changes: &[(SourcePartition, Option<i64>)],
-    ) -> Result<(), ControlError> {
+        required: bool,
+    ) -> Result<BTreeMap<SourcePartition, i64>, ControlError> {
         let cluster = self
             .source_cluster(connector)
             .map_err(ControlError::Refused)?;
+        let deployment = group::deployment(&self.ctx.internal, connector).await?;
         let mut client = GroupClient::new(cluster, connector.group_id.clone());
         let commits: BTreeMap<SourcePartition, i64> = changes
             .iter()
@@ -319,29 +340,36 @@ impl ConnectorRuntime {
             .filter(|(_, o)| o.is_none())
             .map(|(p, _)| p.clone())
             .collect();
-        let moved = match client
-            .commit(&commits, &group::metadata(&connector.name))
-            .await
-        {
+        let metadata = group::metadata(&connector.name, &deployment);
+        let moved = match client.commit(&commits, &metadata).await {
             Ok(()) => client.delete(&deletes).await,
             Err(e) => Err(e),
         };
-        match moved {
-            Ok(()) => Ok(()),
-            Err(e) if e.broker_error() == Some(ResponseError::GroupAuthorizationFailed) => {
-                warn!(connector = %connector.name, group = %connector.group_id, error = %e,
-                    "the connector's consumer group was not moved with its offsets ({})",
-                    group::refusal_hint(&e, &connector.group_id).unwrap_or_default());
-                Ok(())
-            }
-            Err(e) => Err(ControlError::Refused(format!(
+        let Err(e) = moved else {
+            return Ok(BTreeMap::new());
+        };
+        let refused = e.broker_error() == Some(ResponseError::GroupAuthorizationFailed);
+        if required && !refused {
+            return Err(ControlError::Refused(format!(
                 "moving consumer group {} on the external cluster failed, so no offset was changed: {e}{}",
                 connector.group_id,
                 group::refusal_hint(&e, &connector.group_id)
                     .map(|h| format!(" ({h})"))
                     .unwrap_or_default()
-            ))),
+            )));
         }
+        warn!(connector = %connector.name, group = %connector.group_id, error = %e,
+            "the connector's consumer group was not moved with its offsets ({})",
+            group::refusal_hint(&e, &connector.group_id).unwrap_or_default());
+        let topics: Vec<String> = deletes.iter().map(|p| p.topic.clone()).collect();
+        Ok(client
+            .committed(&topics)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(p, _)| deletes.contains(p))
+            .map(|(p, c)| (p, c.offset))
+            .collect())
     }
 
     /// The external cluster of `connector`, as its tasks reach it.
@@ -359,11 +387,14 @@ impl ConnectorRuntime {
 
     /// Moves the WAL positions of `changes` (the connector is stopped or not started
     /// yet): each partition's internal end becomes its barrier, its unforwarded entries
-    /// are dropped, and its dead-letter bookkeeping is forgotten; durable on return.
+    /// are dropped, and its dead-letter bookkeeping is forgotten; `taken` are group
+    /// offsets no start may use (recorded in the state, the others cleared). Durable on
+    /// return.
     async fn move_positions(
         &self,
         connector: &ConnectorConfig,
         changes: &[(SourcePartition, Option<i64>)],
+        taken: &BTreeMap<SourcePartition, i64>,
         settle: bool,
     ) -> Result<(), ControlError> {
         let name = &connector.name;
@@ -421,7 +452,7 @@ impl ConnectorRuntime {
                 0 // nothing copied yet: no barrier needed
             };
             State::of(wal).set_barrier(name, partition, end)?;
-            State::of(wal).set_group_reset(name, partition, None)?;
+            State::of(wal).set_group_reset(name, partition, taken.get(partition).copied())?;
             wal.partition(name, partition)?.reset(*offset)?;
             info!(connector = %name, %partition, offset = ?offset, internal_barrier = end, "position moved");
         }
@@ -518,27 +549,36 @@ impl ConnectorRuntime {
                 found: source_topics.keys().cloned().collect::<Vec<_>>().join(","),
             });
         }
-        // The connector's group: offsets set by someone else while it was stopped are
-        // followed now, before anything runs; the others are starts for partitions
-        // without a position.
-        let mut group = SourceGroup::new(source_cluster.clone(), connector);
-        let committed = group.read(&connector.topics).await;
-        let follow = group.resets_to_follow(wal, &committed, &partitions)?;
-        if !follow.is_empty() {
-            let changes: Vec<(SourcePartition, Option<i64>)> =
-                follow.iter().map(|(p, o)| (p.clone(), Some(*o))).collect();
-            self.move_positions(connector, &changes, settle)
+        // The connector's group (connector/group.rs): offsets set by someone else while
+        // it was stopped are followed or taken as starts now, before anything runs.
+        let deployment = retry_start_up("reading the internal cluster's id", || async {
+            Ok(group::deployment(&internal_cluster, connector).await?)
+        })
+        .await?;
+        let mut group = SourceGroup::new(source_cluster.clone(), connector, deployment);
+        let plan = group.plan(wal, &connector.topics, &partitions).await?;
+        if !plan.follow.is_empty() {
+            let changes: Vec<(SourcePartition, Option<i64>)> = plan
+                .follow
+                .iter()
+                .map(|(p, o)| (p.clone(), Some(*o)))
+                .collect();
+            let taken: BTreeMap<SourcePartition, i64> = plan.follow.iter().cloned().collect();
+            self.move_positions(connector, &changes, &taken, settle)
                 .await
                 .map_err(ServiceError::from)?;
-            for (partition, offset) in &follow {
-                State::of(wal).set_group_reset(&connector.name, partition, Some(*offset))?;
+            for (partition, offset) in &plan.follow {
                 warn!(connector = %connector.name, group = %group.id(), %partition, offset,
                     "following the group's offset, set by another client while the connector was stopped: copying from it (records below the internal end are copied again, as after an offset change through the API)");
             }
+        }
+        if !plan.taken.is_empty() {
+            for (partition, offset) in &plan.taken {
+                State::of(wal).set_group_reset(&connector.name, partition, Some(*offset))?;
+            }
             wal.commit().await?;
         }
-        let group_offsets: BTreeMap<SourcePartition, i64> =
-            committed.into_iter().map(|(p, c)| (p, c.offset)).collect();
+        let group_offsets = plan.starts;
 
         // Each attempt re-lists the topics, so a topic created by an attempt whose answer
         // was lost is seen as existing.

@@ -90,14 +90,16 @@ pub fn config_changes(
 
 /// Creates `topic` with `partitions` partitions and `configs` on the internal cluster;
 /// one that exists already (another shard, or an earlier attempt whose answer was
-/// lost, made it) counts as created.
-async fn create_topic(
+/// lost, made it) counts as created. A refusal of the configs is returned as it is
+/// (the caller may try without the carried ones); any other is an error naming its
+/// cause.
+async fn try_create_topic(
     config: &ServiceConfig,
     cluster: &Cluster,
     topic: &str,
     partitions: i32,
     configs: &BTreeMap<String, String>,
-) -> Result<(), ServiceError> {
+) -> Result<Result<(), admin::Refusal>, ServiceError> {
     let created = admin::create_topic(
         cluster,
         topic,
@@ -107,28 +109,48 @@ async fn create_topic(
     )
     .await?;
     match created {
-        Ok(()) => Ok(()),
-        Err(refused) if refused.error == ResponseError::TopicAlreadyExists => Ok(()),
+        Ok(()) => Ok(Ok(())),
+        Err(refused) if refused.error == ResponseError::TopicAlreadyExists => Ok(Ok(())),
         Err(refused) if refused.error == ResponseError::InvalidReplicationFactor => {
             Err(ServiceError::Config(format!(
                 "creating internal topic {topic} with internal.replication.factor={} failed: {refused}. Set internal.replication.factor to at most the internal cluster's broker count (-1: the broker's default.replication.factor)",
                 config.internal_replication_factor
             )))
         }
-        Err(refused) if refused.error == ResponseError::InvalidConfig => {
-            Err(ServiceError::Config(format!(
-                "the internal cluster refused the configs of topic {topic} ({}): {refused}. Check the internal.topic.config.* keys, or the source topic's configs that are carried (docs/configuration.md)",
-                configs
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )))
+        Err(refused)
+            if matches!(
+                refused.error,
+                ResponseError::InvalidConfig | ResponseError::PolicyViolation
+            ) =>
+        {
+            Ok(Err(refused))
         }
         Err(refused) => Err(ServiceError::Config(format!(
             "creating internal topic {topic} failed: {refused}"
         ))),
     }
+}
+
+/// [`try_create_topic`], a refusal of the configs an error naming them.
+async fn create_topic(
+    config: &ServiceConfig,
+    cluster: &Cluster,
+    topic: &str,
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+) -> Result<(), ServiceError> {
+    try_create_topic(config, cluster, topic, partitions, configs)
+        .await?
+        .map_err(|refused| {
+            ServiceError::Config(format!(
+                "the internal cluster refused the configs of topic {topic} ({}): {refused}. Check the internal.topic.config.* keys (docs/configuration.md)",
+                configs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
 }
 
 /// The configs set on each of `topics` on the external cluster; empty, with a warning,
@@ -205,7 +227,18 @@ pub(super) async fn sync_topic_configs(
                 }
             }
             Ok(Err(refused)) => {
-                warn!(topic = %internal_topic, error = %refused, "the internal cluster refused to change the internal topic's configs to follow its source topic")
+                // Once per topic and refusal: the sync asks again at every refresh.
+                static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+                    std::sync::Mutex::new(std::collections::BTreeSet::new());
+                let first = WARNED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(format!("{internal_topic} {refused}"));
+                if first {
+                    warn!(topic = %internal_topic, error = %refused, "the internal cluster refused to change the internal topic's configs to follow its source topic (asked again at each metadata refresh, logged once)")
+                } else {
+                    tracing::debug!(topic = %internal_topic, error = %refused, "the internal topic's configs still cannot follow its source topic")
+                }
             }
             Err(e) => {
                 tracing::debug!(topic = %internal_topic, error = %e, "changing the internal topic's configs failed; tried again at the next refresh")
@@ -282,11 +315,23 @@ pub(super) async fn ensure_internal_topics(
                 })
             }
             None => {
-                let configs = internal_topic_configs(
+                let mut configs = internal_topic_configs(
                     carried.get(topic).unwrap_or(&BTreeMap::new()),
                     &config.internal_topic_configs,
                 );
-                create_topic(config, cluster, &internal, source_count as i32, &configs).await?;
+                let created =
+                    try_create_topic(config, cluster, &internal, source_count as i32, &configs)
+                        .await?;
+                if let Err(refused) = created {
+                    // A carried value the internal cluster refuses (a limit of its own,
+                    // an older version) does not stop the copy: the topic is made with
+                    // `internal.topic.config.*` only, and the sync warns at each refresh.
+                    warn!(topic = %internal, error = %refused,
+                        carried = %configs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                        "the internal cluster refused the internal topic's carried configs: created with its defaults and internal.topic.config.* only");
+                    configs = config.internal_topic_configs.clone();
+                    create_topic(config, cluster, &internal, source_count as i32, &configs).await?;
+                }
                 info!(topic = %internal, partitions = source_count,
                     configs = %configs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
                     "created internal topic");

@@ -110,11 +110,15 @@ struct Reader<'a> {
 
 impl InternalLog for Reader<'_> {
     async fn first_at(&mut self, offset: i64) -> Result<Option<(i64, i64)>, ControlError> {
-        for max_wait_ms in READ_WAITS_MS {
+        let mut from = offset;
+        let mut waits = READ_WAITS_MS.iter();
+        let mut wait = *waits.next().expect("a wait");
+        while from < self.end {
             let fetched = self
                 .reader
-                .fetch(self.cluster, offset, 64 * 1024, max_wait_ms)
+                .fetch(self.cluster, from, 64 * 1024, wait)
                 .await?;
+            let next = fetched.decoded.batch.next_offset;
             let first = fetched
                 .decoded
                 .batch
@@ -131,8 +135,17 @@ impl InternalLog for Reader<'_> {
                 .map_err(|e| ControlError::Refused(e.to_string()))?;
                 return Ok(Some((record.offset, stored_next - 1)));
             }
-            if fetched.high_watermark >= 0 && offset >= fetched.high_watermark {
-                return Ok(None);
+            if next > from {
+                // Whole batches came back with nothing at or after `offset` (a batch
+                // whose later records were compacted away): go on after them.
+                from = next;
+                continue;
+            }
+            // Nothing came back: tansu sometimes answers a short fetch without records
+            // that exist; each try waits longer.
+            match waits.next() {
+                Some(longer) => wait = *longer,
+                None => break,
             }
         }
         Ok(None)
@@ -233,6 +246,12 @@ pub(crate) async fn of_connector(
             "offset {offset} for {partition} is negative"
         )));
     }
+    if !ctx.config.owns(partition) {
+        return Err(ControlError::Refused(format!(
+            "{partition} belongs to another shard (shard.index {} of {} runs other partitions): ask the instance that runs it",
+            ctx.config.shard_index, ctx.config.shard_count
+        )));
+    }
     let wal = &ctx.wal;
     let barrier = crate::state::State::of(wal).barrier(&connector.name, partition)?;
     // The WAL's checkpoint of a partition it has a log for (opening another would make
@@ -247,9 +266,12 @@ pub(crate) async fn of_connector(
     } else {
         None
     };
+    // A stopped connector's counters are its last run's: an offset change since may
+    // have moved the position back.
     let running = handle
         .partitions()
         .iter()
+        .filter(|_| handle.target() != crate::connector::Target::Stopped)
         .find(|p| p.partition == *partition)
         .map(|p| p.forwarded_next.load(Ordering::Relaxed))
         .filter(|n| *n >= 0);

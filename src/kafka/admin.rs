@@ -1,7 +1,7 @@
 //! Topic administration over our own connection to any broker of a cluster: a topic's
 //! configs (DescribeConfigs), creating a topic with configs (CreateTopics) and changing
-//! them (IncrementalAlterConfigs). A broker of a KRaft cluster forwards the last two to
-//! the controller.
+//! them (IncrementalAlterConfigs), and the cluster's id. CreateTopics goes to the broker
+//! the metadata names as controller (a KRaft cluster names a broker, which forwards it).
 
 use std::collections::BTreeMap;
 
@@ -75,6 +75,59 @@ async fn any_broker(cluster: &Cluster, what: &str) -> Result<Connection, Cluster
     Err(last.expect("a cluster has at least one server"))
 }
 
+/// The cluster's metadata without topics: its id, its controller, its brokers.
+async fn brokers_metadata(
+    cluster: &Cluster,
+    conn: &mut Connection,
+    what: &str,
+) -> Result<kafka_protocol::messages::MetadataResponse, ClusterError> {
+    use kafka_protocol::messages::MetadataRequest;
+    cluster
+        .bounded(what.to_owned(), async {
+            let version = conn.version::<MetadataRequest>(1..=12)?;
+            let request = MetadataRequest::default()
+                .with_topics(Some(Vec::new()))
+                .with_allow_auto_topic_creation(false);
+            conn.call(&request, version).await
+        })
+        .await
+}
+
+/// The cluster's id (Metadata v2 and later; `None` when the broker gives none).
+pub async fn cluster_id(cluster: &Cluster) -> Result<Option<String>, ClusterError> {
+    let what = "reading the cluster id";
+    let mut conn = any_broker(cluster, what).await?;
+    let metadata = brokers_metadata(cluster, &mut conn, what).await?;
+    Ok(metadata
+        .cluster_id
+        .map(|id| id.to_string())
+        .filter(|id| !id.is_empty()))
+}
+
+/// A connection to the cluster's controller as its metadata names it, or to any broker
+/// when it names none (a KRaft cluster names a broker, which forwards to the controller;
+/// a ZooKeeper-mode cluster names the controller, the only broker that creates topics).
+async fn controller(cluster: &Cluster, what: &str) -> Result<Connection, ClusterError> {
+    let mut conn = any_broker(cluster, what).await?;
+    let metadata = brokers_metadata(cluster, &mut conn, what).await?;
+    let addr = metadata
+        .brokers
+        .iter()
+        .find(|b| b.node_id == metadata.controller_id)
+        .map(|b| format!("{}:{}", b.host, b.port));
+    match addr {
+        Some(addr) if addr != conn.addr() => {
+            cluster
+                .bounded(
+                    what.to_owned(),
+                    Connection::open(&addr, &cluster.client_id, &cluster.transport),
+                )
+                .await
+        }
+        _ => Ok(conn),
+    }
+}
+
 /// The configs set on each of `topics` itself (not the broker's defaults), by topic;
 /// a topic the broker refuses to describe (missing, not authorized) has its refusal.
 pub async fn topic_configs(
@@ -128,7 +181,7 @@ pub async fn create_topic(
     configs: &BTreeMap<String, String>,
 ) -> Result<Result<(), Refusal>, ClusterError> {
     let what = format!("creating topic {topic}");
-    let mut conn = any_broker(cluster, &what).await?;
+    let mut conn = controller(cluster, &what).await?;
     let request = CreateTopicsRequest::default()
         .with_topics(vec![CreatableTopic::default()
             .with_name(topic_name(topic))

@@ -245,6 +245,49 @@ impl GroupClient {
             .find_map(|p| ResponseError::try_from_code(p.error_code)))
     }
 
+    /// Whether the group has no active members (DescribeGroups): `Some(true)` for an
+    /// empty or unknown classic group, `Some(false)` with members or while it
+    /// rebalances, `None` when the coordinator does not describe it as a classic group
+    /// (a KIP-848 consumer group).
+    pub async fn is_empty(&mut self) -> Result<Option<bool>, ClusterError> {
+        use kafka_protocol::messages::DescribeGroupsRequest;
+        let what = format!("describing group {}", self.group);
+        let request = DescribeGroupsRequest::default()
+            .with_groups(vec![GroupId(StrBytes::from_string(self.group.clone()))]);
+        let deadline = tokio::time::Instant::now() + self.cluster.timeout;
+        loop {
+            let described = self.call(&what, &request, 0..=5).await;
+            let group = match described {
+                Ok(response) => response.groups.into_iter().next(),
+                Err(e) if coordinator_moving(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(COORDINATOR_WAIT).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(group) = group else {
+                return Ok(None);
+            };
+            match ResponseError::try_from_code(group.error_code) {
+                None => {
+                    return Ok(Some(
+                        group.members.is_empty()
+                            && matches!(&*group.group_state, "Empty" | "Dead" | ""),
+                    ))
+                }
+                Some(ResponseError::GroupIdNotFound) => return Ok(None),
+                Some(error) => {
+                    let e = self.failed(&what, error);
+                    if coordinator_moving(&e) && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(COORDINATOR_WAIT).await;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     /// Removes the group's committed offsets of `partitions` (OffsetDelete), so that
     /// its next reader starts where its own policy says.
     pub async fn delete(&mut self, partitions: &[SourcePartition]) -> Result<(), ClusterError> {

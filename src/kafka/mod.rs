@@ -1,8 +1,8 @@
 //! The Kafka client layer: what kafka-direct says to a broker, and nothing of the
 //! pipeline. `source`, `forward`, `service` and `check` reach the clusters through it.
 //! rskafka's client is built here ([`cluster::Cluster::connect`]); one use is still
-//! outside: the connector's internal topic listing and creation
-//! (`connector/topics.rs`) call that client directly.
+//! outside: the connector's internal topic listing (`connector/topics.rs`,
+//! `connector/runtime.rs`) calls that client directly.
 //!
 //! One concept a file, from the bytes up:
 //! - [`access`]: how a cluster is reached, as settings (TLS files, SASL credentials,

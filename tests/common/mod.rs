@@ -890,6 +890,56 @@ pub async fn produce(pc: &PartitionClient, records: Vec<Record>) {
     }
 }
 
+/// As [`produce`], with each request bounded: rskafka has no request timeout, and a
+/// produce sent just after the broker was paused and resumed once went unanswered for
+/// good. A request without an answer within 15 s is sent again on a new client unless
+/// the partition's end shows it was stored (nothing else writes to the partition while
+/// this runs), at most six times.
+pub async fn produce_bounded(addr: &str, topic: &str, partition: i32, records: Vec<Record>) {
+    let mut chunks: Vec<Vec<Record>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for record in records {
+        let size = record.approximate_size();
+        let last = chunks.last_mut().unwrap();
+        if !last.is_empty() && (last.len() == 200 || bytes + size > 900 << 10) {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        chunks.last_mut().unwrap().push(record);
+    }
+    let mut end = end_offset(addr, topic, partition).await;
+    let mut pc = partition_client(addr, topic, partition).await;
+    for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+        let n = chunk.len() as i64;
+        let mut attempts = 0;
+        loop {
+            let sent = tokio::time::timeout(
+                Duration::from_secs(15),
+                pc.produce(chunk.clone(), Compression::NoCompression),
+            )
+            .await;
+            match sent {
+                Ok(answer) => {
+                    answer.unwrap();
+                    break;
+                }
+                Err(_) if end_offset(addr, topic, partition).await >= end + n => break,
+                Err(_) => {
+                    attempts += 1;
+                    assert!(
+                        attempts < 6,
+                        "producing to {topic}/{partition}: no answer, six times"
+                    );
+                    eprintln!("producing to {topic}/{partition}: no answer within 15 s; sending again on a new connection");
+                    pc = partition_client(addr, topic, partition).await;
+                }
+            }
+        }
+        end += n;
+    }
+}
+
 /// Runs one of the kit's reads on a fresh rskafka client, again when it gets no answer
 /// within 15 s (rskafka has no request timeout; a request once went unanswered after
 /// the broker had been stopped and continued), at most six times.
@@ -1495,8 +1545,13 @@ impl Pipeline {
     /// Produces `n` test records to every partition, numbered from `start`.
     pub async fn produce_each(&self, start: usize, n: usize) {
         for p in 0..self.partitions {
-            let pc = partition_client(&self.external.addr(), self.topic, p).await;
-            produce(&pc, test_records(p, start, n)).await;
+            produce_bounded(
+                &self.external.addr(),
+                self.topic,
+                p,
+                test_records(p, start, n),
+            )
+            .await;
         }
     }
 
