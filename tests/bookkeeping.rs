@@ -644,3 +644,25 @@ async fn offsets_translate_exactly_and_a_source_group_fails_over_to_its_position
     assert!(other.is_empty(), "{other:?}");
     assert!(service.terminate(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_config_the_internal_cluster_refuses_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut service, _, _) = service(
+        dir.path(),
+        "misconfigured",
+        1,
+        &[("internal.topic.config.cleanup.policy", "sometimes")],
+    )
+    .await;
+    service.start();
+    let status = service.wait_exit(WAIT);
+    assert!(!status.success());
+    let log = service.log_text();
+    assert!(
+        log.contains("cleanup.policy=sometimes")
+            && log.contains("internal.topic.config.*")
+            && log.contains("int.misconfigured"),
+        "{log}"
+    );
+}

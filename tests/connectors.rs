@@ -356,8 +356,16 @@ async fn deleting_a_connector_keeps_the_state_of_one_whose_name_it_prefixes() {
         send(&api, "GET", "/connectors", None).await,
         (200, json!(["orders-eu"]))
     );
-    let (status, s) = send(&api, "GET", "/connectors/orders-eu/status", None).await;
-    assert_eq!(status, 200, "{s}");
+    // UNASSIGNED while it starts (its group and topic configs are read first).
+    let deadline = std::time::Instant::now() + WAIT;
+    let s = loop {
+        let (status, s) = send(&api, "GET", "/connectors/orders-eu/status", None).await;
+        assert_eq!(status, 200, "{s}");
+        if s["connector"]["state"] != "UNASSIGNED" || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(s["connector"]["state"], "PAUSED", "{s:#}");
     assert!(
         service.terminate(Duration::from_secs(30)).success(),

@@ -25,13 +25,14 @@
 //! change through the API could not delete from the group.
 //!
 //! While the connector runs, an offset set by anyone else is overwritten at the next
-//! commit, with an error naming it: positions move only while a connector is stopped.
-//! If the start could not read the group, such an offset is left for the next start.
+//! commit, with an error naming it (positions move only while a connector is stopped),
+//! and recorded as taken first: a start that could not read the group never leads a
+//! later start to take an old offset.
 //!
 //! A group that cannot be read or written (no Group ACL, a broker without the group
 //! APIs) never stops replication: a warning names the missing permission, once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -125,8 +126,9 @@ pub(crate) struct Plan {
     pub(crate) follow: Vec<(SourcePartition, i64)>,
     /// Where partitions without a position start.
     pub(crate) starts: BTreeMap<SourcePartition, i64>,
-    /// Offsets set by someone else taken as starts: recorded in the state before
-    /// anything runs.
+    /// Offsets set by someone else that this start took as starts or decided not to
+    /// take (a group with members): recorded in the state before anything runs, so no
+    /// later start takes them.
     pub(crate) taken: Vec<(SourcePartition, i64)>,
 }
 
@@ -139,11 +141,9 @@ pub(crate) struct SourceGroup {
     metadata: String,
     /// The last offset committed per partition.
     committed: BTreeMap<SourcePartition, i64>,
-    /// Whether the start read the group: an offset set by someone else seen later is
-    /// overwritten only then (else the next start takes it).
+    /// Whether the start read the group (for what the log says of an offset set by
+    /// someone else that a commit overwrites).
     read_at_start: bool,
-    /// Offsets set by someone else left alone for the next start, logged once each.
-    deferred: BTreeSet<(SourcePartition, i64)>,
     /// A failure was logged as a warning; the next ones go to debug until a call works.
     warned: bool,
 }
@@ -158,7 +158,6 @@ impl SourceGroup {
             deployment,
             committed: BTreeMap::new(),
             read_at_start: false,
-            deferred: BTreeSet::new(),
             warned: false,
         }
     }
@@ -209,7 +208,11 @@ impl SourceGroup {
                 continue;
             };
             if state.group_reset(&self.connector, partition)? == Some(c.offset) {
-                continue; // taken already
+                if origin(c, &self.connector, &self.deployment) == Origin::Other {
+                    info!(connector = %self.connector, group = %self.id(), %partition, offset = c.offset,
+                        "the group's offset was set by another client and taken (or refused) at an earlier start: not taken again (a reset to this same offset is indistinguishable from it; reset through the API instead)");
+                }
+                continue;
             }
             let log = wal.partition(&self.connector, partition)?;
             let checkpoints = log.checkpoints()?;
@@ -239,7 +242,12 @@ impl SourceGroup {
                     Err(e) => format!("describing it failed: {e}"),
                 };
                 warn!(connector = %self.connector, group = %self.id(), partitions = others.len(),
-                    "the connector's group holds offsets set by another client, but {why}: they are not taken (is connector.group.id an application's group?)");
+                    "the connector's group holds offsets set by another client, but {why}: they are not taken, now or later (is connector.group.id an application's group?)");
+                plan.taken.extend(
+                    others
+                        .into_iter()
+                        .map(|(partition, offset, _)| (partition, offset)),
+                );
                 return Ok(plan);
             }
         }
@@ -282,7 +290,6 @@ impl SourceGroup {
                 return;
             }
         };
-        let mut left_alone = BTreeSet::new();
         for (partition, c) in &current {
             if !positions.contains_key(partition) {
                 continue;
@@ -294,17 +301,18 @@ impl SourceGroup {
                 == Some(c.offset);
             match origin(c, &self.connector, &self.deployment) {
                 Origin::Ours => continue,
-                Origin::Other if !taken && !self.read_at_start => {
-                    if self.deferred.insert((partition.clone(), c.offset)) {
-                        warn!(connector = %self.connector, group = %self.id(), %partition, offset = c.offset,
-                            "the connector's group holds an offset set by another client, and this start could not read the group: it is left there and taken at the next start");
-                    }
-                    left_alone.insert(partition.clone());
-                    continue;
-                }
                 Origin::Other if !taken => {
-                    error!(connector = %self.connector, group = %self.id(), %partition, offset = c.offset,
-                        "the connector's group offset was set by another client while the connector runs: kafka-direct overwrites it with its own position. To move the connector, stop it (PUT /connectors/<name>/stop), then reset the group or PATCH its offsets, and resume it");
+                    // Overwritten below; recorded first, so that no later start takes
+                    // it if this commit is refused.
+                    let _ =
+                        State::of(wal).set_group_reset(&self.connector, partition, Some(c.offset));
+                    if self.read_at_start {
+                        error!(connector = %self.connector, group = %self.id(), %partition, offset = c.offset,
+                            "the connector's group offset was set by another client while the connector runs: kafka-direct overwrites it with its own position. To move the connector, stop it (PUT /connectors/<name>/stop), then reset the group or PATCH its offsets, and resume it");
+                    } else {
+                        error!(connector = %self.connector, group = %self.id(), %partition, offset = c.offset,
+                            "the connector's group holds an offset set by another client, and this start could not read the group: it is not taken, and kafka-direct overwrites it with its own position. To move the connector there, stop it and reset again");
+                    }
                 }
                 _ => {}
             }
@@ -313,9 +321,8 @@ impl SourceGroup {
         let changed: BTreeMap<SourcePartition, i64> = positions
             .into_iter()
             .filter(|(p, next)| {
-                !left_alone.contains(p)
-                    && (self.committed.get(p) != Some(next)
-                        || current.get(p).map(|c| c.offset) != Some(*next))
+                self.committed.get(p) != Some(next)
+                    || current.get(p).map(|c| c.offset) != Some(*next)
             })
             .collect();
         if changed.is_empty() {

@@ -306,8 +306,14 @@ impl ConnectorRuntime {
         &self,
         changes: &[(SourcePartition, Option<i64>)],
     ) -> Result<(), ControlError> {
-        let _run = self.run.lock().await;
+        let run = self.run.lock().await;
         let connector = self.handle.config();
+        if run.is_some() {
+            return Err(ControlError::Refused(format!(
+                "connector {} is running again: it is not deleted",
+                connector.name
+            )));
+        }
         let left = self.move_group(&connector, changes, false).await?;
         let settle = self.settle.load(Ordering::Relaxed);
         self.move_positions(&connector, changes, &left, settle)
@@ -326,9 +332,14 @@ impl ConnectorRuntime {
         changes: &[(SourcePartition, Option<i64>)],
         required: bool,
     ) -> Result<BTreeMap<SourcePartition, i64>, ControlError> {
-        let cluster = self
-            .source_cluster(connector)
-            .map_err(ControlError::Refused)?;
+        let cluster = match self.source_cluster(connector) {
+            Ok(cluster) => cluster,
+            Err(e) if !required => {
+                warn!(connector = %connector.name, error = %e, "the external cluster cannot be reached: the connector's consumer group is left as it is");
+                return Ok(BTreeMap::new());
+            }
+            Err(e) => return Err(ControlError::Refused(e)),
+        };
         let deployment = group::deployment(&self.ctx.internal, connector).await?;
         let mut client = GroupClient::new(cluster, connector.group_id.clone());
         let commits: BTreeMap<SourcePartition, i64> = changes
@@ -358,18 +369,27 @@ impl ConnectorRuntime {
                     .unwrap_or_default()
             )));
         }
+        // What the group still holds of the changed partitions is recorded as taken: no
+        // start uses it (an offset this change replaces, or one it could not delete).
+        let topics: Vec<String> = changes.iter().map(|(p, _)| p.topic.clone()).collect();
+        let left = match client.committed(&topics).await {
+            Ok(held) => held
+                .into_iter()
+                .filter(|(p, _)| changes.iter().any(|(c, _)| c == p))
+                .map(|(p, c)| (p, c.offset))
+                .collect(),
+            Err(read) if required && !refused => {
+                return Err(ControlError::Refused(format!(
+                    "moving consumer group {} on the external cluster failed, and reading it too, so no offset was changed: {e}; {read}",
+                    connector.group_id
+                )))
+            }
+            Err(_) => BTreeMap::new(),
+        };
         warn!(connector = %connector.name, group = %connector.group_id, error = %e,
-            "the connector's consumer group was not moved with its offsets ({})",
+            "the connector's consumer group was not moved with its offsets; what it holds of them is not used by any start ({})",
             group::refusal_hint(&e, &connector.group_id).unwrap_or_default());
-        let topics: Vec<String> = deletes.iter().map(|p| p.topic.clone()).collect();
-        Ok(client
-            .committed(&topics)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(p, _)| deletes.contains(p))
-            .map(|(p, c)| (p, c.offset))
-            .collect())
+        Ok(left)
     }
 
     /// The external cluster of `connector`, as its tasks reach it.
@@ -1002,6 +1022,18 @@ async fn run_partition(
         source,
     };
     if let Some(stored_next) = forwarder.frontier(&tail) {
+        if let (group, Some(offset)) = &fetcher.group {
+            if forwarder
+                .log
+                .checkpoints()
+                .map_err(wal_err)?
+                .fetched_next
+                .is_none()
+            {
+                warn!(partition = %forwarder.log.source_partition(), %group, group_offset = offset, stored_next,
+                    "the internal topic already holds this partition's records: it goes on after them, not from the group's offset");
+            }
+        }
         forwarder.log.resume_from(stored_next).map_err(wal_err)?;
         info!(partition = %forwarder.log.source_partition(), stored_next, "internal partition already stores everything below this source offset (or, for refused records, the dead-letter topic)");
     }

@@ -59,6 +59,17 @@ pub const CARRIED_CONFIGS: &[&str] = &[
     "segment.ms",
 ];
 
+/// The carried configs that decide which records a topic keeps: an internal topic is
+/// never created without them when its source sets them.
+const RETENTION_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "retention.ms",
+    "retention.bytes",
+    "delete.retention.ms",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
+];
+
 /// The configs an internal topic should have: the carried ones of its source topic's
 /// `source` configs, then the service's `internal.topic.config.*` over them.
 pub fn internal_topic_configs(
@@ -220,28 +231,51 @@ pub(super) async fn sync_topic_configs(
         if set.is_empty() {
             continue;
         }
-        match admin::alter_topic_configs(internal, &internal_topic, &set).await {
-            Ok(Ok(())) => {
-                for (k, v) in &set {
-                    info!(topic = %internal_topic, config = %k, from = current.get(k).map(String::as_str).unwrap_or("(default)"), to = %v, "internal topic config changed to follow its source topic (or internal.topic.config.*)");
+        // All at once, and one by one after a refusal: one value the internal cluster
+        // refuses does not hold back the others.
+        let mut attempts = vec![set.clone()];
+        if set.len() > 1 {
+            attempts.extend(
+                set.iter()
+                    .map(|(k, v)| BTreeMap::from([(k.clone(), v.clone())])),
+            );
+        }
+        for (i, attempt) in attempts.iter().enumerate() {
+            match admin::alter_topic_configs(internal, &internal_topic, attempt).await {
+                Ok(Ok(())) => {
+                    for (k, v) in attempt {
+                        info!(topic = %internal_topic, config = %k, from = current.get(k).map(String::as_str).unwrap_or("(default)"), to = %v, "internal topic config changed to follow its source topic (or internal.topic.config.*)");
+                    }
+                    if i == 0 {
+                        break;
+                    }
                 }
-            }
-            Ok(Err(refused)) => {
-                // Once per topic and refusal: the sync asks again at every refresh.
-                static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
-                    std::sync::Mutex::new(std::collections::BTreeSet::new());
-                let first = WARNED
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(format!("{internal_topic} {refused}"));
-                if first {
-                    warn!(topic = %internal_topic, error = %refused, "the internal cluster refused to change the internal topic's configs to follow its source topic (asked again at each metadata refresh, logged once)")
-                } else {
-                    tracing::debug!(topic = %internal_topic, error = %refused, "the internal topic's configs still cannot follow its source topic")
+                Ok(Err(refused)) if i == 0 && attempts.len() > 1 => {
+                    tracing::debug!(topic = %internal_topic, error = %refused, "changing the internal topic's configs at once was refused: one by one");
                 }
-            }
-            Err(e) => {
-                tracing::debug!(topic = %internal_topic, error = %e, "changing the internal topic's configs failed; tried again at the next refresh")
+                Ok(Err(refused)) => {
+                    // Once per topic and refusal: the sync asks again at every refresh.
+                    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+                        std::sync::Mutex::new(std::collections::BTreeSet::new());
+                    let first = WARNED
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(format!("{internal_topic} {refused}"));
+                    let wanted = attempt
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    if first {
+                        warn!(topic = %internal_topic, configs = %wanted, error = %refused, "the internal cluster refused to change the internal topic's configs to follow its source topic (asked again at each metadata refresh, logged once)")
+                    } else {
+                        tracing::debug!(topic = %internal_topic, configs = %wanted, error = %refused, "the internal topic's configs still cannot follow its source topic")
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %internal_topic, error = %e, "changing the internal topic's configs failed; tried again at the next refresh");
+                    break;
+                }
             }
         }
     }
@@ -324,12 +358,22 @@ pub(super) async fn ensure_internal_topics(
                         .await?;
                 if let Err(refused) = created {
                     // A carried value the internal cluster refuses (a limit of its own,
-                    // an older version) does not stop the copy: the topic is made with
-                    // `internal.topic.config.*` only, and the sync warns at each refresh.
+                    // an older version) does not stop the copy, but what decides which
+                    // records the topic keeps must be there: the topic is made with
+                    // those (and `internal.topic.config.*`) only, or not at all.
+                    let kept: BTreeMap<String, String> = configs
+                        .iter()
+                        .filter(|(k, _)| {
+                            RETENTION_CONFIGS.contains(&k.as_str())
+                                || config.internal_topic_configs.contains_key(*k)
+                        })
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
                     warn!(topic = %internal, error = %refused,
                         carried = %configs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-                        "the internal cluster refused the internal topic's carried configs: created with its defaults and internal.topic.config.* only");
-                    configs = config.internal_topic_configs.clone();
+                        kept = %kept.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                        "the internal cluster refused the internal topic's carried configs: creating it with the retention and compaction ones only");
+                    configs = kept;
                     create_topic(config, cluster, &internal, source_count as i32, &configs).await?;
                 }
                 info!(topic = %internal, partitions = source_count,

@@ -111,14 +111,16 @@ struct Reader<'a> {
 impl InternalLog for Reader<'_> {
     async fn first_at(&mut self, offset: i64) -> Result<Option<(i64, i64)>, ControlError> {
         let mut from = offset;
+        let mut max_bytes = 64 * 1024;
         let mut waits = READ_WAITS_MS.iter();
         let mut wait = *waits.next().expect("a wait");
         while from < self.end {
             let fetched = self
                 .reader
-                .fetch(self.cluster, from, 64 * 1024, wait)
+                .fetch(self.cluster, from, max_bytes, wait)
                 .await?;
             let next = fetched.decoded.batch.next_offset;
+            let incomplete = fetched.decoded.incomplete;
             let first = fetched
                 .decoded
                 .batch
@@ -141,16 +143,32 @@ impl InternalLog for Reader<'_> {
                 from = next;
                 continue;
             }
+            if incomplete && max_bytes < MAX_FETCH_BYTES {
+                // A batch larger than asked for, cut off by the broker: ask for more.
+                max_bytes = (max_bytes * 4).min(MAX_FETCH_BYTES);
+                continue;
+            }
             // Nothing came back: tansu sometimes answers a short fetch without records
             // that exist; each try waits longer.
             match waits.next() {
                 Some(longer) => wait = *longer,
-                None => break,
+                None => {
+                    // The active segment holds the partition's last batch, so a read
+                    // below the end always finds one: answering "none" here could name
+                    // the end for an offset that has a copy.
+                    return Err(ControlError::Refused(format!(
+                        "reading {}/{} at offset {from} (below its end {}) returned no record: ask again",
+                        self.internal_topic, self.source.partition, self.end
+                    )));
+                }
             }
         }
         Ok(None)
     }
 }
+
+/// The most a read of the search asks for (a produce request is at most 64 MiB).
+const MAX_FETCH_BYTES: i32 = 64 << 20;
 
 /// Translates `source_offset` of `partition` into its internal partition, searching
 /// above `barrier`. `position` is kafka-direct's stored position of the partition (the

@@ -919,22 +919,32 @@ pub async fn produce_bounded(addr: &str, topic: &str, partition: i32, records: V
                 pc.produce(chunk.clone(), Compression::NoCompression),
             )
             .await;
-            match sent {
-                Ok(answer) => {
-                    answer.unwrap();
+            let Err(_) = sent else {
+                sent.unwrap().unwrap();
+                break;
+            };
+            // The request may still be held by the broker: its connection goes, and the
+            // end is read until two reads 2 s apart agree before deciding.
+            drop(pc);
+            let mut settled = end_offset(addr, topic, partition).await;
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let again = end_offset(addr, topic, partition).await;
+                if again == settled {
                     break;
                 }
-                Err(_) if end_offset(addr, topic, partition).await >= end + n => break,
-                Err(_) => {
-                    attempts += 1;
-                    assert!(
-                        attempts < 6,
-                        "producing to {topic}/{partition}: no answer, six times"
-                    );
-                    eprintln!("producing to {topic}/{partition}: no answer within 15 s; sending again on a new connection");
-                    pc = partition_client(addr, topic, partition).await;
-                }
+                settled = again;
             }
+            pc = partition_client(addr, topic, partition).await;
+            if settled >= end + n {
+                break;
+            }
+            attempts += 1;
+            assert!(
+                attempts < 6,
+                "producing to {topic}/{partition}: no answer, six times"
+            );
+            eprintln!("producing to {topic}/{partition}: no answer within 15 s; sending again on a new connection");
         }
         end += n;
     }
