@@ -573,7 +573,11 @@ async fn group(
         refusal_hint(e, id)
             .unwrap_or_else(|| "replication does not need the group; lag tools do".into())
     };
-    match client.committed(&connector.topics).await {
+    let all: Vec<crate::record::SourcePartition> = partitions
+        .iter()
+        .flat_map(|(t, &n)| (0..n as i32).map(move |p| crate::record::SourcePartition::new(t, p)))
+        .collect();
+    match client.committed(&all).await {
         Ok(committed) => {
             let count = |o: Origin| {
                 committed

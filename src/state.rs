@@ -2,8 +2,8 @@
 //!
 //! Owns: every key of that tree (`Key`, one encoder) and the typed value under each:
 //! a connector's target state, its config (for connectors created through the API), the
-//! barriers left by offset changes, the group offsets followed at a start, the
-//! dead-letter floors and the schema versions.
+//! barriers left by offset changes, the group offsets followed at a start and those
+//! kafka-direct committed, the dead-letter floors and the schema versions.
 //!
 //! Guarantees: keys are built from *terminated* components, so no connector's keys are a
 //! prefix of another's (`orders` and `orders-eu` share nothing); every value decodes
@@ -77,6 +77,12 @@ pub(crate) enum Key<'a> {
         connector: &'a str,
         partition: &'a SourcePartition,
     },
+    /// The offsets kafka-direct last committed to its group for `partition`: the last
+    /// one the group confirmed and the last one sent (written before it is sent).
+    GroupCommit {
+        connector: &'a str,
+        partition: &'a SourcePartition,
+    },
     /// One version of a subject's schema.
     Schema {
         connector: &'a str,
@@ -96,6 +102,7 @@ mod kind {
     pub(super) const DEAD_LETTERS: u8 = 4;
     pub(super) const SCHEMA: u8 = 5;
     pub(super) const GROUP_RESET: u8 = 6;
+    pub(super) const GROUP_COMMIT: u8 = 7;
 }
 
 /// Appends `text` as one terminated component: NUL is escaped as `00 FF` and the
@@ -144,6 +151,10 @@ impl Key<'_> {
                 connector,
                 partition,
             } => partition_key(kind::GROUP_RESET, connector, partition),
+            Key::GroupCommit {
+                connector,
+                partition,
+            } => partition_key(kind::GROUP_COMMIT, connector, partition),
             Key::Schema {
                 connector,
                 subject,
@@ -325,6 +336,60 @@ impl<'a> State<'a> {
             Some(offset) => self.put(key, &offset.to_be_bytes()),
             None => self.remove(key),
         }
+    }
+
+    /// The offsets kafka-direct committed to its group for `partition`: (the last one
+    /// confirmed, the last one sent).
+    pub(crate) fn group_commit(
+        &self,
+        connector: &str,
+        partition: &SourcePartition,
+    ) -> Result<Option<(Option<i64>, i64)>, WalError> {
+        let key = Key::GroupCommit {
+            connector,
+            partition,
+        };
+        match self.get(key)? {
+            None => Ok(None),
+            Some(bytes) => {
+                let bytes: [u8; 16] = bytes
+                    .try_into()
+                    .map_err(|_| damaged(&key.encode(), "a group commit is 16 bytes"))?;
+                let confirmed = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+                let sent = i64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+                Ok(Some(((confirmed >= 0).then_some(confirmed), sent)))
+            }
+        }
+    }
+
+    /// Records the offsets kafka-direct committed to its group for `partition`.
+    pub(crate) fn set_group_commit(
+        &self,
+        connector: &str,
+        partition: &SourcePartition,
+        confirmed: Option<i64>,
+        sent: i64,
+    ) -> Result<(), WalError> {
+        let key = Key::GroupCommit {
+            connector,
+            partition,
+        };
+        let mut bytes = confirmed.unwrap_or(-1).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&sent.to_be_bytes());
+        self.put(key, &bytes)
+    }
+
+    /// Whether `offset` is one kafka-direct committed to its group for `partition` (the
+    /// last confirmed or the last sent): its own, whatever metadata the group kept.
+    pub(crate) fn committed_by_us(
+        &self,
+        connector: &str,
+        partition: &SourcePartition,
+        offset: i64,
+    ) -> Result<bool, WalError> {
+        Ok(self
+            .group_commit(connector, partition)?
+            .is_some_and(|(confirmed, sent)| confirmed == Some(offset) || sent == offset))
     }
 
     /// The connector's dead-letter floors (empty when none were kept).

@@ -139,9 +139,15 @@ async fn sync_group(
     state: &mut Seen,
 ) -> Result<(), String> {
     let connector = handle.config();
+    // This shard's partitions of the connector's topics, as they run.
+    let partitions: Vec<SourcePartition> = handle
+        .partitions()
+        .iter()
+        .map(|m| m.partition.clone())
+        .collect();
     let mut on_source = GroupClient::new(source.clone(), group.to_owned());
     let committed = on_source
-        .committed(&connector.topics)
+        .committed(&partitions)
         .await
         .map_err(|e| e.to_string())?;
     // Keyed by the internal topic's partitions: the consumer that fails over reads
@@ -176,14 +182,10 @@ async fn sync_group(
     if translated.is_empty() {
         return Ok(());
     }
-    let internal_topics: Vec<String> = connector
-        .topics
-        .iter()
-        .map(|t| connector.internal_topic(t))
-        .collect();
+    let internal_partitions: Vec<SourcePartition> = translated.keys().cloned().collect();
     let mut on_internal = GroupClient::new(ctx.internal.clone(), group.to_owned());
     let held = on_internal
-        .committed(&internal_topics)
+        .committed(&internal_partitions)
         .await
         .map_err(|e| e.to_string())?;
     let moves = forward_only(&translated, &held);

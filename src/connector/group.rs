@@ -102,6 +102,44 @@ pub(crate) fn origin(committed: &Committed, connector: &str, deployment: &str) -
     }
 }
 
+/// Records, durably, that `offsets` are about to be committed to the connector's group,
+/// before they are sent: a start then knows its own offsets whatever metadata the
+/// broker kept. What the group holds now (`current`) of kafka-direct's becomes the
+/// confirmed one, so the group holds one of the two recorded offsets whatever the
+/// outcome of the commit.
+pub(crate) async fn record_sending(
+    wal: &Wal,
+    connector: &str,
+    current: &BTreeMap<SourcePartition, Committed>,
+    offsets: &BTreeMap<SourcePartition, i64>,
+) -> Result<(), WalError> {
+    let state = State::of(wal);
+    for (partition, next) in offsets {
+        let confirmed = match (
+            state.group_commit(connector, partition)?,
+            current.get(partition),
+        ) {
+            (Some((c, s)), Some(g)) if c == Some(g.offset) || s == g.offset => Some(g.offset),
+            (Some((c, _)), _) => c,
+            (None, _) => None,
+        };
+        state.set_group_commit(connector, partition, confirmed, *next)?;
+    }
+    wal.commit().await
+}
+
+/// Records that the group confirmed `offsets` (durable with the WAL's next commit).
+pub(crate) fn record_sent(
+    wal: &Wal,
+    connector: &str,
+    offsets: &BTreeMap<SourcePartition, i64>,
+) -> Result<(), WalError> {
+    for (partition, next) in offsets {
+        State::of(wal).set_group_commit(connector, partition, Some(*next), *next)?;
+    }
+    Ok(())
+}
+
 /// What a refusal of the group's calls means for the user, when it is one.
 pub(crate) fn refusal_hint(e: &ClusterError, group: &str) -> Option<String> {
     match e.broker_error()? {
@@ -167,6 +205,20 @@ impl SourceGroup {
         self.client.group()
     }
 
+    /// Who committed `c` for `partition`: kafka-direct's own record of what it sent
+    /// first (a broker may drop the metadata: tansu 0.6 does), then the metadata.
+    fn classify(
+        &self,
+        wal: &Wal,
+        partition: &SourcePartition,
+        c: &Committed,
+    ) -> Result<Origin, WalError> {
+        if State::of(wal).committed_by_us(&self.connector, partition, c.offset)? {
+            return Ok(Origin::Ours);
+        }
+        Ok(origin(c, &self.connector, &self.deployment))
+    }
+
     fn failed(&mut self, doing: &str, e: &ClusterError) {
         let group = self.client.group().to_owned();
         let hint = refusal_hint(e, &group).unwrap_or_else(|| {
@@ -186,10 +238,9 @@ impl SourceGroup {
     pub(crate) async fn plan(
         &mut self,
         wal: &Wal,
-        topics: &[String],
         owned: &[SourcePartition],
     ) -> Result<Plan, WalError> {
-        let committed = match self.client.committed(topics).await {
+        let committed = match self.client.committed(owned).await {
             Ok(committed) => {
                 self.read_at_start = true;
                 self.warned = false;
@@ -208,7 +259,7 @@ impl SourceGroup {
                 continue;
             };
             if state.group_reset(&self.connector, partition)? == Some(c.offset) {
-                if origin(c, &self.connector, &self.deployment) == Origin::Other {
+                if self.classify(wal, partition, c)? == Origin::Other {
                     info!(connector = %self.connector, group = %self.id(), %partition, offset = c.offset,
                         "the group's offset was set by another client and taken (or refused) at an earlier start: not taken again (a reset to this same offset is indistinguishable from it; reset through the API instead)");
                 }
@@ -218,7 +269,7 @@ impl SourceGroup {
             let checkpoints = log.checkpoints()?;
             let positioned =
                 checkpoints.fetched_next.is_some() || checkpoints.forwarded_next.is_some();
-            match origin(c, &self.connector, &self.deployment) {
+            match self.classify(wal, partition, c)? {
                 Origin::Ours if !positioned => {
                     plan.starts.insert(partition.clone(), c.offset);
                 }
@@ -281,9 +332,8 @@ impl SourceGroup {
         if positions.is_empty() {
             return;
         }
-        let mut topics: Vec<String> = positions.keys().map(|p| p.topic.clone()).collect();
-        topics.dedup();
-        let current = match self.client.committed(&topics).await {
+        let partitions: Vec<SourcePartition> = positions.keys().cloned().collect();
+        let current = match self.client.committed(&partitions).await {
             Ok(current) => current,
             Err(e) => {
                 self.failed("reading", &e);
@@ -299,7 +349,7 @@ impl SourceGroup {
                 .ok()
                 .flatten()
                 == Some(c.offset);
-            match origin(c, &self.connector, &self.deployment) {
+            match self.classify(wal, partition, c).unwrap_or(Origin::Ours) {
                 Origin::Ours => continue,
                 Origin::Other if !taken => {
                     // Overwritten below; recorded first, so that no later start takes
@@ -328,8 +378,13 @@ impl SourceGroup {
         if changed.is_empty() {
             return;
         }
+        if let Err(e) = record_sending(wal, &self.connector, &current, &changed).await {
+            warn!(connector = %self.connector, error = %e, "recording the commit to the connector's group failed: not committed");
+            return;
+        }
         match self.client.commit(&changed, &self.metadata).await {
             Ok(()) => {
+                let _ = record_sent(wal, &self.connector, &changed);
                 if self.warned {
                     info!(connector = %self.connector, group = %self.id(), "committing to the connector's consumer group works again");
                 }
@@ -349,6 +404,43 @@ impl SourceGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_group_holds_one_of_the_two_offsets_recorded_whatever_a_commit_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open_for_tests(dir.path());
+        let p = SourcePartition::new("t", 0);
+        let ours = |offset| State::of(&wal).committed_by_us("c", &p, offset).unwrap();
+        let held = |offset| {
+            BTreeMap::from([(
+                p.clone(),
+                Committed {
+                    offset,
+                    metadata: String::new(),
+                },
+            )])
+        };
+        let send = |current: BTreeMap<SourcePartition, Committed>, next| {
+            let offsets = BTreeMap::from([(p.clone(), next)]);
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(record_sending(&wal, "c", &current, &offsets))
+                .unwrap();
+        };
+        send(BTreeMap::new(), 10);
+        assert!(ours(10) && !ours(9), "sent, before any answer");
+        record_sent(&wal, "c", &BTreeMap::from([(p.clone(), 10)])).unwrap();
+        // 20 is sent and its answer lost: the group holds 10 or 20.
+        send(held(10), 20);
+        assert!(ours(10) && ours(20));
+        // It held 20 after all: 10 is no longer among what it can hold.
+        send(held(20), 30);
+        assert!(!ours(10) && ours(20) && ours(30));
+        // Someone else set 5: overwritten, and 5 is never taken for kafka-direct's.
+        send(held(5), 40);
+        assert!(!ours(5) && ours(20) && ours(40));
+    }
 
     #[test]
     fn offsets_are_told_apart_by_connector_and_deployment() {

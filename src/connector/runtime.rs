@@ -321,11 +321,12 @@ impl ConnectorRuntime {
     }
 
     /// Moves the connector's group on the external cluster as `changes` say (committed
-    /// with kafka-direct's metadata, or deleted for `None`). Returns what the group
-    /// still holds of the partitions sent back to `auto.offset.reset` when it could not
-    /// be deleted: recorded as taken, so no start uses it. A principal refused the group
-    /// (or any failure, unless `required`) leaves it alone with a warning; otherwise a
-    /// failure refuses the change.
+    /// with kafka-direct's metadata, or deleted for `None`). When that fails (no
+    /// OffsetDelete on tansu 0.6, a missing ACL), returns what the group still holds of
+    /// the changed partitions: recorded as taken, so no start uses it, and the group
+    /// shows kafka-direct's position again after its next commit. Only when the group
+    /// can be neither moved nor read, and the change is `required` and not a refusal of
+    /// the group altogether, is the change refused.
     async fn move_group(
         &self,
         connector: &ConnectorConfig,
@@ -352,27 +353,23 @@ impl ConnectorRuntime {
             .map(|(p, _)| p.clone())
             .collect();
         let metadata = group::metadata(&connector.name, &deployment);
+        let changed: Vec<SourcePartition> = changes.iter().map(|(p, _)| p.clone()).collect();
+        let current = client.committed(&changed).await.unwrap_or_default();
+        group::record_sending(&self.ctx.wal, &connector.name, &current, &commits).await?;
         let moved = match client.commit(&commits, &metadata).await {
-            Ok(()) => client.delete(&deletes).await,
+            Ok(()) => {
+                group::record_sent(&self.ctx.wal, &connector.name, &commits)?;
+                client.delete(&deletes).await
+            }
             Err(e) => Err(e),
         };
         let Err(e) = moved else {
             return Ok(BTreeMap::new());
         };
         let refused = e.broker_error() == Some(ResponseError::GroupAuthorizationFailed);
-        if required && !refused {
-            return Err(ControlError::Refused(format!(
-                "moving consumer group {} on the external cluster failed, so no offset was changed: {e}{}",
-                connector.group_id,
-                group::refusal_hint(&e, &connector.group_id)
-                    .map(|h| format!(" ({h})"))
-                    .unwrap_or_default()
-            )));
-        }
         // What the group still holds of the changed partitions is recorded as taken: no
         // start uses it (an offset this change replaces, or one it could not delete).
-        let topics: Vec<String> = changes.iter().map(|(p, _)| p.topic.clone()).collect();
-        let left = match client.committed(&topics).await {
+        let left = match client.committed(&changed).await {
             Ok(held) => held
                 .into_iter()
                 .filter(|(p, _)| changes.iter().any(|(c, _)| c == p))
@@ -380,8 +377,11 @@ impl ConnectorRuntime {
                 .collect(),
             Err(read) if required && !refused => {
                 return Err(ControlError::Refused(format!(
-                    "moving consumer group {} on the external cluster failed, and reading it too, so no offset was changed: {e}; {read}",
-                    connector.group_id
+                    "moving consumer group {} on the external cluster failed, and reading it too, so no offset was changed: {e}; {read}{}",
+                    connector.group_id,
+                    group::refusal_hint(&e, &connector.group_id)
+                        .map(|h| format!(" ({h})"))
+                        .unwrap_or_default()
                 )))
             }
             Err(_) => BTreeMap::new(),
@@ -576,7 +576,7 @@ impl ConnectorRuntime {
         })
         .await?;
         let mut group = SourceGroup::new(source_cluster.clone(), connector, deployment);
-        let plan = group.plan(wal, &connector.topics, &partitions).await?;
+        let plan = group.plan(wal, &partitions).await?;
         if !plan.follow.is_empty() {
             let changes: Vec<(SourcePartition, Option<i64>)> = plan
                 .follow

@@ -227,7 +227,19 @@ pub(super) async fn sync_topic_configs(
             continue;
         };
         let wanted = internal_topic_configs(source_configs, &config.internal_topic_configs);
-        let set = config_changes(current, &wanted);
+        // A value is set once per process: a broker that takes topic configs without
+        // keeping them (tansu 0.6) is not asked again at every refresh, and an operator
+        // who changes a carried value on the internal topic afterwards keeps it until
+        // the source's value changes.
+        static APPLIED: std::sync::Mutex<std::collections::BTreeSet<(String, String, String)>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let set: BTreeMap<String, String> = {
+            let applied = APPLIED.lock().unwrap_or_else(|e| e.into_inner());
+            config_changes(current, &wanted)
+                .into_iter()
+                .filter(|(k, v)| !applied.contains(&(internal_topic.clone(), k.clone(), v.clone())))
+                .collect()
+        };
         if set.is_empty() {
             continue;
         }
@@ -243,7 +255,9 @@ pub(super) async fn sync_topic_configs(
         for (i, attempt) in attempts.iter().enumerate() {
             match admin::alter_topic_configs(internal, &internal_topic, attempt).await {
                 Ok(Ok(())) => {
+                    let mut applied = APPLIED.lock().unwrap_or_else(|e| e.into_inner());
                     for (k, v) in attempt {
+                        applied.insert((internal_topic.clone(), k.clone(), v.clone()));
                         info!(topic = %internal_topic, config = %k, from = current.get(k).map(String::as_str).unwrap_or("(default)"), to = %v, "internal topic config changed to follow its source topic (or internal.topic.config.*)");
                     }
                     if i == 0 {

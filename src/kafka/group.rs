@@ -18,6 +18,7 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::offset_delete_request::{
     OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
 };
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
     GroupId, OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest,
 };
@@ -77,16 +78,18 @@ impl GroupClient {
         &self.group
     }
 
-    /// The group's committed offsets for `topics` (every partition it has one for;
-    /// partitions without a committed offset are left out). A group that does not
-    /// exist has none.
+    /// The group's committed offsets of `partitions` (those without one are left
+    /// out). A group that does not exist has none.
     pub async fn committed(
         &mut self,
-        topics: &[String],
+        partitions: &[SourcePartition],
     ) -> Result<BTreeMap<SourcePartition, Committed>, ClusterError> {
+        if partitions.is_empty() {
+            return Ok(BTreeMap::new());
+        }
         let deadline = tokio::time::Instant::now() + self.cluster.timeout;
         loop {
-            match self.committed_once(topics).await {
+            match self.committed_once(partitions).await {
                 Err(e) if coordinator_moving(&e) && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(COORDINATOR_WAIT).await
                 }
@@ -97,23 +100,33 @@ impl GroupClient {
 
     async fn committed_once(
         &mut self,
-        topics: &[String],
+        partitions: &[SourcePartition],
     ) -> Result<BTreeMap<SourcePartition, Committed>, ClusterError> {
         let what = format!("reading the committed offsets of group {}", self.group);
-        // Null topics: every partition the group has an offset for (a topic's
-        // partitions would have to be listed one by one); the wanted ones are kept.
+        // The partitions named (tansu 0.6 answers a request for all of them, null
+        // topics, with a response it cannot encode).
+        let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for p in partitions {
+            topics.entry(&p.topic).or_default().push(p.partition);
+        }
         let request = OffsetFetchRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(self.group.clone())))
-            .with_topics(None);
+            .with_topics(Some(
+                topics
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        OffsetFetchRequestTopic::default()
+                            .with_name(topic_name(t))
+                            .with_partition_indexes(ps)
+                    })
+                    .collect(),
+            ));
         let response = self.call(&what, &request, 2..=7).await?;
         if let Some(error) = ResponseError::try_from_code(response.error_code) {
             return Err(self.failed(&what, error));
         }
         let mut committed = BTreeMap::new();
         for topic in response.topics {
-            if !topics.iter().any(|t| **t == *topic.name.0) {
-                continue;
-            }
             for p in topic.partitions {
                 if let Some(error) = ResponseError::try_from_code(p.error_code) {
                     return Err(self.failed(&what, error));
