@@ -54,6 +54,33 @@ pub(crate) struct DeadLetterFloors {
     pub(crate) next: Vec<(String, i32, i64)>,
 }
 
+/// What kafka-direct committed to its group for one partition, so that a start knows
+/// its own offsets where the broker does not keep the commit's metadata (tansu 0.6).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct GroupCommits {
+    /// The group they were committed to (`group.id` may change).
+    pub(crate) group: String,
+    /// The last offset the group answered for.
+    pub(crate) confirmed: Option<i64>,
+    /// The offsets sent since whose answer was lost, and the last one sent (the last
+    /// [`GroupCommits::KEPT`]): each may be what the group holds.
+    pub(crate) sent: Vec<i64>,
+    /// Whether the group was seen to keep kafka-direct's metadata: then the metadata
+    /// alone tells its offsets from anyone else's.
+    pub(crate) metadata_kept: bool,
+}
+
+impl GroupCommits {
+    /// How many sent offsets are kept: a commit whose answer was lost cannot still
+    /// land after that many later commits (each bounded by `request.timeout.ms`).
+    pub(crate) const KEPT: usize = 16;
+
+    /// Whether the group holding `offset` may be kafka-direct's own commit.
+    pub(crate) fn may_hold(&self, offset: i64) -> bool {
+        self.confirmed == Some(offset) || self.sent.contains(&offset)
+    }
+}
+
 /// A connector's settings as given to the API (dotted keys without `connector.`).
 pub(crate) type Settings = BTreeMap<String, String>;
 
@@ -338,58 +365,44 @@ impl<'a> State<'a> {
         }
     }
 
-    /// The offsets kafka-direct committed to its group for `partition`: (the last one
-    /// confirmed, the last one sent).
-    pub(crate) fn group_commit(
+    /// What kafka-direct committed to its group for `partition` (none when it never
+    /// did, or its group's offsets were deleted since).
+    pub(crate) fn group_commits(
         &self,
         connector: &str,
         partition: &SourcePartition,
-    ) -> Result<Option<(Option<i64>, i64)>, WalError> {
+    ) -> Result<Option<GroupCommits>, WalError> {
         let key = Key::GroupCommit {
             connector,
             partition,
         };
         match self.get(key)? {
             None => Ok(None),
-            Some(bytes) => {
-                let bytes: [u8; 16] = bytes
-                    .try_into()
-                    .map_err(|_| damaged(&key.encode(), "a group commit is 16 bytes"))?;
-                let confirmed = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-                let sent = i64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
-                Ok(Some(((confirmed >= 0).then_some(confirmed), sent)))
-            }
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| damaged(&key.encode(), e)),
         }
     }
 
-    /// Records the offsets kafka-direct committed to its group for `partition`.
-    pub(crate) fn set_group_commit(
+    /// Records what kafka-direct committed to its group for `partition` (`None`:
+    /// forgets it).
+    pub(crate) fn set_group_commits(
         &self,
         connector: &str,
         partition: &SourcePartition,
-        confirmed: Option<i64>,
-        sent: i64,
+        commits: Option<&GroupCommits>,
     ) -> Result<(), WalError> {
         let key = Key::GroupCommit {
             connector,
             partition,
         };
-        let mut bytes = confirmed.unwrap_or(-1).to_be_bytes().to_vec();
-        bytes.extend_from_slice(&sent.to_be_bytes());
-        self.put(key, &bytes)
-    }
-
-    /// Whether `offset` is one kafka-direct committed to its group for `partition` (the
-    /// last confirmed or the last sent): its own, whatever metadata the group kept.
-    pub(crate) fn committed_by_us(
-        &self,
-        connector: &str,
-        partition: &SourcePartition,
-        offset: i64,
-    ) -> Result<bool, WalError> {
-        Ok(self
-            .group_commit(connector, partition)?
-            .is_some_and(|(confirmed, sent)| confirmed == Some(offset) || sent == offset))
+        match commits {
+            Some(c) => self.put(
+                key,
+                &serde_json::to_vec(c).expect("group commits serialize"),
+            ),
+            None => self.remove(key),
+        }
     }
 
     /// The connector's dead-letter floors (empty when none were kept).
@@ -450,12 +463,20 @@ impl<'a> State<'a> {
         Ok(self.wal.write_mark())
     }
 
-    /// Forgets what belongs to a deleted connector: its target, config and schemas. Its
-    /// barriers stay (a connector created again under the name starts after them), and
-    /// so do its dead-letter floors (the dead letters it wrote stay in the topic).
+    /// Forgets what belongs to a deleted connector: its target, config, schemas and its
+    /// record of group commits. Its barriers stay (a connector created again under the
+    /// name starts after them), so do its dead-letter floors (the dead letters it wrote
+    /// stay in the topic) and the group offsets recorded as taken (those its group still
+    /// holds must not become a new connector's start).
     pub(crate) fn forget_connector(&self, connector: &str) -> Result<(), WalError> {
         self.remove(Key::Target { connector })?;
         self.remove(Key::Config { connector })?;
+        for (key, _) in self
+            .wal
+            .meta_scan(&connector_prefix(kind::GROUP_COMMIT, connector))?
+        {
+            self.wal.meta_remove(&key)?;
+        }
         for (key, _) in self
             .wal
             .meta_scan(&connector_prefix(kind::SCHEMA, connector))?

@@ -44,7 +44,7 @@ use crate::kafka::cluster::{Cluster, ClusterError};
 use crate::kafka::group::{Committed, GroupClient};
 use crate::metrics::PartitionMetrics;
 use crate::record::SourcePartition;
-use crate::state::State;
+use crate::state::{GroupCommits, State};
 use crate::wal::{Wal, WalError};
 
 /// Which deployment a connector is: the internal cluster's id (its servers when it
@@ -102,40 +102,65 @@ pub(crate) fn origin(committed: &Committed, connector: &str, deployment: &str) -
     }
 }
 
-/// Records, durably, that `offsets` are about to be committed to the connector's group,
-/// before they are sent: a start then knows its own offsets whatever metadata the
-/// broker kept. What the group holds now (`current`) of kafka-direct's becomes the
-/// confirmed one, so the group holds one of the two recorded offsets whatever the
-/// outcome of the commit.
+/// Records, durably, that `offsets` are about to be committed to `group`, before they
+/// are sent: a start then knows its own offsets whatever metadata the broker kept.
+/// What the group holds now (`current`) of kafka-direct's becomes the confirmed one;
+/// offsets sent before whose answer was lost stay recorded (the last
+/// [`GroupCommits::KEPT`]), since a delayed request may still land.
 pub(crate) async fn record_sending(
     wal: &Wal,
     connector: &str,
+    group: &str,
+    metadata: &str,
     current: &BTreeMap<SourcePartition, Committed>,
     offsets: &BTreeMap<SourcePartition, i64>,
 ) -> Result<(), WalError> {
     let state = State::of(wal);
     for (partition, next) in offsets {
-        let confirmed = match (
-            state.group_commit(connector, partition)?,
-            current.get(partition),
-        ) {
-            (Some((c, s)), Some(g)) if c == Some(g.offset) || s == g.offset => Some(g.offset),
-            (Some((c, _)), _) => c,
-            (None, _) => None,
-        };
-        state.set_group_commit(connector, partition, confirmed, *next)?;
+        let mut r = state
+            .group_commits(connector, partition)?
+            .filter(|r| r.group == group)
+            .unwrap_or_else(|| GroupCommits {
+                group: group.to_owned(),
+                ..GroupCommits::default()
+            });
+        if let Some(held) = current.get(partition) {
+            if held.metadata == metadata {
+                r.metadata_kept = true;
+            }
+            if r.may_hold(held.offset) {
+                r.confirmed = Some(held.offset);
+                r.sent.retain(|s| *s != held.offset);
+            }
+        }
+        r.sent.retain(|s| s != next);
+        r.sent.push(*next);
+        let over = r.sent.len().saturating_sub(GroupCommits::KEPT);
+        r.sent.drain(..over);
+        state.set_group_commits(connector, partition, Some(&r))?;
     }
     wal.commit().await
 }
 
-/// Records that the group confirmed `offsets` (durable with the WAL's next commit).
+/// Records that `group` answered for `offsets` (durable with the WAL's next commit).
 pub(crate) fn record_sent(
     wal: &Wal,
     connector: &str,
+    group: &str,
     offsets: &BTreeMap<SourcePartition, i64>,
 ) -> Result<(), WalError> {
+    let state = State::of(wal);
     for (partition, next) in offsets {
-        State::of(wal).set_group_commit(connector, partition, Some(*next), *next)?;
+        let mut r = state
+            .group_commits(connector, partition)?
+            .filter(|r| r.group == group)
+            .unwrap_or_else(|| GroupCommits {
+                group: group.to_owned(),
+                ..GroupCommits::default()
+            });
+        r.confirmed = Some(*next);
+        r.sent.retain(|s| s != next);
+        state.set_group_commits(connector, partition, Some(&r))?;
     }
     Ok(())
 }
@@ -205,18 +230,26 @@ impl SourceGroup {
         self.client.group()
     }
 
-    /// Who committed `c` for `partition`: kafka-direct's own record of what it sent
-    /// first (a broker may drop the metadata: tansu 0.6 does), then the metadata.
+    /// Who committed `c` for `partition`: the metadata says it, unless it names no
+    /// kafka-direct and the group was never seen to keep kafka-direct's metadata (tansu
+    /// 0.6 drops it): then an offset kafka-direct recorded sending is its own.
     fn classify(
         &self,
         wal: &Wal,
         partition: &SourcePartition,
         c: &Committed,
     ) -> Result<Origin, WalError> {
-        if State::of(wal).committed_by_us(&self.connector, partition, c.offset)? {
-            return Ok(Origin::Ours);
+        let by_metadata = origin(c, &self.connector, &self.deployment);
+        if by_metadata != Origin::Other {
+            return Ok(by_metadata);
         }
-        Ok(origin(c, &self.connector, &self.deployment))
+        let record = State::of(wal).group_commits(&self.connector, partition)?;
+        Ok(match record {
+            Some(r) if r.group == self.id() && !r.metadata_kept && r.may_hold(c.offset) => {
+                Origin::Ours
+            }
+            _ => Origin::Other,
+        })
     }
 
     fn failed(&mut self, doing: &str, e: &ClusterError) {
@@ -378,13 +411,23 @@ impl SourceGroup {
         if changed.is_empty() {
             return;
         }
-        if let Err(e) = record_sending(wal, &self.connector, &current, &changed).await {
+        let group = self.id().to_owned();
+        if let Err(e) = record_sending(
+            wal,
+            &self.connector,
+            &group,
+            &self.metadata,
+            &current,
+            &changed,
+        )
+        .await
+        {
             warn!(connector = %self.connector, error = %e, "recording the commit to the connector's group failed: not committed");
             return;
         }
         match self.client.commit(&changed, &self.metadata).await {
             Ok(()) => {
-                let _ = record_sent(wal, &self.connector, &changed);
+                let _ = record_sent(wal, &self.connector, &group, &changed);
                 if self.warned {
                     info!(connector = %self.connector, group = %self.id(), "committing to the connector's consumer group works again");
                 }
@@ -406,17 +449,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_group_holds_one_of_the_two_offsets_recorded_whatever_a_commit_did() {
+    fn every_offset_the_group_may_hold_of_kafka_directs_is_recorded_as_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open_for_tests(dir.path());
         let p = SourcePartition::new("t", 0);
-        let ours = |offset| State::of(&wal).committed_by_us("c", &p, offset).unwrap();
-        let held = |offset| {
+        let record = || State::of(&wal).group_commits("c", &p).unwrap().unwrap();
+        let ours = |offset| record().may_hold(offset);
+        let held = |offset, metadata: &str| {
             BTreeMap::from([(
                 p.clone(),
                 Committed {
                     offset,
-                    metadata: String::new(),
+                    metadata: metadata.to_owned(),
                 },
             )])
         };
@@ -425,21 +469,32 @@ mod tests {
             tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap()
-                .block_on(record_sending(&wal, "c", &current, &offsets))
+                .block_on(record_sending(&wal, "c", "g", "m", &current, &offsets))
                 .unwrap();
         };
         send(BTreeMap::new(), 10);
         assert!(ours(10) && !ours(9), "sent, before any answer");
-        record_sent(&wal, "c", &BTreeMap::from([(p.clone(), 10)])).unwrap();
-        // 20 is sent and its answer lost: the group holds 10 or 20.
-        send(held(10), 20);
-        assert!(ours(10) && ours(20));
-        // It held 20 after all: 10 is no longer among what it can hold.
-        send(held(20), 30);
-        assert!(!ours(10) && ours(20) && ours(30));
-        // Someone else set 5: overwritten, and 5 is never taken for kafka-direct's.
-        send(held(5), 40);
-        assert!(!ours(5) && ours(20) && ours(40));
+        record_sent(&wal, "c", "g", &BTreeMap::from([(p.clone(), 10)])).unwrap();
+        // 20's answer is lost, and 30's: the group holds 10, 20 or 30, and a delayed 20
+        // may still land after 30.
+        send(held(10, ""), 20);
+        send(held(10, ""), 30);
+        assert!(ours(10) && ours(20) && ours(30));
+        // It held 30: 10 is no longer among what it can hold of kafka-direct's; 20 is.
+        send(held(30, ""), 40);
+        assert!(!ours(10) && ours(20) && ours(30) && ours(40));
+        // Someone else set 5: overwritten; 5 is never taken for kafka-direct's.
+        send(held(5, ""), 50);
+        assert!(!ours(5) && ours(50));
+        // Only the last few sent are kept.
+        for next in 100..100 + GroupCommits::KEPT as i64 {
+            send(held(5, ""), next);
+        }
+        assert!(!ours(20) && ours(100));
+        assert!(!record().metadata_kept);
+        // The group gave kafka-direct's metadata back: from now on the metadata decides.
+        send(held(115, "m"), 200);
+        assert!(record().metadata_kept);
     }
 
     #[test]

@@ -354,14 +354,36 @@ impl ConnectorRuntime {
             .collect();
         let metadata = group::metadata(&connector.name, &deployment);
         let changed: Vec<SourcePartition> = changes.iter().map(|(p, _)| p.clone()).collect();
-        let current = client.committed(&changed).await.unwrap_or_default();
-        group::record_sending(&self.ctx.wal, &connector.name, &current, &commits).await?;
-        let moved = match client.commit(&commits, &metadata).await {
-            Ok(()) => {
-                group::record_sent(&self.ctx.wal, &connector.name, &commits)?;
-                client.delete(&deletes).await
-            }
+        let wal = &self.ctx.wal;
+        let group_id = &connector.group_id;
+        // Nothing is sent without first reading what the group holds: kafka-direct's
+        // record of its own commits must keep every offset the group may hold.
+        let moved = match client.committed(&changed).await {
             Err(e) => Err(e),
+            Ok(current) => {
+                group::record_sending(
+                    wal,
+                    &connector.name,
+                    group_id,
+                    &metadata,
+                    &current,
+                    &commits,
+                )
+                .await?;
+                match client.commit(&commits, &metadata).await {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        group::record_sent(wal, &connector.name, group_id, &commits)?;
+                        let deleted = client.delete(&deletes).await;
+                        if deleted.is_ok() {
+                            for p in &deletes {
+                                State::of(wal).set_group_commits(&connector.name, p, None)?;
+                            }
+                        }
+                        deleted
+                    }
+                }
+            }
         };
         let Err(e) = moved else {
             return Ok(BTreeMap::new());
