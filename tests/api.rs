@@ -7,37 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use common::{api_call as call, api_get as get, api_send as send};
 use kafka_direct::cli::client::ApiClient;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// `method path` on a blocking thread: (status, body).
-async fn call(api: &ApiClient, method: &'static str, path: &str) -> (u16, String) {
-    let api = api.clone();
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || api.call(method, &path).expect("the API answers"))
-        .await
-        .unwrap()
-}
-
-async fn get(api: &ApiClient, path: &str) -> Value {
-    let (status, body) = call(api, "GET", path).await;
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// `method path` with a JSON body: (status, body).
-async fn send(api: &ApiClient, method: &'static str, path: &str, body: Value) -> (u16, String) {
-    let api = api.clone();
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        api.send(method, &path, Some(&body))
-            .expect("the API answers")
-    })
-    .await
-    .unwrap()
-}
 
 /// A started service that has copied `records` per partition of a new topic, and its API.
 async fn replicating(

@@ -12,38 +12,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use common::{api_call as call, api_get as get, api_send as send};
 use kafka_direct::cli::client::ApiClient;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 /// The connector's group: `Service::configure` names the connector `test`.
 const GROUP: &str = "kafka-direct-test";
-
-/// `method path` on a blocking thread: (status, body).
-async fn call(api: &ApiClient, method: &'static str, path: &str) -> (u16, String) {
-    let api = api.clone();
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || api.call(method, &path).expect("the API answers"))
-        .await
-        .unwrap()
-}
-
-async fn get(api: &ApiClient, path: &str) -> Value {
-    let (status, body) = call(api, "GET", path).await;
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-async fn send(api: &ApiClient, method: &'static str, path: &str, body: Value) -> (u16, String) {
-    let api = api.clone();
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        api.send(method, &path, Some(&body))
-            .expect("the API answers")
-    })
-    .await
-    .unwrap()
-}
 
 /// Waits until [`described`] equals `want`.
 async fn wait_described(addr: &str, group: &str, topic: &str, want: &[(i32, Option<i64>)]) {
@@ -300,23 +274,14 @@ async fn a_compacted_source_topic_is_copied_into_a_compacted_topic_and_later_cha
     let (ext, int) = (external.addr(), internal.addr());
     let e = ext.clone();
     tokio::task::spawn_blocking(move || {
-        kafka_tool(
-            "kafka-topics",
+        create_topic_with_configs(
+            &e,
+            "changelog",
+            2,
             &[
-                "--bootstrap-server",
-                &e,
-                "--create",
-                "--topic",
-                "changelog",
-                "--partitions",
-                "2",
-                "--config",
                 "cleanup.policy=compact",
-                "--config",
                 "min.compaction.lag.ms=1000",
-                "--config",
                 "retention.ms=2592000000",
-                "--config",
                 "message.timestamp.type=LogAppendTime",
             ],
         )
@@ -415,24 +380,41 @@ async fn a_compacted_source_topic_is_copied_into_a_compacted_topic_and_later_cha
     assert!(service.terminate(Duration::from_secs(30)).success());
 }
 
+/// A service copying `topic` with `extra` that exits at start, its log holding each
+/// of `needles`.
+async fn refused_at_start(topic: &str, extra: &[(&str, &str)], needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut service, _, _) = service(dir.path(), topic, 1, extra).await;
+    service.start();
+    assert!(!service.wait_exit(WAIT).success());
+    let log = service.log_text();
+    for needle in needles {
+        assert!(log.contains(needle), "{needle}: {log}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replication_factor_the_internal_cluster_cannot_give_names_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut service, _, _) = service(
-        dir.path(),
+    refused_at_start(
         "overreplicated",
-        1,
         &[("internal.replication.factor", "3")],
+        &["internal.replication.factor=3", "int.overreplicated"],
     )
     .await;
-    service.start();
-    let status = service.wait_exit(WAIT);
-    assert!(!status.success());
-    let log = service.log_text();
-    assert!(
-        log.contains("internal.replication.factor=3") && log.contains("int.overreplicated"),
-        "{log}"
-    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_config_the_internal_cluster_refuses_names_the_key() {
+    refused_at_start(
+        "misconfigured",
+        &[("internal.topic.config.cleanup.policy", "sometimes")],
+        &[
+            "cleanup.policy=sometimes",
+            "internal.topic.config.*",
+            "int.misconfigured",
+        ],
+    )
+    .await;
 }
 
 /// Records of `keys` (`key:value` lines, one per record) for `kcat -K:`.
@@ -446,23 +428,14 @@ async fn offsets_translate_exactly_and_a_source_group_fails_over_to_its_position
     let (ext, int) = (external.addr(), internal.addr());
     let e = ext.clone();
     tokio::task::spawn_blocking(move || {
-        kafka_tool(
-            "kafka-topics",
+        create_topic_with_configs(
+            &e,
+            "failover",
+            1,
             &[
-                "--bootstrap-server",
-                &e,
-                "--create",
-                "--topic",
-                "failover",
-                "--partitions",
-                "1",
-                "--config",
                 "cleanup.policy=compact",
-                "--config",
                 "segment.ms=100",
-                "--config",
                 "min.cleanable.dirty.ratio=0.01",
-                "--config",
                 "min.compaction.lag.ms=0",
             ],
         );
@@ -643,26 +616,4 @@ async fn offsets_translate_exactly_and_a_source_group_fails_over_to_its_position
     assert_eq!(after, BTreeMap::from([(0, Some(12))]));
     assert!(other.is_empty(), "{other:?}");
     assert!(service.terminate(Duration::from_secs(30)).success());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_topic_config_the_internal_cluster_refuses_names_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut service, _, _) = service(
-        dir.path(),
-        "misconfigured",
-        1,
-        &[("internal.topic.config.cleanup.policy", "sometimes")],
-    )
-    .await;
-    service.start();
-    let status = service.wait_exit(WAIT);
-    assert!(!status.success());
-    let log = service.log_text();
-    assert!(
-        log.contains("cleanup.policy=sometimes")
-            && log.contains("internal.topic.config.*")
-            && log.contains("int.misconfigured"),
-        "{log}"
-    );
 }

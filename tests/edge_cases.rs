@@ -442,23 +442,14 @@ async fn a_compacted_source_topic_is_copied_exactly_with_its_gaps_and_tombstones
         Broker::start_kafka(None, &["--set".into(), "log.cleaner.backoff.ms=500".into()]);
     let (_, internal) = shared_brokers();
     let addr = external.addr();
-    kafka_tool(
-        "kafka-topics",
+    create_topic_with_configs(
+        &addr,
+        "compacted",
+        1,
         &[
-            "--bootstrap-server",
-            &addr,
-            "--create",
-            "--topic",
-            "compacted",
-            "--partitions",
-            "1",
-            "--config",
             "cleanup.policy=compact",
-            "--config",
             "segment.ms=100",
-            "--config",
             "min.cleanable.dirty.ratio=0.01",
-            "--config",
             "delete.retention.ms=86400000",
         ],
     );

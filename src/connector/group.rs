@@ -117,13 +117,7 @@ pub(crate) async fn record_sending(
 ) -> Result<(), WalError> {
     let state = State::of(wal);
     for (partition, next) in offsets {
-        let mut r = state
-            .group_commits(connector, partition)?
-            .filter(|r| r.group == group)
-            .unwrap_or_else(|| GroupCommits {
-                group: group.to_owned(),
-                ..GroupCommits::default()
-            });
+        let mut r = record_of(state, connector, partition, group)?;
         if let Some(held) = current.get(partition) {
             if held.metadata == metadata {
                 r.metadata_kept = true;
@@ -142,6 +136,23 @@ pub(crate) async fn record_sending(
     wal.commit().await
 }
 
+/// kafka-direct's record of its commits to `group` for `partition` (empty when none,
+/// or when it was of another group).
+fn record_of(
+    state: State<'_>,
+    connector: &str,
+    partition: &SourcePartition,
+    group: &str,
+) -> Result<GroupCommits, WalError> {
+    Ok(state
+        .group_commits(connector, partition)?
+        .filter(|r| r.group == group)
+        .unwrap_or_else(|| GroupCommits {
+            group: group.to_owned(),
+            ..GroupCommits::default()
+        }))
+}
+
 /// Records that `group` answered for `offsets` (durable with the WAL's next commit).
 pub(crate) fn record_sent(
     wal: &Wal,
@@ -151,13 +162,7 @@ pub(crate) fn record_sent(
 ) -> Result<(), WalError> {
     let state = State::of(wal);
     for (partition, next) in offsets {
-        let mut r = state
-            .group_commits(connector, partition)?
-            .filter(|r| r.group == group)
-            .unwrap_or_else(|| GroupCommits {
-                group: group.to_owned(),
-                ..GroupCommits::default()
-            });
+        let mut r = record_of(state, connector, partition, group)?;
         r.confirmed = Some(*next);
         r.sent.retain(|s| s != next);
         state.set_group_commits(connector, partition, Some(&r))?;

@@ -372,8 +372,7 @@ fn log_progress(
     let rate = match last.insert("forwarded", (forwarded, now)) {
         Some((before, at)) if !interval.is_zero() => {
             // A connector restarted since (stop and resume) counts from 0 again.
-            forwarded.saturating_sub(before) as f64
-                / now.duration_since(at).as_secs_f64().max(1e-3)
+            forwarded.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64().max(1e-3)
         }
         _ => 0.0,
     };

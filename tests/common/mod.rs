@@ -760,6 +760,24 @@ pub async fn client(addr: &str) -> Client {
     .expect("test client connects")
 }
 
+/// Creates `topic` with `configs` (`key=value`) with Kafka's own kafka-topics.
+pub fn create_topic_with_configs(addr: &str, topic: &str, partitions: i32, configs: &[&str]) {
+    let partitions = partitions.to_string();
+    let mut args = vec![
+        "--bootstrap-server",
+        addr,
+        "--create",
+        "--topic",
+        topic,
+        "--partitions",
+        &partitions,
+    ];
+    for config in configs {
+        args.extend(["--config", config]);
+    }
+    kafka_tool("kafka-topics", &args);
+}
+
 pub async fn create_topic(addr: &str, topic: &str, partitions: i32) {
     let c = client(addr).await;
     c.controller_client()
@@ -1688,4 +1706,40 @@ pub fn described(addr: &str, group: &str, topic: &str) -> BTreeMap<i32, Option<i
         .filter(|cols| cols.len() >= 6 && cols[0] == group && cols[1] == topic)
         .map(|cols| (cols[2].parse().unwrap(), cols[3].parse().ok()))
         .collect()
+}
+
+/// `method path` on a blocking thread: (status, body).
+pub async fn api_call(
+    api: &kafka_direct::cli::client::ApiClient,
+    method: &'static str,
+    path: &str,
+) -> (u16, String) {
+    let api = api.clone();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || api.call(method, &path).expect("the API answers"))
+        .await
+        .unwrap()
+}
+
+pub async fn api_get(api: &kafka_direct::cli::client::ApiClient, path: &str) -> serde_json::Value {
+    let (status, body) = api_call(api, "GET", path).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// `method path` with a JSON body: (status, body).
+pub async fn api_send(
+    api: &kafka_direct::cli::client::ApiClient,
+    method: &'static str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, String) {
+    let api = api.clone();
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        api.send(method, &path, Some(&body))
+            .expect("the API answers")
+    })
+    .await
+    .unwrap()
 }
