@@ -57,7 +57,7 @@ fn refusal(code: i16, message: Option<StrBytes>) -> Option<Refusal> {
 }
 
 /// A connection to the first server of `cluster` that answers.
-async fn any_broker(cluster: &Cluster, what: &str) -> Result<Connection, ClusterError> {
+pub(crate) async fn any_broker(cluster: &Cluster, what: &str) -> Result<Connection, ClusterError> {
     let mut last = None;
     for server in &cluster.servers {
         let opened = cluster
@@ -76,7 +76,7 @@ async fn any_broker(cluster: &Cluster, what: &str) -> Result<Connection, Cluster
 }
 
 /// The cluster's metadata without topics: its id, its controller, its brokers.
-async fn brokers_metadata(
+pub(crate) async fn brokers_metadata(
     cluster: &Cluster,
     conn: &mut Connection,
     what: &str,

@@ -464,41 +464,15 @@ impl GroupClient {
 /// Every group of `cluster` (ListGroups asked of each broker: a broker lists the groups
 /// it coordinates).
 pub async fn list_groups(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
-    use kafka_protocol::messages::{ListGroupsRequest, MetadataRequest};
+    use kafka_protocol::messages::ListGroupsRequest;
     let what = "listing consumer groups";
-    let mut brokers = None;
-    let mut last = None;
-    for server in &cluster.servers {
-        let listed = cluster
-            .bounded(what, async {
-                let mut conn =
-                    Connection::open(server, &cluster.client_id, &cluster.transport).await?;
-                let version = conn.version::<MetadataRequest>(1..=12)?;
-                // No topics: only the brokers.
-                let request = MetadataRequest::default()
-                    .with_topics(Some(Vec::new()))
-                    .with_allow_auto_topic_creation(false);
-                conn.call(&request, version).await
-            })
-            .await;
-        match listed {
-            Ok(metadata) => {
-                brokers = Some(
-                    metadata
-                        .brokers
-                        .iter()
-                        .map(|b| format!("{}:{}", b.host, b.port))
-                        .collect::<Vec<_>>(),
-                );
-                break;
-            }
-            Err(e) if e.is_transient() => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    let Some(brokers) = brokers else {
-        return Err(last.expect("a cluster has at least one server"));
-    };
+    let mut conn = crate::kafka::admin::any_broker(cluster, what).await?;
+    let brokers: Vec<String> = crate::kafka::admin::brokers_metadata(cluster, &mut conn, what)
+        .await?
+        .brokers
+        .iter()
+        .map(|b| format!("{}:{}", b.host, b.port))
+        .collect();
     let mut groups = Vec::new();
     for broker in brokers {
         let response = cluster
