@@ -168,9 +168,27 @@ pub fn shared_brokers() -> (Arc<Broker>, Arc<Broker>) {
         let other = std::thread::spawn(Broker::start_shared);
         let external = Broker::start_shared();
         let internal = other.join().expect("the shared internal broker starts");
+        // A static is never dropped: the pair is stopped, and a Kafka broker's log
+        // removed, when the binary exits (else every test binary leaves its log behind).
+        // SAFETY: `stop_shared` is an `extern "C" fn()` that does not unwind.
+        unsafe { libc::atexit(stop_shared) };
         (Arc::new(external), Arc::new(internal))
     });
     (external.clone(), internal.clone())
+}
+
+extern "C" fn stop_shared() {
+    let Some((external, internal)) = SHARED.get() else {
+        return;
+    };
+    for broker in [external, internal] {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            broker.stop_child();
+            if let BrokerKind::Kafka { dir, .. } = &broker.kind {
+                let _ = std::fs::remove_dir_all(dir.path());
+            }
+        }));
+    }
 }
 
 impl Broker {
