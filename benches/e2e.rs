@@ -1,9 +1,11 @@
 //! End-to-end throughput benchmark against real brokers (docs/benchmarks.md).
 //!
 //! `scripts/bench [OPTIONS]` (or `cargo bench --bench e2e -- [OPTIONS]`) starts two local
-//! brokers, preloads a source topic, and measures in the same run: `kcat -P` alone,
-//! `kcat -C` alone, a `kcat -C | kcat -P` pipe (one pipe, and one per partition), and
-//! kafka-direct with `wal.sync=fsync` and `wal.sync=flush`; then the end-to-end latency at
+//! brokers, preloads a source topic, and measures in the same run: `kcat -P` alone, the
+//! ceiling (Kafka's consumer and producer perf tests, on Kafka), `kcat -C` alone, a
+//! `kcat -C | kcat -P` pipe (one pipe, and one per partition), MirrorMaker 2 at least
+//! once and exactly once (on Kafka), and kafka-direct with `wal.sync=fsync` and
+//! `wal.sync=flush`; then the end-to-end latency at
 //! a fixed rate, read by an independent consumer (kcat), and kafka-direct's own share of
 //! it (a second consumer reads the source topic meanwhile; each record's arrival there is
 //! subtracted from its arrival in the internal topic). `--spool N` runs the spool test
@@ -76,6 +78,10 @@ struct Args {
     /// replicator's produce traffic goes through it.
     #[arg(long, default_value_t = 0)]
     internal_delay_ms: u64,
+    /// Leaves out the rows that run on the JVM (Kafka's perf tools, MirrorMaker 2);
+    /// they are left out on tansu anyway.
+    #[arg(long)]
+    no_jvm_peers: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -92,8 +98,18 @@ struct Row {
     mb_per_sec: f64,
     /// Seconds until the first record reached the destination (replicators only).
     first_record_seconds: Option<f64>,
+    /// Records/s once running: from the first record at the destination to the last
+    /// (replicators), or the tool's own figure, which leaves out its start (Kafka's
+    /// perf tools). The ratios are of this figure, so that a JVM's start-up does not
+    /// count against it.
+    steady_records_per_sec: f64,
     ratio_to_kcat_pipe: Option<f64>,
+    ratio_to_ceiling: Option<f64>,
+    ratio_to_mm2_eos: Option<f64>,
     cpu_seconds: f64,
+    /// Process CPU (user + system, the JVM's included, start-up included) per GB of
+    /// key and value bytes moved.
+    cpu_seconds_per_gb: f64,
     peak_rss_mb: f64,
 }
 
@@ -155,7 +171,9 @@ fn reap(child: Child, what: &str) -> Result<Usage> {
     std::mem::forget(child); // reaped above; dropping it would not, but be explicit
     ensure!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
-            || libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM,
+            || libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM
+            // a JVM stopped by SIGTERM exits with 128 + 15
+            || libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 128 + libc::SIGTERM,
         "{what} failed (wait status {status:#x})"
     );
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
@@ -294,18 +312,279 @@ impl Bench {
     }
 
     fn row(&self, name: &str, seconds: f64, usage: Usage, first: Option<f64>) -> Row {
+        let records_per_sec = self.args.records as f64 / seconds;
+        let steady = match first {
+            // The first record's arrival is counted as the start of the N - 1 others.
+            Some(first) if seconds - first > 0.05 => {
+                (self.args.records - 1) as f64 / (seconds - first)
+            }
+            _ => records_per_sec,
+        };
         Row {
             name: name.to_owned(),
             records: self.args.records,
             bytes: self.payload_bytes,
             seconds,
-            records_per_sec: self.args.records as f64 / seconds,
+            records_per_sec,
             mb_per_sec: self.payload_bytes as f64 / seconds / 1e6,
             first_record_seconds: first,
+            steady_records_per_sec: steady,
             ratio_to_kcat_pipe: None,
+            ratio_to_ceiling: None,
+            ratio_to_mm2_eos: None,
             cpu_seconds: usage.cpu_seconds,
+            cpu_seconds_per_gb: usage.cpu_seconds / (self.payload_bytes as f64 / 1e9),
             peak_rss_mb: usage.peak_rss_mb,
         }
+    }
+
+    /// One of Kafka's own tools (scripts/kafka-tool), its output to `log`.
+    fn kafka_tool(&self, tool: &str, log: &Path) -> Result<Command> {
+        let mut cmd = Command::new(common::repo_root().join("scripts/kafka-tool"));
+        let out = std::fs::File::create(log)?;
+        cmd.arg(tool)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .env("KAFKA_DIRECT_TOOL_HEAP", "1g");
+        Ok(cmd)
+    }
+
+    /// The consuming half of the ceiling: `kafka-consumer-perf-test` reads the source
+    /// topic (the Java consumer's defaults: 50 MB fetches, 1 MB per partition).
+    fn ceiling_consume(&self) -> Result<Row> {
+        let log = self.work.path().join("consumer-perf-test.log");
+        let name = "ceiling: kafka-consumer-perf-test";
+        let started = Instant::now();
+        let child = self
+            .kafka_tool("kafka-consumer-perf-test", &log)?
+            .args(["--bootstrap-server", &self.external.addr()])
+            .args(["--topic", "bench", "--group", "bench-ceiling"])
+            .args(["--messages", &self.args.records.to_string()])
+            .args(["--timeout", "60000"])
+            .spawn()?;
+        let spinner = bar(self.args.records, name);
+        spinner.enable_steady_tick(Duration::from_millis(200));
+        let usage = reap(child, name).with_context(|| log_tail(&log))?;
+        let seconds = started.elapsed().as_secs_f64();
+        spinner.finish_and_clear();
+        // start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg,
+        // nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
+        let text = std::fs::read_to_string(&log)?;
+        let fields: Vec<&str> = text
+            .lines()
+            .rev()
+            .find(|l| l.split(',').count() >= 10)
+            .with_context(|| format!("no result line: {}", log_tail(&log)))?
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let consumed: u64 = fields[4].parse().context("data.consumed.in.nMsg")?;
+        ensure!(
+            consumed == self.args.records,
+            "{name} read {consumed} records, not {}",
+            self.args.records
+        );
+        let mut row = self.row(name, seconds, usage, None);
+        row.steady_records_per_sec = fields[9].parse().context("fetch.nMsg.sec")?;
+        Ok(row)
+    }
+
+    /// The producing half of the ceiling: `kafka-producer-perf-test` writes as many
+    /// records of the same size to a new internal topic, acks=all and idempotent (as
+    /// kafka-direct produces), 256 KiB batches, linger 5 ms, no compression.
+    async fn ceiling_produce(&self) -> Result<Row> {
+        let topic = "ceiling.bench";
+        create_topic(&self.internal.addr(), topic, self.args.partitions).await;
+        let log = self.work.path().join("producer-perf-test.log");
+        let name = "ceiling: kafka-producer-perf-test";
+        let started = Instant::now();
+        let child = self
+            .kafka_tool("kafka-producer-perf-test", &log)?
+            .args(["--topic", topic, "--throughput", "-1"])
+            .args(["--num-records", &self.args.records.to_string()])
+            .args(["--record-size", &(self.args.size + 9).to_string()])
+            .arg("--producer-props")
+            .arg(format!("bootstrap.servers={}", self.internal.addr()))
+            .args(["acks=all", "enable.idempotence=true", "linger.ms=5"])
+            .args(["batch.size=262144", "compression.type=none"])
+            .spawn()?;
+        let progress = bar(self.args.records, name);
+        let watch = self.watch_destination(topic, &progress, started).await;
+        let usage = tokio::task::spawn_blocking(move || reap(child, "kafka-producer-perf-test"))
+            .await?
+            .with_context(|| log_tail(&log))?;
+        let seconds = started.elapsed().as_secs_f64();
+        progress.finish_and_clear();
+        watch.with_context(|| log_tail(&log))?;
+        // "N records sent, R records/sec (M MB/sec), ..."
+        let text = std::fs::read_to_string(&log)?;
+        let rate = text
+            .lines()
+            .rev()
+            .find_map(|l| {
+                let (sent, rest) = l.split_once(" records sent, ")?;
+                sent.trim().parse::<u64>().ok()?;
+                rest.split_whitespace().next()?.parse::<f64>().ok()
+            })
+            .with_context(|| format!("no result line: {}", log_tail(&log)))?;
+        let mut row = self.row(name, seconds, usage, None);
+        row.steady_records_per_sec = rate;
+        Ok(row)
+    }
+
+    /// MirrorMaker 2 in dedicated mode (`connect-mirror-maker`, one node) copying the
+    /// source topic into `<alias>.bench`, tuned as its users tune it for throughput
+    /// (docs/benchmarks.md lists the settings); exactly once with `eos`
+    /// (`exactly.once.source.support=enabled`, KIP-618). The destination topic is
+    /// created beforehand with the source's partitions. Exactly once, the destination
+    /// holds transaction markers too: the run ends when an independent read_committed
+    /// consumer (kcat) has read every record, and a second read counts them exactly.
+    async fn mirror_maker(&self, eos: bool) -> Result<Row> {
+        let alias = if eos { "eos" } else { "alo" };
+        let target = format!("{alias}-target");
+        let dest = format!("{alias}.bench");
+        let p = self.args.partitions;
+        create_topic(&self.internal.addr(), &dest, p).await;
+        let dir = self.work.path().join(format!("mm2-{alias}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut props = format!(
+            "clusters = {alias}, {target}\n\
+             {alias}.bootstrap.servers = {external}\n\
+             {target}.bootstrap.servers = {internal}\n\
+             {alias}->{target}.enabled = true\n\
+             {target}->{alias}.enabled = false\n\
+             {alias}->{target}.topics = bench\n\
+             tasks.max = {p}\n\
+             replication.factor = 1\n\
+             checkpoints.topic.replication.factor = 1\n\
+             heartbeats.topic.replication.factor = 1\n\
+             offset-syncs.topic.replication.factor = 1\n\
+             offset.storage.replication.factor = 1\n\
+             status.storage.replication.factor = 1\n\
+             config.storage.replication.factor = 1\n\
+             sync.topic.acls.enabled = false\n\
+             {alias}.consumer.max.poll.records = 2000\n\
+             {alias}.consumer.fetch.max.bytes = 52428800\n\
+             {alias}.consumer.max.partition.fetch.bytes = 1048576\n\
+             {target}.producer.batch.size = 262144\n\
+             {target}.producer.linger.ms = 5\n\
+             {target}.producer.compression.type = none\n\
+             {target}.producer.acks = all\n\
+             {target}.producer.max.request.size = 4194304\n\
+             {target}.offset.flush.timeout.ms = 10000\n",
+            external = self.external.addr(),
+            internal = self.internal.addr(),
+        );
+        if eos {
+            props.push_str(&format!(
+                "{target}.exactly.once.source.support = enabled\n\
+                 dedicated.mode.enable.internal.rest = true\n\
+                 {target}.listeners = http://127.0.0.1:{}\n",
+                common::free_port()
+            ));
+        }
+        let config = dir.join("mm2.properties");
+        std::fs::write(&config, props)?;
+        let log = dir.join("mm2.log");
+        let name = if eos {
+            "MirrorMaker 2, exactly once"
+        } else {
+            "MirrorMaker 2, at least once"
+        };
+        let started = Instant::now();
+        let child = self
+            .kafka_tool("connect-mirror-maker", &log)?
+            .arg(&config)
+            .args(["--clusters", &target])
+            .spawn()?;
+        let progress = bar(self.args.records, name);
+        let first = if eos {
+            self.read_committed(&dest, &progress, started).await
+        } else {
+            self.watch_destination(&dest, &progress, started).await
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        progress.finish_and_clear();
+        let pid = child.id();
+        common::signal(pid, "TERM");
+        let usage = tokio::task::spawn_blocking(move || reap(child, "connect-mirror-maker"))
+            .await?
+            .with_context(|| log_tail(&log))?;
+        let first = first.with_context(|| log_tail(&log))?;
+        if eos {
+            let got = self.count_committed(&dest)?;
+            ensure!(
+                got == self.args.records,
+                "{dest} holds {got} committed records, not {}",
+                self.args.records
+            );
+            // Transactions leave a marker per partition per commit: without any, the
+            // run was not exactly once.
+            let end = total_end(&self.internal.addr(), &dest, p).await;
+            ensure!(
+                end > self.args.records as i64,
+                "{dest} ends at {end} with no transaction markers: MirrorMaker 2 did not write transactions"
+            );
+        }
+        Ok(self.row(name, seconds, usage, Some(first)))
+    }
+
+    /// Reads `dest` read_committed with kcat until it has read every record; returns the
+    /// seconds until the first one. Fails if the count stops growing for 60 s.
+    async fn read_committed(
+        &self,
+        dest: &str,
+        progress: &ProgressBar,
+        started: Instant,
+    ) -> Result<f64> {
+        let mut child = kcat_cmd(&self.internal.addr())
+            .args(["-C", "-t", dest, "-o", "beginning", "-f", "\n"])
+            .args(["-X", "isolation.level=read_committed"])
+            .args(["-c", &self.args.records.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let counter = Arc::new(AtomicU64::new(0));
+        let reader = count_lines(&mut child, counter.clone());
+        let mut first = None;
+        let mut last = (0, Instant::now());
+        while !reader.is_finished() {
+            let now = counter.load(Ordering::Relaxed);
+            progress.set_position(now);
+            if now > 0 && first.is_none() {
+                first = Some(started.elapsed().as_secs_f64());
+            }
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{dest}: read_committed stopped at {now} records");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reap(child, "kcat -C (read_committed)")?;
+        let got = counter.load(Ordering::Relaxed);
+        ensure!(
+            got == self.args.records,
+            "{dest}: read {got} of {} records",
+            self.args.records
+        );
+        Ok(first.unwrap_or_default())
+    }
+
+    /// The records of `dest` a read_committed consumer sees, to its end.
+    fn count_committed(&self, dest: &str) -> Result<u64> {
+        let mut child = kcat_cmd(&self.internal.addr())
+            .args(["-C", "-t", dest, "-o", "beginning", "-e", "-f", "\n"])
+            .args(["-X", "isolation.level=read_committed"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let counter = Arc::new(AtomicU64::new(0));
+        count_lines(&mut child, counter.clone())
+            .join()
+            .expect("reader thread");
+        reap(child, "kcat -C (count)")?;
+        Ok(counter.load(Ordering::Relaxed))
     }
 
     /// `kcat -P` of the generated records into the source topic (the preload itself).
@@ -765,34 +1044,72 @@ fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<_> = text.lines().rev().take(20).collect();
     let lines: Vec<_> = lines.into_iter().rev().collect();
-    format!(
-        "kafka-direct log ({}), last lines:\n{}",
-        log.display(),
-        lines.join("\n")
-    )
+    format!("log {}, last lines:\n{}", log.display(), lines.join("\n"))
 }
 
 fn print_table(rows: &[Row]) {
+    let pct = |x: Option<f64>| x.map(|x| format!("{:.0} %", x * 100.0)).unwrap_or_default();
     println!(
-        "\n{:<40} {:>12} {:>8} {:>9} {:>8} {:>10} {:>8} {:>9}",
-        "run", "records/s", "MB/s", "vs pipe", "wall s", "1st rec s", "CPU s", "RSS MB"
+        "\n{:<40} {:>10} {:>7} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8} {:>9} {:>7}",
+        "run",
+        "records/s",
+        "MB/s",
+        "steady/s",
+        "vs ceil",
+        "vs MM2eo",
+        "vs pipe",
+        "wall s",
+        "1st rec s",
+        "CPU s",
+        "CPU s/GB",
+        "RSS MB"
     );
     for r in rows {
         println!(
-            "{:<40} {:>12.0} {:>8.1} {:>9} {:>8.2} {:>10} {:>8.2} {:>9.1}",
+            "{:<40} {:>10.0} {:>7.1} {:>10.0} {:>8} {:>8} {:>8} {:>7.2} {:>9} {:>8.2} {:>9.1} {:>7.1}",
             r.name,
             r.records_per_sec,
             r.mb_per_sec,
-            r.ratio_to_kcat_pipe
-                .map(|x| format!("{:.0} %", x * 100.0))
-                .unwrap_or_default(),
+            r.steady_records_per_sec,
+            pct(r.ratio_to_ceiling),
+            pct(r.ratio_to_mm2_eos),
+            pct(r.ratio_to_kcat_pipe),
             r.seconds,
             r.first_record_seconds
                 .map(|x| format!("{x:.2}"))
                 .unwrap_or_default(),
             r.cpu_seconds,
+            r.cpu_seconds_per_gb,
             r.peak_rss_mb,
         );
+    }
+}
+
+/// The ratios of each replicator's steady rate to the ceiling (the slower of Kafka's
+/// consumer and producer perf tests), to MirrorMaker 2 exactly once and to the kcat pipe.
+fn add_ratios(rows: &mut [Row]) {
+    let rate = |name: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(name))
+            .map(|r| r.steady_records_per_sec)
+    };
+    let ceiling = match (
+        rate("ceiling: kafka-consumer"),
+        rate("ceiling: kafka-producer"),
+    ) {
+        (Some(c), Some(p)) => Some(c.min(p)),
+        _ => None,
+    };
+    let mm2 = rate("MirrorMaker 2, exactly once");
+    let pipe = rate("kcat -C | kcat -P (one pipe)");
+    for row in rows.iter_mut() {
+        if row.first_record_seconds.is_none() {
+            continue; // one-sided runs, not replicators
+        }
+        let steady = row.steady_records_per_sec;
+        row.ratio_to_ceiling = ceiling.map(|c| steady / c);
+        row.ratio_to_mm2_eos = mm2.map(|m| steady / m);
+        row.ratio_to_kcat_pipe = pipe.map(|p| steady / p);
     }
 }
 
@@ -818,24 +1135,30 @@ async fn throughput(args: Args) -> Result<serde_json::Value> {
         stored == args.records as i64,
         "source holds {stored} records after the preload"
     );
+    let jvm_peers = !args.no_jvm_peers && common::platform() == common::Platform::Kafka;
+    if jvm_peers {
+        rows.push(bench.ceiling_consume()?);
+        rows.push(bench.ceiling_produce().await?);
+    }
     rows.push(bench.kcat_consume()?);
     rows.push(bench.kcat_pipe("pipe.bench", false).await?);
     rows.push(bench.kcat_pipe("pipes.bench", true).await?);
-    rows.push(bench.kafka_direct("fsync", "fsync").await?);
+    if jvm_peers {
+        rows.push(bench.mirror_maker(false).await?);
+        rows.push(bench.mirror_maker(true).await?);
+    }
+    let fsync = bench.kafka_direct("fsync", "fsync").await?;
+    let fsync_rate = fsync.records_per_sec;
+    rows.push(fsync);
     rows.push(bench.kafka_direct("flush", "flush").await?);
     if !args.compare.is_empty() {
         rows.push(bench.kafka_direct("compare", "fsync").await?);
     }
-    let pipe = rows[2].records_per_sec;
-    for row in &mut rows[2..] {
-        row.ratio_to_kcat_pipe = Some(row.records_per_sec / pipe);
-    }
+    add_ratios(&mut rows);
     print_table(&rows);
     let mut latencies = Vec::new();
     if args.latency_secs > 0 {
-        let rate = args
-            .latency_rate
-            .unwrap_or((rows[4].records_per_sec / 2.0) as u64);
+        let rate = args.latency_rate.unwrap_or((fsync_rate / 2.0) as u64);
         latencies.push(bench.latency_broker(rate).await?);
         latencies.extend(bench.latency_kafka_direct(rate).await?);
         println!(
