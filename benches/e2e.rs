@@ -111,6 +111,9 @@ struct Row {
     /// key and value bytes moved.
     cpu_seconds_per_gb: f64,
     peak_rss_mb: f64,
+    /// The most TCP connections held at once to the source broker and to the internal
+    /// one (replicators that run as one process: MirrorMaker 2 and kafka-direct).
+    connections: Option<[usize; 2]>,
 }
 
 #[derive(Serialize, Debug)]
@@ -189,6 +192,76 @@ fn rss_mb(pid: u32) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// The established TCP connections process `pid` holds to each of `ports` (its socket
+/// fds matched against the kernel's TCP tables by inode).
+fn connections_to(pid: u32, ports: &[Vec<u16>; 2]) -> [usize; 2] {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    let mut counts = [0; 2];
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" || !inodes.contains(f[9]) {
+                continue;
+            }
+            let remote_port = f[2]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            for (i, ports) in ports.iter().enumerate() {
+                if remote_port.is_some_and(|p| ports.contains(&p)) {
+                    counts[i] += 1;
+                }
+            }
+        }
+    }
+    counts
+}
+
+/// Samples a running process's connections to the two brokers every 200 ms, keeping
+/// the most seen at once; `stop` returns them.
+struct ConnectionSampler {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<[usize; 2]>,
+}
+
+impl ConnectionSampler {
+    fn start(pid: u32, ports: [Vec<u16>; 2]) -> Self {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            let mut most = [0; 2];
+            while !stop.load(Ordering::Relaxed) {
+                let now = connections_to(pid, &ports);
+                most = [most[0].max(now[0]), most[1].max(now[1])];
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            most
+        });
+        Self { done, thread }
+    }
+
+    fn stop(self) -> [usize; 2] {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread.join().expect("sampler thread")
+    }
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -277,7 +350,7 @@ struct Bench {
     external: Broker,
     internal: Broker,
     /// The internal broker's delaying proxy (`--internal-delay-ms`).
-    _delay: Option<DelayProxy>,
+    delay: Option<DelayProxy>,
     work: tempfile::TempDir,
     records_file: PathBuf,
     payload_bytes: u64,
@@ -304,7 +377,7 @@ impl Bench {
             args,
             external,
             internal,
-            _delay: delay,
+            delay,
             work,
             records_file,
             payload_bytes,
@@ -335,7 +408,16 @@ impl Bench {
             cpu_seconds: usage.cpu_seconds,
             cpu_seconds_per_gb: usage.cpu_seconds / (self.payload_bytes as f64 / 1e9),
             peak_rss_mb: usage.peak_rss_mb,
+            connections: None,
         }
+    }
+
+    /// The ports a client's connections to the source and to the internal cluster go to
+    /// (the internal broker's, and its delaying proxy's).
+    fn broker_ports(&self) -> [Vec<u16>; 2] {
+        let mut internal = vec![self.internal.port];
+        internal.extend(self.delay.as_ref().map(|proxy| proxy.port));
+        [vec![self.external.port], internal]
     }
 
     /// One of Kafka's own tools (scripts/kafka-tool), its output to `log`.
@@ -497,6 +579,7 @@ impl Bench {
             .arg(&config)
             .args(["--clusters", &target])
             .spawn()?;
+        let sampler = ConnectionSampler::start(child.id(), self.broker_ports());
         let progress = bar(self.args.records, name);
         let first = if eos {
             self.read_committed(&dest, &progress, started).await
@@ -505,6 +588,7 @@ impl Bench {
         };
         let seconds = started.elapsed().as_secs_f64();
         progress.finish_and_clear();
+        let connections = sampler.stop();
         let pid = child.id();
         common::signal(pid, "TERM");
         let usage = tokio::task::spawn_blocking(move || reap(child, "connect-mirror-maker"))
@@ -526,7 +610,9 @@ impl Bench {
                 "{dest} ends at {end} with no transaction markers: MirrorMaker 2 did not write transactions"
             );
         }
-        Ok(self.row(name, seconds, usage, Some(first)))
+        let mut row = self.row(name, seconds, usage, Some(first));
+        row.connections = Some(connections);
+        Ok(row)
     }
 
     /// Reads `dest` read_committed with kcat until it has read every record; returns the
@@ -796,6 +882,7 @@ impl Bench {
         let started = Instant::now();
         let child = self.spawn_service(&config, &log)?;
         let pid = child.id();
+        let sampler = ConnectionSampler::start(pid, self.broker_ports());
         let name = format!("kafka-direct, wal.sync={sync}{note}");
         let progress = bar(self.args.records, &name);
         let dest = format!("{prefix}.bench");
@@ -804,6 +891,7 @@ impl Bench {
         let first = self.watch_destination(&dest, &progress, started).await;
         let seconds = started.elapsed().as_secs_f64();
         progress.finish_and_clear();
+        let connections = sampler.stop();
         common::signal(pid, "TERM");
         let usage = tokio::task::spawn_blocking(move || reap(child, "kafka-direct")).await??;
         let first = first.with_context(|| log_tail(&log))?;
@@ -813,7 +901,9 @@ impl Bench {
             "kafka-direct reported unexpected produce offsets: {}",
             log_tail(&log)
         );
-        Ok(self.row(&name, seconds, usage, Some(first)))
+        let mut row = self.row(&name, seconds, usage, Some(first));
+        row.connections = Some(connections);
+        Ok(row)
     }
 
     /// Produces `rate` records/s for `latency_secs` into `src` while `replicator` runs,
@@ -1050,7 +1140,7 @@ fn log_tail(log: &Path) -> String {
 fn print_table(rows: &[Row]) {
     let pct = |x: Option<f64>| x.map(|x| format!("{:.0} %", x * 100.0)).unwrap_or_default();
     println!(
-        "\n{:<40} {:>10} {:>7} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8} {:>9} {:>7}",
+        "\n{:<40} {:>10} {:>7} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8} {:>9} {:>7} {:>9}",
         "run",
         "records/s",
         "MB/s",
@@ -1062,11 +1152,12 @@ fn print_table(rows: &[Row]) {
         "1st rec s",
         "CPU s",
         "CPU s/GB",
-        "RSS MB"
+        "RSS MB",
+        "conns"
     );
     for r in rows {
         println!(
-            "{:<40} {:>10.0} {:>7.1} {:>10.0} {:>8} {:>8} {:>8} {:>7.2} {:>9} {:>8.2} {:>9.1} {:>7.1}",
+            "{:<40} {:>10.0} {:>7.1} {:>10.0} {:>8} {:>8} {:>8} {:>7.2} {:>9} {:>8.2} {:>9.1} {:>7.1} {:>9}",
             r.name,
             r.records_per_sec,
             r.mb_per_sec,
@@ -1081,6 +1172,9 @@ fn print_table(rows: &[Row]) {
             r.cpu_seconds,
             r.cpu_seconds_per_gb,
             r.peak_rss_mb,
+            r.connections
+                .map(|[source, internal]| format!("{source}+{internal}"))
+                .unwrap_or_default(),
         );
     }
 }
