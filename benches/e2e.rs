@@ -98,9 +98,9 @@ struct Row {
     mb_per_sec: f64,
     /// Seconds until the first record reached the destination (replicators only).
     first_record_seconds: Option<f64>,
-    /// Records/s once running: from the first record at the destination to the last
-    /// (replicators), or the tool's own figure, which leaves out its start (Kafka's
-    /// perf tools). The ratios are of this figure, so that a JVM's start-up does not
+    /// Records/s once running: between 10 % and 90 % of the records arriving at the
+    /// destination (replicators), or the tool's own figure, which leaves out its start
+    /// (Kafka's perf tools). The ratios are of this figure, so that a JVM's start-up does not
     /// count against it.
     steady_records_per_sec: f64,
     ratio_to_kcat_pipe: Option<f64>,
@@ -345,6 +345,61 @@ async fn total_end(addr: &str, topic: &str, partitions: i32) -> i64 {
     total
 }
 
+/// How the records arrived at a replicator's destination.
+#[derive(Debug, Clone, Copy)]
+struct Course {
+    /// Seconds from the start until the first record arrived.
+    first: f64,
+    /// Records/s between 10 % and 90 % of them arriving: the rate once running, without
+    /// the start (a JVM's, a connector's) or the tail.
+    steady: f64,
+}
+
+/// Follows a destination's record count as it is polled, into a [`Course`].
+struct CourseTracker {
+    records: u64,
+    started: Instant,
+    first: Option<f64>,
+    tenth: Option<f64>,
+    ninth: Option<f64>,
+}
+
+impl CourseTracker {
+    fn new(records: u64, started: Instant) -> Self {
+        Self {
+            records,
+            started,
+            first: None,
+            tenth: None,
+            ninth: None,
+        }
+    }
+
+    fn saw(&mut self, count: u64) {
+        let at = || Some(self.started.elapsed().as_secs_f64());
+        if count > 0 && self.first.is_none() {
+            self.first = at();
+        }
+        if count * 10 >= self.records && self.tenth.is_none() {
+            self.tenth = at();
+        }
+        if count * 10 >= self.records * 9 && self.ninth.is_none() {
+            self.ninth = at();
+        }
+    }
+
+    fn course(&self) -> Course {
+        let end = self.started.elapsed().as_secs_f64();
+        let (tenth, ninth) = (self.tenth.unwrap_or(0.0), self.ninth.unwrap_or(end));
+        // Polled every 20-100 ms: a span too short to time says only "faster than this".
+        let span = (ninth - tenth).max(0.1);
+        Course {
+            first: self.first.unwrap_or_default(),
+            steady: 0.8 * self.records as f64 / span,
+        }
+    }
+}
+
 struct Bench {
     args: Args,
     external: Broker,
@@ -384,15 +439,8 @@ impl Bench {
         })
     }
 
-    fn row(&self, name: &str, seconds: f64, usage: Usage, first: Option<f64>) -> Row {
+    fn row(&self, name: &str, seconds: f64, usage: Usage, course: Option<Course>) -> Row {
         let records_per_sec = self.args.records as f64 / seconds;
-        let steady = match first {
-            // The first record's arrival is counted as the start of the N - 1 others.
-            Some(first) if seconds - first > 0.05 => {
-                (self.args.records - 1) as f64 / (seconds - first)
-            }
-            _ => records_per_sec,
-        };
         Row {
             name: name.to_owned(),
             records: self.args.records,
@@ -400,8 +448,8 @@ impl Bench {
             seconds,
             records_per_sec,
             mb_per_sec: self.payload_bytes as f64 / seconds / 1e6,
-            first_record_seconds: first,
-            steady_records_per_sec: steady,
+            first_record_seconds: course.map(|c| c.first),
+            steady_records_per_sec: course.map_or(records_per_sec, |c| c.steady),
             ratio_to_kcat_pipe: None,
             ratio_to_ceiling: None,
             ratio_to_mm2_eos: None,
@@ -427,7 +475,17 @@ impl Bench {
         cmd.arg(tool)
             .stdout(out.try_clone()?)
             .stderr(out)
-            .env("KAFKA_DIRECT_TOOL_HEAP", "1g");
+            // Kafka's own scripts' JVM options and heaps: 2 GB for MirrorMaker 2 (its
+            // connect-mirror-maker.sh), 1 GB for the perf tests.
+            .env("KAFKA_DIRECT_TOOL_PERFORMANCE", "1")
+            .env(
+                "KAFKA_DIRECT_TOOL_HEAP",
+                if tool == "connect-mirror-maker" {
+                    "2g"
+                } else {
+                    "1g"
+                },
+            );
         Ok(cmd)
     }
 
@@ -581,7 +639,7 @@ impl Bench {
             .spawn()?;
         let sampler = ConnectionSampler::start(child.id(), self.broker_ports());
         let progress = bar(self.args.records, name);
-        let first = if eos {
+        let course = if eos {
             self.read_committed(&dest, &progress, started).await
         } else {
             self.watch_destination(&dest, &progress, started).await
@@ -594,7 +652,7 @@ impl Bench {
         let usage = tokio::task::spawn_blocking(move || reap(child, "connect-mirror-maker"))
             .await?
             .with_context(|| log_tail(&log))?;
-        let first = first.with_context(|| log_tail(&log))?;
+        let course = course.with_context(|| log_tail(&log))?;
         if eos {
             let got = self.count_committed(&dest)?;
             ensure!(
@@ -610,19 +668,19 @@ impl Bench {
                 "{dest} ends at {end} with no transaction markers: MirrorMaker 2 did not write transactions"
             );
         }
-        let mut row = self.row(name, seconds, usage, Some(first));
+        let mut row = self.row(name, seconds, usage, Some(course));
         row.connections = Some(connections);
         Ok(row)
     }
 
-    /// Reads `dest` read_committed with kcat until it has read every record; returns the
-    /// seconds until the first one. Fails if the count stops growing for 60 s.
+    /// Reads `dest` read_committed with kcat until it has read every record; returns how
+    /// they arrived. Fails if the count stops growing for 60 s.
     async fn read_committed(
         &self,
         dest: &str,
         progress: &ProgressBar,
         started: Instant,
-    ) -> Result<f64> {
+    ) -> Result<Course> {
         let mut child = kcat_cmd(&self.internal.addr())
             .args(["-C", "-t", dest, "-o", "beginning", "-f", "\n"])
             .args(["-X", "isolation.level=read_committed"])
@@ -631,14 +689,12 @@ impl Bench {
             .spawn()?;
         let counter = Arc::new(AtomicU64::new(0));
         let reader = count_lines(&mut child, counter.clone());
-        let mut first = None;
+        let mut course = CourseTracker::new(self.args.records, started);
         let mut last = (0, Instant::now());
         while !reader.is_finished() {
             let now = counter.load(Ordering::Relaxed);
             progress.set_position(now);
-            if now > 0 && first.is_none() {
-                first = Some(started.elapsed().as_secs_f64());
-            }
+            course.saw(now);
             if now != last.0 {
                 last = (now, Instant::now());
             } else if last.1.elapsed() > Duration::from_secs(60) {
@@ -655,7 +711,7 @@ impl Bench {
             "{dest}: read {got} of {} records",
             self.args.records
         );
-        Ok(first.unwrap_or_default())
+        Ok(course.course())
     }
 
     /// The records of `dest` a read_committed consumer sees, to its end.
@@ -755,36 +811,34 @@ impl Bench {
             }
             Ok(usage)
         });
-        let first = watch.await?;
+        let course = watch.await?;
         usage = usage + reaped.await??;
         let seconds = started.elapsed().as_secs_f64();
         progress.finish_and_clear();
-        Ok(self.row(&name, seconds, usage, Some(first)))
+        Ok(self.row(&name, seconds, usage, Some(course)))
     }
 
-    /// Polls the destination topic's total end until it holds every record; returns the
-    /// seconds until the first one arrived. Fails if it stops growing for 60 s.
+    /// Polls the destination topic's total end until it holds every record; returns how
+    /// they arrived. Fails if it stops growing for 60 s.
     async fn watch_destination(
         &self,
         dest: &str,
         progress: &ProgressBar,
         started: Instant,
-    ) -> Result<f64> {
+    ) -> Result<Course> {
         let target = self.args.records as i64;
-        let mut first = None;
+        let mut course = CourseTracker::new(self.args.records, started);
         let mut last = (0, Instant::now());
         loop {
             let now = total_end(&self.internal.addr(), dest, self.args.partitions).await;
             progress.set_position(now as u64);
-            if now > 0 && first.is_none() {
-                first = Some(started.elapsed().as_secs_f64());
-            }
+            course.saw(now.max(0) as u64);
             if now >= target {
                 ensure!(
                     now == target,
                     "{dest} holds {now} records, more than {target}"
                 );
-                return Ok(first.unwrap_or_default());
+                return Ok(course.course());
             }
             if now != last.0 {
                 last = (now, Instant::now());
@@ -888,20 +942,20 @@ impl Bench {
         let dest = format!("{prefix}.bench");
         // Polling before the service created the topic would let the broker auto-create it.
         started_up(&log).await?;
-        let first = self.watch_destination(&dest, &progress, started).await;
+        let course = self.watch_destination(&dest, &progress, started).await;
         let seconds = started.elapsed().as_secs_f64();
         progress.finish_and_clear();
         let connections = sampler.stop();
         common::signal(pid, "TERM");
         let usage = tokio::task::spawn_blocking(move || reap(child, "kafka-direct")).await??;
-        let first = first.with_context(|| log_tail(&log))?;
+        let course = course.with_context(|| log_tail(&log))?;
         let text = std::fs::read_to_string(&log)?;
         ensure!(
             progress_field(&text, "unexpected_produce_offsets") == Some(0),
             "kafka-direct reported unexpected produce offsets: {}",
             log_tail(&log)
         );
-        let mut row = self.row(&name, seconds, usage, Some(first));
+        let mut row = self.row(&name, seconds, usage, Some(course));
         row.connections = Some(connections);
         Ok(row)
     }
