@@ -815,6 +815,12 @@ impl Bench {
         usage = usage + reaped.await??;
         let seconds = started.elapsed().as_secs_f64();
         progress.finish_and_clear();
+        // `kcat -P` reads its input in blocks and sends in bursts: the records do not
+        // arrive at a steady rate to time, so a pipe's steady figure is its wall rate.
+        let course = Course {
+            steady: self.args.records as f64 / seconds,
+            ..course
+        };
         Ok(self.row(&name, seconds, usage, Some(course)))
     }
 
