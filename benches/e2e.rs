@@ -103,6 +103,8 @@ struct Row {
     /// (Kafka's perf tools). The ratios are of this figure, so that a JVM's start-up does not
     /// count against it.
     steady_records_per_sec: f64,
+    /// The rate a Kafka perf tool reported itself.
+    tool_records_per_sec: Option<f64>,
     ratio_to_kcat_pipe: Option<f64>,
     ratio_to_ceiling: Option<f64>,
     ratio_to_mm2_eos: Option<f64>,
@@ -359,9 +361,8 @@ struct Course {
 struct CourseTracker {
     records: u64,
     started: Instant,
-    first: Option<f64>,
-    tenth: Option<f64>,
-    ninth: Option<f64>,
+    /// (seconds since the start, records there) at each poll.
+    polls: Vec<(f64, u64)>,
 }
 
 impl CourseTracker {
@@ -369,33 +370,40 @@ impl CourseTracker {
         Self {
             records,
             started,
-            first: None,
-            tenth: None,
-            ninth: None,
+            polls: vec![(0.0, 0)],
         }
     }
 
     fn saw(&mut self, count: u64) {
-        let at = || Some(self.started.elapsed().as_secs_f64());
-        if count > 0 && self.first.is_none() {
-            self.first = at();
-        }
-        if count * 10 >= self.records && self.tenth.is_none() {
-            self.tenth = at();
-        }
-        if count * 10 >= self.records * 9 && self.ninth.is_none() {
-            self.ninth = at();
-        }
+        self.polls
+            .push((self.started.elapsed().as_secs_f64(), count));
+    }
+
+    /// When the count reached `x`, interpolated between the two polls around it.
+    fn crossed(&self, x: f64) -> f64 {
+        let i = self
+            .polls
+            .iter()
+            .position(|&(_, c)| c as f64 >= x)
+            .unwrap_or(self.polls.len() - 1);
+        let (t1, c1) = self.polls[i];
+        let Some(&(t0, c0)) = i.checked_sub(1).map(|i| &self.polls[i]) else {
+            return t1;
+        };
+        t0 + (t1 - t0) * (x - c0 as f64) / (c1 as f64 - c0 as f64).max(1.0)
     }
 
     fn course(&self) -> Course {
-        let end = self.started.elapsed().as_secs_f64();
-        let (tenth, ninth) = (self.tenth.unwrap_or(0.0), self.ninth.unwrap_or(end));
-        // Polled every 20-100 ms: a span too short to time says only "faster than this".
-        let span = (ninth - tenth).max(0.1);
+        let first = self
+            .polls
+            .iter()
+            .find(|&&(_, c)| c > 0)
+            .map_or(0.0, |&(t, _)| t);
+        let n = self.records as f64;
+        let span = self.crossed(0.9 * n) - self.crossed(0.1 * n);
         Course {
-            first: self.first.unwrap_or_default(),
-            steady: 0.8 * self.records as f64 / span,
+            first,
+            steady: 0.8 * n / span.max(1e-3),
         }
     }
 }
@@ -450,6 +458,7 @@ impl Bench {
             mb_per_sec: self.payload_bytes as f64 / seconds / 1e6,
             first_record_seconds: course.map(|c| c.first),
             steady_records_per_sec: course.map_or(records_per_sec, |c| c.steady),
+            tool_records_per_sec: None,
             ratio_to_kcat_pipe: None,
             ratio_to_ceiling: None,
             ratio_to_mm2_eos: None,
@@ -526,6 +535,7 @@ impl Bench {
         );
         let mut row = self.row(name, seconds, usage, None);
         row.steady_records_per_sec = fields[9].parse().context("fetch.nMsg.sec")?;
+        row.tool_records_per_sec = Some(row.steady_records_per_sec);
         Ok(row)
     }
 
@@ -555,7 +565,7 @@ impl Bench {
             .with_context(|| log_tail(&log))?;
         let seconds = started.elapsed().as_secs_f64();
         progress.finish_and_clear();
-        watch.with_context(|| log_tail(&log))?;
+        let course = watch.with_context(|| log_tail(&log))?;
         // "N records sent, R records/sec (M MB/sec), ..."
         let text = std::fs::read_to_string(&log)?;
         let rate = text
@@ -567,8 +577,11 @@ impl Bench {
                 rest.split_whitespace().next()?.parse::<f64>().ok()
             })
             .with_context(|| format!("no result line: {}", log_tail(&log)))?;
+        // The steady rate as a replicator's is timed (the tool's own figure covers its
+        // ramp and its close too); the tool's is kept beside it.
         let mut row = self.row(name, seconds, usage, None);
-        row.steady_records_per_sec = rate;
+        row.steady_records_per_sec = course.steady;
+        row.tool_records_per_sec = Some(rate);
         Ok(row)
     }
 
@@ -610,6 +623,8 @@ impl Bench {
              {target}.producer.linger.ms = 5\n\
              {target}.producer.compression.type = none\n\
              {target}.producer.acks = all\n\
+             {target}.producer.enable.idempotence = true\n\
+             {target}.producer.max.in.flight.requests.per.connection = 5\n\
              {target}.producer.max.request.size = 4194304\n\
              {target}.offset.flush.timeout.ms = 10000\n",
             external = self.external.addr(),
@@ -619,7 +634,7 @@ impl Bench {
             props.push_str(&format!(
                 "{target}.exactly.once.source.support = enabled\n\
                  dedicated.mode.enable.internal.rest = true\n\
-                 {target}.listeners = http://127.0.0.1:{}\n",
+                 listeners = http://127.0.0.1:{}\n",
                 common::free_port()
             ));
         }
@@ -1240,7 +1255,8 @@ fn print_table(rows: &[Row]) {
 }
 
 /// The ratios of each replicator's steady rate to the ceiling (the slower of Kafka's
-/// consumer and producer perf tests), to MirrorMaker 2 exactly once and to the kcat pipe.
+/// consumer and producer perf tests) and to MirrorMaker 2 exactly once, and of its wall
+/// rate to the kcat pipe's.
 fn add_ratios(rows: &mut [Row]) {
     let rate = |name: &str| {
         rows.iter()
@@ -1255,7 +1271,11 @@ fn add_ratios(rows: &mut [Row]) {
         _ => None,
     };
     let mm2 = rate("MirrorMaker 2, exactly once");
-    let pipe = rate("kcat -C | kcat -P (one pipe)");
+    // Wall rates on both sides, as in the runs recorded before the steady rate.
+    let pipe = rows
+        .iter()
+        .find(|r| r.name.starts_with("kcat -C | kcat -P (one pipe)"))
+        .map(|r| r.records_per_sec);
     for row in rows.iter_mut() {
         if row.first_record_seconds.is_none() {
             continue; // one-sided runs, not replicators
@@ -1263,7 +1283,7 @@ fn add_ratios(rows: &mut [Row]) {
         let steady = row.steady_records_per_sec;
         row.ratio_to_ceiling = ceiling.map(|c| steady / c);
         row.ratio_to_mm2_eos = mm2.map(|m| steady / m);
-        row.ratio_to_kcat_pipe = pipe.map(|p| steady / p);
+        row.ratio_to_kcat_pipe = pipe.map(|p| row.records_per_sec / p);
     }
 }
 
