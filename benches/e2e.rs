@@ -366,17 +366,31 @@ struct CourseTracker {
 }
 
 impl CourseTracker {
+    /// From now on (none arrived yet); times are counted from `started`.
     fn new(records: u64, started: Instant) -> Self {
         Self {
             records,
             started,
-            polls: vec![(0.0, 0)],
+            polls: vec![(started.elapsed().as_secs_f64(), 0)],
         }
     }
 
     fn saw(&mut self, count: u64) {
         self.polls
             .push((self.started.elapsed().as_secs_f64(), count));
+    }
+
+    /// Whether the count has not changed for `limit` (or since the tracker began).
+    fn stalled(&self, limit: Duration) -> bool {
+        let (now, count) = *self.polls.last().expect("seeded");
+        let since = self
+            .polls
+            .iter()
+            .rev()
+            .take_while(|&&(_, c)| c == count)
+            .last()
+            .map_or(now, |&(t, _)| t);
+        now - since > limit.as_secs_f64()
     }
 
     /// When the count reached `x`, interpolated between the two polls around it.
@@ -705,14 +719,11 @@ impl Bench {
         let counter = Arc::new(AtomicU64::new(0));
         let reader = count_lines(&mut child, counter.clone());
         let mut course = CourseTracker::new(self.args.records, started);
-        let mut last = (0, Instant::now());
         while !reader.is_finished() {
             let now = counter.load(Ordering::Relaxed);
             progress.set_position(now);
             course.saw(now);
-            if now != last.0 {
-                last = (now, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(60) {
+            if course.stalled(Duration::from_secs(60)) {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!("{dest}: read_committed stopped at {now} records");
@@ -849,7 +860,6 @@ impl Bench {
     ) -> Result<Course> {
         let target = self.args.records as i64;
         let mut course = CourseTracker::new(self.args.records, started);
-        let mut last = (0, Instant::now());
         loop {
             let now = total_end(&self.internal.addr(), dest, self.args.partitions).await;
             progress.set_position(now as u64);
@@ -861,9 +871,7 @@ impl Bench {
                 );
                 return Ok(course.course());
             }
-            if now != last.0 {
-                last = (now, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(60) {
+            if course.stalled(Duration::from_secs(60)) {
                 bail!("{dest} stopped at {now} of {target} records");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1254,36 +1262,27 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-/// The ratios of each replicator's steady rate to the ceiling (the slower of Kafka's
-/// consumer and producer perf tests) and to MirrorMaker 2 exactly once, and of its wall
-/// rate to the kcat pipe's.
-fn add_ratios(rows: &mut [Row]) {
-    let rate = |name: &str| {
-        rows.iter()
-            .find(|r| r.name.starts_with(name))
-            .map(|r| r.steady_records_per_sec)
-    };
-    let ceiling = match (
-        rate("ceiling: kafka-consumer"),
-        rate("ceiling: kafka-producer"),
-    ) {
-        (Some(c), Some(p)) => Some(c.min(p)),
-        _ => None,
-    };
-    let mm2 = rate("MirrorMaker 2, exactly once");
-    // Wall rates on both sides, as in the runs recorded before the steady rate.
-    let pipe = rows
-        .iter()
-        .find(|r| r.name.starts_with("kcat -C | kcat -P (one pipe)"))
-        .map(|r| r.records_per_sec);
-    for row in rows.iter_mut() {
-        if row.first_record_seconds.is_none() {
-            continue; // one-sided runs, not replicators
+/// The rates a replicator's row is compared with: the ceiling (the slower of Kafka's
+/// consumer and producer perf tests' steady rates), MirrorMaker 2 exactly once's steady
+/// rate, and the one kcat pipe's wall rate (as in the runs recorded before the steady
+/// rate).
+struct Peers {
+    ceiling: Option<f64>,
+    mm2_eos: Option<f64>,
+    pipe: f64,
+}
+
+impl Peers {
+    fn add_ratios(&self, rows: &mut [Row]) {
+        for row in rows.iter_mut() {
+            if row.first_record_seconds.is_none() {
+                continue; // one-sided runs, not replicators
+            }
+            let steady = row.steady_records_per_sec;
+            row.ratio_to_ceiling = self.ceiling.map(|c| steady / c);
+            row.ratio_to_mm2_eos = self.mm2_eos.map(|m| steady / m);
+            row.ratio_to_kcat_pipe = Some(row.records_per_sec / self.pipe);
         }
-        let steady = row.steady_records_per_sec;
-        row.ratio_to_ceiling = ceiling.map(|c| steady / c);
-        row.ratio_to_mm2_eos = mm2.map(|m| steady / m);
-        row.ratio_to_kcat_pipe = pipe.map(|p| row.records_per_sec / p);
     }
 }
 
@@ -1310,16 +1309,27 @@ async fn throughput(args: Args) -> Result<serde_json::Value> {
         "source holds {stored} records after the preload"
     );
     let jvm_peers = !args.no_jvm_peers && common::platform() == common::Platform::Kafka;
+    let mut ceiling = None;
     if jvm_peers {
-        rows.push(bench.ceiling_consume()?);
-        rows.push(bench.ceiling_produce().await?);
+        let (consume, produce) = (bench.ceiling_consume()?, bench.ceiling_produce().await?);
+        ceiling = Some(
+            consume
+                .steady_records_per_sec
+                .min(produce.steady_records_per_sec),
+        );
+        rows.extend([consume, produce]);
     }
     rows.push(bench.kcat_consume()?);
-    rows.push(bench.kcat_pipe("pipe.bench", false).await?);
+    let pipe = bench.kcat_pipe("pipe.bench", false).await?;
+    let pipe_rate = pipe.records_per_sec;
+    rows.push(pipe);
     rows.push(bench.kcat_pipe("pipes.bench", true).await?);
+    let mut mm2_eos = None;
     if jvm_peers {
         rows.push(bench.mirror_maker(false).await?);
-        rows.push(bench.mirror_maker(true).await?);
+        let eos = bench.mirror_maker(true).await?;
+        mm2_eos = Some(eos.steady_records_per_sec);
+        rows.push(eos);
     }
     let fsync = bench.kafka_direct("fsync", "fsync").await?;
     let fsync_rate = fsync.records_per_sec;
@@ -1328,7 +1338,12 @@ async fn throughput(args: Args) -> Result<serde_json::Value> {
     if !args.compare.is_empty() {
         rows.push(bench.kafka_direct("compare", "fsync").await?);
     }
-    add_ratios(&mut rows);
+    let peers = Peers {
+        ceiling,
+        mm2_eos,
+        pipe: pipe_rate,
+    };
+    peers.add_ratios(&mut rows);
     print_table(&rows);
     let mut latencies = Vec::new();
     if args.latency_secs > 0 {
