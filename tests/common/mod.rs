@@ -94,12 +94,25 @@ pub fn kcat() -> PathBuf {
     repo_root().join("target/kcat/kcat")
 }
 
+/// A free loopback port, never one this process was given before: ports picked one after
+/// the other for one broker (its listeners) must differ, and the kernel may hand out a
+/// port again once its listener is closed.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn signal(pid: u32, sig: &str) {
