@@ -10,6 +10,8 @@ use std::time::Duration;
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(90);
+/// The most connections a connector may hold to a one-broker external cluster.
+const SOURCE_CONNECTIONS: usize = 2;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicates_every_partition_record_for_record() {
@@ -61,6 +63,28 @@ async fn replicates_every_partition_record_for_record() {
             "partition {partition} as kcat reads it"
         );
     }
+}
+
+/// Every partition a source broker leads is fetched over one connection shared by all
+/// of them (one Fetch per round for every partition that asks), so 24 partitions hold a
+/// few connections to the source broker, not one each. Counted from /proc, as the
+/// benchmark counts them.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_share_one_fetch_connection_per_source_broker() {
+    const PARTITIONS: i32 = 24;
+    let mut p = Pipeline::new("many", PARTITIONS, &[]).await;
+    p.produce_each(0, 200).await;
+    p.service.start();
+    p.assert_replicated(0, WAIT).await;
+    let port = |b: &Broker| -> u16 { b.addr().rsplit(':').next().unwrap().parse().unwrap() };
+    let ports = [vec![port(&p.external)], vec![port(&p.internal)]];
+    let [external, internal] = connections_to(p.service.pid(), &ports);
+    eprintln!("connections held: {external} to the external broker, {internal} to the internal one");
+    assert!(
+        external <= SOURCE_CONNECTIONS,
+        "{external} connections to the external broker for {PARTITIONS} partitions (at most {SOURCE_CONNECTIONS}: the fetch session and the consumer group's commits)"
+    );
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -28,6 +28,7 @@ use crate::format::Formatter;
 use crate::forward::dead_letter::{self, DeadLetterSender, DeadLetters};
 use crate::forward::{Forwarder, SinkError};
 use crate::kafka::cluster::{Cluster, ClusterError};
+use crate::kafka::leaders::Leaders;
 use crate::kafka::group::GroupClient;
 use crate::kafka::produce::PartitionWriter;
 use crate::kafka::settle::Settling;
@@ -686,6 +687,7 @@ impl ConnectorRuntime {
             handle: Arc::clone(&self.handle),
             ctx: Arc::clone(&self.ctx),
             source_cluster: source_cluster.clone(),
+            leaders: Leaders::new(source_cluster.clone()),
             dead_letters: dead_letters.clone(),
             settle,
             cancel: cancel.clone(),
@@ -749,6 +751,8 @@ struct Spawner {
     handle: Arc<ConnectorHandle>,
     ctx: Arc<Context>,
     source_cluster: Cluster,
+    /// The external cluster's leaders, shared by every fetcher of the run.
+    leaders: Arc<Leaders>,
     dead_letters: Option<Arc<DeadLetters>>,
     settle: bool,
     cancel: CancellationToken,
@@ -819,6 +823,7 @@ impl Spawner {
         };
         let fetcher = Fetcher {
             cluster: self.source_cluster.clone(),
+            leaders: Arc::clone(&self.leaders),
             log: writer,
             reset,
             group: (

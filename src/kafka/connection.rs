@@ -118,6 +118,66 @@ impl WireError {
     pub fn is_transient(&self) -> bool {
         !matches!(self, WireError::Unsupported { .. } | WireError::Sasl { .. })
     }
+
+    /// The same failure once more, for each of several requests that one connection's
+    /// failure failed (an OS error is copied as its kind and message).
+    pub fn duplicate(&self) -> WireError {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            WireError::Connect { addr, source } => WireError::Connect {
+                addr: addr.clone(),
+                source: io(source),
+            },
+            WireError::Handshake { addr, source } => WireError::Handshake {
+                addr: addr.clone(),
+                source: io(source),
+            },
+            WireError::Proxy {
+                addr,
+                proxy,
+                reason,
+            } => WireError::Proxy {
+                addr: addr.clone(),
+                proxy: proxy.clone(),
+                reason: reason.clone(),
+            },
+            WireError::Sasl {
+                addr,
+                mechanism,
+                user,
+                reason,
+            } => WireError::Sasl {
+                addr: addr.clone(),
+                mechanism,
+                user: user.clone(),
+                reason: reason.clone(),
+            },
+            WireError::FirstRequest { addr, source } => WireError::FirstRequest {
+                addr: addr.clone(),
+                source: io(source),
+            },
+            WireError::Io { addr, source } => WireError::Io {
+                addr: addr.clone(),
+                source: io(source),
+            },
+            WireError::Codec { addr, api, reason } => WireError::Codec {
+                addr: addr.clone(),
+                api: *api,
+                reason: reason.clone(),
+            },
+            WireError::Unsupported {
+                addr,
+                api,
+                offered,
+                needed,
+            } => WireError::Unsupported {
+                addr: addr.clone(),
+                api: *api,
+                offered: offered.clone(),
+                needed: needed.clone(),
+            },
+        }
+    }
 }
 
 /// One connection to one broker.
@@ -584,6 +644,28 @@ pub async fn connect_leader(
     partition: i32,
     timeout: Duration,
 ) -> Result<Connection, LeaderError> {
+    let (conn, metadata) =
+        bootstrap_metadata(servers, client_id, transport, topic, timeout).await?;
+    let leader = leader_address(&metadata, topic, partition)?;
+    if leader == conn.addr() {
+        return Ok(conn);
+    }
+    drop(conn);
+    match tokio::time::timeout(timeout, Connection::open(&leader, client_id, transport)).await {
+        Ok(result) => result.map_err(LeaderError::Wire),
+        Err(_) => Err(LeaderError::Timeout(leader)),
+    }
+}
+
+/// The metadata of `topic`, from the first of `servers` that answers within `timeout`,
+/// and the connection that answered.
+pub async fn bootstrap_metadata(
+    servers: &[String],
+    client_id: &str,
+    transport: &crate::kafka::tls::Transport,
+    topic: &str,
+    timeout: Duration,
+) -> Result<(Connection, MetadataResponse), LeaderError> {
     let mut last = None;
     for server in servers {
         let attempt = async {
@@ -591,28 +673,11 @@ pub async fn connect_leader(
             let metadata = conn.metadata(topic).await?;
             Ok::<_, WireError>((conn, metadata))
         };
-        let (conn, metadata) = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                last = Some(LeaderError::Wire(e));
-                continue;
-            }
-            Err(_) => {
-                last = Some(LeaderError::Timeout(server.clone()));
-                continue;
-            }
-        };
-        let leader = leader_address(&metadata, topic, partition)?;
-        if leader == conn.addr() {
-            return Ok(conn);
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(pair)) => return Ok(pair),
+            Ok(Err(e)) => last = Some(LeaderError::Wire(e)),
+            Err(_) => last = Some(LeaderError::Timeout(server.clone())),
         }
-        drop(conn);
-        return match tokio::time::timeout(timeout, Connection::open(&leader, client_id, transport))
-            .await
-        {
-            Ok(result) => result.map_err(LeaderError::Wire),
-            Err(_) => Err(LeaderError::Timeout(leader)),
-        };
     }
     Err(last.unwrap_or(LeaderError::NoServers))
 }
@@ -661,7 +726,8 @@ impl LeaderError {
     }
 }
 
-fn leader_address(
+/// `host:port` of the leader of `topic`/`partition` in `metadata`.
+pub(crate) fn leader_address(
     metadata: &MetadataResponse,
     topic: &str,
     partition: i32,
@@ -764,40 +830,54 @@ pub(crate) mod fake {
             .collect()
     }
 
-    /// Listens on a free loopback port and serves one connection: `answer(own address,
-    /// api, version, request body, out)` encodes the response body into `out`. Returns
-    /// the address.
-    pub async fn broker<F>(mut answer: F) -> std::net::SocketAddr
+    /// Listens on a free loopback port and serves every connection made to it:
+    /// `answer(own address, api, version, request body, out)` encodes the response body
+    /// into `out`. Returns the address.
+    pub async fn broker<F>(answer: F) -> std::net::SocketAddr
     where
         F: FnMut(std::net::SocketAddr, ApiKey, i16, Bytes, &mut BytesMut) + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let answer = std::sync::Arc::new(std::sync::Mutex::new(answer));
         tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            loop {
-                let Ok(len) = stream.read_i32().await else {
-                    return;
-                };
-                let mut body = BytesMut::zeroed(len as usize);
-                stream.read_exact(&mut body).await.unwrap();
-                let mut body = body.freeze();
-                let header = decode_request_header_from_buffer(&mut body).unwrap();
-                let api = ApiKey::try_from(header.request_api_key).unwrap();
-                let version = header.request_api_version;
-                let mut out = BytesMut::new();
-                ResponseHeader::default()
-                    .with_correlation_id(header.correlation_id)
-                    .encode(&mut out, api.response_header_version(version))
-                    .unwrap();
-                answer(addr, api, version, body, &mut out);
-                let mut frame = BytesMut::new();
-                frame.put_i32(out.len() as i32);
-                frame.put(out);
-                stream.write_all(&frame).await.unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, addr, std::sync::Arc::clone(&answer)));
             }
         });
         addr
+    }
+
+    async fn serve<F>(
+        mut stream: tokio::net::TcpStream,
+        addr: std::net::SocketAddr,
+        answer: std::sync::Arc<std::sync::Mutex<F>>,
+    ) where
+        F: FnMut(std::net::SocketAddr, ApiKey, i16, Bytes, &mut BytesMut) + Send + 'static,
+    {
+        loop {
+            let Ok(len) = stream.read_i32().await else {
+                return;
+            };
+            let mut body = BytesMut::zeroed(len as usize);
+            stream.read_exact(&mut body).await.unwrap();
+            let mut body = body.freeze();
+            let header = decode_request_header_from_buffer(&mut body).unwrap();
+            let api = ApiKey::try_from(header.request_api_key).unwrap();
+            let version = header.request_api_version;
+            let mut out = BytesMut::new();
+            ResponseHeader::default()
+                .with_correlation_id(header.correlation_id)
+                .encode(&mut out, api.response_header_version(version))
+                .unwrap();
+            (answer.lock().unwrap())(addr, api, version, body, &mut out);
+            let mut frame = BytesMut::new();
+            frame.put_i32(out.len() as i32);
+            frame.put(out);
+            if stream.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
 use crate::kafka::batches::{self, AbortedTransaction, Decoded};
@@ -17,9 +18,9 @@ use crate::kafka::connection::{self, topic_name, Connection, WireError};
 /// into v12 answers, which the decoder rightly refuses: docs/compatibility.md). The cap
 /// serves tansu; on Kafka (4.x accepts 4 to 17) it costs only KIP-951's leader hint, a
 /// metadata request when a leader moves.
-const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=11;
+pub(crate) const FETCH_VERSIONS: std::ops::RangeInclusive<i16> = 4..=11;
 /// ListOffsets versions used: 1 is the first with a single offset per partition.
-const LIST_OFFSETS_VERSIONS: std::ops::RangeInclusive<i16> = 1..=7;
+pub(crate) const LIST_OFFSETS_VERSIONS: std::ops::RangeInclusive<i16> = 1..=7;
 /// `isolation_level` READ_COMMITTED.
 const READ_COMMITTED: i8 = 1;
 
@@ -99,132 +100,242 @@ impl PartitionReader {
         max_bytes: i32,
         max_wait_ms: i32,
     ) -> Result<Fetched, ClusterError> {
-        let what = format!(
-            "fetching {}/{} at offset {offset}",
-            self.topic, self.partition
+        let what = fetching(&self.topic, self.partition, offset);
+        let request = fetch_request(
+            max_wait_ms,
+            max_bytes,
+            [(self.topic.as_str(), self.partition, offset, max_bytes)],
         );
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(max_bytes)
-            .with_isolation_level(READ_COMMITTED)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(topic_name(&self.topic))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(self.partition)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(max_bytes)])]);
         let version = self.fetch_version;
         let response = cluster
             .bounded(what.clone(), self.conn.call(&request, version))
             .await?;
-        let refused = |error| cluster.error(what.clone(), WireFailure::Broker(error));
         if let Some(error) = ResponseError::try_from_code(response.error_code) {
-            return Err(refused(error));
+            return Err(cluster.error(what, WireFailure::Broker(error)));
         }
-        let Some(data) = response
+        let data = response
             .responses
             .into_iter()
             .filter(|t| *t.topic.0 == self.topic)
             .flat_map(|t| t.partitions)
-            .find(|p| p.partition_index == self.partition)
-        else {
-            // tansu answers a fetch that found nothing within max_wait this way.
-            return Ok(Fetched {
-                high_watermark: -1,
-                last_stable_offset: -1,
-                decoded: Decoded {
-                    batch: crate::record::FetchedBatch {
-                        records: Vec::new(),
-                        next_offset: offset,
-                    },
-                    ..Decoded::default()
-                },
-            });
-        };
-        if let Some(error) = ResponseError::try_from_code(data.error_code) {
-            return Err(refused(error));
-        }
-        let aborted: Vec<AbortedTransaction> = data
-            .aborted_transactions
-            .unwrap_or_default()
-            .iter()
-            .map(|t| AbortedTransaction {
-                producer_id: t.producer_id.0,
-                first_offset: t.first_offset,
-            })
-            .collect();
-        let decoded = batches::decode(data.records.unwrap_or_default(), offset, &aborted)
-            .map_err(|e| cluster.error(what, WireFailure::Batch(e)))?;
-        Ok(Fetched {
-            high_watermark: data.high_watermark,
-            last_stable_offset: data.last_stable_offset,
-            decoded,
-        })
+            .find(|p| p.partition_index == self.partition);
+        fetched(cluster, what, offset, data)
     }
 
-    /// The partition's first offset: ListOffsets (earliest), checked by a fetch at 0
-    /// when it is above 0. tansu 0.6 answers ListOffsets with the batch *stored* first,
-    /// and two produces racing on one partition may be stored out of offset order, so
-    /// its answer can skip the partition's first batches; Kafka answers a fetch below
-    /// its log start with OFFSET_OUT_OF_RANGE, which keeps the listed offset. The check
-    /// serves tansu; on Kafka, whose ListOffsets is exact, it costs one round trip when
-    /// the log start is above 0.
+    /// The partition's first offset: see [`earliest`].
     pub async fn earliest(&mut self, cluster: &Cluster) -> Result<i64, ClusterError> {
-        let listed = self.list_earliest(cluster).await?;
-        if listed <= 0 {
-            return Ok(listed);
-        }
-        for max_wait_ms in READ_WAITS_MS {
-            match self.fetch(cluster, 0, 1, max_wait_ms).await {
-                // tansu sometimes answers a short fetch without the partition.
-                Ok(fetched) if fetched.high_watermark < 0 => continue,
-                Ok(fetched) => {
-                    let first = fetched.decoded.batch.records.first();
-                    return Ok(first.map_or(listed, |r| r.offset.min(listed)));
-                }
-                Err(e) if e.is_offset_out_of_range() => return Ok(listed),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(listed)
+        earliest(self, cluster).await
     }
 
     async fn list_earliest(&mut self, cluster: &Cluster) -> Result<i64, ClusterError> {
-        let what = format!(
-            "reading the earliest offset of {}/{}",
-            self.topic, self.partition
-        );
-        let request = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_isolation_level(READ_COMMITTED)
-            .with_topics(vec![ListOffsetsTopic::default()
-                .with_name(topic_name(&self.topic))
-                .with_partitions(vec![ListOffsetsPartition::default()
-                    .with_partition_index(self.partition)
-                    .with_timestamp(-2)])]);
+        let what = listing_earliest(&self.topic, self.partition);
+        let request = earliest_request([(self.topic.as_str(), self.partition)]);
         let version = self.list_offsets_version;
         let response = cluster
             .bounded(what.clone(), self.conn.call(&request, version))
             .await?;
-        let answer = response
-            .topics
-            .into_iter()
-            .filter(|t| *t.name.0 == self.topic)
-            .flat_map(|t| t.partitions)
-            .find(|p| p.partition_index == self.partition);
-        match answer {
-            Some(p) => match ResponseError::try_from_code(p.error_code) {
-                Some(error) => Err(cluster.error(what, WireFailure::Broker(error))),
-                None => Ok(p.offset),
-            },
-            None => Err(cluster.error(
-                what,
-                WireFailure::Broker(ResponseError::UnknownTopicOrPartition),
-            )),
+        listed_offset(&response, &self.topic, self.partition)
+            .map_err(|e| cluster.error(what, WireFailure::Broker(e)))
+    }
+}
+
+/// Reading one source partition, as the fetcher and `auto.offset.reset` need it: over a
+/// connection of the partition's own ([`PartitionReader`]) or over one its leader shares
+/// with every partition it leads ([`crate::kafka::leaders::LeaderReader`]).
+pub trait ReadPartition: Send {
+    /// Fetches from `offset`, up to `max_bytes`, waiting up to `max_wait_ms` for data.
+    fn fetch(
+        &mut self,
+        cluster: &Cluster,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> impl std::future::Future<Output = Result<Fetched, ClusterError>> + Send;
+
+    /// ListOffsets (earliest) of the partition, as the broker answers it.
+    fn list_earliest(
+        &mut self,
+        cluster: &Cluster,
+    ) -> impl std::future::Future<Output = Result<i64, ClusterError>> + Send;
+}
+
+impl ReadPartition for PartitionReader {
+    async fn fetch(
+        &mut self,
+        cluster: &Cluster,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<Fetched, ClusterError> {
+        PartitionReader::fetch(self, cluster, offset, max_bytes, max_wait_ms).await
+    }
+
+    async fn list_earliest(&mut self, cluster: &Cluster) -> Result<i64, ClusterError> {
+        PartitionReader::list_earliest(self, cluster).await
+    }
+}
+
+/// The partition's first offset: ListOffsets (earliest), checked by a fetch at 0 when it
+/// is above 0. tansu 0.6 answers ListOffsets with the batch *stored* first, and two
+/// produces racing on one partition may be stored out of offset order, so its answer can
+/// skip the partition's first batches; Kafka answers a fetch below its log start with
+/// OFFSET_OUT_OF_RANGE, which keeps the listed offset. The check serves tansu; on Kafka,
+/// whose ListOffsets is exact, it costs one round trip when the log start is above 0.
+pub async fn earliest<R: ReadPartition>(
+    reader: &mut R,
+    cluster: &Cluster,
+) -> Result<i64, ClusterError> {
+    let listed = reader.list_earliest(cluster).await?;
+    if listed <= 0 {
+        return Ok(listed);
+    }
+    for max_wait_ms in READ_WAITS_MS {
+        match reader.fetch(cluster, 0, 1, max_wait_ms).await {
+            // tansu sometimes answers a short fetch without the partition.
+            Ok(fetched) if fetched.high_watermark < 0 => continue,
+            Ok(fetched) => {
+                let first = fetched.decoded.batch.records.first();
+                return Ok(first.map_or(listed, |r| r.offset.min(listed)));
+            }
+            Err(e) if e.is_offset_out_of_range() => return Ok(listed),
+            Err(e) => return Err(e),
         }
     }
+    Ok(listed)
+}
+
+/// What a failed fetch of `topic`/`partition` at `offset` was, in errors.
+pub(crate) fn fetching(topic: &str, partition: i32, offset: i64) -> String {
+    format!("fetching {topic}/{partition} at offset {offset}")
+}
+
+/// What a failed ListOffsets (earliest) of `topic`/`partition` was, in errors.
+pub(crate) fn listing_earliest(topic: &str, partition: i32) -> String {
+    format!("reading the earliest offset of {topic}/{partition}")
+}
+
+/// A read-committed Fetch of `partitions` (topic, partition, offset, the partition's
+/// byte budget), answered after `max_wait_ms` or once one byte is there, with at most
+/// `max_bytes` in all. No fetch session (KIP-227): every request names every partition.
+pub(crate) fn fetch_request<'a>(
+    max_wait_ms: i32,
+    max_bytes: i32,
+    partitions: impl IntoIterator<Item = (&'a str, i32, i64, i32)>,
+) -> FetchRequest {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (topic, partition, offset, partition_max_bytes) in partitions {
+        let wanted = FetchPartition::default()
+            .with_partition(partition)
+            .with_fetch_offset(offset)
+            .with_partition_max_bytes(partition_max_bytes);
+        match topics.iter_mut().find(|t| *t.topic.0 == *topic) {
+            Some(t) => t.partitions.push(wanted),
+            None => topics.push(
+                FetchTopic::default()
+                    .with_topic(topic_name(topic))
+                    .with_partitions(vec![wanted]),
+            ),
+        }
+    }
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_isolation_level(READ_COMMITTED)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(topics)
+}
+
+/// A ListOffsets (earliest, read committed) of `partitions`.
+pub(crate) fn earliest_request<'a>(
+    partitions: impl IntoIterator<Item = (&'a str, i32)>,
+) -> ListOffsetsRequest {
+    let mut topics: Vec<ListOffsetsTopic> = Vec::new();
+    for (topic, partition) in partitions {
+        let wanted = ListOffsetsPartition::default()
+            .with_partition_index(partition)
+            .with_timestamp(-2);
+        match topics.iter_mut().find(|t| *t.name.0 == *topic) {
+            Some(t) => t.partitions.push(wanted),
+            None => topics.push(
+                ListOffsetsTopic::default()
+                    .with_name(topic_name(topic))
+                    .with_partitions(vec![wanted]),
+            ),
+        }
+    }
+    ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(READ_COMMITTED)
+        .with_topics(topics)
+}
+
+/// The offset `response` lists for `topic`/`partition`, or the broker's error for it
+/// (UNKNOWN_TOPIC_OR_PARTITION when the answer leaves it out).
+pub(crate) fn listed_offset(
+    response: &ListOffsetsResponse,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, ResponseError> {
+    let answer = response
+        .topics
+        .iter()
+        .filter(|t| *t.name.0 == *topic)
+        .flat_map(|t| &t.partitions)
+        .find(|p| p.partition_index == partition);
+    match answer {
+        Some(p) => match ResponseError::try_from_code(p.error_code) {
+            Some(error) => Err(error),
+            None => Ok(p.offset),
+        },
+        None => Err(ResponseError::UnknownTopicOrPartition),
+    }
+}
+
+/// One partition's part of a Fetch answer (`None`: the answer left it out), read as the
+/// fetch at `offset` that `what` names.
+#[allow(clippy::result_large_err)] // the error every call of the fetch path returns
+pub(crate) fn fetched(
+    cluster: &Cluster,
+    what: String,
+    offset: i64,
+    data: Option<PartitionData>,
+) -> Result<Fetched, ClusterError> {
+    let Some(data) = data else {
+        // tansu answers a fetch that found nothing within max_wait this way.
+        return Ok(Fetched {
+            high_watermark: -1,
+            last_stable_offset: -1,
+            decoded: Decoded {
+                batch: crate::record::FetchedBatch {
+                    records: Vec::new(),
+                    next_offset: offset,
+                },
+                ..Decoded::default()
+            },
+        });
+    };
+    if let Some(error) = ResponseError::try_from_code(data.error_code) {
+        return Err(cluster.error(what, WireFailure::Broker(error)));
+    }
+    let aborted: Vec<AbortedTransaction> = data
+        .aborted_transactions
+        .unwrap_or_default()
+        .iter()
+        .map(|t| AbortedTransaction {
+            producer_id: t.producer_id.0,
+            first_offset: t.first_offset,
+        })
+        .collect();
+    let decoded = batches::decode(data.records.unwrap_or_default(), offset, &aborted)
+        .map_err(|e| cluster.error(what, WireFailure::Batch(e)))?;
+    Ok(Fetched {
+        high_watermark: data.high_watermark,
+        last_stable_offset: data.last_stable_offset,
+        decoded,
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@
 //!   aborted transactions dropped; pure);
 //! - [`fetch`]: the connection to one partition's leader for reading (Fetch
 //!   read-committed, ListOffsets, the high watermark);
+//! - [`leaders`]: one connection per source broker shared by every partition it leads:
+//!   the fetches its partitions ask for gathered into one Fetch request per round;
 //! - [`produce`]: the connection to one partition's leader for writing (InitProducerId,
 //!   the idempotent producer's sequences, Produce v3–12 with up to five requests in
 //!   flight, each sent once, and the tail reads of the exactly-once check);
@@ -38,6 +40,7 @@ pub mod cluster;
 pub mod connection;
 pub mod fetch;
 pub mod group;
+pub mod leaders;
 pub mod produce;
 pub mod records;
 pub mod settle;

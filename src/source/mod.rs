@@ -22,7 +22,8 @@ use crate::record::{FetchedBatch, SourcePartition, SourceRecord};
 use crate::stop::Gate;
 use crate::wal::{LogWriter, WalError};
 
-use crate::kafka::fetch::PartitionReader;
+use crate::kafka::fetch::ReadPartition;
+use crate::kafka::leaders::{LeaderReader, Leaders};
 
 /// Why a fetcher stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,8 @@ impl SourceError {
 pub struct Fetcher {
     /// The external cluster.
     pub cluster: Cluster,
+    /// Its partitions' leaders, whose connections every fetcher of the connector shares.
+    pub leaders: Arc<Leaders>,
     /// The writer half of the partition's WAL log.
     pub log: LogWriter,
     /// Start policy without checkpoint.
@@ -117,7 +120,10 @@ impl Fetcher {
         if let Some(next) = next {
             info!(%partition, offset = next, "fetching from the checkpoint");
         }
-        let mut leader: Option<PartitionReader> = None;
+        let mut leader: Option<LeaderReader> = None;
+        // The last failure that may mean the leader moved: a lookup after it reads
+        // metadata newer than it.
+        let mut failed_at: Option<std::time::Instant> = None;
         let mut retry = Retry::new(Duration::from_secs(10));
         let mut was_full = false;
         let mut failing = false;
@@ -144,12 +150,14 @@ impl Fetcher {
                 break;
             }
 
-            let result = self.step(&mut leader, &mut next, &mut pacing).await;
+            let result = self
+                .step(&mut leader, failed_at, &mut next, &mut pacing)
+                .await;
             // The position is no longer in the partition: go on where auto.offset.reset
             // says; what that needs fails like a fetch (retried, or final).
             let result = match (result, next) {
                 (Err(StepError::Cluster(e)), Some(from)) if e.is_offset_out_of_range() => {
-                    self.reposition(&mut leader, from).await.map(|to| {
+                    self.reposition(&mut leader, failed_at, from).await.map(|to| {
                         next = Some(to);
                         self.metrics.fetched_next.store(to, Ordering::Relaxed);
                         Step::Idle(Duration::ZERO)
@@ -199,6 +207,7 @@ impl Fetcher {
                 }
                 Err(StepError::Cluster(e)) if e.is_transient() => {
                     leader = None;
+                    failed_at = Some(std::time::Instant::now());
                     failing = true;
                     self.metrics.fetch_errors.fetch_add(1, Ordering::Relaxed);
                     let delay = retry.delay();
@@ -225,12 +234,13 @@ impl Fetcher {
     /// then an empty answer paced or a batch appended and committed.
     async fn step(
         &self,
-        leader: &mut Option<PartitionReader>,
+        leader: &mut Option<LeaderReader>,
+        failed_at: Option<std::time::Instant>,
         next: &mut Option<i64>,
         pacing: &mut Pacing,
     ) -> Result<Step, StepError> {
         let partition = self.partition();
-        let reader = self.leader(leader).await?;
+        let reader = self.leader(leader, failed_at).await?;
         let offset = match *next {
             Some(offset) => offset,
             None => {
@@ -289,7 +299,7 @@ impl Fetcher {
     /// The position of a partition without one: where `auto.offset.reset` says, made
     /// durable at once (a restart must not re-apply `latest` later and skip what arrived
     /// in between).
-    async fn first_position(&self, reader: &mut PartitionReader) -> Result<i64, StepError> {
+    async fn first_position(&self, reader: &mut LeaderReader) -> Result<i64, StepError> {
         let partition = self.partition();
         if let (group, Some(offset)) = &self.group {
             self.log.append(&FetchedBatch {
@@ -409,7 +419,7 @@ impl Fetcher {
         Ok(Step::Committed)
     }
 
-    async fn start_offset(&self, reader: &mut PartitionReader) -> Result<i64, ClusterError> {
+    async fn start_offset(&self, reader: &mut LeaderReader) -> Result<i64, ClusterError> {
         let bounds = Bounds::read(&self.cluster, reader, self.reset == OffsetReset::Latest).await?;
         Ok(bounds.start(self.reset))
     }
@@ -434,10 +444,10 @@ impl Bounds {
     /// both ends are `earliest`).
     async fn read(
         cluster: &Cluster,
-        reader: &mut PartitionReader,
+        reader: &mut impl ReadPartition,
         need_end: bool,
     ) -> Result<Self, ClusterError> {
-        let earliest = reader.earliest(cluster).await?;
+        let earliest = crate::kafka::fetch::earliest(reader, cluster).await?;
         if !need_end {
             return Ok(Self {
                 earliest,
@@ -468,15 +478,18 @@ impl Bounds {
 }
 
 impl Fetcher {
-    /// The connection to the partition's leader, connecting first if there is none.
+    /// The reader of the partition through its leader's session, looking the leader up
+    /// first if there is none (in metadata newer than `failed_at`).
     async fn leader<'a>(
         &self,
-        leader: &'a mut Option<PartitionReader>,
-    ) -> Result<&'a mut PartitionReader, StepError> {
+        leader: &'a mut Option<LeaderReader>,
+        failed_at: Option<std::time::Instant>,
+    ) -> Result<&'a mut LeaderReader, StepError> {
         if leader.is_none() {
             let partition = self.partition();
             *leader = Some(
-                PartitionReader::connect(&self.cluster, &partition.topic, partition.partition)
+                self.leaders
+                    .reader(&partition.topic, partition.partition, failed_at)
                     .await?,
             );
         }
@@ -490,11 +503,12 @@ impl Fetcher {
     /// is committed to the WAL before it is used.
     async fn reposition(
         &self,
-        leader: &mut Option<PartitionReader>,
+        leader: &mut Option<LeaderReader>,
+        failed_at: Option<std::time::Instant>,
         from: i64,
     ) -> Result<i64, StepError> {
         let partition = self.partition();
-        let reader = self.leader(leader).await?;
+        let reader = self.leader(leader, failed_at).await?;
         let bounds = Bounds::read(&self.cluster, reader, true).await?;
         let (earliest, end) = (bounds.earliest, bounds.end);
         let policy = match self.reset {

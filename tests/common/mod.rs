@@ -1774,3 +1774,44 @@ pub async fn api_send(
     .await
     .unwrap()
 }
+
+/// The established TCP connections process `pid` holds to each of `ports` (its socket
+/// fds matched against the kernel's TCP tables by inode).
+pub fn connections_to(pid: u32, ports: &[Vec<u16>; 2]) -> [usize; 2] {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    let mut counts = [0; 2];
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" || !inodes.contains(f[9]) {
+                continue;
+            }
+            let remote_port = f[2]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            for (i, ports) in ports.iter().enumerate() {
+                if remote_port.is_some_and(|p| ports.contains(&p)) {
+                    counts[i] += 1;
+                }
+            }
+        }
+    }
+    counts
+}
