@@ -30,9 +30,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use common::{
-    connections_to, create_topic, end_offset, kcat, progress_field, Broker, DelayProxy,
-};
+use common::{connections_to, create_topic, end_offset, kcat, progress_field, Broker, DelayProxy};
 
 #[derive(Parser, Debug, Serialize, Clone)]
 #[command(about = "kafka-direct end-to-end benchmark (docs/benchmarks.md)")]

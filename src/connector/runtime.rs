@@ -28,8 +28,8 @@ use crate::format::Formatter;
 use crate::forward::dead_letter::{self, DeadLetterSender, DeadLetters};
 use crate::forward::{Forwarder, SinkError};
 use crate::kafka::cluster::{Cluster, ClusterError};
-use crate::kafka::leaders::Leaders;
 use crate::kafka::group::GroupClient;
+use crate::kafka::leaders::Leaders;
 use crate::kafka::produce::PartitionWriter;
 use crate::kafka::settle::Settling;
 use crate::metrics::{PartitionMetrics, TaskState};
@@ -49,6 +49,8 @@ pub struct Context {
     pub wal: Wal,
     /// The internal cluster.
     pub internal: Cluster,
+    /// Its leaders' sessions, which every forwarder shares.
+    pub producers: Arc<crate::kafka::producers::Producers>,
     /// Its client (topic listing and creation).
     pub internal_client: Arc<rskafka::client::Client>,
     /// Fires on a WAL storage failure: every task of every connector stops.
@@ -793,6 +795,8 @@ impl Spawner {
         let stop_fetching = self.cancel.child_token();
         let forwarder = Forwarder {
             cluster: ctx.internal.clone(),
+            producers: Arc::clone(&ctx.producers),
+            connected_at: std::sync::Mutex::new(None),
             formatter,
             dead_letters: self
                 .dead_letters

@@ -120,6 +120,10 @@ pub struct Tail {
 pub struct Forwarder {
     /// The internal cluster (built without rskafka-internal retries).
     pub cluster: Cluster,
+    /// Its leaders' sessions, shared by every forwarder of the service.
+    pub producers: Arc<crate::kafka::producers::Producers>,
+    /// When this forwarder last reached its leader.
+    pub connected_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Internal topic name.
     pub internal_topic: String,
     /// Internal offsets below this were written before the partition's source offset
@@ -245,12 +249,20 @@ impl Forwarder {
         format!("{}/{}", self.internal_topic, self.partition().partition)
     }
 
-    /// Connects to the internal partition's leader.
+    /// Reaches the internal partition's leader through its shared sessions; a reconnect
+    /// looks the leader up in metadata newer than the connection before.
     async fn connect(&self) -> Result<PartitionWriter, ClusterError> {
-        PartitionWriter::connect(
-            &self.cluster,
+        let now = std::time::Instant::now();
+        let before = self
+            .connected_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(now);
+        PartitionWriter::shared(
+            &self.producers,
             &self.internal_topic,
             self.partition().partition,
+            before,
         )
         .await
     }

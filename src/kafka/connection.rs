@@ -447,31 +447,15 @@ impl Connection {
         request: &R,
         version: i16,
     ) -> Result<Sent<R>, WireError> {
-        let api = api_key::<R>();
-        self.correlation_id = self.correlation_id.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(self.client_id.clone()));
-
-        let mut frame = BytesMut::with_capacity(128);
-        frame.put_i32(0);
-        header
-            .encode(&mut frame, api.request_header_version(version))
-            .and_then(|()| request.encode(&mut frame, version))
-            .map_err(|e| self.codec_error(api, format!("cannot encode the request: {e}")))?;
-        let len = (frame.len() - 4) as i32;
-        frame[..4].copy_from_slice(&len.to_be_bytes());
-        self.writer
-            .write_all(&frame)
-            .await
-            .map_err(|source| self.io_error(source))?;
-        Ok(Sent {
-            correlation_id: self.correlation_id,
+        send_on(
+            &mut self.writer,
+            &self.addr,
+            &self.client_id,
+            &mut self.correlation_id,
+            request,
             version,
-            request: std::marker::PhantomData,
-        })
+        )
+        .await
     }
 
     /// Waits for the response to `sent`, which must be the oldest request in flight.
@@ -479,48 +463,24 @@ impl Connection {
     where
         R::Response: Send,
     {
-        let api = api_key::<R>();
-        let version = sent.version;
-        let len = self
-            .reader
-            .read_i32()
-            .await
-            .map_err(|source| self.io_error(source))?;
-        let [first, second, ..] = len.to_be_bytes();
-        if (first == 0x15 || first == 0x16) && second == 0x03 {
-            // A TLS record (an alert or a handshake), not a Kafka response: Kafka's TLS
-            // listener answers a plaintext request this way.
-            return Err(self.io_error(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the broker answered with a TLS record",
-            )));
-        }
-        if len < 4 || len as usize > MAX_RESPONSE_BYTES {
-            return Err(self.codec_error(api, format!("response length {len} is out of range")));
-        }
-        let mut body = BytesMut::zeroed(len as usize);
-        self.reader
-            .read_exact(&mut body)
-            .await
-            .map_err(|source| self.io_error(source))?;
-        let mut body = body.freeze();
-        let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
-            .map_err(|e| self.codec_error(api, format!("bad response header: {e}")))?;
-        if header.correlation_id != sent.correlation_id {
-            return Err(self.codec_error(
-                api,
-                format!(
-                    "response to request {} arrived while waiting for {}",
-                    header.correlation_id, sent.correlation_id
-                ),
-            ));
-        }
-        let response = R::Response::decode(&mut body, version)
-            .map_err(|e| self.codec_error(api, format!("cannot decode the response: {e}")))?;
-        if body.has_remaining() {
-            tracing::debug!(addr = %self.addr, ?api, left = body.remaining(), "response has trailing bytes");
-        }
-        Ok(response)
+        receive_on(&mut self.reader, &self.addr, sent).await
+    }
+
+    /// The connection as two halves, for a sender and a receiver that work at once
+    /// (requests pipelined while the answers to earlier ones are read).
+    pub fn split(self) -> (Outbound, Inbound) {
+        (
+            Outbound {
+                addr: self.addr.clone(),
+                writer: self.writer,
+                client_id: self.client_id,
+                correlation_id: self.correlation_id,
+            },
+            Inbound {
+                addr: self.addr,
+                reader: self.reader,
+            },
+        )
     }
 
     /// Metadata of one topic (brokers and partition leaders), creating none: a broker
@@ -578,19 +538,160 @@ impl Connection {
         Ok(Ok(()))
     }
 
-    fn io_error(&self, source: std::io::Error) -> WireError {
-        WireError::Io {
-            addr: self.addr.clone(),
-            source,
-        }
-    }
-
     pub(crate) fn codec_error(&self, api: ApiKey, reason: String) -> WireError {
-        WireError::Codec {
-            addr: self.addr.clone(),
+        codec_error(&self.addr, api, reason)
+    }
+}
+
+/// The sending half of a split [`Connection`].
+pub struct Outbound {
+    addr: String,
+    writer: Box<dyn AsyncWrite + Send + Sync + Unpin>,
+    client_id: StrBytes,
+    correlation_id: i32,
+}
+
+/// The receiving half of a split [`Connection`].
+pub struct Inbound {
+    addr: String,
+    reader: BufReader<Box<dyn AsyncRead + Send + Sync + Unpin>>,
+}
+
+impl Outbound {
+    /// As [`Connection::send`].
+    pub async fn send<R: Request + Sync>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<Sent<R>, WireError> {
+        send_on(
+            &mut self.writer,
+            &self.addr,
+            &self.client_id,
+            &mut self.correlation_id,
+            request,
+            version,
+        )
+        .await
+    }
+}
+
+impl Inbound {
+    /// As [`Connection::receive`].
+    pub async fn receive<R: Request>(&mut self, sent: Sent<R>) -> Result<R::Response, WireError>
+    where
+        R::Response: Send,
+    {
+        receive_on(&mut self.reader, &self.addr, sent).await
+    }
+}
+
+async fn send_on<R: Request + Sync>(
+    writer: &mut (dyn AsyncWrite + Send + Sync + Unpin),
+    addr: &str,
+    client_id: &StrBytes,
+    correlation_id: &mut i32,
+    request: &R,
+    version: i16,
+) -> Result<Sent<R>, WireError> {
+    let api = api_key::<R>();
+    *correlation_id = correlation_id.wrapping_add(1);
+    let header = RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(*correlation_id)
+        .with_client_id(Some(client_id.clone()));
+
+    let mut frame = BytesMut::with_capacity(128);
+    frame.put_i32(0);
+    header
+        .encode(&mut frame, api.request_header_version(version))
+        .and_then(|()| request.encode(&mut frame, version))
+        .map_err(|e| codec_error(addr, api, format!("cannot encode the request: {e}")))?;
+    let len = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    writer
+        .write_all(&frame)
+        .await
+        .map_err(|source| io_error(addr, source))?;
+    Ok(Sent {
+        correlation_id: *correlation_id,
+        version,
+        request: std::marker::PhantomData,
+    })
+}
+
+async fn receive_on<R: Request>(
+    reader: &mut BufReader<Box<dyn AsyncRead + Send + Sync + Unpin>>,
+    addr: &str,
+    sent: Sent<R>,
+) -> Result<R::Response, WireError>
+where
+    R::Response: Send,
+{
+    let api = api_key::<R>();
+    let version = sent.version;
+    let len = reader
+        .read_i32()
+        .await
+        .map_err(|source| io_error(addr, source))?;
+    let [first, second, ..] = len.to_be_bytes();
+    if (first == 0x15 || first == 0x16) && second == 0x03 {
+        // A TLS record (an alert or a handshake), not a Kafka response: Kafka's TLS
+        // listener answers a plaintext request this way.
+        return Err(io_error(
+            addr,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the broker answered with a TLS record",
+            ),
+        ));
+    }
+    if len < 4 || len as usize > MAX_RESPONSE_BYTES {
+        return Err(codec_error(
+            addr,
             api,
-            reason,
-        }
+            format!("response length {len} is out of range"),
+        ));
+    }
+    let mut body = BytesMut::zeroed(len as usize);
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|source| io_error(addr, source))?;
+    let mut body = body.freeze();
+    let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
+        .map_err(|e| codec_error(addr, api, format!("bad response header: {e}")))?;
+    if header.correlation_id != sent.correlation_id {
+        return Err(codec_error(
+            addr,
+            api,
+            format!(
+                "response to request {} arrived while waiting for {}",
+                header.correlation_id, sent.correlation_id
+            ),
+        ));
+    }
+    let response = R::Response::decode(&mut body, version)
+        .map_err(|e| codec_error(addr, api, format!("cannot decode the response: {e}")))?;
+    if body.has_remaining() {
+        tracing::debug!(%addr, ?api, left = body.remaining(), "response has trailing bytes");
+    }
+    Ok(response)
+}
+
+fn io_error(addr: &str, source: std::io::Error) -> WireError {
+    WireError::Io {
+        addr: addr.to_owned(),
+        source,
+    }
+}
+
+fn codec_error(addr: &str, api: ApiKey, reason: String) -> WireError {
+    WireError::Codec {
+        addr: addr.to_owned(),
+        api,
+        reason,
     }
 }
 
@@ -732,6 +833,15 @@ pub(crate) fn leader_address(
     topic: &str,
     partition: i32,
 ) -> Result<String, LeaderError> {
+    leader_of(metadata, topic, partition).map(|(_, addr)| addr)
+}
+
+/// The node id and `host:port` of the leader of `topic`/`partition` in `metadata`.
+pub(crate) fn leader_of(
+    metadata: &MetadataResponse,
+    topic: &str,
+    partition: i32,
+) -> Result<(i32, String), LeaderError> {
     let no_leader = || LeaderError::NoLeader {
         topic: topic.to_string(),
         partition,
@@ -764,7 +874,7 @@ pub(crate) fn leader_address(
         .iter()
         .find(|b| b.node_id == p.leader_id)
         .ok_or_else(no_leader)?;
-    Ok(format!("{}:{}", &*broker.host, broker.port))
+    Ok((p.leader_id.0, format!("{}:{}", &*broker.host, broker.port)))
 }
 
 /// Partition count of each topic in a metadata answer.

@@ -29,17 +29,23 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, MetadataResponse};
+use kafka_protocol::messages::{
+    DescribeConfigsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest,
+    MetadataResponse, ProducerId,
+};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::kafka::cluster::{Cluster, ClusterError, WireFailure};
-use crate::kafka::connection::{self, leader_address, Connection, LeaderError, WireError};
+use crate::kafka::connection::{self, leader_of, Connection, LeaderError, WireError};
 use crate::kafka::fetch::{
     self, fetched, fetching, listing_earliest, Fetched, ReadPartition, FETCH_VERSIONS,
     LIST_OFFSETS_VERSIONS,
 };
+use crate::kafka::produce::INIT_PRODUCER_ID_VERSIONS;
 
 /// The broker wait of a round while partitions given records are still committing them.
 pub const WAIT_WHILE_COMMITTING_MS: i32 = 5;
@@ -83,11 +89,7 @@ impl Leaders {
         partition: i32,
         fresher_than: Option<Instant>,
     ) -> Result<LeaderReader, ClusterError> {
-        let what = format!("finding the leader of {topic}/{partition}");
-        let addr = self
-            .cluster
-            .bounded(what, self.leader(topic, partition, fresher_than))
-            .await?;
+        let (leader_id, addr) = self.leader(topic, partition, fresher_than).await?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let session = match sessions.get(&addr).and_then(mpsc::WeakSender::upgrade) {
             Some(session) => session,
@@ -103,6 +105,7 @@ impl Leaders {
             topic: topic.to_owned(),
             partition,
             addr,
+            leader_id,
         })
     }
 
@@ -116,12 +119,26 @@ impl Leaders {
             .count()
     }
 
-    async fn leader(
+    /// The node id and `host:port` of the leader of `topic`/`partition`, from metadata
+    /// read after `fresher_than`, or within the last few seconds when that is `None`.
+    pub async fn leader(
         &self,
         topic: &str,
         partition: i32,
         fresher_than: Option<Instant>,
-    ) -> Result<String, LeaderError> {
+    ) -> Result<(i32, String), ClusterError> {
+        let what = format!("finding the leader of {topic}/{partition}");
+        self.cluster
+            .bounded(what, self.look_up(topic, partition, fresher_than))
+            .await
+    }
+
+    async fn look_up(
+        &self,
+        topic: &str,
+        partition: i32,
+        fresher_than: Option<Instant>,
+    ) -> Result<(i32, String), LeaderError> {
         let mut cache = self.metadata.lock().await;
         if let Some((read_at, metadata)) = cache.get(topic) {
             let fresh = match fresher_than {
@@ -129,15 +146,15 @@ impl Leaders {
                 None => read_at.elapsed() < METADATA_MAX_AGE,
             };
             if fresh {
-                if let Ok(addr) = leader_address(metadata, topic, partition) {
-                    return Ok(addr);
+                if let Ok(leader) = leader_of(metadata, topic, partition) {
+                    return Ok(leader);
                 }
             }
         }
         let metadata = self.read_metadata(topic).await?;
-        let addr = leader_address(&metadata, topic, partition);
+        let leader = leader_of(&metadata, topic, partition);
         cache.insert(topic.to_owned(), (Instant::now(), metadata));
-        addr
+        leader
     }
 
     /// A topic's metadata, over a connection opened for it and closed after: lookups
@@ -163,9 +180,15 @@ pub struct LeaderReader {
     topic: String,
     partition: i32,
     addr: String,
+    leader_id: i32,
 }
 
 impl LeaderReader {
+    /// `host:port` of the leader.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     async fn ask<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<Result<T, Failure>>) -> Command,
@@ -185,6 +208,38 @@ impl LeaderReader {
             .await
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// A new idempotent producer id and epoch from the leader (InitProducerId without a
+    /// transactional id); `None` when the broker does not offer InitProducerId.
+    pub async fn init_producer_id(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<Option<(i64, i16)>, ClusterError> {
+        let what = format!(
+            "getting a producer id for {}/{}",
+            self.topic, self.partition
+        );
+        self.ask(|reply| Command::InitProducerId { reply })
+            .await
+            .map_err(|e| e.into_cluster_error(cluster, what))
+    }
+
+    /// The value of the leader's broker config `key` (DescribeConfigs); `None` when the
+    /// broker does not say (no DescribeConfigs, no such key, or refused).
+    pub async fn leader_config(
+        &self,
+        cluster: &Cluster,
+        key: &'static str,
+    ) -> Result<Option<String>, ClusterError> {
+        let what = format!(
+            "reading the {key} of the leader of {}/{}",
+            self.topic, self.partition
+        );
+        let broker = self.leader_id;
+        self.ask(|reply| Command::BrokerConfig { broker, key, reply })
+            .await
+            .map_err(|e| e.into_cluster_error(cluster, what))
     }
 }
 
@@ -233,6 +288,14 @@ enum Command {
         partition: i32,
         reply: oneshot::Sender<Result<i64, Failure>>,
     },
+    InitProducerId {
+        reply: oneshot::Sender<Result<Option<(i64, i16)>, Failure>>,
+    },
+    BrokerConfig {
+        broker: i32,
+        key: &'static str,
+        reply: oneshot::Sender<Result<Option<String>, Failure>>,
+    },
 }
 
 /// One partition's next fetch.
@@ -249,7 +312,7 @@ struct Want {
 
 /// Why a session could not answer a request.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     Wire(WireError),
     /// No answer within the cluster's bound.
     Timeout(Duration),
@@ -258,7 +321,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn duplicate(&self) -> Failure {
+    pub(crate) fn duplicate(&self) -> Failure {
         match self {
             Failure::Wire(e) => Failure::Wire(e.duplicate()),
             Failure::Timeout(t) => Failure::Timeout(*t),
@@ -266,7 +329,7 @@ impl Failure {
         }
     }
 
-    fn into_cluster_error(self, cluster: &Cluster, what: String) -> ClusterError {
+    pub(crate) fn into_cluster_error(self, cluster: &Cluster, what: String) -> ClusterError {
         match self {
             Failure::Wire(e) => cluster.error(what, e),
             Failure::Broker(e) => cluster.error(what, WireFailure::Broker(e)),
@@ -305,7 +368,7 @@ impl Session {
     }
 }
 
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     cluster: &Cluster,
     call: impl std::future::Future<Output = Result<T, WireError>>,
 ) -> Result<T, Failure> {
@@ -324,6 +387,8 @@ struct Rounds {
     fetches: VecDeque<Want>,
     /// Start offsets asked for.
     earliest: Vec<(Key, oneshot::Sender<Result<i64, Failure>>)>,
+    /// Producer ids and broker configs asked for, served one at a time.
+    calls: VecDeque<Command>,
     /// Partitions answered in the last rounds that have not asked again: when they were
     /// answered, and whether with records (then they are committing them).
     away: HashMap<Key, (Instant, bool)>,
@@ -341,11 +406,12 @@ impl Rounds {
                 partition,
                 reply,
             } => self.earliest.push(((topic, partition), reply)),
+            call => self.calls.push_back(call),
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.fetches.is_empty() && self.earliest.is_empty()
+        self.fetches.is_empty() && self.earliest.is_empty() && self.calls.is_empty()
     }
 
     /// Drops what nobody waits for any more (a fetcher stopped) and forgets partitions
@@ -354,7 +420,12 @@ impl Rounds {
         self.fetches.retain(|w| !w.reply.is_closed());
         self.earliest.retain(|(_, reply)| !reply.is_closed());
         self.away.retain(|_, (at, with_records)| {
-            at.elapsed() < if *with_records { COMMITTING_AT_MOST } else { GATHER }
+            at.elapsed()
+                < if *with_records {
+                    COMMITTING_AT_MOST
+                } else {
+                    GATHER
+                }
         });
     }
 
@@ -391,6 +462,17 @@ impl Rounds {
         }
         for (_, reply) in self.earliest.drain(..) {
             let _ = reply.send(Err(failure.duplicate()));
+        }
+        for call in self.calls.drain(..) {
+            match call {
+                Command::InitProducerId { reply } => {
+                    let _ = reply.send(Err(failure.duplicate()));
+                }
+                Command::BrokerConfig { reply, .. } => {
+                    let _ = reply.send(Err(failure.duplicate()));
+                }
+                Command::Fetch(_) | Command::Earliest { .. } => {}
+            }
         }
     }
 }
@@ -437,9 +519,12 @@ async fn serve(addr: String, cluster: Cluster, mut commands: mpsc::Receiver<Comm
                 }
             },
         };
-        let result = match rounds.earliest.is_empty() {
-            false => list_round(current, &cluster, &mut rounds).await,
-            true => fetch_round(current, &cluster, &mut rounds).await,
+        let result = if let Some(call) = rounds.calls.pop_front() {
+            serve_call(current, &cluster, call).await
+        } else if !rounds.earliest.is_empty() {
+            list_round(current, &cluster, &mut rounds).await
+        } else {
+            fetch_round(current, &cluster, &mut rounds).await
         };
         if result.is_err() {
             // The connection's state is unknown after a failed or timed-out call.
@@ -447,6 +532,71 @@ async fn serve(addr: String, cluster: Cluster, mut commands: mpsc::Receiver<Comm
         }
     }
     tracing::debug!(%addr, "the broker's fetch session ended");
+}
+
+/// InitProducerId (idempotent, no transactional id) or DescribeConfigs of a broker.
+async fn serve_call(session: &mut Session, cluster: &Cluster, call: Command) -> Result<(), ()> {
+    match call {
+        Command::InitProducerId { reply } => {
+            let Ok(version) = session
+                .conn
+                .version::<InitProducerIdRequest>(INIT_PRODUCER_ID_VERSIONS)
+            else {
+                let _ = reply.send(Ok(None));
+                return Ok(());
+            };
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(i32::MAX)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+            match bounded(cluster, session.conn.call(&request, version)).await {
+                Ok(answer) => {
+                    let result = match ResponseError::try_from_code(answer.error_code) {
+                        Some(error) => Err(Failure::Broker(error)),
+                        None => Ok(Some((answer.producer_id.0, answer.producer_epoch))),
+                    };
+                    let _ = reply.send(result);
+                    Ok(())
+                }
+                Err(failure) => {
+                    let _ = reply.send(Err(failure));
+                    Err(())
+                }
+            }
+        }
+        Command::BrokerConfig { broker, key, reply } => {
+            const BROKER: i8 = 4;
+            let Ok(version) = session.conn.version::<DescribeConfigsRequest>(1..=4) else {
+                let _ = reply.send(Ok(None));
+                return Ok(());
+            };
+            let request = DescribeConfigsRequest::default().with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(BROKER)
+                    .with_resource_name(StrBytes::from_string(broker.to_string()))
+                    .with_configuration_keys(Some(vec![StrBytes::from_static_str(key)])),
+            ]);
+            match bounded(cluster, session.conn.call(&request, version)).await {
+                Ok(answer) => {
+                    let value = answer
+                        .results
+                        .iter()
+                        .filter(|r| r.error_code == 0)
+                        .flat_map(|r| &r.configs)
+                        .find(|c| &*c.name == key)
+                        .and_then(|c| Some(c.value.as_ref()?.to_string()));
+                    let _ = reply.send(Ok(value));
+                    Ok(())
+                }
+                Err(failure) => {
+                    let _ = reply.send(Err(failure));
+                    Err(())
+                }
+            }
+        }
+        Command::Fetch(_) | Command::Earliest { .. } => Ok(()),
+    }
 }
 
 /// One ListOffsets (earliest) for every partition that asked, at most one ask each.
@@ -465,8 +615,7 @@ async fn list_round(
         }
     }
     rounds.earliest = later;
-    let request =
-        fetch::earliest_request(asked.iter().map(|((topic, p), _)| (topic.as_str(), *p)));
+    let request = fetch::earliest_request(asked.iter().map(|((topic, p), _)| (topic.as_str(), *p)));
     let version = session.list_offsets_version;
     match bounded(cluster, session.conn.call(&request, version)).await {
         Ok(response) => {
@@ -505,7 +654,18 @@ async fn fetch_round(
             .map(|w| (w.topic.as_str(), w.partition, w.offset, w.max_bytes)),
     );
     let version = session.fetch_version;
+    let sent_at = Instant::now();
     let response = bounded(cluster, session.conn.call(&request, version)).await;
+    if let (Ok(answer), true) = (&response, tracing::enabled!(tracing::Level::DEBUG)) {
+        let bytes: usize = answer
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter_map(|p| p.records.as_ref().map(|r| r.len()))
+            .sum();
+        tracing::debug!(addr = %session.conn.addr(), partitions = round.len(), wait_ms = wait, bytes,
+            took_us = sent_at.elapsed().as_micros() as u64, "fetch round");
+    }
     let mut response = match response {
         Ok(response) => match ResponseError::try_from_code(response.error_code) {
             Some(error) => {
@@ -702,7 +862,13 @@ mod tests {
     }
 
     fn offsets(fetched: &Fetched) -> Vec<i64> {
-        fetched.decoded.batch.records.iter().map(|r| r.offset).collect()
+        fetched
+            .decoded
+            .batch
+            .records
+            .iter()
+            .map(|r| r.offset)
+            .collect()
     }
 
     #[tokio::test]

@@ -30,6 +30,8 @@
 //! - [`produce`]: the connection to one partition's leader for writing (InitProducerId,
 //!   the idempotent producer's sequences, Produce v3–12 with up to five requests in
 //!   flight, each sent once, and the tail reads of the exactly-once check);
+//! - [`producers`]: one pipelined produce connection per internal broker shared by
+//!   every partition it leads: the batches waiting gathered into one Produce request;
 //! - [`settle`]: the wait of that check where the broker cannot deduplicate: read an end
 //!   until two reads 1.5 s apart agree.
 
@@ -42,6 +44,7 @@ pub mod fetch;
 pub mod group;
 pub mod leaders;
 pub mod produce;
+pub mod producers;
 pub mod records;
 pub mod settle;
 pub mod tls;

@@ -10,7 +10,6 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, DescribeConfigsRequest, InitProducerIdRequest, ProduceRequest, ProducerId,
 };
@@ -18,20 +17,17 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::kafka::cluster::{Cluster, ClusterError, WireFailure, READ_WAITS_MS};
-use crate::kafka::connection::{topic_name, Sent, WireError};
-use crate::kafka::fetch::PartitionReader;
+use crate::kafka::connection::{Sent, WireError};
+use crate::kafka::fetch::{self, Fetched, PartitionReader, ReadPartition};
+use crate::kafka::leaders::LeaderReader;
+use crate::kafka::producers::{produce_request, Pending, ProduceLink, Producers, PRODUCE_VERSIONS};
 pub use crate::kafka::records::Compression;
 use crate::kafka::records::{self, NewRecord, Producer};
 use crate::record::{source_headers, SourcePartition, SourceRecord};
 
-/// Produce versions used: 3 is the first with record batches (magic 2); 13 replaces
-/// topic names with topic ids.
-const PRODUCE_VERSIONS: std::ops::RangeInclusive<i16> = 3..=12;
-/// `acks=all`: the answer comes once every in-sync replica has the batch.
-const ACKS_ALL: i16 = -1;
 /// InitProducerId versions: 0 is KIP-98's; 3 (KIP-360) adds an existing id and epoch to
 /// the request, which a new idempotent producer leaves at -1.
-const INIT_PRODUCER_ID_VERSIONS: std::ops::RangeInclusive<i16> = 0..=4;
+pub(crate) const INIT_PRODUCER_ID_VERSIONS: std::ops::RangeInclusive<i16> = 0..=4;
 
 /// Kafka's default `producer.id.expiration.ms` (one day).
 pub const DEFAULT_PRODUCER_ID_EXPIRATION: std::time::Duration =
@@ -98,21 +94,41 @@ fn increment_sequence(sequence: i32, by: usize) -> i32 {
 #[derive(Debug)]
 #[must_use = "its answer must be received before the next one"]
 pub struct InFlight {
-    sent: Sent<ProduceRequest>,
+    flight: Flight,
     records: usize,
 }
 
-/// A connection to the leader of one internal partition.
+#[derive(Debug)]
+enum Flight {
+    Own(Sent<ProduceRequest>),
+    Shared(Pending),
+}
+
+/// A way to the leader of one internal partition.
 #[derive(Debug)]
 pub struct PartitionWriter {
-    reader: PartitionReader,
+    link: Link,
     topic: String,
     partition: i32,
-    produce_version: i16,
+}
+
+#[derive(Debug)]
+enum Link {
+    /// A connection of its own (dead letters, the start-up settle reads).
+    Own {
+        reader: PartitionReader,
+        produce_version: i16,
+    },
+    /// The sessions of its leader, shared with every partition the leader leads: reads,
+    /// producer ids and configs through one, produce requests pipelined through another.
+    Shared {
+        reader: LeaderReader,
+        producer: ProduceLink,
+    },
 }
 
 impl PartitionWriter {
-    /// Finds the partition's leader and connects to it.
+    /// Finds the partition's leader and connects to it, on a connection of its own.
     pub async fn connect(
         cluster: &Cluster,
         topic: &str,
@@ -126,16 +142,57 @@ impl PartitionWriter {
                 cluster.error(format!("producing to {topic}/{partition}"), e)
             })?;
         Ok(Self {
-            reader,
+            link: Link::Own {
+                reader,
+                produce_version,
+            },
             topic: topic.to_owned(),
             partition,
-            produce_version,
         })
+    }
+
+    /// The partition through the sessions of its leader (see
+    /// [`crate::kafka::producers`]), the leader looked up in metadata read after
+    /// `fresher_than` (a reconnect), or recently when that is `None`.
+    pub async fn shared(
+        producers: &Producers,
+        topic: &str,
+        partition: i32,
+        fresher_than: Option<std::time::Instant>,
+    ) -> Result<Self, ClusterError> {
+        let reader = producers
+            .leaders
+            .reader(topic, partition, fresher_than)
+            .await?;
+        let producer = producers.link(reader.addr());
+        Ok(Self {
+            link: Link::Shared { reader, producer },
+            topic: topic.to_owned(),
+            partition,
+        })
+    }
+
+    async fn fetch(
+        &mut self,
+        cluster: &Cluster,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<Fetched, ClusterError> {
+        match &mut self.link {
+            Link::Own { reader, .. } => reader.fetch(cluster, offset, max_bytes, max_wait_ms).await,
+            Link::Shared { reader, .. } => {
+                ReadPartition::fetch(reader, cluster, offset, max_bytes, max_wait_ms).await
+            }
+        }
     }
 
     /// The partition's first offset.
     pub async fn earliest(&mut self, cluster: &Cluster) -> Result<i64, ClusterError> {
-        self.reader.earliest(cluster).await
+        match &mut self.link {
+            Link::Own { reader, .. } => reader.earliest(cluster).await,
+            Link::Shared { reader, .. } => fetch::earliest(reader, cluster).await,
+        }
     }
 
     /// The partition's end (high watermark) from a fetch at `earliest`: exact on every
@@ -148,7 +205,6 @@ impl PartitionWriter {
     ) -> Result<i64, ClusterError> {
         for max_wait_ms in READ_WAITS_MS {
             let hw = self
-                .reader
                 .fetch(cluster, earliest, 1, max_wait_ms)
                 .await?
                 .high_watermark;
@@ -175,7 +231,6 @@ impl PartitionWriter {
     ) -> Result<Vec<SourceRecord>, ClusterError> {
         for max_wait_ms in READ_WAITS_MS {
             let mut records = self
-                .reader
                 .fetch(cluster, from, max_bytes, max_wait_ms)
                 .await?
                 .decoded
@@ -199,8 +254,14 @@ impl PartitionWriter {
             "getting a producer id for {}/{}",
             self.topic, self.partition
         );
-        let Ok(version) = self
-            .reader
+        let reader = match &mut self.link {
+            Link::Shared { reader, .. } => {
+                let given = reader.init_producer_id(cluster).await?;
+                return Ok(given.map(|(id, epoch)| ProducerSession::new(id, epoch)));
+            }
+            Link::Own { reader, .. } => reader,
+        };
+        let Ok(version) = reader
             .connection()
             .version::<InitProducerIdRequest>(INIT_PRODUCER_ID_VERSIONS)
         else {
@@ -214,7 +275,7 @@ impl PartitionWriter {
         let response = cluster
             .bounded(
                 what.clone(),
-                self.reader.connection_mut().call(&request, version),
+                reader.connection_mut().call(&request, version),
             )
             .await?;
         if let Some(error) = ResponseError::try_from_code(response.error_code) {
@@ -236,11 +297,22 @@ impl PartitionWriter {
     ) -> Result<Option<std::time::Duration>, ClusterError> {
         const KEY: &str = "producer.id.expiration.ms";
         const BROKER: i8 = 4;
+        let millis = |value: &str| value.parse::<u64>().ok();
+        let reader = match &mut self.link {
+            Link::Shared { reader, .. } => {
+                let value = reader.leader_config(cluster, KEY).await?;
+                return Ok(value
+                    .as_deref()
+                    .and_then(millis)
+                    .map(std::time::Duration::from_millis));
+            }
+            Link::Own { reader, .. } => reader,
+        };
         let what = format!(
             "reading the {KEY} of the leader of {}/{}",
             self.topic, self.partition
         );
-        let conn = self.reader.connection_mut();
+        let conn = reader.connection_mut();
         let Ok(version) = conn.version::<DescribeConfigsRequest>(1..=4) else {
             return Ok(None);
         };
@@ -270,7 +342,7 @@ impl PartitionWriter {
             .filter(|r| r.error_code == 0)
             .flat_map(|r| &r.configs)
             .find(|c| &*c.name == KEY)
-            .and_then(|c| c.value.as_ref()?.parse::<u64>().ok())
+            .and_then(|c| millis(c.value.as_ref()?))
             .map(std::time::Duration::from_millis))
     }
 
@@ -286,10 +358,9 @@ impl PartitionWriter {
         compression: Compression,
     ) -> Result<i64, ClusterError> {
         let batch = encode_batch(source, records, compression, Producer::NONE).map_err(|e| {
-            let conn = self.reader.connection();
             cluster.error(
                 self.what(records.len()),
-                conn.codec_error(ApiKey::Produce, format!("encoding the record batch: {e}")),
+                self.codec_error(format!("encoding the record batch: {e}")),
             )
         })?;
         let in_flight = self.send(cluster, batch, records.len()).await?;
@@ -303,31 +374,51 @@ impl PartitionWriter {
         )
     }
 
+    fn codec_error(&self, reason: String) -> WireError {
+        match &self.link {
+            Link::Own { reader, .. } => reader.connection().codec_error(ApiKey::Produce, reason),
+            Link::Shared { reader, .. } => WireError::Codec {
+                addr: reader.addr().to_owned(),
+                api: ApiKey::Produce,
+                reason,
+            },
+        }
+    }
+
     /// Sends one encoded batch of `records` records (see [`encode_batch`]) without
-    /// waiting for the answer: up to five may be in flight on the connection, answered
-    /// in order by [`PartitionWriter::receive`]. Bounded by the cluster's timeout.
+    /// waiting for the answer: up to five may be in flight, answered in order by
+    /// [`PartitionWriter::receive`]. Bounded by the cluster's timeout.
     pub async fn send(
         &mut self,
         cluster: &Cluster,
         batch: Bytes,
         records: usize,
     ) -> Result<InFlight, ClusterError> {
-        let request = ProduceRequest::default()
-            .with_acks(ACKS_ALL)
-            .with_timeout_ms(cluster.timeout.as_millis().min(i32::MAX as u128) as i32)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(&self.topic))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(self.partition)
-                    .with_records(Some(batch))])]);
-        let version = self.produce_version;
-        let sent = cluster
-            .bounded(
-                self.what(records),
-                self.reader.connection_mut().send(&request, version),
-            )
-            .await?;
-        Ok(InFlight { sent, records })
+        let what = self.what(records);
+        let flight = match &mut self.link {
+            Link::Own {
+                reader,
+                produce_version,
+            } => {
+                let request =
+                    produce_request(cluster, [(self.topic.as_str(), self.partition, batch)]);
+                let sent = cluster
+                    .bounded(
+                        what,
+                        reader.connection_mut().send(&request, *produce_version),
+                    )
+                    .await?;
+                Flight::Own(sent)
+            }
+            Link::Shared { producer, .. } => {
+                let pending = producer
+                    .send(&self.topic, self.partition, batch)
+                    .await
+                    .map_err(|e| e.into_cluster_error(cluster, what))?;
+                Flight::Shared(pending)
+            }
+        };
+        Ok(InFlight { flight, records })
     }
 
     /// The answer to the oldest batch in flight: the offset the broker gave its first
@@ -339,11 +430,16 @@ impl PartitionWriter {
         in_flight: InFlight,
     ) -> Result<i64, ClusterError> {
         let what = self.what(in_flight.records);
+        let sent = match (in_flight.flight, &mut self.link) {
+            (Flight::Shared(pending), _) => return pending.answer(cluster, what).await,
+            (Flight::Own(sent), Link::Own { reader, .. }) => (sent, reader),
+            (Flight::Own(_), Link::Shared { .. }) => {
+                unreachable!("a batch is answered on the link it was sent on")
+            }
+        };
+        let (sent, reader) = sent;
         let response = cluster
-            .bounded(
-                what.clone(),
-                self.reader.connection_mut().receive(in_flight.sent),
-            )
+            .bounded(what.clone(), reader.connection_mut().receive(sent))
             .await?;
         let answer = response
             .responses
@@ -352,9 +448,8 @@ impl PartitionWriter {
             .flat_map(|t| t.partition_responses)
             .find(|p| p.index == self.partition);
         let Some(answer) = answer else {
-            let conn = self.reader.connection();
             let reason = "the produce response does not name the partition".to_owned();
-            return Err(cluster.error(what, conn.codec_error(ApiKey::Produce, reason)));
+            return Err(cluster.error(what, self.codec_error(reason)));
         };
         if let Some(error) = ResponseError::try_from_code(answer.error_code) {
             return Err(cluster.error(what, WireFailure::Broker(error)));

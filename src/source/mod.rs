@@ -156,13 +156,14 @@ impl Fetcher {
             // The position is no longer in the partition: go on where auto.offset.reset
             // says; what that needs fails like a fetch (retried, or final).
             let result = match (result, next) {
-                (Err(StepError::Cluster(e)), Some(from)) if e.is_offset_out_of_range() => {
-                    self.reposition(&mut leader, failed_at, from).await.map(|to| {
+                (Err(StepError::Cluster(e)), Some(from)) if e.is_offset_out_of_range() => self
+                    .reposition(&mut leader, failed_at, from)
+                    .await
+                    .map(|to| {
                         next = Some(to);
                         self.metrics.fetched_next.store(to, Ordering::Relaxed);
                         Step::Idle(Duration::ZERO)
-                    })
-                }
+                    }),
                 (result, _) => result,
             };
             match result {
