@@ -199,6 +199,9 @@ pub struct ServiceConfig {
     pub fetch_max_bytes: i32,
     /// Max time the broker holds a fetch waiting for data.
     pub fetch_max_wait: Duration,
+    /// Connections to each broker for fetching (external cluster) and for producing
+    /// (internal cluster): the partitions a broker leads spread over them.
+    pub connections_per_broker: usize,
     /// Max records per produce request.
     pub forward_batch_max_records: usize,
     /// Max bytes per produce request.
@@ -327,6 +330,11 @@ const SERVICE_KEYS: &[Key] = &[
         name: "fetch.max.wait.ms",
         default: Some("500"),
         doc: "how long a broker may hold a fetch for data",
+    },
+    Key {
+        name: "connections.per.broker",
+        default: Some("1"),
+        doc: "connections to each broker for fetching (external) and for producing (internal), shared by the partitions it leads",
     },
     Key {
         name: "forward.batch.max.records",
@@ -692,6 +700,7 @@ impl RawConfig {
             wal_cache_bytes: s.number("wal.cache.bytes", 1 << 20, i64::MAX)? as u64,
             fetch_max_bytes: s.number("fetch.max.bytes", 1024, 64 << 20)? as i32,
             fetch_max_wait: Duration::from_millis(s.number("fetch.max.wait.ms", 0, 60_000)? as u64),
+            connections_per_broker: s.number("connections.per.broker", 1, 64)? as usize,
             forward_batch_max_records: s.number("forward.batch.max.records", 1, 1_000_000)?
                 as usize,
             forward_batch_max_bytes: s.number("forward.batch.max.bytes", 1024, 64 << 20)? as usize,

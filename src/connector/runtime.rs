@@ -689,7 +689,7 @@ impl ConnectorRuntime {
             handle: Arc::clone(&self.handle),
             ctx: Arc::clone(&self.ctx),
             source_cluster: source_cluster.clone(),
-            leaders: Leaders::new(source_cluster.clone()),
+            leaders: Leaders::new(source_cluster.clone(), config.connections_per_broker),
             dead_letters: dead_letters.clone(),
             settle,
             cancel: cancel.clone(),

@@ -65,16 +65,20 @@ const METADATA_MAX_AGE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Leaders {
     cluster: Cluster,
-    sessions: Mutex<HashMap<String, mpsc::WeakSender<Command>>>,
+    /// Sessions per broker (`connections.per.broker`): partition `p` uses `p % n`.
+    per_broker: i32,
+    sessions: Mutex<HashMap<(String, i32), mpsc::WeakSender<Command>>>,
     /// Each topic's metadata, and when it was read.
     metadata: tokio::sync::Mutex<HashMap<String, (Instant, MetadataResponse)>>,
 }
 
 impl Leaders {
-    /// No session yet: they start with the first reader of each broker.
-    pub fn new(cluster: Cluster) -> Arc<Self> {
+    /// No session yet: they start with the first reader of each broker. `per_broker`
+    /// sessions at most per broker, each partition in one of them.
+    pub fn new(cluster: Cluster, per_broker: usize) -> Arc<Self> {
         Arc::new(Self {
             cluster,
+            per_broker: per_broker.clamp(1, 64) as i32,
             sessions: Mutex::new(HashMap::new()),
             metadata: tokio::sync::Mutex::new(HashMap::new()),
         })
@@ -91,12 +95,13 @@ impl Leaders {
     ) -> Result<LeaderReader, ClusterError> {
         let (leader_id, addr) = self.leader(topic, partition, fresher_than).await?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let session = match sessions.get(&addr).and_then(mpsc::WeakSender::upgrade) {
+        let slot = (addr.clone(), partition % self.per_broker);
+        let session = match sessions.get(&slot).and_then(mpsc::WeakSender::upgrade) {
             Some(session) => session,
             None => {
                 let (tx, rx) = mpsc::channel(1024);
                 tokio::spawn(serve(addr.clone(), self.cluster.clone(), rx));
-                sessions.insert(addr.clone(), tx.downgrade());
+                sessions.insert(slot, tx.downgrade());
                 tx
             }
         };
@@ -875,7 +880,7 @@ mod tests {
     async fn the_partitions_of_one_leader_share_its_connection_and_its_fetches() {
         let (addr, seen) = broker(3, None).await;
         let cluster = cluster(addr);
-        let leaders = Leaders::new(cluster.clone());
+        let leaders = Leaders::new(cluster.clone(), 1);
         let mut readers = Vec::new();
         for p in 0..3 {
             readers.push(leaders.reader("t", p, None).await.unwrap());
@@ -905,7 +910,7 @@ mod tests {
     async fn a_partition_left_empty_by_the_rounds_budget_is_fetched_again_not_answered_empty() {
         let (addr, seen) = broker(2, Some(1)).await;
         let cluster = cluster(addr);
-        let leaders = Leaders::new(cluster.clone());
+        let leaders = Leaders::new(cluster.clone(), 1);
         let mut a = leaders.reader("t", 0, None).await.unwrap();
         let mut b = leaders.reader("t", 1, None).await.unwrap();
         let (fa, fb) = tokio::join!(
@@ -921,7 +926,7 @@ mod tests {
     async fn a_broker_that_cannot_be_reached_fails_every_fetch_of_the_round_transiently() {
         let (addr, _) = broker(2, None).await;
         let cluster = cluster(addr.clone());
-        let leaders = Leaders::new(cluster.clone());
+        let leaders = Leaders::new(cluster.clone(), 1);
         let mut a = leaders.reader("t", 0, None).await.unwrap();
         // The session's first connection goes to the leader the metadata names: make
         // that a port nobody listens on.
@@ -942,7 +947,7 @@ mod tests {
     async fn a_session_ends_with_its_last_reader() {
         let (addr, _) = broker(1, None).await;
         let cluster = cluster(addr);
-        let leaders = Leaders::new(cluster.clone());
+        let leaders = Leaders::new(cluster.clone(), 1);
         let mut a = leaders.reader("t", 0, None).await.unwrap();
         a.fetch(&cluster, 0, 1 << 20, 500).await.unwrap();
         assert_eq!(leaders.sessions(), 1);

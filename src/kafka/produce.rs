@@ -164,7 +164,7 @@ impl PartitionWriter {
             .leaders
             .reader(topic, partition, fresher_than)
             .await?;
-        let producer = producers.link(reader.addr());
+        let producer = producers.link(reader.addr(), partition);
         Ok(Self {
             link: Link::Shared { reader, producer },
             topic: topic.to_owned(),

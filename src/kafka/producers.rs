@@ -45,7 +45,9 @@ pub struct Producers {
     /// ids, broker configs) through the leaders' read sessions.
     pub leaders: Arc<Leaders>,
     max_in_flight: usize,
-    sessions: Mutex<HashMap<String, mpsc::WeakSender<Batch>>>,
+    /// Sessions per broker (`connections.per.broker`): partition `p` uses `p % n`.
+    per_broker: i32,
+    sessions: Mutex<HashMap<(String, i32), mpsc::WeakSender<Batch>>>,
 }
 
 /// A handle on the produce session of one partition's leader.
@@ -73,20 +75,24 @@ struct Batch {
 }
 
 impl Producers {
-    /// `max_in_flight` produce requests at most in flight per broker.
-    pub fn new(cluster: Cluster, max_in_flight: usize) -> Arc<Self> {
+    /// `max_in_flight` produce requests at most in flight per session, `per_broker`
+    /// sessions at most per broker.
+    pub fn new(cluster: Cluster, max_in_flight: usize, per_broker: usize) -> Arc<Self> {
         Arc::new(Self {
-            leaders: Leaders::new(cluster.clone()),
+            leaders: Leaders::new(cluster.clone(), per_broker),
             cluster,
             max_in_flight: max_in_flight.max(1),
+            per_broker: per_broker.clamp(1, 64) as i32,
             sessions: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The produce session of the leader at `addr`, started if there is none.
-    pub fn link(&self, addr: &str) -> ProduceLink {
+    /// The produce session for `partition` of the leader at `addr`, started if there is
+    /// none.
+    pub fn link(&self, addr: &str, partition: i32) -> ProduceLink {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let session = match sessions.get(addr).and_then(mpsc::WeakSender::upgrade) {
+        let slot = (addr.to_owned(), partition % self.per_broker);
+        let session = match sessions.get(&slot).and_then(mpsc::WeakSender::upgrade) {
             Some(session) => session,
             None => {
                 let (tx, rx) = mpsc::channel(1024);
@@ -96,7 +102,7 @@ impl Producers {
                     self.max_in_flight,
                     rx,
                 ));
-                sessions.insert(addr.to_owned(), tx.downgrade());
+                sessions.insert(slot, tx.downgrade());
                 tx
             }
         };
@@ -163,6 +169,9 @@ type Awaited = (String, i32, oneshot::Sender<Result<i64, Failure>>);
 struct InFlight {
     sent: Sent<ProduceRequest>,
     batches: Vec<Awaited>,
+    /// Bytes of its batches, and when it was sent (for the debug log).
+    bytes: usize,
+    sent_at: std::time::Instant,
 }
 
 /// The session of the broker at `addr`: a connection at a time, batches sent in requests
@@ -246,9 +255,13 @@ async fn serve(
                     .iter()
                     .map(|b| (b.topic.as_str(), b.partition, b.bytes.clone())),
             );
+            let bytes = round.iter().map(|b| b.bytes.len()).sum();
+            let sent_at = std::time::Instant::now();
             match bounded(&cluster, out.send(&request, version)).await {
                 Ok(sent) => place.send(InFlight {
                     sent,
+                    bytes,
+                    sent_at,
                     batches: round
                         .into_iter()
                         .map(|b| (b.topic, b.partition, b.reply))
@@ -344,7 +357,11 @@ async fn read_answers(
 ) {
     while let Some(request) = requests.recv().await {
         match bounded(&cluster, inbound.receive(request.sent)).await {
-            Ok(response) => answer(&addr, &response, request.batches),
+            Ok(response) => {
+                tracing::debug!(%addr, partitions = request.batches.len(), bytes = request.bytes,
+                    took_us = request.sent_at.elapsed().as_micros() as u64, "produce round");
+                answer(&addr, &response, request.batches)
+            }
             Err(failure) => {
                 for (_, _, reply) in request.batches {
                     let _ = reply.send(Err(failure.duplicate()));
@@ -465,8 +482,8 @@ mod tests {
     async fn batches_of_several_partitions_go_in_one_request_and_each_gets_its_answer() {
         let (addr, seen) = broker().await;
         let cluster = cluster(&addr);
-        let producers = Producers::new(cluster.clone(), 5);
-        let link = producers.link(&addr);
+        let producers = Producers::new(cluster.clone(), 5, 1);
+        let link = producers.link(&addr, 0);
         // Two batches of partition 0, one of partition 1, handed over before the session
         // runs: partition 0's second waits for the next request, in order.
         let a = link.send("t", 0, batch()).await.unwrap();
@@ -483,8 +500,8 @@ mod tests {
     async fn a_partition_the_broker_refuses_gets_the_refusal_and_the_others_their_offsets() {
         let (addr, _) = broker().await;
         let cluster = cluster(&addr);
-        let producers = Producers::new(cluster.clone(), 5);
-        let link = producers.link(&addr);
+        let producers = Producers::new(cluster.clone(), 5, 1);
+        let link = producers.link(&addr, 0);
         let refused = link.send("t", 9, batch()).await.unwrap();
         let stored = link.send("t", 2, batch()).await.unwrap();
         let e = refused
@@ -500,8 +517,8 @@ mod tests {
     async fn a_batch_whose_forwarder_gave_up_before_it_left_is_not_sent() {
         let (addr, seen) = broker().await;
         let cluster = cluster(&addr);
-        let producers = Producers::new(cluster.clone(), 5);
-        let link = producers.link(&addr);
+        let producers = Producers::new(cluster.clone(), 5, 1);
+        let link = producers.link(&addr, 0);
         let dropped = link.send("t", 3, batch()).await.unwrap();
         drop(dropped);
         let kept = link.send("t", 4, batch()).await.unwrap();
@@ -515,8 +532,12 @@ mod tests {
         let dead = listener.local_addr().unwrap().to_string();
         drop(listener);
         let cluster = cluster(&dead);
-        let producers = Producers::new(cluster.clone(), 5);
-        let pending = producers.link(&dead).send("t", 0, batch()).await.unwrap();
+        let producers = Producers::new(cluster.clone(), 5, 1);
+        let pending = producers
+            .link(&dead, 0)
+            .send("t", 0, batch())
+            .await
+            .unwrap();
         let e = pending
             .answer(&cluster, "producing to t/0".into())
             .await

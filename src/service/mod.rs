@@ -129,8 +129,11 @@ pub async fn run(
     let (internal, internal_client) = connect_internal(&config).await?;
 
     let (ended, mut ends) = mpsc::unbounded_channel();
-    let producers =
-        crate::kafka::producers::Producers::new(internal.clone(), config.internal_max_in_flight);
+    let producers = crate::kafka::producers::Producers::new(
+        internal.clone(),
+        config.internal_max_in_flight,
+        config.connections_per_broker,
+    );
     let ctx = Arc::new(Context {
         config: config.clone(),
         wal: wal.clone(),
