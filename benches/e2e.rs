@@ -32,6 +32,11 @@ use serde::Serialize;
 
 use common::{connections_to, create_topic, end_offset, kcat, progress_field, Broker, DelayProxy};
 
+/// MirrorMaker 2's `tasks.max`: the partitions, up to this.
+const MM2_MAX_TASKS: i32 = 64;
+/// The most partitions the pipe-per-partition row runs for.
+const MAX_PIPES: i32 = 64;
+
 #[derive(Parser, Debug, Serialize, Clone)]
 #[command(about = "kafka-direct end-to-end benchmark (docs/benchmarks.md)")]
 struct Args {
@@ -571,6 +576,9 @@ impl Bench {
         let dest = format!("{alias}.bench");
         let p = self.args.partitions;
         create_topic(&self.internal.addr(), &dest, p).await;
+        // A task per partition, up to MM2_MAX_TASKS: each task is a consumer and a
+        // producer of its own, and nobody runs a thousand of them on one node.
+        let tasks = p.min(MM2_MAX_TASKS);
         let dir = self.work.path().join(format!("mm2-{alias}"));
         std::fs::create_dir_all(&dir)?;
         let mut props = format!(
@@ -580,7 +588,7 @@ impl Bench {
              {alias}->{target}.enabled = true\n\
              {target}->{alias}.enabled = false\n\
              {alias}->{target}.topics = bench\n\
-             tasks.max = {p}\n\
+             tasks.max = {tasks}\n\
              replication.factor = 1\n\
              checkpoints.topic.replication.factor = 1\n\
              heartbeats.topic.replication.factor = 1\n\
@@ -753,6 +761,12 @@ impl Bench {
             self.args.records
         );
         Ok(self.row("kcat -C (consume alone)", seconds, usage, None))
+    }
+
+    /// Whether the pipe-per-partition row runs: not for more than [`MAX_PIPES`]
+    /// partitions (two kcat processes each).
+    fn pipes_per_partition(&self) -> bool {
+        self.args.partitions <= MAX_PIPES
     }
 
     /// `kcat -C | kcat -P` into `dest`: one pipe for the topic, or one per partition.
@@ -1282,7 +1296,9 @@ async fn throughput(args: Args) -> Result<serde_json::Value> {
     let pipe = bench.kcat_pipe("pipe.bench", false).await?;
     let pipe_rate = pipe.records_per_sec;
     rows.push(pipe);
-    rows.push(bench.kcat_pipe("pipes.bench", true).await?);
+    if bench.pipes_per_partition() {
+        rows.push(bench.kcat_pipe("pipes.bench", true).await?);
+    }
     let mut mm2_eos = None;
     if jvm_peers {
         rows.push(bench.mirror_maker(false).await?);
