@@ -10,6 +10,12 @@ use common::*;
 use rskafka::record::Record;
 
 const WAIT: Duration = Duration::from_secs(120);
+/// The most connections a connector may hold to a one-broker external cluster: the
+/// fetch session, and the consumer group's commits.
+const SOURCE_CONNECTIONS: usize = 2;
+/// The most the service may hold to a one-broker internal cluster: the session for the
+/// tail reads and producer ids, the produce session, and the admin client (topics).
+const INTERNAL_CONNECTIONS: usize = 3;
 
 /// A proxy swallows produce responses after the broker stored the batch, many times,
 /// with several batches in flight. kafka-direct's idempotent producer sends the batches
@@ -560,5 +566,36 @@ async fn latest_starts_below_a_transaction_still_open() {
     wait_for_end(&internal, "int.latetxn", 0, 4, WAIT).await;
     let copied = kcat_read(&internal, "int.latetxn", 0, "%s");
     assert_eq!(copied, ["0-hold-0", "0-hold-1", "0-hold-2", "after-0"]);
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}
+
+/// Every partition a source broker leads is fetched over one connection shared by all
+/// of them (one Fetch per round for every partition that asks), and every partition an
+/// internal broker leads is produced to over one (one Produce per round, pipelined), so
+/// 24 partitions hold a few connections to each broker, not one each. Counted from
+/// /proc, as the benchmark counts them. On Apache Kafka only (this binary is not in
+/// tansu's subset): on tansu the internal topic ends up with 4 partitions when its source
+/// has more (docs/compatibility.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_share_one_connection_per_broker_and_direction() {
+    const PARTITIONS: i32 = 24;
+    let mut p = Pipeline::new("many", PARTITIONS, &[]).await;
+    p.produce_each(0, 200).await;
+    p.service.start();
+    p.assert_replicated(0, WAIT).await;
+    let port = |b: &Broker| -> u16 { b.addr().rsplit(':').next().unwrap().parse().unwrap() };
+    let ports = [vec![port(&p.external)], vec![port(&p.internal)]];
+    let [external, internal] = connections_to(p.service.pid(), &ports);
+    eprintln!(
+        "connections held: {external} to the external broker, {internal} to the internal one"
+    );
+    assert!(
+        external <= SOURCE_CONNECTIONS,
+        "{external} connections to the external broker for {PARTITIONS} partitions (at most {SOURCE_CONNECTIONS})"
+    );
+    assert!(
+        internal <= INTERNAL_CONNECTIONS,
+        "{internal} connections to the internal broker for {PARTITIONS} partitions (at most {INTERNAL_CONNECTIONS})"
+    );
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }

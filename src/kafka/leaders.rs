@@ -12,14 +12,17 @@
 //! in the rounds that go out meanwhile, and is fetched in the next one after it asks.
 //!
 //! A round goes out when at least one partition asks. Its broker wait is the shortest
-//! any of them asked for, and short ([`WAIT_WHILE_COMMITTING_MS`]) while partitions that
-//! have just been given records are still committing them: they will ask again within
-//! milliseconds, and must not find the connection held by a long poll for partitions
-//! with nothing to read. Partitions answered with nothing come back at once; a round
-//! waits up to [`GATHER`] for them so that rounds do not splinter. A partition the
-//! broker left empty only because the round's byte budget ran out (records below its
-//! high watermark, none returned, while others got records) is fetched again in the next
-//! round instead of being answered with nothing.
+//! that any of them has left of the wait it asked for, and short
+//! ([`WAIT_WHILE_COMMITTING_MS`]) while partitions that have just been given records are
+//! still committing them: they will ask again within milliseconds, and must not find the
+//! connection held by a long poll for partitions with nothing to read. A partition is
+//! answered with nothing only once its own wait is over (until then it goes in the next
+//! rounds), so a fetcher sees what a fetch of its own would have seen. Partitions answered
+//! with nothing come back at once; a round waits up to [`GATHER`] for them so that rounds
+//! do not splinter. A partition the broker left empty only because the round's byte
+//! budget ran out (records below its high watermark, none returned, while others got
+//! records) is fetched again in the next round (twice at most) instead of being
+//! answered with nothing.
 //!
 //! No fetch session (KIP-227): each request names all its partitions (about 30 bytes
 //! each). Errors of the whole connection fail every request of the round; each fetcher
@@ -257,19 +260,26 @@ impl ReadPartition for LeaderReader {
         max_wait_ms: i32,
     ) -> Result<Fetched, ClusterError> {
         let what = fetching(&self.topic, self.partition, offset);
-        let data = self
-            .ask(|reply| {
-                Command::Fetch(Want {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    offset,
-                    max_bytes,
-                    max_wait_ms,
-                    reply,
-                })
+        let data = self.ask(|reply| {
+            Command::Fetch(Want {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                offset,
+                max_bytes,
+                max_wait_ms,
+                asked_at: Instant::now(),
+                left_out: 0,
+                reply,
             })
-            .await
-            .map_err(|e| e.into_cluster_error(cluster, what.clone()))?;
+        });
+        // The session answers every fetch (its calls are bounded); this bounds the wait
+        // for a round to form too.
+        let bound = cluster.timeout + Duration::from_millis(max_wait_ms.max(0) as u64);
+        let data = match tokio::time::timeout(bound, data).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Failure::Timeout(bound)),
+        }
+        .map_err(|e| e.into_cluster_error(cluster, what.clone()))?;
         fetched(cluster, what, offset, data)
     }
 
@@ -311,6 +321,12 @@ struct Want {
     offset: i64,
     max_bytes: i32,
     max_wait_ms: i32,
+    /// When it was asked: it is answered with nothing only once the broker could have
+    /// held it for `max_wait_ms` (rounds may wait less, for other partitions).
+    asked_at: Instant,
+    /// Rounds it went in again because the broker left it out for want of the round's
+    /// byte budget.
+    left_out: u8,
     /// The partition's part of the answer (`None`: the answer left it out).
     reply: oneshot::Sender<Result<Option<PartitionData>, Failure>>,
 }
@@ -446,15 +462,16 @@ impl Rounds {
     /// The next round's fetches: the oldest want of each partition.
     fn take_round(&mut self) -> Vec<Want> {
         let mut round: Vec<Want> = Vec::new();
+        let mut taken: std::collections::HashSet<Key> = std::collections::HashSet::new();
         let mut rest = VecDeque::new();
         while let Some(want) = self.fetches.pop_front() {
-            if round
-                .iter()
-                .any(|w| w.partition == want.partition && w.topic == want.topic)
-            {
-                rest.push_back(want);
-            } else {
+            if want.reply.is_closed() {
+                continue;
+            }
+            if taken.insert((want.topic.clone(), want.partition)) {
                 round.push(want);
+            } else {
+                rest.push_back(want);
             }
         }
         self.fetches = rest;
@@ -646,7 +663,11 @@ async fn fetch_round(
     rounds: &mut Rounds,
 ) -> Result<(), ()> {
     let round = rounds.take_round();
-    let mut wait = round.iter().map(|w| w.max_wait_ms).min().unwrap_or(0);
+    if round.is_empty() {
+        return Ok(());
+    }
+    // No partition waits longer than it asked.
+    let mut wait = round.iter().map(remaining_ms).min().unwrap_or(0);
     if rounds.committing() {
         wait = wait.min(WAIT_WHILE_COMMITTING_MS);
     }
@@ -700,16 +721,31 @@ async fn fetch_round(
         .any(|d| d.records.as_ref().is_some_and(|r| !r.is_empty()));
     let now = Instant::now();
     let mut again = Vec::new();
-    for want in round {
+    for mut want in round {
         let key = (want.topic.clone(), want.partition);
         let data = parts.remove(&key);
-        if gave_records && data.as_ref().is_some_and(|d| left_out(d, want.offset)) {
-            again.push(want);
-            continue;
-        }
         let with_records = data
             .as_ref()
             .is_some_and(|d| d.records.as_ref().is_some_and(|r| !r.is_empty()));
+        let failed = data.as_ref().is_some_and(|d| d.error_code != 0);
+        if !with_records && !failed {
+            // Nothing yet, before the wait it asked for is over: it goes in the next
+            // round (which waits no longer than what is left of it).
+            if remaining_ms(&want) > 0 {
+                again.push(want);
+                continue;
+            }
+            // Left out for want of the round's byte budget: again, twice at most (then
+            // the fetcher's own pacing of empty answers takes over).
+            if gave_records
+                && want.left_out < 2
+                && data.as_ref().is_some_and(|d| left_out(d, want.offset))
+            {
+                want.left_out += 1;
+                again.push(want);
+                continue;
+            }
+        }
         if want.reply.send(Ok(data)).is_ok() {
             rounds.away.insert(key, (now, with_records));
         }
@@ -719,6 +755,12 @@ async fn fetch_round(
         rounds.fetches.push_front(want);
     }
     Ok(())
+}
+
+/// What is left, in whole milliseconds, of the broker wait `want` asked for.
+fn remaining_ms(want: &Want) -> i32 {
+    let asked = Duration::from_millis(want.max_wait_ms.max(0) as u64);
+    asked.saturating_sub(want.asked_at.elapsed()).as_millis() as i32
 }
 
 /// Whether the broker left a partition empty only for want of the round's byte budget:

@@ -387,7 +387,8 @@ impl PartitionWriter {
 
     /// Sends one encoded batch of `records` records (see [`encode_batch`]) without
     /// waiting for the answer: up to five may be in flight, answered in order by
-    /// [`PartitionWriter::receive`]. Bounded by the cluster's timeout.
+    /// [`PartitionWriter::receive`]. On a connection of its own, bounded by the cluster's
+    /// timeout; through a session, handed over (the session bounds its calls).
     pub async fn send(
         &mut self,
         cluster: &Cluster,
@@ -422,8 +423,9 @@ impl PartitionWriter {
     }
 
     /// The answer to the oldest batch in flight: the offset the broker gave its first
-    /// record. Bounded by the cluster's timeout; on a timeout or a broken connection the
-    /// outcome is unknown (and the connection is not to be used again).
+    /// record. Bounded by the cluster's timeout (through a session, each of its calls
+    /// is); on a timeout or a broken connection the outcome is unknown (and the
+    /// connection is not to be used again).
     pub async fn receive(
         &mut self,
         cluster: &Cluster,

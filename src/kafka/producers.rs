@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot};
@@ -140,15 +141,17 @@ impl ProduceLink {
 }
 
 impl Pending {
-    /// The offset the broker gave the batch's first record, or why there is none; bounded
-    /// by the cluster's timeout (`what` names the batch in errors).
+    /// The offset the broker gave the batch's first record, or why there is none (`what`
+    /// names the batch in errors). Not bounded here: the session answers every batch,
+    /// its own calls bounded by the cluster's timeout, and a batch is given up only
+    /// with its connection closed. A forwarder that stopped waiting while the connection
+    /// stayed open could see its batch stored after it read the tail.
     pub async fn answer(self, cluster: &Cluster, what: String) -> Result<i64, ClusterError> {
         let addr = self.addr;
-        let answer = async { self.answer.await.unwrap_or_else(|_| Err(ended(&addr))) };
-        match tokio::time::timeout(cluster.timeout, answer).await {
-            Ok(result) => result.map_err(|e| e.into_cluster_error(cluster, what)),
-            Err(_) => Err(Failure::Timeout(cluster.timeout).into_cluster_error(cluster, what)),
-        }
+        self.answer
+            .await
+            .unwrap_or_else(|_| Err(ended(&addr)))
+            .map_err(|e| e.into_cluster_error(cluster, what))
     }
 }
 
@@ -215,8 +218,10 @@ async fn serve(
         };
         let (conn, version) = conn;
         let (mut out, inbound) = conn.split();
-        // A request in flight takes a place here until its answer is read.
-        let (in_flight, answers) = mpsc::channel::<InFlight>(max_in_flight);
+        // A request in flight takes a place here until the reader takes it, and the
+        // reader holds one more while it reads its answer.
+        let (in_flight, answers) =
+            mpsc::channel::<InFlight>(max_in_flight.saturating_sub(1).max(1));
         let mut reader = tokio::spawn(read_answers(
             inbound,
             addr.clone(),
@@ -287,6 +292,22 @@ async fn serve(
                 break;
             }
         }
+        // What waits behind a broken connection fails too, as on a connection of a
+        // partition's own: a partition's later batch must not leave before its
+        // forwarder has seen the earlier one fail.
+        while let Ok(batch) = rx.try_recv() {
+            queue.push_back(batch);
+        }
+        let broke = Failure::Wire(WireError::Io {
+            addr: addr.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the produce connection broke before this batch was sent",
+            ),
+        });
+        for batch in queue.drain(..) {
+            let _ = batch.reply.send(Err(broke.duplicate()));
+        }
     }
     tracing::debug!(%addr, "the broker's produce session ended");
 }
@@ -304,15 +325,20 @@ enum End {
 /// The oldest batch of each partition waiting, up to [`REQUEST_MAX_BYTES`] (at least one).
 fn take_round(queue: &mut VecDeque<Batch>) -> Vec<Batch> {
     let mut round: Vec<Batch> = Vec::new();
+    let mut taken: std::collections::HashSet<(String, i32)> = std::collections::HashSet::new();
     let mut bytes = 0;
     let mut rest = VecDeque::new();
     while let Some(batch) = queue.pop_front() {
-        let taken = round
-            .iter()
-            .any(|b| b.partition == batch.partition && b.topic == batch.topic);
-        if taken || (!round.is_empty() && bytes + batch.bytes.len() > REQUEST_MAX_BYTES) {
+        if batch.reply.is_closed() {
+            // Given up by its forwarder before it left.
+            continue;
+        }
+        let key = (batch.topic.clone(), batch.partition);
+        let full = !round.is_empty() && bytes + batch.bytes.len() > REQUEST_MAX_BYTES;
+        if full || taken.contains(&key) {
             rest.push_back(batch);
         } else {
+            taken.insert(key);
             bytes += batch.bytes.len();
             round.push(batch);
         }
@@ -379,13 +405,17 @@ async fn read_answers(
 }
 
 fn answer(addr: &str, response: &ProduceResponse, batches: Vec<Awaited>) {
+    let answers: HashMap<(&str, i32), &PartitionProduceResponse> = response
+        .responses
+        .iter()
+        .flat_map(|t| {
+            t.partition_responses
+                .iter()
+                .map(move |p| ((&*t.name.0, p.index), p))
+        })
+        .collect();
     for (topic, partition, reply) in batches {
-        let found = response
-            .responses
-            .iter()
-            .filter(|t| *t.name.0 == *topic)
-            .flat_map(|t| &t.partition_responses)
-            .find(|p| p.index == partition);
+        let found = answers.get(&(topic.as_str(), partition));
         let result = match found {
             None => Err(Failure::Wire(WireError::Codec {
                 addr: addr.to_owned(),
