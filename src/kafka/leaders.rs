@@ -42,7 +42,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::kafka::cluster::{Cluster, ClusterError, WireFailure};
+use crate::kafka::cluster::{Cluster, ClusterError, WireFailure, PROBE_WAIT_MS};
 use crate::kafka::connection::{self, leader_of, Connection, LeaderError, WireError};
 use crate::kafka::fetch::{
     self, fetched, fetching, listing_earliest, Fetched, ReadPartition, FETCH_VERSIONS,
@@ -666,8 +666,14 @@ async fn fetch_round(
     if round.is_empty() {
         return Ok(());
     }
-    // No partition waits longer than it asked.
-    let mut wait = round.iter().map(remaining_ms).min().unwrap_or(0);
+    // No partition waits longer than it asked; and never 0, which tansu answers with
+    // no partition at all (docs/compatibility.md): 1 ms, as the probes ask.
+    let mut wait = round
+        .iter()
+        .map(remaining_ms)
+        .min()
+        .unwrap_or(0)
+        .max(PROBE_WAIT_MS);
     if rounds.committing() {
         wait = wait.min(WAIT_WHILE_COMMITTING_MS);
     }
