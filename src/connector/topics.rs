@@ -161,7 +161,40 @@ async fn create_topic(
                     .collect::<Vec<_>>()
                     .join(", ")
             ))
-        })
+        })?;
+    await_leaders(cluster, topic, partitions).await;
+    Ok(())
+}
+
+/// Waits, up to the cluster's request timeout, until metadata shows a leader for every
+/// partition of a topic just created: a broker answers UnknownTopicOrPartition for a new
+/// topic until the controller's change reaches it, which a loaded broker takes seconds
+/// to do. Past the timeout the callers' own retries go on.
+async fn await_leaders(cluster: &Cluster, topic: &str, partitions: i32) {
+    use crate::kafka::connection::{bootstrap_metadata, leader_of};
+    let deadline = tokio::time::Instant::now() + cluster.timeout;
+    loop {
+        let metadata = bootstrap_metadata(
+            &cluster.servers,
+            &cluster.client_id,
+            &cluster.transport,
+            topic,
+            cluster.timeout,
+        )
+        .await;
+        let pending = match &metadata {
+            Ok((_, metadata)) => (0..partitions).find(|p| leader_of(metadata, topic, *p).is_err()),
+            Err(_) => Some(0),
+        };
+        let Some(partition) = pending else {
+            return;
+        };
+        if tokio::time::Instant::now() >= deadline {
+            warn!(%topic, partition, "the topic just created has no leader in the internal cluster's metadata yet; going on");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The configs set on each of `topics` on the external cluster; empty, with a warning,
