@@ -171,26 +171,43 @@ async fn create_topic(
 /// topic until the controller's change reaches it, which a loaded broker takes seconds
 /// to do. Past the timeout the callers' own retries go on.
 async fn await_leaders(cluster: &Cluster, topic: &str, partitions: i32) {
-    use crate::kafka::connection::{bootstrap_metadata, leader_of};
+    use crate::kafka::connection::{bootstrap_metadata, leader_of, Connection, LeaderError};
     let deadline = tokio::time::Instant::now() + cluster.timeout;
+    // One connection for every poll, opened again only after it fails.
+    let mut conn: Option<Connection> = None;
     loop {
-        let metadata = bootstrap_metadata(
-            &cluster.servers,
-            &cluster.client_id,
-            &cluster.transport,
-            topic,
-            cluster.timeout,
-        )
-        .await;
-        let pending = match &metadata {
-            Ok((_, metadata)) => (0..partitions).find(|p| leader_of(metadata, topic, *p).is_err()),
-            Err(_) => Some(0),
+        let metadata = match conn.as_mut() {
+            Some(open) => match tokio::time::timeout(cluster.timeout, open.metadata(topic)).await {
+                Ok(Ok(metadata)) => Ok(metadata),
+                Ok(Err(e)) => Err(LeaderError::Wire(e)),
+                Err(_) => Err(LeaderError::Timeout(open.addr().to_string())),
+            },
+            None => bootstrap_metadata(
+                &cluster.servers,
+                &cluster.client_id,
+                &cluster.transport,
+                topic,
+                cluster.timeout,
+            )
+            .await
+            .map(|(open, metadata)| {
+                conn = Some(open);
+                metadata
+            }),
         };
-        let Some(partition) = pending else {
+        let pending = match metadata {
+            Ok(metadata) => (0..partitions)
+                .find_map(|p| leader_of(&metadata, topic, p).err().map(|e| (p, e))),
+            Err(e) => {
+                conn = None;
+                Some((0, e))
+            }
+        };
+        let Some((partition, error)) = pending else {
             return;
         };
         if tokio::time::Instant::now() >= deadline {
-            warn!(%topic, partition, "the topic just created has no leader in the internal cluster's metadata yet; going on");
+            warn!(%topic, partition, %error, "the topic just created has no leader in the internal cluster's metadata yet; going on");
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
