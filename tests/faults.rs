@@ -220,3 +220,93 @@ async fn requests_held_by_a_stopped_broker_past_the_timeout_are_stored_once() {
     eprintln!("{resent} batches sent again while the broker held the first ones");
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 }
+
+/// `/ready`'s status code and body.
+async fn ready(service: &Service) -> (u16, String) {
+    let api = kafka_direct::cli::client::ApiClient::new(&service.api().await, None);
+    tokio::task::spawn_blocking(move || api.call("GET", "/ready").expect("the API answers"))
+        .await
+        .unwrap()
+}
+
+/// A cluster down when the service starts is waited for, never a crash loop: with the
+/// internal cluster down, the partitions with a stored position are fetched into the WAL
+/// from the start and forwarded once it answers; a first start (an empty WAL, the
+/// internal topic already holding copies) waits, then goes on after what is stored; with
+/// the external cluster down, the service waits for it. `/ready` says what it waits for;
+/// every record is copied exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn clusters_down_at_start_are_waited_for_and_the_wal_spools_meanwhile() {
+    let mut p = Pipeline::isolated("downstart", 2, &[]).await;
+    p.produce_each(0, 200).await;
+    p.service.start();
+    p.assert_replicated(0, WAIT).await;
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+
+    // The internal cluster down at start, the WAL holding positions: it spools.
+    p.internal.kill9();
+    p.produce_each(200, 300).await;
+    p.service.start();
+    p.service
+        .wait_log("the spool to start", WAIT, |log| {
+            log.contains("fetching into the WAL while the internal cluster does not answer")
+        })
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while counter_sum(&p.service.metrics().await, "records_fetched") < 600 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 600 new records were not fetched into the WAL while the internal cluster was down; log:\n{}",
+            p.service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, body) = ready(&p.service).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("waiting for the internal cluster")
+            && body.contains("internal.bootstrap.servers"),
+        "{body}"
+    );
+    p.internal.start_again();
+    p.assert_replicated(0, WAIT).await;
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+
+    // A first start, the data dir lost, the internal cluster down: nothing to spool
+    // (where each partition starts depends on the internal topic); once it answers, the
+    // start-up tail check goes on after what it holds.
+    std::fs::remove_dir_all(p.service.data_dir()).unwrap();
+    p.internal.kill9();
+    p.produce_each(500, 100).await;
+    let waited = |log: &str| log.matches("waiting for the internal cluster").count();
+    let before = waited(&p.service.log_text());
+    p.service.start();
+    p.service
+        .wait_log("the wait for the internal cluster", WAIT, |log| {
+            waited(log) > before
+        })
+        .await;
+    let (code, body) = ready(&p.service).await;
+    assert_eq!(code, 503, "{body}");
+    p.internal.start_again();
+    p.assert_replicated(0, WAIT).await;
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+
+    // The external cluster down at start: waited for, then copied from the positions.
+    p.produce_each(600, 100).await;
+    p.external.kill9();
+    p.service.start();
+    p.service
+        .wait_log("the wait for the external cluster", WAIT, |log| {
+            log.contains(
+                "waiting for the external cluster (key `connector.kafka.bootstrap.servers`)",
+            )
+        })
+        .await;
+    let (code, body) = ready(&p.service).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&p.external.addr()), "{body}");
+    p.external.start_again();
+    p.assert_replicated(0, WAIT).await;
+    assert!(p.service.terminate(Duration::from_secs(30)).success());
+}

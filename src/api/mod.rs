@@ -213,19 +213,27 @@ async fn health() -> Json<Value> {
 }
 
 async fn ready(State(shared): Api) -> Response {
-    let waiting: Vec<String> = shared
-        .connectors
-        .handles()
-        .iter()
-        .filter(|c| !c.ready())
-        .map(|c| c.config().name.clone())
-        .collect();
-    if waiting.is_empty() {
+    let handles = shared.connectors.handles();
+    let not_ready: Vec<_> = handles.iter().filter(|c| !c.ready()).collect();
+    if not_ready.is_empty() {
         Json(json!({"status": "READY"})).into_response()
     } else {
+        let (for_cluster, starting): (Vec<&&Arc<ConnectorHandle>>, Vec<_>) =
+            not_ready.iter().partition(|c| c.waiting().is_some());
+        let mut reasons: Vec<String> = for_cluster
+            .iter()
+            .filter_map(|c| c.waiting().map(|w| format!("{}: {w}", c.config().name)))
+            .collect();
+        if !starting.is_empty() {
+            let names: Vec<String> = starting.iter().map(|c| c.config().name.clone()).collect();
+            reasons.push(format!(
+                "waiting for the first fetch and produce of every running task of: {}",
+                names.join(", ")
+            ));
+        }
         let body = json!({
             "status": "NOT_READY",
-            "message": format!("waiting for the first fetch and produce of every running task of: {}", waiting.join(", ")),
+            "message": reasons.join("; "),
         });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
@@ -357,7 +365,7 @@ fn status_of(shared: &Shared, c: &ConnectorHandle) -> ConnectorStatus {
         connector: ConnectorSummary {
             state: c.state().name().to_owned(),
             worker_id: shared.worker_id.clone(),
-            trace: c.error(),
+            trace: c.error().or_else(|| c.waiting()),
         },
         tasks: c
             .partitions()

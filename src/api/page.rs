@@ -114,7 +114,7 @@ dead-lettered <b class=\"dead-lettered\">{dead}</b> (to <code>{}</code>) · lag 
             escape(&config.topic_prefix),
             escape(&config.dead_letter_topic),
         );
-        if let Some(error) = c.error() {
+        if let Some(error) = c.error().or_else(|| c.waiting()) {
             let _ = write!(html, "<p class=\"error\">{}</p>", escape(&error));
         }
         html.push_str(&chart(&c.throughput()));

@@ -63,6 +63,8 @@ pub struct ConnectorHandle {
     config: RwLock<Arc<ConnectorConfig>>,
     /// Why it could not start, if it could not.
     error: std::sync::Mutex<Option<String>>,
+    /// Which cluster a start waits for, and why, while it does.
+    waiting: std::sync::Mutex<Option<String>>,
     /// The WAL it writes (checkpoints, sizes).
     pub wal: Wal,
     /// Its latency histograms.
@@ -91,6 +93,7 @@ impl ConnectorHandle {
         Ok(Self {
             config: RwLock::new(Arc::new(config)),
             error: std::sync::Mutex::new(None),
+            waiting: std::sync::Mutex::new(None),
             wal,
             latencies: Latencies::new(),
             registry,
@@ -118,6 +121,20 @@ impl ConnectorHandle {
     /// Why the connector could not start, if it could not.
     pub fn error(&self) -> Option<String> {
         self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records that the start waits for a cluster that does not answer (`None` once
+    /// it does).
+    pub fn set_waiting(&self, waiting: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = waiting;
+    }
+
+    /// Which cluster the start waits for, and why, while it does.
+    pub fn waiting(&self) -> Option<String> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Publishes the partitions once they are known.
@@ -173,7 +190,7 @@ impl ConnectorHandle {
         if self.error().is_some() {
             return ConnectorState::Failed;
         }
-        if !self.assigned() {
+        if !self.assigned() || self.waiting().is_some() {
             return ConnectorState::Unassigned;
         }
         let partitions = self.partitions();
@@ -194,6 +211,7 @@ impl ConnectorHandle {
             return true;
         }
         self.assigned()
+            && self.waiting().is_none()
             && self.partitions().iter().all(|p| match p.state() {
                 TaskState::Running => {
                     p.fetched_once.load(std::sync::atomic::Ordering::Relaxed)

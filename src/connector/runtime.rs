@@ -51,12 +51,27 @@ pub struct Context {
     pub internal: Cluster,
     /// Its leaders' sessions, which every forwarder shares.
     pub producers: Arc<crate::kafka::producers::Producers>,
-    /// Its client (topic listing and creation).
-    pub internal_client: Arc<rskafka::client::Client>,
+    /// Its client (topic listing and creation), connected on first use: the service
+    /// starts, and spools, while the internal cluster does not answer.
+    pub internal_client: tokio::sync::OnceCell<Arc<rskafka::client::Client>>,
     /// Fires on a WAL storage failure: every task of every connector stops.
     pub stop: Stop,
     /// Each run's end, for the service's main loop.
     pub ended: mpsc::UnboundedSender<(String, RunEnd)>,
+}
+
+impl Context {
+    /// The internal cluster's client, connected now if it is not yet.
+    pub async fn internal_client(&self) -> Result<Arc<rskafka::client::Client>, ClusterError> {
+        self.internal_client
+            .get_or_try_init(|| async {
+                let client = self.internal.connect().await?;
+                info!(internal = %self.internal.servers.join(","), "connected to the internal cluster");
+                Ok(client)
+            })
+            .await
+            .cloned()
+    }
 }
 
 /// How a run of a connector's tasks ended.
@@ -75,13 +90,76 @@ enum TaskEnd {
 
 struct Run {
     cancel: CancellationToken,
-    supervisor: tokio::task::JoinHandle<()>,
+    /// Prepares the run (waiting for a cluster that does not answer, spooling
+    /// meanwhile), then supervises its tasks; gives back what the stop finishes with
+    /// once they started.
+    task: tokio::task::JoinHandle<Option<Launched>>,
+}
+
+/// What a run whose tasks started leaves for its stop.
+struct Launched {
     dead_letters: Option<Arc<DeadLetters>>,
     /// Commits the stored positions to the connector's group; ends with the run and
     /// gives the group back for the last commit.
     committer: tokio::task::JoinHandle<SourceGroup>,
     /// Carries the `groups.sync` groups over to the internal cluster.
     failover: tokio::task::JoinHandle<()>,
+}
+
+/// What a start found on the external cluster.
+struct Discovered {
+    source_cluster: Cluster,
+    source_topics: BTreeMap<String, usize>,
+    /// The configured topics' partitions that this shard runs.
+    partitions: Vec<SourcePartition>,
+}
+
+/// What a run's tasks need from the internal cluster before they start.
+struct Prepared {
+    group: SourceGroup,
+    /// The group's committed offsets: the starts of partitions without a position.
+    group_offsets: BTreeMap<SourcePartition, i64>,
+    dead_letters: Option<Arc<DeadLetters>>,
+}
+
+/// How far a start's first attempt got.
+enum Begun {
+    Prepared(Box<(Discovered, Prepared)>),
+    /// The external cluster did not answer.
+    WaitingForExternal(ServiceError),
+    /// The internal cluster did not answer.
+    WaitingForInternal(Box<Discovered>, ServiceError),
+}
+
+/// Whether a start that failed this way waits for the cluster and tries again: it did
+/// not answer (a refusal, such as TLS or authentication, or a missing topic, is final).
+fn waits_for_cluster(e: &ServiceError) -> bool {
+    matches!(e, ServiceError::Cluster(c) if c.is_unanswered())
+}
+
+/// The fetchers that store a partition's records in the WAL while the internal cluster
+/// does not answer (only for partitions with a stored position: where a partition
+/// without one starts depends on what the internal topic holds).
+struct Spool {
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    leaders: Arc<Leaders>,
+    metrics: BTreeMap<SourcePartition, Arc<PartitionMetrics>>,
+}
+
+impl Spool {
+    /// Stops the fetchers, each after its WAL commit in progress; the metrics to go on
+    /// with.
+    async fn finish(
+        mut self,
+    ) -> (
+        Arc<Leaders>,
+        BTreeMap<SourcePartition, Arc<PartitionMetrics>>,
+    ) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        (self.leaders, self.metrics)
+    }
 }
 
 /// The in-doubt flags of a run's forwarders (one per partition, added as partitions
@@ -190,8 +268,10 @@ impl ConnectorRuntime {
 
     /// Starts the tasks unless the connector is stopped or already running.
     /// A failure to start is also kept in the handle (the status shows it) until a
-    /// start succeeds.
-    pub async fn start(&self) -> Result<(), ServiceError> {
+    /// start succeeds. A cluster that does not answer is not a failure: the run waits
+    /// for it in the background, retrying with backoff, its status saying so, and
+    /// stores the records of partitions with a stored position in the WAL meanwhile.
+    pub async fn start(self: &Arc<Self>) -> Result<(), ServiceError> {
         let mut run = self.run.lock().await;
         if run.is_some() || self.handle.target() == Target::Stopped {
             return Ok(());
@@ -199,7 +279,6 @@ impl ConnectorRuntime {
         match self.start_tasks().await {
             Ok(started) => {
                 *run = Some(started);
-                self.handle.set_error(None);
                 Ok(())
             }
             Err(e) => {
@@ -216,15 +295,19 @@ impl ConnectorRuntime {
             return Ok(());
         };
         current.cancel.cancel();
-        let _ = current.supervisor.await;
-        let _ = current.failover.await;
-        if let Ok(mut group) = current.committer.await {
+        let launched = current.task.await.ok().flatten();
+        self.handle.set_waiting(None);
+        let Some(launched) = launched else {
+            return Ok(());
+        };
+        let _ = launched.failover.await;
+        if let Ok(mut group) = launched.committer.await {
             // Every forwarder has stopped: the positions are final.
             group.flush(&self.ctx.wal, &self.handle.partitions()).await;
         }
         if any_in_doubt(&self.run_in_doubt()) {
             self.settle.store(true, Ordering::Relaxed);
-        } else if let Some(dlq) = &current.dead_letters {
+        } else if let Some(dlq) = &launched.dead_letters {
             dlq.persist()?;
         }
         Ok(())
@@ -241,7 +324,7 @@ impl ConnectorRuntime {
     }
 
     /// Sets the target (durably), starting or stopping the tasks as it asks.
-    pub async fn set_target(&self, target: Target) -> Result<(), ControlError> {
+    pub async fn set_target(self: &Arc<Self>, target: Target) -> Result<(), ControlError> {
         self.handle.store_target(target).await?;
         match target {
             Target::Stopped => self.stop().await?,
@@ -251,7 +334,7 @@ impl ConnectorRuntime {
     }
 
     /// Stops and starts the tasks again (a no-op for a stopped connector).
-    pub async fn restart(&self) -> Result<(), ControlError> {
+    pub async fn restart(self: &Arc<Self>) -> Result<(), ControlError> {
         self.stop().await?;
         self.start().await?;
         Ok(())
@@ -454,7 +537,7 @@ impl ConnectorRuntime {
                 &self.ctx.config,
                 connector,
                 &self.ctx.internal,
-                &self.ctx.internal_client,
+                &*self.ctx.internal_client().await?,
             )
             .await?;
             DeadLetters::open(
@@ -474,7 +557,7 @@ impl ConnectorRuntime {
             .internal
             .bounded(
                 "listing internal topics",
-                self.ctx.internal_client.list_topics(),
+                self.ctx.internal_client().await?.list_topics(),
             )
             .await?
             .into_iter()
@@ -554,17 +637,268 @@ impl ConnectorRuntime {
         Ok(None)
     }
 
-    async fn start_tasks(&self) -> Result<Run, ServiceError> {
+    /// Starts a run: its first attempt here, so that a refusal (configuration, TLS,
+    /// authentication, no topic) reaches the caller; a cluster that does not answer
+    /// leaves the run waiting for it in the background.
+    async fn start_tasks(self: &Arc<Self>) -> Result<Run, ServiceError> {
+        let begun = self.begin().await?;
+        let cancel = self.ctx.stop.child_token();
+        let this = Arc::clone(self);
+        let stopping = cancel.clone();
+        let task = tokio::spawn(async move {
+            let (discovered, prepared, spooled) = match begun {
+                Begun::Prepared(prepared) => {
+                    let (discovered, prepared) = *prepared;
+                    (discovered, prepared, None)
+                }
+                waiting => this.wait_for_clusters(waiting, &stopping).await?,
+            };
+            let (leaders, metrics) = match spooled {
+                Some(spool) => spool.finish().await,
+                None => (
+                    Leaders::new(
+                        discovered.source_cluster.clone(),
+                        this.ctx.config.connections_per_broker,
+                    ),
+                    BTreeMap::new(),
+                ),
+            };
+            match this.launch(discovered, prepared, leaders, metrics, stopping) {
+                Ok((launched, supervised)) => {
+                    supervised.await;
+                    Some(launched)
+                }
+                Err(e) => {
+                    this.fail_start(&e.into());
+                    None
+                }
+            }
+        });
+        Ok(Run { cancel, task })
+    }
+
+    /// The first attempt of a start.
+    async fn begin(&self) -> Result<Begun, ServiceError> {
+        let discovered = match self.discover().await {
+            Ok(discovered) => discovered,
+            Err(e) if waits_for_cluster(&e) => return Ok(Begun::WaitingForExternal(e)),
+            Err(e) => return Err(e),
+        };
+        // One look first, without retries: a cluster that does not answer at once is
+        // waited for while the WAL spools, not retried here.
+        let connector = self.handle.config();
+        let deployment = match group::deployment(&self.ctx.internal, &connector).await {
+            Ok(deployment) => deployment,
+            Err(e) => {
+                let e = ServiceError::from(e);
+                if waits_for_cluster(&e) {
+                    return Ok(Begun::WaitingForInternal(Box::new(discovered), e));
+                }
+                return Err(e);
+            }
+        };
+        match self.prepare(&discovered, deployment).await {
+            Ok(prepared) => Ok(Begun::Prepared(Box::new((discovered, prepared)))),
+            Err(e) if waits_for_cluster(&e) => {
+                Ok(Begun::WaitingForInternal(Box::new(discovered), e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Retries the start until both clusters answer, spooling once the external one
+    /// does; `None` when the run was stopped meanwhile or the start failed for good.
+    async fn wait_for_clusters(
+        &self,
+        begun: Begun,
+        stopping: &CancellationToken,
+    ) -> Option<(Discovered, Prepared, Option<Spool>)> {
+        let connector = self.handle.config();
+        let mut retry = crate::kafka::cluster::Retry::new(std::time::Duration::from_secs(30));
+        let (mut discovered, mut last) = match begun {
+            Begun::WaitingForExternal(e) => (None, e),
+            Begun::WaitingForInternal(discovered, e) => (Some(*discovered), e),
+            Begun::Prepared(..) => unreachable!("a prepared start does not wait"),
+        };
+        let mut spool: Option<Spool> = None;
+        loop {
+            let (role, key) = match &discovered {
+                None => ("external", "connector.kafka.bootstrap.servers"),
+                Some(_) => ("internal", "internal.bootstrap.servers"),
+            };
+            let delay = retry.delay();
+            let spooling = spool.as_ref().map_or(0, |s| s.metrics.len());
+            let waiting = format!(
+                "waiting for the {role} cluster (key `{key}`), which does not answer: {last}; retrying every {}s at most{}",
+                delay.as_secs().max(1),
+                if spooling > 0 {
+                    format!("; meanwhile {spooling} partition(s) with a stored position are fetched into the WAL")
+                } else {
+                    String::new()
+                }
+            );
+            warn!(connector = %connector.name, error = %last, retry_in = ?delay, spooling, "waiting for the {role} cluster (key `{key}`) to answer");
+            self.handle.set_error(None);
+            self.handle.set_waiting(Some(waiting));
+            tokio::select! {
+                _ = stopping.cancelled() => {
+                    if let Some(spool) = spool {
+                        spool.finish().await;
+                    }
+                    return None;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+            let found = match discovered.take() {
+                Some(found) => found,
+                None => match self.discover().await {
+                    Ok(found) => {
+                        info!(connector = %connector.name, "the external cluster answers");
+                        found
+                    }
+                    Err(e) if waits_for_cluster(&e) => {
+                        last = e;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.fail_start(&e);
+                        return None;
+                    }
+                },
+            };
+            if spool.is_none() {
+                match self.spool(&found, stopping) {
+                    Ok(started) => spool = Some(started),
+                    Err(e) => {
+                        self.fail_start(&e.into());
+                        return None;
+                    }
+                }
+            }
+            let deployment = match group::deployment(&self.ctx.internal, &connector).await {
+                Ok(deployment) => deployment,
+                Err(e) => {
+                    let e = ServiceError::from(e);
+                    if !waits_for_cluster(&e) {
+                        self.fail_start(&e);
+                        return None;
+                    }
+                    last = e;
+                    discovered = Some(found);
+                    continue;
+                }
+            };
+            // The preparation may move positions (a group offset to follow): the
+            // spool's fetchers stop first, and start again if it fails.
+            info!(connector = %connector.name, "the internal cluster answers: preparing the internal topics");
+            let spooled = match spool.take() {
+                Some(s) => Some(s.finish().await),
+                None => None,
+            };
+            match self.prepare(&found, deployment).await {
+                Ok(prepared) => {
+                    self.handle.set_waiting(None);
+                    let spool = spooled.map(|(leaders, metrics)| Spool {
+                        cancel: CancellationToken::new(),
+                        tasks: JoinSet::new(),
+                        leaders,
+                        metrics,
+                    });
+                    return Some((found, prepared, spool));
+                }
+                Err(e) if waits_for_cluster(&e) => {
+                    last = e;
+                    discovered = Some(found);
+                }
+                Err(e) => {
+                    self.fail_start(&e);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// A start that cannot succeed by waiting: shown in the status, logged, and
+    /// reported to the service as the run's end.
+    fn fail_start(&self, e: &ServiceError) {
+        let name = self.handle.config().name.clone();
+        self.handle.set_waiting(None);
+        self.handle.set_error(Some(e.to_string()));
+        error!(connector = %name, error = %e, "the connector could not start; fix the cause and POST /connectors/{name}/restart");
+        let _ = self
+            .ctx
+            .ended
+            .send((name, RunEnd::AllFailed(e.to_string())));
+    }
+
+    /// Starts a fetcher into the WAL for each partition of `discovered` that has a
+    /// stored position.
+    fn spool(
+        &self,
+        discovered: &Discovered,
+        stopping: &CancellationToken,
+    ) -> Result<Spool, WalError> {
         let ctx = &self.ctx;
         let config = &ctx.config;
+        let connector = self.handle.config();
+        let cancel = stopping.child_token();
+        let leaders = Leaders::new(
+            discovered.source_cluster.clone(),
+            config.connections_per_broker,
+        );
+        let mut tasks = JoinSet::new();
+        let mut metrics = BTreeMap::new();
+        for partition in &discovered.partitions {
+            let (writer, _) = ctx.wal.partition(&connector.name, partition)?.split();
+            if writer.fetched_next()?.is_none() {
+                continue;
+            }
+            let counters = Arc::new(PartitionMetrics::new(partition.clone()));
+            let fetcher = Fetcher {
+                cluster: discovered.source_cluster.clone(),
+                leaders: Arc::clone(&leaders),
+                log: writer,
+                reset: connector.auto_offset_reset,
+                group: (String::new(), None),
+                max_bytes: config.fetch_max_bytes,
+                max_wait: config.fetch_max_wait,
+                forwarder_wake: Arc::new(Notify::new()),
+                metrics: Arc::clone(&counters),
+                latencies: self.handle.latencies.clone(),
+                gate: self.handle.gate(),
+                cancel: cancel.clone(),
+            };
+            let stop = ctx.stop.clone();
+            let failed = Arc::clone(&counters);
+            tasks.spawn(async move {
+                if let Err(e) = fetcher.run().await {
+                    failed.fail(e.to_string());
+                    stop.if_storage_failed(e.wal_error());
+                }
+            });
+            metrics.insert(partition.clone(), counters);
+        }
+        if !metrics.is_empty() {
+            info!(connector = %connector.name, partitions = metrics.len(), "fetching into the WAL while the internal cluster does not answer");
+            self.handle
+                .set_partitions(metrics.values().cloned().collect());
+        }
+        Ok(Spool {
+            cancel,
+            tasks,
+            leaders,
+            metrics,
+        })
+    }
+
+    /// The connector's partitions on the external cluster (this shard's).
+    async fn discover(&self) -> Result<Discovered, ServiceError> {
+        let config = &self.ctx.config;
         let connector = &*self.handle.config();
-        let wal = &ctx.wal;
-        let settle = self.settle.load(Ordering::Relaxed);
         let source_cluster = self
             .source_cluster(connector)
             .map_err(ServiceError::Config)?;
         crate::service::warn_if_names_unchecked(&connector.access, Some(&connector.name));
-        let internal_cluster = ctx.internal.clone();
         let source_topics = source_cluster
             .topics("listing topics (key `connector.kafka.bootstrap.servers`)")
             .await?;
@@ -594,14 +928,35 @@ impl ConnectorRuntime {
                 found: source_topics.keys().cloned().collect::<Vec<_>>().join(","),
             });
         }
+        Ok(Discovered {
+            source_cluster,
+            source_topics,
+            partitions,
+        })
+    }
+
+    /// What the tasks need from the internal cluster: the group's plan followed, the
+    /// internal topics made, the dead-letter topic read.
+    async fn prepare(
+        &self,
+        discovered: &Discovered,
+        deployment: String,
+    ) -> Result<Prepared, ServiceError> {
+        let ctx = &self.ctx;
+        let config = &ctx.config;
+        let connector = &*self.handle.config();
+        let wal = &ctx.wal;
+        let settle = self.settle.load(Ordering::Relaxed);
+        let Discovered {
+            source_cluster,
+            source_topics,
+            partitions,
+        } = discovered;
+        let internal_cluster = &ctx.internal;
         // The connector's group (connector/group.rs): offsets set by someone else while
         // it was stopped are followed or taken as starts now, before anything runs.
-        let deployment = retry_start_up("reading the internal cluster's id", || async {
-            Ok(group::deployment(&internal_cluster, connector).await?)
-        })
-        .await?;
         let mut group = SourceGroup::new(source_cluster.clone(), connector, deployment);
-        let plan = group.plan(wal, &partitions).await?;
+        let plan = group.plan(wal, partitions).await?;
         if !plan.follow.is_empty() {
             let changes: Vec<(SourcePartition, Option<i64>)> = plan
                 .follow
@@ -627,14 +982,15 @@ impl ConnectorRuntime {
 
         // Each attempt re-lists the topics, so a topic created by an attempt whose answer
         // was lost is seen as existing.
+        let client = ctx.internal_client().await?;
         retry_start_up("preparing internal topics", || {
             ensure_internal_topics(
                 config,
                 connector,
-                &source_cluster,
-                &internal_cluster,
-                &ctx.internal_client,
-                &source_topics,
+                source_cluster,
+                internal_cluster,
+                &client,
+                source_topics,
             )
         })
         .await?;
@@ -647,8 +1003,8 @@ impl ConnectorRuntime {
         sync_topic_configs(
             config,
             connector,
-            &source_cluster,
-            &internal_cluster,
+            source_cluster,
+            internal_cluster,
             &existing,
         )
         .await;
@@ -659,13 +1015,8 @@ impl ConnectorRuntime {
             None
         } else {
             let dlq = retry_start_up("reading the dead-letter topic", || async {
-                let count = ensure_dead_letter_topic(
-                    config,
-                    connector,
-                    &internal_cluster,
-                    &ctx.internal_client,
-                )
-                .await?;
+                let count =
+                    ensure_dead_letter_topic(config, connector, internal_cluster, &client).await?;
                 Ok(DeadLetters::open(
                     internal_cluster.clone(),
                     connector.dead_letter_topic.clone(),
@@ -680,16 +1031,41 @@ impl ConnectorRuntime {
             .await?;
             Some(Arc::new(dlq))
         };
+        Ok(Prepared {
+            group,
+            group_offsets,
+            dead_letters,
+        })
+    }
 
-        // A child of the service's stop: a failed WAL stops every connector.
-        let cancel = ctx.stop.child_token();
+    /// Starts the tasks of a prepared run: one fetcher and forwarder per partition (with
+    /// the counters of those that spooled), the group's committer, the groups' sync;
+    /// the returned future supervises them until the run ends.
+    fn launch(
+        &self,
+        discovered: Discovered,
+        prepared: Prepared,
+        leaders: Arc<Leaders>,
+        mut spooled: BTreeMap<SourcePartition, Arc<PartitionMetrics>>,
+        cancel: CancellationToken,
+    ) -> Result<(Launched, impl std::future::Future<Output = ()>), WalError> {
+        let ctx = &self.ctx;
+        let config = &ctx.config;
+        let connector = &*self.handle.config();
+        let wal = &ctx.wal;
+        let settle = self.settle.load(Ordering::Relaxed);
+        let Prepared {
+            group,
+            group_offsets,
+            dead_letters,
+        } = prepared;
         let in_doubt = InDoubt::default();
         *self.in_doubt.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&in_doubt);
         let spawner = Spawner {
             handle: Arc::clone(&self.handle),
             ctx: Arc::clone(&self.ctx),
-            source_cluster: source_cluster.clone(),
-            leaders: Leaders::new(source_cluster.clone(), config.connections_per_broker),
+            source_cluster: discovered.source_cluster.clone(),
+            leaders,
             dead_letters: dead_letters.clone(),
             settle,
             cancel: cancel.clone(),
@@ -699,12 +1075,18 @@ impl ConnectorRuntime {
         };
         let mut tasks = JoinSet::new();
         let mut running = BTreeMap::new();
-        for partition in partitions {
-            let metrics = spawner.spawn(&mut tasks, &partition, connector.auto_offset_reset)?;
+        for partition in discovered.partitions {
+            let metrics = spawner.spawn(
+                &mut tasks,
+                &partition,
+                connector.auto_offset_reset,
+                spooled.remove(&partition),
+            )?;
             running.insert(partition, metrics);
         }
         self.handle
             .set_partitions(running.values().map(|r| Arc::clone(&r.metrics)).collect());
+        self.handle.set_error(None);
         self.settle.store(false, Ordering::Relaxed);
         info!(connector = %connector.name, partitions = running.len(), topics = %connector.topics.join(","),
             shard = %format!("{}/{}", config.shard_index, config.shard_count), "replicating");
@@ -719,22 +1101,18 @@ impl ConnectorRuntime {
         let failover = tokio::spawn(super::failover::sync_groups(
             Arc::clone(&self.ctx),
             Arc::clone(&self.handle),
-            source_cluster.clone(),
-            cancel.clone(),
-        ));
-        let supervisor = tokio::spawn(supervise(
-            spawner,
-            tasks,
-            running,
-            Arc::clone(&self.refresh),
-        ));
-        Ok(Run {
+            discovered.source_cluster.clone(),
             cancel,
-            supervisor,
-            dead_letters,
-            committer,
-            failover,
-        })
+        ));
+        let supervised = supervise(spawner, tasks, running, Arc::clone(&self.refresh));
+        Ok((
+            Launched {
+                dead_letters,
+                committer,
+                failover,
+            },
+            supervised,
+        ))
     }
 }
 
@@ -776,13 +1154,14 @@ impl Spawner {
         tasks: &mut Tasks,
         partition: &SourcePartition,
         reset: OffsetReset,
+        spooled: Option<Arc<PartitionMetrics>>,
     ) -> Result<Running, WalError> {
         let ctx = &self.ctx;
         let config = &ctx.config;
         let connector = &*self.handle.config();
         let wal = &ctx.wal;
         let (writer, reader) = wal.partition(&connector.name, partition)?.split();
-        let metrics = Arc::new(PartitionMetrics::new(partition.clone()));
+        let metrics = spooled.unwrap_or_else(|| Arc::new(PartitionMetrics::new(partition.clone())));
         let wake = Arc::new(Notify::new());
         let internal_topic = connector.internal_topic(&partition.topic);
         let formatter = Formatter::new(
@@ -873,9 +1252,10 @@ impl Spawner {
         let connector = &*self.handle.config();
         let internal = connector.internal_topic(&partition.topic);
         let wanted = source_count.max(partition.partition + 1);
+        let client = ctx.internal_client().await.map_err(|e| e.to_string())?;
         let existing = ctx
             .internal
-            .bounded("listing internal topics", ctx.internal_client.list_topics())
+            .bounded("listing internal topics", client.list_topics())
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
@@ -890,7 +1270,7 @@ impl Spawner {
                     connector,
                     &self.source_cluster,
                     &ctx.internal,
-                    &ctx.internal_client,
+                    &client,
                     &sources,
                 )
                 .await
@@ -985,7 +1365,7 @@ async fn refresh(
                 running.insert(partition, pending);
                 continue;
             }
-            match spawner.spawn(tasks, &partition, OffsetReset::Earliest) {
+            match spawner.spawn(tasks, &partition, OffsetReset::Earliest, None) {
                 Ok(run) => {
                     info!(connector = %connector.name, %partition, "new source partition: replicating it from its earliest offset");
                     running.insert(partition, run);

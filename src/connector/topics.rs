@@ -196,8 +196,9 @@ async fn await_leaders(cluster: &Cluster, topic: &str, partitions: i32) {
             }),
         };
         let pending = match metadata {
-            Ok(metadata) => (0..partitions)
-                .find_map(|p| leader_of(&metadata, topic, p).err().map(|e| (p, e))),
+            Ok(metadata) => {
+                (0..partitions).find_map(|p| leader_of(&metadata, topic, p).err().map(|e| (p, e)))
+            }
             Err(e) => {
                 conn = None;
                 Some((0, e))

@@ -212,6 +212,21 @@ impl ClusterError {
         }
     }
 
+    /// Whether the cluster did not answer (nothing listening, no answer in time, a
+    /// broken connection, a broker not ready yet): what waiting for it can mend, unlike
+    /// a refusal (TLS, SASL, a plaintext client on a TLS listener).
+    pub fn is_unanswered(&self) -> bool {
+        self.is_transient()
+            && !self.is_tls_refusal()
+            && !matches!(
+                self,
+                ClusterError::Wire {
+                    source: WireFailure::Wire(WireError::FirstRequest { .. }),
+                    ..
+                }
+            )
+    }
+
     /// Whether TLS itself refused the broker (its certificate not trusted, expired or
     /// naming another host, or an alert from the broker): retrying the same
     /// configuration cannot succeed before someone changes a certificate, unlike a

@@ -126,7 +126,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
     let (wal, settle) = open_wal(&config).await?;
-    let (internal, internal_client) = connect_internal(&config).await?;
+    let internal = internal_cluster(&config).map_err(|e| ServiceError::Config(e.to_string()))?;
 
     let (ended, mut ends) = mpsc::unbounded_channel();
     let producers = crate::kafka::producers::Producers::new(
@@ -139,7 +139,7 @@ pub async fn run(
         wal: wal.clone(),
         internal,
         producers,
-        internal_client,
+        internal_client: tokio::sync::OnceCell::new(),
         stop: Stop::new(),
         ended,
     });
@@ -298,10 +298,9 @@ async fn open_wal(config: &ServiceConfig) -> Result<(Wal, bool), ServiceError> {
     Ok((wal, settle))
 }
 
-/// The internal cluster and its client, connected.
-async fn connect_internal(
-    config: &ServiceConfig,
-) -> Result<(Cluster, Arc<rskafka::client::Client>), ServiceError> {
+/// The internal cluster, not connected yet: the connectors connect at their start,
+/// and wait for it while it does not answer.
+fn internal_cluster(config: &ServiceConfig) -> Result<Cluster, ConfigError> {
     let internal = Cluster {
         role: "internal",
         key: "internal.bootstrap.servers",
@@ -309,12 +308,10 @@ async fn connect_internal(
         timeout: config.request_timeout,
         internal_retries: false,
         client_id: "kafka-direct".into(),
-        transport: internal_transport(config).map_err(|e| ServiceError::Config(e.to_string()))?,
+        transport: internal_transport(config)?,
     };
     warn_if_names_unchecked(&config.internal_access, None);
-    let internal_client = internal.connect().await?;
-    info!(internal = %config.internal_bootstrap_servers.join(","), "connected to the internal cluster");
-    Ok((internal, internal_client))
+    Ok(internal)
 }
 
 /// Samples each connector's forwarded total for the status page's chart.
