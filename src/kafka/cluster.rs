@@ -214,14 +214,17 @@ impl ClusterError {
 
     /// Whether the cluster did not answer (nothing listening, no answer in time, a
     /// broken connection, a broker not ready yet): what waiting for it can mend, unlike
-    /// a refusal (TLS, SASL, a plaintext client on a TLS listener).
+    /// a refusal (SASL, a TLS handshake that failed on an open connection, a plaintext
+    /// client on a TLS listener): a broker that accepted the connection is up, and
+    /// its listener and the config do not match.
     pub fn is_unanswered(&self) -> bool {
         self.is_transient()
-            && !self.is_tls_refusal()
             && !matches!(
                 self,
                 ClusterError::Wire {
-                    source: WireFailure::Wire(WireError::FirstRequest { .. }),
+                    source: WireFailure::Wire(
+                        WireError::FirstRequest { .. } | WireError::Handshake { .. }
+                    ),
                     ..
                 }
             )
