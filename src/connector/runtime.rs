@@ -4,7 +4,9 @@
 //!
 //! A start connects to the external cluster, lists the configured topics' partitions,
 //! prepares the internal topics and the dead-letter topic, then runs one fetcher and one
-//! forwarder per partition under a supervisor task, which collects their ends.
+//! forwarder per partition under a supervisor task, which collects their ends. A cluster
+//! that does not answer is waited for, with backoff; while the internal one does not,
+//! the partitions with a stored position are fetched into the WAL (the spool).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
