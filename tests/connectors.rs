@@ -284,16 +284,20 @@ async fn a_connector_that_cannot_start_says_why_and_starts_once_its_config_is_fi
     let wrong = json!({"kafka.bootstrap.servers": "127.0.0.1:1", "topic.prefix": "z", "topic.include.list": "c", "format": "bytes"});
     let (status, body) = send(&api, "PUT", "/connectors/late/config", Some(wrong)).await;
     assert_eq!(status, 201, "{body}");
+    // A cluster that does not answer is waited for (UNASSIGNED), the status saying why.
     let deadline = Instant::now() + WAIT;
-    let failed = loop {
+    let waiting = loop {
         let (_, s) = send(&api, "GET", "/connectors/late/status", None).await;
-        if s["connector"]["state"] == "FAILED" {
+        let trace = s["connector"]["trace"].as_str().unwrap_or_default();
+        if s["connector"]["state"] == "UNASSIGNED"
+            && trace.contains("waiting for the external cluster")
+        {
             break s;
         }
         assert!(Instant::now() < deadline, "{s:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let trace = failed["connector"]["trace"].as_str().unwrap();
+    let trace = waiting["connector"]["trace"].as_str().unwrap();
     assert!(
         trace.contains("127.0.0.1:1") && trace.contains("connector.kafka.bootstrap.servers"),
         "{trace}"
