@@ -58,6 +58,7 @@ async fn lost_produce_responses_never_store_a_record_twice() {
         proxy.cut_next(1);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    proxy.stop_cutting();
     p.assert_replicated(0, WAIT).await;
     let cuts = proxy.cuts_done.load(Ordering::SeqCst);
     let log = p.service.log_text();
@@ -89,6 +90,7 @@ async fn lost_produce_responses_never_store_a_record_twice() {
         proxy.cut_next(1);
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
+    proxy.stop_cutting();
     p.assert_replicated(0, WAIT).await;
     let log = p.service.log_text();
     assert!(

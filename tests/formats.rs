@@ -575,6 +575,7 @@ async fn lost_dead_letter_produce_responses_never_store_a_dead_letter_twice() {
         proxy.cut_next(1);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    proxy.stop_cutting();
     wait_all_placed(&p).await;
     for partition in 0..p.partitions {
         assert_placed(&p, partition, is_good).await;

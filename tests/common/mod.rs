@@ -94,6 +94,58 @@ pub fn kcat() -> PathBuf {
     repo_root().join("target/kcat/kcat")
 }
 
+/// A test binary that runs past this has a test that hangs (a request rskafka waits on
+/// for ever, a service that never exits): the kit's watchdog ends the binary then, so that
+/// the suite goes on and reports it instead of running into CI's time limit.
+/// `KAFKA_DIRECT_TEST_BINARY_MINUTES` sets it.
+const BINARY_MINUTES: u64 = 20;
+
+/// Starts the watchdog (once per binary, on first use of a broker or the service): past
+/// [`BINARY_MINUTES`] it kills every process the binary started (brokers, services,
+/// tools) and exits 101 with a line `scripts/test` counts as a failed test.
+fn watchdog() {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        let minutes = std::env::var("KAFKA_DIRECT_TEST_BINARY_MINUTES")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(BINARY_MINUTES);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(minutes * 60));
+            // Past the test harness's capture of `eprintln!`, which would drop the line.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "test kit: watchdog: this test binary ran past {minutes} min, so a test hangs \
+                 (see \"has been running for over 60 seconds\" above); its processes are \
+                 killed and the binary fails"
+            );
+            kill_children();
+            std::process::exit(101);
+        });
+    });
+}
+
+/// SIGKILL to every process whose parent is this one.
+fn kill_children() {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: comm may hold spaces, so read after its last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if ppid == Some(me.as_str()) {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+}
+
 /// A free loopback port, never one this process was given before: ports picked one after
 /// the other for one broker (its listeners) must differ, and the kernel may hand out a
 /// port again once its listener is closed.
@@ -484,6 +536,7 @@ fn launch_kafka(
     args: &[String],
     run: usize,
 ) -> Child {
+    watchdog();
     let log = dir.join(format!("broker-{run}.log"));
     let out = std::fs::File::create(&log).unwrap();
     Command::new(repo_root().join("scripts/kafka"))
@@ -537,6 +590,7 @@ fn spawn_tansu(
     s3_endpoint: Option<&str>,
     advertised: u16,
 ) -> Option<Child> {
+    watchdog();
     let mut cmd = Command::new(repo_root().join("scripts/broker"));
     cmd.args([
         port.to_string(),
@@ -699,8 +753,17 @@ impl CuttingProxy {
     }
 
     /// Cuts the next `n` responses (one per connection that answers next).
+    ///
+    /// Cuts asked for while earlier ones wait for a response do not add up: a client that
+    /// backs off sends nothing for seconds, and cuts piled up meanwhile would break every
+    /// connection after it, the test's own reads included.
     pub fn cut_next(&self, n: usize) {
-        self.cut.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        self.cut.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Cuts nothing more (before a test reads through the proxy to check the result).
+    pub fn stop_cutting(&self) {
+        self.cut.store(0, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -811,21 +874,32 @@ pub fn create_topic_with_configs(addr: &str, topic: &str, partitions: i32, confi
 
 pub async fn create_topic(addr: &str, topic: &str, partitions: i32) {
     let c = client(addr).await;
-    c.controller_client()
-        .unwrap()
-        .create_topic(topic, partitions, 1, 5_000)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("creating topic {topic} on {addr}: {e} (the tests of one binary share brokers: is the name used by another test?)")
-        });
+    // rskafka retries a request without an answer for ever: a hung test tells nothing.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        c.controller_client()
+            .unwrap()
+            .create_topic(topic, partitions, 1, 5_000),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("creating topic {topic} on {addr}: no answer within 60 s"))
+    .unwrap_or_else(|e| {
+        panic!("creating topic {topic} on {addr}: {e} (the tests of one binary share brokers: is the name used by another test?)")
+    });
 }
 
+/// A client of one partition, its leader found within [`bounded`]'s tries: rskafka
+/// looks for a leader for ever, and a metadata request sent just after a broker was
+/// paused and resumed can go unanswered.
 pub async fn partition_client(addr: &str, topic: &str, partition: i32) -> PartitionClient {
-    client(addr)
-        .await
-        .partition_client(topic, partition, UnknownTopicHandling::Retry)
-        .await
-        .unwrap()
+    bounded(&format!("the leader of {topic}/{partition} at {addr}"), || async move {
+        client(addr)
+            .await
+            .partition_client(topic, partition, UnknownTopicHandling::Retry)
+            .await
+            .unwrap()
+    })
+    .await
 }
 
 /// Deterministic test records: varied sizes, some null keys and values, headers.
@@ -1234,6 +1308,7 @@ impl Service {
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "service already running");
+        watchdog();
         self.runs += 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
