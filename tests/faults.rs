@@ -229,6 +229,21 @@ async fn ready(service: &Service) -> (u16, String) {
         .unwrap()
 }
 
+/// `kafka_direct_waiting_for_cluster` of connector `test`: [external, internal].
+async fn waiting_for_cluster(p: &Pipeline) -> [i64; 2] {
+    let metrics = p.service.metrics().await;
+    ["external", "internal"].map(|cluster| {
+        let series = format!(
+            "kafka_direct_waiting_for_cluster{{connector=\"test\",cluster=\"{cluster}\"}} "
+        );
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .unwrap_or_else(|| panic!("no {series}in /metrics:\n{metrics}"));
+        line[series.len()..].parse().unwrap()
+    })
+}
+
 /// A cluster down when the service starts is waited for, never a crash loop: with the
 /// internal cluster down, the partitions with a stored position are fetched into the WAL
 /// from the start and forwarded once it answers; a first start (an empty WAL, the
@@ -268,8 +283,10 @@ async fn clusters_down_at_start_are_waited_for_and_the_wal_spools_meanwhile() {
             && body.contains("internal.bootstrap.servers"),
         "{body}"
     );
+    assert_eq!(waiting_for_cluster(&p).await, [0, 1], "external, internal");
     p.internal.start_again();
     p.assert_replicated(0, WAIT).await;
+    assert_eq!(waiting_for_cluster(&p).await, [0, 0], "external, internal");
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 
     // A first start, the data dir lost, the internal cluster down: nothing to spool
@@ -306,6 +323,7 @@ async fn clusters_down_at_start_are_waited_for_and_the_wal_spools_meanwhile() {
     let (code, body) = ready(&p.service).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains(&p.external.addr()), "{body}");
+    assert_eq!(waiting_for_cluster(&p).await, [1, 0], "external, internal");
     p.external.start_again();
     p.assert_replicated(0, WAIT).await;
     assert!(p.service.terminate(Duration::from_secs(30)).success());

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::connector::{ConnectorHandle, ConnectorState};
+use crate::connector::{ClusterRole, ConnectorHandle, ConnectorState};
 use crate::format::ErrorKind;
 use crate::metrics::{PartitionMetrics, TaskState};
 use crate::wal::Wal;
@@ -289,6 +289,23 @@ impl Collector for Snapshot {
                     ("state", state.name().to_owned()),
                 ];
                 ConstGauge::new((state == now) as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "waiting_for_cluster",
+            "1 while the connector's start waits for this cluster (external or internal) to answer; partitions with a stored position spool into the WAL meanwhile",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &self.connectors {
+            let now = c.waiting_for();
+            for cluster in ClusterRole::ALL {
+                let labels: Labels = vec![
+                    ("connector", c.config().name.clone()),
+                    ("cluster", cluster.name().to_owned()),
+                ];
+                ConstGauge::new((now == Some(cluster)) as i64)
+                    .encode(family.encode_family(&labels)?)?;
             }
         }
         let family = encoder.encode_descriptor(

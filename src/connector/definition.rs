@@ -56,6 +56,43 @@ impl ConnectorState {
     }
 }
 
+/// One of the two clusters a connector talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRole {
+    /// The source (`connector.kafka.bootstrap.servers`).
+    External,
+    /// The destination (`internal.bootstrap.servers`).
+    Internal,
+}
+
+impl ClusterRole {
+    pub const ALL: [ClusterRole; 2] = [ClusterRole::External, ClusterRole::Internal];
+
+    /// `external` or `internal`, as logs and metric labels name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterRole::External => "external",
+            ClusterRole::Internal => "internal",
+        }
+    }
+
+    /// The key that names its bootstrap servers.
+    pub fn key(self) -> &'static str {
+        match self {
+            ClusterRole::External => "connector.kafka.bootstrap.servers",
+            ClusterRole::Internal => "internal.bootstrap.servers",
+        }
+    }
+}
+
+/// A start waiting for a cluster that does not answer.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub cluster: ClusterRole,
+    /// What the status and `/ready` show.
+    pub reason: String,
+}
+
 /// One connector as the service runs it.
 #[derive(Debug)]
 pub struct ConnectorHandle {
@@ -64,7 +101,7 @@ pub struct ConnectorHandle {
     /// Why it could not start, if it could not.
     error: std::sync::Mutex<Option<String>>,
     /// Which cluster a start waits for, and why, while it does.
-    waiting: std::sync::Mutex<Option<String>>,
+    waiting: std::sync::Mutex<Option<Waiting>>,
     /// The WAL it writes (checkpoints, sizes).
     pub wal: Wal,
     /// Its latency histograms.
@@ -125,16 +162,26 @@ impl ConnectorHandle {
 
     /// Records that the start waits for a cluster that does not answer (`None` once
     /// it does).
-    pub fn set_waiting(&self, waiting: Option<String>) {
+    pub fn set_waiting(&self, waiting: Option<Waiting>) {
         *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = waiting;
     }
 
-    /// Which cluster the start waits for, and why, while it does.
+    /// Why the start waits for a cluster, while it does.
     pub fn waiting(&self) -> Option<String> {
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_ref()
+            .map(|w| w.reason.clone())
+    }
+
+    /// Which cluster the start waits for, while it does.
+    pub fn waiting_for(&self) -> Option<ClusterRole> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|w| w.cluster)
     }
 
     /// Publishes the partitions once they are known.

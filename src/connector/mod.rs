@@ -28,5 +28,5 @@ pub mod topics;
 pub mod translate;
 
 pub use catalog::Connectors;
-pub use definition::{ConnectorHandle, ConnectorState, Target};
+pub use definition::{ClusterRole, ConnectorHandle, ConnectorState, Target, Waiting};
 pub use runtime::{ConnectorRuntime, Context, ControlError, RunEnd};

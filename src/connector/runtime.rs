@@ -25,7 +25,7 @@ use super::topics::{
 };
 use super::translate::{self, Translation};
 use crate::config::{ConnectorConfig, Format, OffsetReset, ServiceConfig};
-use crate::connector::{ConnectorHandle, Target};
+use crate::connector::{ClusterRole, ConnectorHandle, Target, Waiting};
 use crate::format::Formatter;
 use crate::forward::dead_letter::{self, DeadLetterSender, DeadLetters};
 use crate::forward::{Forwarder, SinkError};
@@ -724,10 +724,11 @@ impl ConnectorRuntime {
         };
         let mut spool: Option<Spool> = None;
         loop {
-            let (role, key) = match &discovered {
-                None => ("external", "connector.kafka.bootstrap.servers"),
-                Some(_) => ("internal", "internal.bootstrap.servers"),
+            let cluster = match &discovered {
+                None => ClusterRole::External,
+                Some(_) => ClusterRole::Internal,
             };
+            let (role, key) = (cluster.name(), cluster.key());
             let delay = retry.delay();
             let spooling = spool.as_ref().map_or(0, |s| s.metrics.len());
             let waiting = format!(
@@ -741,7 +742,10 @@ impl ConnectorRuntime {
             );
             warn!(connector = %connector.name, error = %last, retry_in = ?delay, spooling, "waiting for the {role} cluster (key `{key}`) to answer");
             self.handle.set_error(None);
-            self.handle.set_waiting(Some(waiting));
+            self.handle.set_waiting(Some(Waiting {
+                cluster,
+                reason: waiting,
+            }));
             tokio::select! {
                 _ = stopping.cancelled() => {
                     if let Some(spool) = spool {

@@ -134,12 +134,17 @@ fn kill_children() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
         // pid (comm) state ppid ...: comm may hold spaces, so read after its last ')'.
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
         if ppid == Some(me.as_str()) {
             let _ = Command::new("kill").args(["-9", pid]).status();
         }
@@ -892,13 +897,16 @@ pub async fn create_topic(addr: &str, topic: &str, partitions: i32) {
 /// looks for a leader for ever, and a metadata request sent just after a broker was
 /// paused and resumed can go unanswered.
 pub async fn partition_client(addr: &str, topic: &str, partition: i32) -> PartitionClient {
-    bounded(&format!("the leader of {topic}/{partition} at {addr}"), || async move {
-        client(addr)
-            .await
-            .partition_client(topic, partition, UnknownTopicHandling::Retry)
-            .await
-            .unwrap()
-    })
+    bounded(
+        &format!("the leader of {topic}/{partition} at {addr}"),
+        || async move {
+            client(addr)
+                .await
+                .partition_client(topic, partition, UnknownTopicHandling::Retry)
+                .await
+                .unwrap()
+        },
+    )
     .await
 }
 
