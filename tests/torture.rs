@@ -1,11 +1,13 @@
 //! The torture harness (docs/reliability.md): real brokers with durable storage, the
 //! service as a child process killed with SIGKILL at random moments while records keep
-//! arriving, both brokers restarted, the internal broker held down for a while; then an
-//! independent reader (plain rskafka, not the service's code) counts lost, duplicated,
+//! arriving, both brokers restarted, the internal broker held down for a while, the
+//! service cut off from the internal broker by a proxy that drops all traffic (a
+//! network partition longer than `request.timeout.ms`); then an independent reader (plain rskafka, not the service's code) counts lost, duplicated,
 //! reordered and damaged records. All four must be 0.
 //!
 //! `cargo test --test torture` runs the short profile (CI). Options, after `--`:
-//! `--records N --partitions P --kills K --broker-restarts R --outage-secs S --seed X`.
+//! `--records N --partitions P --kills K --broker-restarts R --outage-secs S
+//! --network-cuts C --cut-secs T --seed X`.
 //! A failing run prints its seed; `--seed` replays the same schedule of faults.
 
 #![allow(clippy::disallowed_methods)]
@@ -32,6 +34,8 @@ struct Profile {
     kills: usize,
     broker_restarts: usize,
     outage_secs: u64,
+    network_cuts: usize,
+    cut_secs: u64,
     seed: u64,
 }
 
@@ -45,6 +49,10 @@ impl Profile {
             kills: 20,
             broker_restarts: 2,
             outage_secs: 10,
+            network_cuts: 1,
+            // Longer than the service's request.timeout.ms here (10 s): its requests
+            // time out while the cut lasts.
+            cut_secs: 15,
             seed: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
@@ -65,6 +73,8 @@ impl Profile {
                 "--kills" => p.kills = value(arg) as usize,
                 "--broker-restarts" => p.broker_restarts = value(arg) as usize,
                 "--outage-secs" => p.outage_secs = value(arg),
+                "--network-cuts" => p.network_cuts = value(arg) as usize,
+                "--cut-secs" => p.cut_secs = value(arg),
                 "--seed" => p.seed = value(arg),
                 // Other flags are the test runner's (--nocapture, --test-threads=N…).
                 flag if flag.starts_with('-') => {}
@@ -199,6 +209,7 @@ enum Fault {
     RestartSource,
     RestartInternal,
     InternalOutage,
+    CutInternal,
 }
 
 fn main() {
@@ -227,7 +238,15 @@ async fn run(p: Profile) -> bool {
 
     let store = ObjectStore::start();
     let external = Broker::start_durable(&store, &format!("kd-external-{}", p.seed % 100_000));
-    let internal = Broker::start_durable(&store, &format!("kd-internal-{}", p.seed % 100_000));
+    // The service reaches the internal broker only through this proxy (the broker
+    // advertises its port), so a cut of the proxy partitions it from that cluster.
+    let (firewall_port, firewall_listener) = FirewallProxy::bind().await;
+    let internal = Broker::start_durable_advertising(
+        &store,
+        &format!("kd-internal-{}", p.seed % 100_000),
+        Some(firewall_port),
+    );
+    let firewall = FirewallProxy::start(firewall_listener, internal.port);
     // Declared after the store, so dropped before it: the brokers stop first.
     let mut rig = Pipeline::with_brokers(
         TOPIC,
@@ -255,14 +274,15 @@ async fn run(p: Profile) -> bool {
     if p.outage_secs > 0 {
         plan.push(Fault::InternalOutage);
     }
+    plan.extend((0..p.network_cuts).map(|_| Fault::CutInternal));
     rng.shuffle(&mut plan);
 
     // Records arrive all through the faults: one chunk per partition per step.
     let per_partition = p.records / p.partitions as usize;
     let chunk = 250usize;
     let steps = per_partition.div_ceil(chunk);
-    let fault_time =
-        Duration::from_secs_f64(plan.len() as f64 * 1.4) + Duration::from_secs(p.outage_secs);
+    let fault_time = Duration::from_secs_f64(plan.len() as f64 * 1.4)
+        + Duration::from_secs(p.outage_secs + p.network_cuts as u64 * p.cut_secs);
     let pace = fault_time / steps.max(1) as u32;
     let produced = Arc::new(AtomicU64::new(0));
     let producing = Arc::new(AtomicBool::new(true));
@@ -288,6 +308,7 @@ async fn run(p: Profile) -> bool {
     };
 
     let (mut kills, mut restarts, mut outage) = (0, 0, Duration::ZERO);
+    let (mut cuts, mut cut_timeouts) = (0, 0);
     for fault in plan {
         let gap = Duration::from_millis(rng.u64(300..2500));
         tokio::time::sleep(gap).await;
@@ -323,6 +344,31 @@ async fn run(p: Profile) -> bool {
                 say(format!(
                     "internal broker back; {} records produced so far",
                     produced.load(Ordering::Relaxed)
+                ));
+            }
+            Fault::CutInternal => {
+                let secs = Duration::from_secs(p.cut_secs);
+                let logged = rig.service.log_text().len();
+                firewall.cut();
+                say(format!(
+                    "network cut: the service's traffic to the internal broker dropped for {secs:?}"
+                ));
+                tokio::time::sleep(secs).await;
+                // What the service said while cut off: its requests timing out.
+                let log = rig.service.log_text();
+                let timeouts: Vec<&str> = log[logged..]
+                    .lines()
+                    .filter(|l| l.contains("timed out") || l.contains("did not answer"))
+                    .collect();
+                let felt = timeouts.len();
+                if let Some(first) = timeouts.first() {
+                    say(format!("the service, cut off: {first}"));
+                }
+                firewall.heal();
+                cuts += 1;
+                cut_timeouts += felt;
+                say(format!(
+                    "network cut healed; the service logged {felt} timeouts while it lasted"
                 ));
             }
         }
@@ -390,9 +436,10 @@ async fn run(p: Profile) -> bool {
     let unexpected = rig.service.progress_field("unexpected_produce_offsets");
     let clean_exit = rig.service.terminate(Duration::from_secs(60)).success();
     println!(
-        "torture: records={source_records} partitions={} kills={kills} broker_restarts={restarts} outage_secs={} elapsed_secs={:.0} lost={} duplicated={} reordered={} damaged={} unexpected_produce_offsets={} seed={}",
+        "torture: records={source_records} partitions={} kills={kills} broker_restarts={restarts} outage_secs={} network_cuts={cuts} cut_secs={} cut_timeouts={cut_timeouts} elapsed_secs={:.0} lost={} duplicated={} reordered={} damaged={} unexpected_produce_offsets={} seed={}",
         p.partitions,
         outage.as_secs(),
+        p.cut_secs,
         started.elapsed().as_secs_f64(),
         faults.lost,
         faults.duplicated,
@@ -401,7 +448,16 @@ async fn run(p: Profile) -> bool {
         unexpected.map_or("?".into(), |u| u.to_string()),
         p.seed,
     );
-    if !faults.none() || !clean_exit {
+    // A cut the service did not notice did not cut anything: the run proves nothing
+    // about network partitions.
+    let cut_felt = cuts == 0 || cut_timeouts > 0;
+    if !cut_felt {
+        eprintln!(
+            "torture: {cuts} network cuts of {} s and no timeout in the service's log meanwhile: the proxy did not cut the service off",
+            p.cut_secs
+        );
+    }
+    if !faults.none() || !clean_exit || !cut_felt {
         eprintln!(
             "torture FAILED (replay with --seed {}); clean exit: {clean_exit}; service log in {}:\n{}",
             p.seed,

@@ -284,11 +284,23 @@ impl Broker {
     /// A broker whose data survives [`Broker::kill9`] and [`Broker::start_again`]:
     /// Kafka's log is on disk; tansu keeps it in `store` (bucket `bucket`).
     pub fn start_durable(store: &ObjectStore, bucket: &str) -> Self {
+        Self::start_durable_advertising(store, bucket, None)
+    }
+
+    /// A durable broker ([`Broker::start_durable`]) that tells clients to connect to
+    /// `advertised_port` (a proxy's).
+    pub fn start_durable_advertising(
+        store: &ObjectStore,
+        bucket: &str,
+        advertised_port: Option<u16>,
+    ) -> Self {
         match platform() {
-            Platform::Kafka => Self::start_kafka(None, &[]),
-            Platform::Tansu => {
-                Self::start_tansu(&format!("s3://{bucket}/"), Some(store.endpoint()), None)
-            }
+            Platform::Kafka => Self::start_kafka(advertised_port, &[]),
+            Platform::Tansu => Self::start_tansu(
+                &format!("s3://{bucket}/"),
+                Some(store.endpoint()),
+                advertised_port,
+            ),
         }
     }
 
@@ -415,6 +427,11 @@ impl Broker {
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The address clients are told to connect to: a proxy's when the broker has one.
+    pub fn advertised_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.advertised)
     }
 
     fn pid(&self) -> u32 {
@@ -844,6 +861,103 @@ impl DelayProxy {
 }
 
 impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP proxy in front of a broker that a test cuts like a firewall that drops
+/// packets: while cut it forwards nothing either way and connects nothing new, and it
+/// closes nothing, so a client sees requests go unanswered, not a refused or reset
+/// connection. What was sent meanwhile (requests, closes) goes on when the cut heals,
+/// as TCP's retransmissions deliver it after a network partition.
+///
+/// The kernel completes a connection's handshake before the proxy sees it: a client
+/// that connects while the cut lasts is connected, and its first request hangs.
+pub struct FirewallProxy {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FirewallProxy {
+    /// Listens on a free port; the broker behind it must advertise that port
+    /// ([`Broker::start_durable_advertising`]).
+    pub async fn bind() -> (u16, tokio::net::TcpListener) {
+        DelayProxy::bind().await
+    }
+
+    /// Relays connections from `listener` to the broker on `broker_port` (not cut).
+    pub fn start(listener: tokio::net::TcpListener, broker_port: u16) -> Self {
+        let port = listener.local_addr().unwrap().port();
+        let (cut, open) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut open = open.clone();
+                tokio::spawn(async move {
+                    if !Self::opened(&mut open).await {
+                        return;
+                    }
+                    let Ok(broker) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
+                    else {
+                        return; // the client sees its connection close, as with no broker
+                    };
+                    let (client_rx, client_tx) = client.into_split();
+                    let (broker_rx, broker_tx) = broker.into_split();
+                    tokio::spawn(Self::line(client_rx, broker_tx, open.clone()));
+                    tokio::spawn(Self::line(broker_rx, client_tx, open));
+                });
+            }
+        });
+        Self { port, cut, task }
+    }
+
+    /// Stops forwarding, on every connection, until [`FirewallProxy::heal`].
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+
+    /// Waits until no cut holds the connection; false once the proxy is gone.
+    async fn opened(open: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+        open.wait_for(|cut| !*cut).await.is_ok()
+    }
+
+    async fn line(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut open: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if !Self::opened(&mut open).await {
+                return;
+            }
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Bytes read as the cut began wait for it to heal.
+            if !Self::opened(&mut open).await || to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+        // A close crosses no cut either.
+        if Self::opened(&mut open).await {
+            let _ = to.shutdown().await;
+        }
+    }
+}
+
+impl Drop for FirewallProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -1634,7 +1748,9 @@ impl Pipeline {
         Self::on(topic, partitions, extra, external, Arc::new(internal)).await
     }
 
-    /// As [`Pipeline::new`], with given brokers (for example durable ones).
+    /// As [`Pipeline::new`], with given brokers (for example durable ones). The service
+    /// bootstraps from the addresses they advertise, so a proxy in front of one carries
+    /// all of the service's traffic to it.
     pub async fn with_brokers(
         topic: &'static str,
         partitions: i32,
@@ -1642,12 +1758,14 @@ impl Pipeline {
         external: Broker,
         internal: Broker,
     ) -> Self {
-        Self::on(
+        let addrs = (external.advertised_addr(), internal.advertised_addr());
+        Self::on_via(
             topic,
             partitions,
             extra,
             Arc::new(external),
             Arc::new(internal),
+            addrs,
         )
         .await
     }
@@ -1659,13 +1777,35 @@ impl Pipeline {
         external: Arc<Broker>,
         internal: Arc<Broker>,
     ) -> Self {
+        let (external_addr, internal_addr) = (external.addr(), internal.addr());
+        Self::on_via(
+            topic,
+            partitions,
+            extra,
+            external,
+            internal,
+            (external_addr, internal_addr),
+        )
+        .await
+    }
+
+    /// As [`Pipeline::on`], the service bootstrapping from `service_addrs` (external,
+    /// internal).
+    async fn on_via(
+        topic: &'static str,
+        partitions: i32,
+        extra: &[(&str, &str)],
+        external: Arc<Broker>,
+        internal: Arc<Broker>,
+        service_addrs: (String, String),
+    ) -> Self {
         create_topic(&external.addr(), topic, partitions).await;
         let dir = tempfile::tempdir().unwrap();
         let service = Service::configure(
             dir.path(),
             ServiceConfig {
-                external: &external.addr(),
-                internal: &internal.addr(),
+                external: &service_addrs.0,
+                internal: &service_addrs.1,
                 topics: topic,
                 extra,
             },
