@@ -308,7 +308,7 @@ async fn run(p: Profile) -> bool {
     };
 
     let (mut kills, mut restarts, mut outage) = (0, 0, Duration::ZERO);
-    let (mut cuts, mut cut_timeouts) = (0, 0);
+    let (mut cuts, mut cut_timeouts, mut cut_errors, mut cuts_in_doubt) = (0, 0, 0, 0);
     for fault in plan {
         let gap = Duration::from_millis(rng.u64(300..2500));
         tokio::time::sleep(gap).await;
@@ -349,6 +349,7 @@ async fn run(p: Profile) -> bool {
             Fault::CutInternal => {
                 let secs = Duration::from_secs(p.cut_secs);
                 let logged = rig.service.log_text().len();
+                let errors_before = produce_errors(&rig.service.metrics().await);
                 firewall.cut();
                 say(format!(
                     "network cut: the service's traffic to the internal broker dropped for {secs:?}"
@@ -361,14 +362,24 @@ async fn run(p: Profile) -> bool {
                     .filter(|l| l.contains("timed out") || l.contains("did not answer"))
                     .collect();
                 let felt = timeouts.len();
+                // And what an operator's alert sees (docs/operations.md).
+                let metrics = rig.service.metrics().await;
+                let counted = produce_errors(&metrics).saturating_sub(errors_before);
+                let in_doubt = metrics
+                    .lines()
+                    .filter(|l| l.starts_with("kafka_direct_produce_in_doubt{"))
+                    .any(|l| l.ends_with(" 1"));
                 if let Some(first) = timeouts.first() {
                     say(format!("the service, cut off: {first}"));
                 }
                 firewall.heal();
                 cuts += 1;
                 cut_timeouts += felt;
+                cut_errors += counted;
+                cuts_in_doubt += usize::from(in_doubt);
                 say(format!(
-                    "network cut healed; the service logged {felt} timeouts while it lasted"
+                    "network cut healed; while it lasted the service logged {felt} timeouts, counted {counted} in kafka_direct_errors_total{{kind=\"produce\"}}, and kafka_direct_produce_in_doubt was {}",
+                    u8::from(in_doubt)
                 ));
             }
         }
@@ -436,7 +447,7 @@ async fn run(p: Profile) -> bool {
     let unexpected = rig.service.progress_field("unexpected_produce_offsets");
     let clean_exit = rig.service.terminate(Duration::from_secs(60)).success();
     println!(
-        "torture: records={source_records} partitions={} kills={kills} broker_restarts={restarts} outage_secs={} network_cuts={cuts} cut_secs={} cut_timeouts={cut_timeouts} elapsed_secs={:.0} lost={} duplicated={} reordered={} damaged={} unexpected_produce_offsets={} seed={}",
+        "torture: records={source_records} partitions={} kills={kills} broker_restarts={restarts} outage_secs={} network_cuts={cuts} cut_secs={} cut_timeouts={cut_timeouts} cut_produce_errors={cut_errors} cuts_in_doubt={cuts_in_doubt} elapsed_secs={:.0} lost={} duplicated={} reordered={} damaged={} unexpected_produce_offsets={} seed={}",
         p.partitions,
         outage.as_secs(),
         p.cut_secs,
@@ -457,7 +468,15 @@ async fn run(p: Profile) -> bool {
             p.cut_secs
         );
     }
-    if !faults.none() || !clean_exit || !cut_felt {
+    // Each cut must show where an operator looks: the internal side's error counter (the
+    // in-doubt gauge is 1 only if a produce was in flight when the cut began: reported).
+    let cut_seen = cut_errors >= cuts as u64;
+    if cut_felt && !cut_seen {
+        eprintln!(
+            "torture: {cuts} network cuts and {cut_errors} errors counted in kafka_direct_errors_total{{kind=\"produce\"}} meanwhile: a cut must show there"
+        );
+    }
+    if !faults.none() || !clean_exit || !cut_felt || !cut_seen {
         eprintln!(
             "torture FAILED (replay with --seed {}); clean exit: {clean_exit}; service log in {}:\n{}",
             p.seed,
@@ -495,6 +514,16 @@ async fn produce_until_stored(addr: &str, partition: i32, records: Vec<Record>) 
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+}
+
+/// The sum of `kafka_direct_errors_total{kind="produce"}` over partitions, in a
+/// `/metrics` text.
+fn produce_errors(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kafka_direct_errors_total{") && l.contains(r#"kind="produce""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The source offset named by the last record of an internal partition.

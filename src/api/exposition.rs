@@ -229,7 +229,7 @@ impl Collector for Snapshot {
             &mut encoder,
             (
                 "errors",
-                "Failed requests that were retried, by kind (fetch, produce, dead_letter_produce)",
+                "Failed requests that were retried, by kind (fetch: to the external cluster; produce: to the internal cluster, produce requests, tail reads and producer ids; dead_letter_produce)",
                 true,
             ),
             &parts,

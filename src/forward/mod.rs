@@ -496,6 +496,9 @@ impl Forwarder {
                 }
                 Err(e) if e.is_transient() => {
                     *pc_slot = None;
+                    // A request to the internal cluster that failed: counted with the
+                    // produce requests, for the alert on the internal side.
+                    self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
                     let delay = retry.delay();
                     warn!(partition = %self.partition(), error = %e, retry_in = ?delay, "reading the internal partition's tail failed; retrying");
                     if !self.wait(delay).await {
@@ -679,6 +682,7 @@ impl Forwarder {
                     }
                     Err(e) => {
                         leader = None;
+                        self.metrics.produce_errors.fetch_add(1, Ordering::Relaxed);
                         let delay = retry.delay();
                         warn!(%partition, error = %e, retry_in = ?delay, "asking the internal cluster for a producer id failed; retrying");
                         if !self.wait(delay).await {
