@@ -212,6 +212,15 @@ pub async fn run(config: &ServiceConfig) -> Report {
             certificates(&mut report, cluster, &answer.chain);
         }
         if let Some(sasl) = sasl {
+            // OAUTHBEARER: the token step before the broker's.
+            if let Some(oauth) = &sasl.oauth {
+                let left = crate::kafka::oauth::cached_lifetime(oauth, &sasl.username)
+                    .map_or_else(|| "unknown".to_owned(), |d| format!("{} s", d.as_secs()));
+                passed.push(format!(
+                    "token for client {:?} obtained from {} (it expires in {left})",
+                    sasl.username, oauth.token_endpoint
+                ));
+            }
             passed.push(format!(
                 "SASL {} authentication as {:?} passed (the broker offers {})",
                 sasl.mechanism.name(),
@@ -353,7 +362,8 @@ async fn connect(
             Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
                 let fix = match &e {
-                    WireError::Sasl { .. } => "check sasl.mechanism, sasl.username and sasl.password (a ${env:NAME} reference must name a set variable); the line above says what the broker answered".to_owned(),
+                    WireError::Sasl { .. } => "check sasl.mechanism and its credentials, sasl.username and sasl.password or sasl.oauthbearer.* (a ${env:NAME} reference must name a set variable); the line above says what the broker or the token endpoint answered".to_owned(),
+                    WireError::TokenEndpoint { .. } => "check sasl.oauthbearer.token.endpoint.url, and that this host reaches it".to_owned(),
                     WireError::Proxy { .. } => "check proxy.url, and that the proxy may reach this broker".to_owned(),
                     WireError::Handshake { .. } => "check ssl.ca.location, the broker's certificate and the TLS port; the line above names the cause".to_owned(),
                     _ => format!("check the port in {key} and that a Kafka listener runs there (connection refused: nothing listens; a timeout: a firewall or a wrong address)"),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::kafka::access::{
-    Access, AccessError, SaslMechanism, SaslSettings, Secret, SslSettings, HIDDEN,
+    Access, AccessError, OAuthSettings, SaslMechanism, SaslSettings, Secret, SslSettings, HIDDEN,
 };
 pub use crate::kafka::produce::Compression;
 use crate::wal::SyncPolicy;
@@ -277,6 +277,36 @@ const SERVICE_KEYS: &[Key] = &[
         doc: "as connector.sasl.password, for the internal cluster",
     },
     Key {
+        name: "internal.sasl.oauthbearer.method",
+        default: Some("oidc"),
+        doc: "as connector.sasl.oauthbearer.method, for the internal cluster",
+    },
+    Key {
+        name: "internal.sasl.oauthbearer.token.endpoint.url",
+        default: Some(""),
+        doc: "as connector.sasl.oauthbearer.token.endpoint.url, for the internal cluster",
+    },
+    Key {
+        name: "internal.sasl.oauthbearer.client.id",
+        default: Some(""),
+        doc: "as connector.sasl.oauthbearer.client.id, for the internal cluster",
+    },
+    Key {
+        name: "internal.sasl.oauthbearer.client.secret",
+        default: Some(""),
+        doc: "as connector.sasl.oauthbearer.client.secret, for the internal cluster",
+    },
+    Key {
+        name: "internal.sasl.oauthbearer.scope",
+        default: Some(""),
+        doc: "as connector.sasl.oauthbearer.scope, for the internal cluster",
+    },
+    Key {
+        name: "internal.sasl.oauthbearer.extensions",
+        default: Some(""),
+        doc: "as connector.sasl.oauthbearer.extensions, for the internal cluster",
+    },
+    Key {
         name: "internal.ssl.ca.location",
         default: Some(""),
         doc: "as connector.ssl.ca.location, for the internal cluster",
@@ -401,8 +431,10 @@ const SERVICE_KEYS: &[Key] = &[
 /// Keys whose values are secrets: never printed, logged or returned by the API.
 pub const SECRET_KEYS: &[&str] = &[
     "connector.sasl.password",
+    "connector.sasl.oauthbearer.client.secret",
     "connector.ssl.key.location",
     "internal.sasl.password",
+    "internal.sasl.oauthbearer.client.secret",
     "internal.ssl.key.location",
     "api.token",
 ];
@@ -474,6 +506,36 @@ const CONNECTOR_KEYS: &[Key] = &[
         name: "sasl.password",
         default: Some(""),
         doc: "SASL password, never printed; best given as ${env:NAME} or ${file:/path}",
+    },
+    Key {
+        name: "sasl.oauthbearer.method",
+        default: Some("oidc"),
+        doc: "oidc: OAUTHBEARER tokens by the client-credentials grant at sasl.oauthbearer.token.endpoint.url",
+    },
+    Key {
+        name: "sasl.oauthbearer.token.endpoint.url",
+        default: Some(""),
+        doc: "OAUTHBEARER: the OAuth token endpoint (http:// or https://)",
+    },
+    Key {
+        name: "sasl.oauthbearer.client.id",
+        default: Some(""),
+        doc: "OAUTHBEARER: the OAuth client id; may be a ${env:NAME} or ${file:/path} reference",
+    },
+    Key {
+        name: "sasl.oauthbearer.client.secret",
+        default: Some(""),
+        doc: "OAUTHBEARER: the OAuth client secret, never printed; best given as ${env:NAME} or ${file:/path}",
+    },
+    Key {
+        name: "sasl.oauthbearer.scope",
+        default: Some(""),
+        doc: "OAUTHBEARER: the scope asked for (space-separated), if the endpoint wants one",
+    },
+    Key {
+        name: "sasl.oauthbearer.extensions",
+        default: Some(""),
+        doc: "OAUTHBEARER: key=value,... sent to the broker beside the token (Confluent Cloud: logicalCluster=lkc-...,identityPoolId=pool-...)",
     },
     Key {
         name: "proxy.url",
@@ -922,16 +984,42 @@ fn access(c: &Lookup<'_>, key_prefix: &str) -> Result<Access, ConfigError> {
         }),
         false => None,
     };
-    let sasl = match sasl {
-        true => Some(SaslSettings {
-            mechanism: c.choice(
+    let mechanism = c.choice(
+        &key("sasl.mechanism"),
+        &[
+            ("PLAIN", SaslMechanism::Plain),
+            ("SCRAM-SHA-256", SaslMechanism::ScramSha256),
+            ("SCRAM-SHA-512", SaslMechanism::ScramSha512),
+            ("OAUTHBEARER", SaslMechanism::OAuthBearer),
+        ],
+    )?;
+    let oauth_keys = [
+        "sasl.oauthbearer.token.endpoint.url",
+        "sasl.oauthbearer.client.id",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.scope",
+        "sasl.oauthbearer.extensions",
+    ];
+    if !sasl || mechanism != SaslMechanism::OAuthBearer {
+        if let Some(k) = oauth_keys.iter().find(|k| optional(k).is_some()) {
+            return Err(c.invalid(
                 &key("sasl.mechanism"),
-                &[
-                    ("PLAIN", SaslMechanism::Plain),
-                    ("SCRAM-SHA-256", SaslMechanism::ScramSha256),
-                    ("SCRAM-SHA-512", SaslMechanism::ScramSha512),
-                ],
-            )?,
+                &c.get(&key("sasl.mechanism")),
+                format!(
+                    "OAUTHBEARER with SASL_PLAINTEXT or SASL_SSL, since {} is set",
+                    c.full(&key(k))
+                ),
+            ));
+        }
+    }
+    let sasl = match sasl {
+        true if mechanism == SaslMechanism::OAuthBearer => {
+            unused_with_oauth(c, &key)?;
+            Some(oauth_settings(c, &key)?)
+        }
+        true => Some(SaslSettings {
+            mechanism,
+            oauth: None,
             username: Some(c.resolved(&key("sasl.username"))?)
                 .filter(|v| !v.is_empty())
                 .ok_or(ConfigError::Missing {
@@ -956,6 +1044,93 @@ fn access(c: &Lookup<'_>, key_prefix: &str) -> Result<Access, ConfigError> {
             "" => proxy(c, "proxy.url")?,
             _ => None,
         },
+    })
+}
+
+/// `sasl.username` and `sasl.password` are PLAIN's and SCRAM's: refused with OAUTHBEARER.
+fn unused_with_oauth(c: &Lookup<'_>, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    match ["sasl.username", "sasl.password"]
+        .iter()
+        .find(|k| !c.get(&key(k)).is_empty())
+    {
+        Some(k) => Err(c.invalid(
+            &key("sasl.mechanism"),
+            "OAUTHBEARER",
+            format!(
+                "PLAIN or SCRAM-SHA-256/512, since {} is set (OAUTHBEARER takes sasl.oauthbearer.client.id and sasl.oauthbearer.client.secret)",
+                c.full(&key(k))
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// OAUTHBEARER's keys (librdkafka's names): the client-credentials grant at
+/// `sasl.oauthbearer.token.endpoint.url`.
+fn oauth_settings(
+    c: &Lookup<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<SaslSettings, ConfigError> {
+    let method = c.get(&key("sasl.oauthbearer.method"));
+    if !method.eq_ignore_ascii_case("oidc") {
+        return Err(ConfigError::NotSupported {
+            key: c.full(&key("sasl.oauthbearer.method")),
+            value: method,
+            reason: "only oidc (tokens by the client-credentials grant at sasl.oauthbearer.token.endpoint.url) is supported",
+        });
+    }
+    let required = |k: &str, hint: &'static str| -> Result<String, ConfigError> {
+        Some(c.resolved(&key(k))?)
+            .filter(|v| !v.is_empty())
+            .ok_or(ConfigError::Missing {
+                key: c.full(&key(k)),
+                hint,
+            })
+    };
+    let endpoint = required(
+        "sasl.oauthbearer.token.endpoint.url",
+        "the OAuth token endpoint, e.g. https://idp.example.com/oauth2/token",
+    )?;
+    if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+        return Err(c.invalid(
+            &key("sasl.oauthbearer.token.endpoint.url"),
+            &endpoint,
+            "an http:// or https:// URL",
+        ));
+    }
+    let client_id = required("sasl.oauthbearer.client.id", "the OAuth client id")?;
+    let secret = required(
+        "sasl.oauthbearer.client.secret",
+        "the OAuth client secret, best as ${env:NAME} or ${file:/path}",
+    )?;
+    let scope = Some(c.get(&key("sasl.oauthbearer.scope"))).filter(|v| !v.is_empty());
+    let mut extensions = Vec::new();
+    let listed = c.get(&key("sasl.oauthbearer.extensions"));
+    for pair in listed.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let valid = pair.split_once('=').filter(|(k, v)| {
+            !k.is_empty()
+                && k.bytes().all(|b| b.is_ascii_alphabetic())
+                && k != &"auth"
+                && !v.contains('\x01')
+        });
+        let Some((k, v)) = valid else {
+            return Err(c.invalid(
+                &key("sasl.oauthbearer.extensions"),
+                &listed,
+                format!("key=value pairs separated by commas, keys of letters only and not `auth` (`{pair}` is not)"),
+            ));
+        };
+        extensions.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(SaslSettings {
+        mechanism: SaslMechanism::OAuthBearer,
+        username: client_id,
+        password: Secret(secret),
+        oauth: Some(OAuthSettings {
+            token_endpoint: endpoint,
+            scope,
+            extensions,
+        }),
     })
 }
 
@@ -1554,6 +1729,84 @@ topic.include.list = "orders,payments"
             format!("{:?}", crate::service::internal_transport(&cfg).unwrap()),
             "SASL_PLAINTEXT SCRAM-SHA-512 as $ConnectionString"
         );
+    }
+
+    #[test]
+    fn oauthbearer_takes_librdkafkas_keys_and_hides_the_client_secret() {
+        let oauth = |more: &[&str]| -> Vec<String> {
+            let mut keys = vec![
+                "connector.security.protocol=SASL_SSL".to_owned(),
+                "connector.sasl.mechanism=OAUTHBEARER".to_owned(),
+                "connector.sasl.oauthbearer.token.endpoint.url=https://idp.example.com/token"
+                    .to_owned(),
+                "connector.sasl.oauthbearer.client.id=mirror".to_owned(),
+                "connector.sasl.oauthbearer.client.secret=hunter2".to_owned(),
+            ];
+            keys.extend(more.iter().map(|k| (*k).to_owned()));
+            keys
+        };
+        let keys = oauth(&[
+            "connector.sasl.oauthbearer.scope=kafka read",
+            "connector.sasl.oauthbearer.extensions=logicalCluster=lkc-1, identityPoolId=pool-2",
+        ]);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let cfg = load(GOOD, &keys).unwrap();
+        let connector = cfg.connector.as_ref().unwrap();
+        let sasl = connector.access.sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, SaslMechanism::OAuthBearer);
+        assert_eq!(sasl.username, "mirror");
+        assert_eq!(sasl.password.expose(), "hunter2");
+        let o = sasl.oauth.as_ref().unwrap();
+        assert_eq!(o.token_endpoint, "https://idp.example.com/token");
+        assert_eq!(o.scope.as_deref(), Some("kafka read"));
+        assert_eq!(
+            o.extensions,
+            [
+                ("logicalCluster".to_owned(), "lkc-1".to_owned()),
+                ("identityPoolId".to_owned(), "pool-2".to_owned())
+            ]
+        );
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert_eq!(connector.settings["sasl.oauthbearer.client.secret"], HIDDEN);
+
+        let refused = |more: &[&str]| {
+            let keys = oauth(more);
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let message = load(GOOD, &keys).unwrap_err().to_string();
+            assert!(!message.contains("hunter2"), "{message}");
+            message
+        };
+        let m = refused(&["connector.sasl.username=u"]);
+        assert!(
+            m.contains("connector.sasl.username") && m.contains("sasl.oauthbearer.client.id"),
+            "{m}"
+        );
+        let m = refused(&["connector.sasl.oauthbearer.method=aws_msk_iam"]);
+        assert!(
+            m.contains("connector.sasl.oauthbearer.method") && m.contains("only oidc"),
+            "{m}"
+        );
+        let m = refused(&["connector.sasl.oauthbearer.extensions=auth=x"]);
+        assert!(m.contains("connector.sasl.oauthbearer.extensions"), "{m}");
+        let m = refused(&["connector.sasl.oauthbearer.token.endpoint.url=idp.example.com/token"]);
+        assert!(m.contains("http:// or https://"), "{m}");
+        // The keys without OAUTHBEARER name the mechanism that uses them.
+        let m = err(&[
+            "connector.security.protocol=SASL_SSL",
+            "connector.sasl.username=u",
+            "connector.sasl.password=p",
+            "connector.sasl.oauthbearer.client.id=mirror",
+        ]);
+        assert!(
+            m.contains("OAUTHBEARER") && m.contains("connector.sasl.oauthbearer.client.id"),
+            "{m}"
+        );
+        let m = err(&[
+            "connector.security.protocol=SASL_SSL",
+            "connector.sasl.mechanism=OAUTHBEARER",
+            "connector.sasl.oauthbearer.token.endpoint.url=https://idp.example.com/token",
+        ]);
+        assert!(m.contains("connector.sasl.oauthbearer.client.id"), "{m}");
     }
 
     #[test]

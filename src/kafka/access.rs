@@ -22,6 +22,8 @@ pub enum SaslMechanism {
     ScramSha256,
     /// SCRAM with SHA-512.
     ScramSha512,
+    /// RFC 7628: an OAuth 2 bearer token, from a token endpoint ([`OAuthSettings`]).
+    OAuthBearer,
 }
 
 impl SaslMechanism {
@@ -31,6 +33,7 @@ impl SaslMechanism {
             SaslMechanism::Plain => "PLAIN",
             SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
             SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 }
@@ -40,10 +43,27 @@ impl SaslMechanism {
 pub struct SaslSettings {
     /// The mechanism.
     pub mechanism: SaslMechanism,
-    /// The user (for Event Hubs, `$ConnectionString`).
+    /// The user (for Event Hubs, `$ConnectionString`); with OAUTHBEARER, the OAuth
+    /// client id (`sasl.oauthbearer.client.id`).
     pub username: String,
-    /// The password (resolved if it was a reference).
+    /// The password (resolved if it was a reference); with OAUTHBEARER, the client
+    /// secret (`sasl.oauthbearer.client.secret`).
     pub password: Secret,
+    /// With OAUTHBEARER: where tokens come from.
+    pub oauth: Option<OAuthSettings>,
+}
+
+/// OAUTHBEARER's token source: the client-credentials grant at a token endpoint
+/// (`sasl.oauthbearer.*`, librdkafka's names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthSettings {
+    /// `sasl.oauthbearer.token.endpoint.url`.
+    pub token_endpoint: String,
+    /// `sasl.oauthbearer.scope`, if set.
+    pub scope: Option<String>,
+    /// `sasl.oauthbearer.extensions`: `key=value` pairs sent to the broker beside the
+    /// token (Confluent Cloud's `logicalCluster`, `identityPoolId`).
+    pub extensions: Vec<(String, String)>,
 }
 
 /// TLS settings of one cluster (docs/configuration.md, `ssl.*`).

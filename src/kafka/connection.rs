@@ -24,7 +24,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::access::SaslSettings;
+use super::access::{SaslMechanism, SaslSettings};
 
 /// Largest response accepted (a larger length prefix means a broken stream).
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
@@ -99,6 +99,15 @@ pub enum WireError {
         /// What went wrong.
         reason: String,
     },
+    /// No OAUTHBEARER token could be had for a connection to `addr`: the token endpoint
+    /// did not answer (transient: the next connection asks again).
+    #[error("no OAUTHBEARER token for {addr}: {reason}")]
+    TokenEndpoint {
+        /// `host:port` of the broker.
+        addr: String,
+        /// What failed, naming the endpoint.
+        reason: String,
+    },
     /// The broker does not offer a version of an API that we speak.
     #[error("{addr} offers {api:?} versions {offered}, kafka-direct needs one of {needed}")]
     Unsupported {
@@ -155,6 +164,10 @@ impl WireError {
             WireError::FirstRequest { addr, source } => WireError::FirstRequest {
                 addr: addr.clone(),
                 source: io(source),
+            },
+            WireError::TokenEndpoint { addr, reason } => WireError::TokenEndpoint {
+                addr: addr.clone(),
+                reason: reason.clone(),
             },
             WireError::Io { addr, source } => WireError::Io {
                 addr: addr.clone(),
@@ -322,6 +335,9 @@ impl Connection {
                 ),
             ));
         }
+        if sasl.mechanism == SaslMechanism::OAuthBearer {
+            return self.authenticate_oauth(sasl).await;
+        }
         let client = rsasl::config::SASLConfig::with_credentials(
             None,
             sasl.username.clone(),
@@ -382,6 +398,106 @@ impl Connection {
                 return Ok(());
             }
         }
+    }
+
+    /// OAUTHBEARER after the handshake: a token from the endpoint (or the cache) in one
+    /// SaslAuthenticate. A broker that refuses the token answers with a JSON challenge
+    /// (RFC 7628 §3.2.2), which the client acknowledges with `^A` to get the error.
+    async fn authenticate_oauth(&mut self, sasl: &SaslSettings) -> Result<(), WireError> {
+        let oauth = sasl
+            .oauth
+            .as_ref()
+            .expect("OAUTHBEARER has its token endpoint");
+        let fail = |addr: &str, reason: String| WireError::Sasl {
+            addr: addr.to_owned(),
+            mechanism: "OAUTHBEARER",
+            user: sasl.username.clone(),
+            reason,
+        };
+        let (token, fresh) = super::oauth::token(
+            oauth,
+            &sasl.username,
+            &sasl.password,
+            super::tls::OAUTH_TIMEOUT,
+        )
+        .await
+        .map_err(|e| match e {
+            super::oauth::OAuthError::Unreachable { .. } => WireError::TokenEndpoint {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            },
+            refused => fail(&self.addr, refused.to_string()),
+        })?;
+        let version = self.version::<SaslAuthenticateRequest>(0..=2)?;
+        let message = super::oauth::initial_response(&token, &oauth.extensions);
+        let refused = |code: i16, said: Option<&StrBytes>, challenge: &str| {
+            let code = kafka_protocol::ResponseError::try_from_code(code)
+                .map_or_else(|| format!("error {code}"), |e| format!("{e}"));
+            let said = said
+                .map(|m| format!(": {}", m.as_str()))
+                .unwrap_or_default();
+            format!(
+                "the broker refused the token from {}{challenge} ({code}{said}); check the broker's token validation (issuer, audience, JWKS) and sasl.oauthbearer.scope",
+                oauth.token_endpoint
+            )
+        };
+        let hung_up = |e: WireError| {
+            match e {
+            WireError::Io { addr, source } => fail(
+                &addr,
+                format!("the broker closed the connection during authentication ({source}): it may have refused the token from {}", oauth.token_endpoint),
+            ),
+            other => other,
+        }
+        };
+        let response = self
+            .call(
+                &SaslAuthenticateRequest::default().with_auth_bytes(message.into()),
+                version,
+            )
+            .await
+            .map_err(hung_up)?;
+        // A token from the cache that the broker refuses (revoked, or expired early):
+        // dropped, and the next connection asks the endpoint for a new one; a token just
+        // fetched that the broker refuses is a refusal.
+        let addr = self.addr.clone();
+        let refusal = |reason: String| {
+            super::oauth::forget(oauth, &sasl.username);
+            if fresh {
+                fail(&addr, reason)
+            } else {
+                WireError::TokenEndpoint {
+                    addr: addr.clone(),
+                    reason: format!(
+                        "{reason}; it was a cached token: the next connection fetches a new one"
+                    ),
+                }
+            }
+        };
+        if response.error_code != 0 {
+            return Err(refusal(refused(
+                response.error_code,
+                response.error_message.as_ref(),
+                "",
+            )));
+        }
+        if response.auth_bytes.is_empty() {
+            return Ok(());
+        }
+        // A challenge: the server's error, as JSON.
+        let challenge = format!(", saying {}", String::from_utf8_lossy(&response.auth_bytes));
+        let after = self
+            .call(
+                &SaslAuthenticateRequest::default()
+                    .with_auth_bytes(bytes::Bytes::from_static(b"\x01")),
+                version,
+            )
+            .await;
+        let (code, said) = match &after {
+            Ok(r) => (r.error_code, r.error_message.clone()),
+            Err(_) => (0, None),
+        };
+        Err(refusal(refused(code, said.as_ref(), &challenge)))
     }
 
     /// The certificate chain the broker presented (empty without TLS).
@@ -1116,6 +1232,7 @@ mod tests {
                     mechanism: SaslMechanism::Plain,
                     username: "alice".into(),
                     password: Secret(password.into()),
+                    oauth: None,
                 }),
                 ..Access::default()
             };

@@ -7,6 +7,8 @@
 //! One concept a file, from the bytes up:
 //! - [`access`]: how a cluster is reached, as settings (TLS files, SASL credentials,
 //!   SOCKS5 proxy), with no TLS code;
+//! - [`oauth`]: OAUTHBEARER's tokens, from a token endpoint by the client-credentials
+//!   grant, cached until 80 % of their lifetime;
 //! - [`tls`]: those settings made a [`tls::Transport`] (the rustls client
 //!   configuration, SASL, the proxy dial), shared by our connections and rskafka's;
 //! - [`connection`]: one broker connection: framing, correlation ids, ApiVersions and
@@ -43,6 +45,7 @@ pub mod connection;
 pub mod fetch;
 pub mod group;
 pub mod leaders;
+pub mod oauth;
 pub mod produce;
 pub mod producers;
 pub mod records;

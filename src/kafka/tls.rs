@@ -20,6 +20,9 @@ use tokio::net::TcpStream;
 
 use super::access::{Access, AccessError, SaslMechanism, SaslSettings, SslSettings, HIDDEN};
 
+/// The bound on one token request to an OAuth token endpoint.
+pub const OAUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How a cluster is reached: plaintext or TLS, with or without SASL, directly or
 /// through a SOCKS5 proxy.
 #[derive(Clone, Default)]
@@ -107,6 +110,30 @@ impl Transport {
             SaslMechanism::Plain => SaslConfig::Plain(credentials),
             SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
             SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
+            SaslMechanism::OAuthBearer => {
+                let oauth = sasl
+                    .oauth
+                    .clone()
+                    .expect("OAUTHBEARER has its token endpoint");
+                let (client_id, secret) = (sasl.username.clone(), sasl.password.clone());
+                let bearer_kvs = oauth.extensions.clone();
+                // The same cache as our own connections: one token for both.
+                let callback: rskafka::client::OauthCallback = std::sync::Arc::new(move || {
+                    let (oauth, client_id, secret) =
+                        (oauth.clone(), client_id.clone(), secret.clone());
+                    Box::pin(async move {
+                        super::oauth::token(&oauth, &client_id, &secret, OAUTH_TIMEOUT)
+                            .await
+                            .map(|(t, _)| t.expose().to_owned())
+                            .map_err(|e| e.to_string().into())
+                    })
+                });
+                SaslConfig::Oauthbearer(rskafka::client::OauthBearerCredentials {
+                    callback,
+                    authz_id: None,
+                    bearer_kvs,
+                })
+            }
         })
     }
 

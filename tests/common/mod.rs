@@ -21,6 +21,7 @@ use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, Unknown
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::{Record, RecordAndOffset};
 
+pub mod oidc;
 pub mod secure;
 
 pub const SOURCE_TOPIC_HEADER: &str = "kafka-direct.source.topic";

@@ -295,3 +295,24 @@ pub async fn assert_copied(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// A Kafka broker whose secured listener (SASL_PLAINTEXT) takes OAUTHBEARER tokens that
+/// Kafka's OIDC validator checks against `jwks_url`; `sets` are more broker settings.
+pub fn oauth_broker(jwks_url: &str, sets: &[&str]) -> SecureBroker {
+    let secure_port = free_port();
+    let mut args = vec![
+        "--secure".to_owned(),
+        format!("SASL_PLAINTEXT:{secure_port}"),
+        "--mechanisms".to_owned(),
+        "OAUTHBEARER".to_owned(),
+        "--oauth-jwks".to_owned(),
+        jwks_url.to_owned(),
+    ];
+    for set in sets {
+        args.extend(["--set".to_owned(), (*set).to_owned()]);
+    }
+    SecureBroker {
+        broker: Broker::start_kafka(None, &args),
+        secure_port,
+    }
+}

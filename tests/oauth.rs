@@ -1,0 +1,185 @@
+//! SASL OAUTHBEARER against Apache Kafka: tokens by the client-credentials grant from a
+//! test identity provider (tests/common/oidc.rs: RS256 JWTs and their JWKS), validated
+//! by Kafka's own OIDC validator on a SASL_PLAINTEXT listener. The records are written
+//! on the broker's plaintext listener and read back by plain rskafka, not by
+//! kafka-direct's code.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::oidc::Oidc;
+use common::secure::*;
+use common::*;
+
+const TOPIC: &str = "tokens";
+
+/// Writes `secret` to a file and returns the `${file:...}` reference to it.
+fn file_reference(dir: &Path, name: &str, secret: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    format!("${{file:{}}}", path.display())
+}
+
+/// The external cluster authenticates with tokens lasting 12 s, and closes every
+/// connection whose session passed `connections.max.reauth.ms` (6 s) or its token's
+/// expiry: over a 40 s run the service connects again many times, with the cached token
+/// while 80 % of its lifetime is left, then with a new one. Every record is copied once.
+#[tokio::test(flavor = "multi_thread")]
+async fn oauthbearer_tokens_from_a_token_endpoint_replicate_exactly_once_across_refreshes() {
+    let oidc = Oidc::start("mirror", "mirror-secret", Duration::from_secs(12));
+    let external = oauth_broker(
+        &oidc.jwks_url(),
+        &["listener.name.secure.oauthbearer.connections.max.reauth.ms=6000"],
+    );
+    external.create(TOPIC, 2).await;
+    let internal = Broker::start();
+    let plain = external.broker.addr();
+    for p in 0..2 {
+        produce_bounded(&plain, TOPIC, p, test_records(p, 0, 200)).await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = file_reference(dir.path(), "client.secret", "mirror-secret");
+    let token_url = oidc.token_url();
+    let mut service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: TOPIC,
+            extra: &[
+                ("connector.security.protocol", "SASL_PLAINTEXT"),
+                ("connector.sasl.mechanism", "OAUTHBEARER"),
+                ("connector.sasl.oauthbearer.token.endpoint.url", &token_url),
+                ("connector.sasl.oauthbearer.client.id", "mirror"),
+                ("connector.sasl.oauthbearer.client.secret", &secret),
+            ],
+        },
+    );
+    service.start();
+    let int_topic = format!("int.{TOPIC}");
+    for p in 0..2 {
+        wait_for_end(
+            &internal.addr(),
+            &int_topic,
+            p,
+            200,
+            Duration::from_secs(90),
+        )
+        .await;
+    }
+    // More records over three token lifetimes.
+    let started = Instant::now();
+    let mut produced = 200;
+    while started.elapsed() < Duration::from_secs(40) {
+        for p in 0..2 {
+            produce_bounded(&plain, TOPIC, p, test_records(p, produced, 50)).await;
+        }
+        produced += 50;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+    for p in 0..2 {
+        if let Err(now) = reach_end(
+            &internal.addr(),
+            &int_topic,
+            p,
+            produced as i64,
+            Duration::from_secs(90),
+        )
+        .await
+        {
+            panic!(
+                "{int_topic}/{p} reached {now}, not {produced}; log:\n{}",
+                service.log_text()
+            );
+        }
+        let source = read_all(&plain, TOPIC, p).await;
+        let copies = read_all(&internal.addr(), &int_topic, p).await;
+        assert_exactly_once(&source, &copies, TOPIC, p);
+    }
+    let issued = oidc.issued.load(Ordering::SeqCst);
+    eprintln!("{issued} tokens issued over {:?}", started.elapsed());
+    assert!(
+        issued >= 3,
+        "{issued} tokens issued over three lifetimes of a token: the service did not refresh it; log:\n{}",
+        service.log_text()
+    );
+    let log = service.log_text();
+    assert!(
+        !log.contains("mirror-secret"),
+        "the secret was logged:\n{log}"
+    );
+    // Refreshed before they expire, no token is ever refused (a refused cached token
+    // would be dropped and replaced, but only after a failed connection).
+    assert!(
+        !log.contains("refused the token"),
+        "the broker refused a token: it was not refreshed in time; log:\n{log}"
+    );
+    assert!(service.terminate(Duration::from_secs(60)).success());
+}
+
+/// A wrong client secret, an unreachable token endpoint, and a token the broker refuses
+/// (its signing key is not in the broker's JWKS): each is one line naming the endpoint or
+/// the broker, never the secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_oauthbearer_failure_is_named_and_never_shows_the_secret() {
+    let oidc = Oidc::start("mirror", "mirror-secret", Duration::from_secs(60));
+    // A second provider whose keys the broker does not know.
+    let stranger = Oidc::start("mirror", "mirror-secret", Duration::from_secs(60));
+    let external = oauth_broker(&oidc.jwks_url(), &[]);
+    external.create(TOPIC, 1).await;
+    let internal = Broker::start();
+    let closed = format!("http://127.0.0.1:{}/token", free_port());
+    let cases: [(&str, String, &str); 3] = [
+        ("wrong secret", oidc.token_url(), "not-the-secret"),
+        ("unreachable endpoint", closed.clone(), "mirror-secret"),
+        (
+            "token the broker refuses",
+            stranger.token_url(),
+            "mirror-secret",
+        ),
+    ];
+    for (case, url, secret) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::configure(
+            dir.path(),
+            ServiceConfig {
+                external: &external.addr(),
+                internal: &internal.addr(),
+                topics: TOPIC,
+                extra: &[
+                    ("connector.security.protocol", "SASL_PLAINTEXT"),
+                    ("connector.sasl.mechanism", "OAUTHBEARER"),
+                    ("connector.sasl.oauthbearer.token.endpoint.url", &url),
+                    ("connector.sasl.oauthbearer.client.id", "mirror"),
+                    ("connector.sasl.oauthbearer.client.secret", secret),
+                ],
+            },
+        );
+        let (ok, text) = service.cli("check");
+        eprintln!("== {case}:\n{text}");
+        assert!(!ok, "{case}: check passed:\n{text}");
+        assert!(
+            !text.contains(secret),
+            "{case}: the secret is shown:\n{text}"
+        );
+        match case {
+            "wrong secret" => assert!(
+                text.contains(&url) && text.contains("HTTP 401") && text.contains("invalid_client"),
+                "{case}:\n{text}"
+            ),
+            "unreachable endpoint" => assert!(
+                text.contains(&closed) && text.contains("could not be reached"),
+                "{case}:\n{text}"
+            ),
+            _ => assert!(
+                text.contains("refused the token") && text.contains(&external.addr()),
+                "{case}:\n{text}"
+            ),
+        }
+    }
+    assert!(oidc.refused.load(Ordering::SeqCst) >= 1);
+}
