@@ -984,15 +984,6 @@ fn access(c: &Lookup<'_>, key_prefix: &str) -> Result<Access, ConfigError> {
         }),
         false => None,
     };
-    let mechanism = c.choice(
-        &key("sasl.mechanism"),
-        &[
-            ("PLAIN", SaslMechanism::Plain),
-            ("SCRAM-SHA-256", SaslMechanism::ScramSha256),
-            ("SCRAM-SHA-512", SaslMechanism::ScramSha512),
-            ("OAUTHBEARER", SaslMechanism::OAuthBearer),
-        ],
-    )?;
     let oauth_keys = [
         "sasl.oauthbearer.token.endpoint.url",
         "sasl.oauthbearer.client.id",
@@ -1000,15 +991,34 @@ fn access(c: &Lookup<'_>, key_prefix: &str) -> Result<Access, ConfigError> {
         "sasl.oauthbearer.scope",
         "sasl.oauthbearer.extensions",
     ];
-    if !sasl || mechanism != SaslMechanism::OAuthBearer {
+    if !sasl {
+        unused(
+            &oauth_keys,
+            if tls {
+                "SASL_SSL"
+            } else {
+                "SASL_PLAINTEXT or SASL_SSL"
+            },
+        )?;
+    }
+    let mechanism = match sasl {
+        true => c.choice(
+            &key("sasl.mechanism"),
+            &[
+                ("PLAIN", SaslMechanism::Plain),
+                ("SCRAM-SHA-256", SaslMechanism::ScramSha256),
+                ("SCRAM-SHA-512", SaslMechanism::ScramSha512),
+                ("OAUTHBEARER", SaslMechanism::OAuthBearer),
+            ],
+        )?,
+        false => SaslMechanism::Plain,
+    };
+    if sasl && mechanism != SaslMechanism::OAuthBearer {
         if let Some(k) = oauth_keys.iter().find(|k| optional(k).is_some()) {
             return Err(c.invalid(
                 &key("sasl.mechanism"),
                 &c.get(&key("sasl.mechanism")),
-                format!(
-                    "OAUTHBEARER with SASL_PLAINTEXT or SASL_SSL, since {} is set",
-                    c.full(&key(k))
-                ),
+                format!("OAUTHBEARER, since {} is set", c.full(&key(k))),
             ));
         }
     }
@@ -1107,17 +1117,20 @@ fn oauth_settings(
     let mut extensions = Vec::new();
     let listed = c.get(&key("sasl.oauthbearer.extensions"));
     for pair in listed.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        // Kafka's rules: keys of letters, values of printable ASCII, spaces and tabs.
         let valid = pair.split_once('=').filter(|(k, v)| {
             !k.is_empty()
                 && k.bytes().all(|b| b.is_ascii_alphabetic())
                 && k != &"auth"
-                && !v.contains('\x01')
+                && !v.is_empty()
+                && v.bytes()
+                    .all(|b| (0x21..=0x7e).contains(&b) || b == b' ' || b == b'\t')
         });
         let Some((k, v)) = valid else {
             return Err(c.invalid(
                 &key("sasl.oauthbearer.extensions"),
                 &listed,
-                format!("key=value pairs separated by commas, keys of letters only and not `auth` (`{pair}` is not)"),
+                format!("key=value pairs separated by commas, keys of letters only and not `auth`, values of printable ASCII (`{pair}` is not)"),
             ));
         };
         extensions.push((k.to_owned(), v.to_owned()));
@@ -1807,6 +1820,15 @@ topic.include.list = "orders,payments"
             "connector.sasl.oauthbearer.token.endpoint.url=https://idp.example.com/token",
         ]);
         assert!(m.contains("connector.sasl.oauthbearer.client.id"), "{m}");
+        let m = refused(&["connector.sasl.oauthbearer.extensions=logicalCluster="]);
+        assert!(m.contains("printable ASCII"), "{m}");
+        // Without SASL they name the protocol; a mechanism left over is not read.
+        let m = err(&["connector.sasl.oauthbearer.client.id=mirror"]);
+        assert!(
+            m.contains("connector.security.protocol") && m.contains("SASL_PLAINTEXT or SASL_SSL"),
+            "{m}"
+        );
+        load(GOOD, &["connector.sasl.mechanism=GSSAPI"]).unwrap();
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::secure::*;
@@ -18,13 +17,6 @@ fn produce_all(addr: &str, topic: &str, partitions: i32, n: usize, auth: &[Strin
     for p in 0..partitions {
         produce_tls(addr, topic, p, n, auth);
     }
-}
-
-/// Writes `secret` to a file and returns the `${file:...}` reference to it.
-fn file_reference(dir: &Path, name: &str, secret: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{secret}\n")).unwrap();
-    format!("${{file:{}}}", path.display())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -422,7 +422,8 @@ impl Connection {
         )
         .await
         .map_err(|e| match e {
-            super::oauth::OAuthError::Unreachable { .. } => WireError::TokenEndpoint {
+            super::oauth::OAuthError::Unreachable { .. }
+            | super::oauth::OAuthError::Busy { .. } => WireError::TokenEndpoint {
                 addr: self.addr.clone(),
                 reason: e.to_string(),
             },

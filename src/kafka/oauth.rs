@@ -38,6 +38,16 @@ pub enum OAuthError {
         /// The endpoint's `error` and `error_description`, if it gave them.
         said: String,
     },
+    /// The endpoint answered with a status that asks to come back later (408, 429, 5xx).
+    #[error("the token endpoint {endpoint} answered HTTP {status}{said}; asking again later")]
+    Busy {
+        /// `sasl.oauthbearer.token.endpoint.url`.
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+        /// The endpoint's `error` and `error_description`, if it gave them.
+        said: String,
+    },
     /// The answer holds no usable token.
     #[error("the token endpoint {endpoint} answered without a usable access token: {reason}")]
     NoToken {
@@ -70,6 +80,17 @@ fn key_of(settings: &OAuthSettings, client_id: &str) -> Key {
     )
 }
 
+/// One token request at a time: connections that find the token stale together (they
+/// all broke at its expiry) wait for one fetch instead of each sending its own.
+static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The cached token of `key`, while less than 80 % of its lifetime has passed.
+fn cached(key: &Key) -> Option<Secret> {
+    let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tokens.as_ref()?.get(key)?;
+    (Instant::now() < t.refresh_at).then(|| t.value.clone())
+}
+
 /// A token for `client_id`: the cached one while less than 80 % of its lifetime has
 /// passed, else a new one from the endpoint. `true` with a token just fetched.
 pub async fn token(
@@ -79,27 +100,30 @@ pub async fn token(
     timeout: Duration,
 ) -> Result<(Secret, bool), OAuthError> {
     let key = key_of(settings, client_id);
-    {
-        let tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = tokens.as_ref().and_then(|m| m.get(&key)) {
-            if Instant::now() < t.refresh_at {
-                return Ok((t.value.clone(), false));
-            }
-        }
+    if let Some(t) = cached(&key) {
+        return Ok((t, false));
+    }
+    let _one_at_a_time = FETCHING.lock().await;
+    if let Some(t) = cached(&key) {
+        return Ok((t, false));
     }
     let (settings, client_id, secret) = (settings.clone(), client_id.to_owned(), secret.clone());
-    let fetched =
-        tokio::task::spawn_blocking(move || fetch(&settings, &client_id, &secret, timeout))
-            .await
-            .map_err(|e| OAuthError::Unreachable {
-                endpoint: key.0.clone(),
-                reason: format!("the request's task failed: {e}"),
-            })??;
-    tracing::debug!(endpoint = %key.0, client_id = %key.1, expires_in = ?fetched.expires_at.saturating_duration_since(Instant::now()), "OAuth token fetched");
-    let value = fetched.value.clone();
-    let mut tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
-    tokens.get_or_insert_with(HashMap::new).insert(key, fetched);
-    Ok((value, true))
+    let endpoint = key.0.clone();
+    // The token is cached by the request's own task, so a connection attempt given up
+    // meanwhile (its timeout) does not throw the token away.
+    tokio::task::spawn_blocking(move || {
+        let fetched = fetch(&settings, &client_id, &secret, timeout)?;
+        tracing::debug!(endpoint = %key.0, client_id = %key.1, expires_in = ?fetched.expires_at.saturating_duration_since(Instant::now()), "OAuth token fetched");
+        let value = fetched.value.clone();
+        let mut tokens = TOKENS.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.get_or_insert_with(HashMap::new).insert(key, fetched);
+        Ok((value, true))
+    })
+    .await
+    .map_err(|e| OAuthError::Unreachable {
+        endpoint,
+        reason: format!("the request's task failed: {e}"),
+    })?
 }
 
 /// Drops the cached token of `client_id` (a broker refused it): the next connection
@@ -167,6 +191,13 @@ fn fetch(
             (Some(e), None) => format!(" ({e})"),
             _ => String::new(),
         };
+        if status == 408 || status == 429 || status >= 500 {
+            return Err(OAuthError::Busy {
+                endpoint: endpoint.clone(),
+                status,
+                said,
+            });
+        }
         return Err(OAuthError::Refused {
             endpoint: endpoint.clone(),
             client_id: client_id.to_owned(),
@@ -184,8 +215,16 @@ fn fetch(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| no_token("no access_token in the JSON answer"))?;
     // The lifetime: expires_in if given, else the JWT's exp claim.
-    let lifetime = match json.get("expires_in").and_then(serde_json::Value::as_f64) {
-        Some(secs) if secs > 0.0 => Duration::from_secs_f64(secs),
+    // (Some providers send expires_in as a string.) At most a day: a token is fetched
+    // again at least that often.
+    let expires_in = json.get("expires_in").and_then(|v| {
+        v.as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    });
+    let lifetime = match expires_in {
+        Some(secs) if secs > 0.0 && secs.is_finite() => {
+            Duration::from_secs_f64(secs.min(MAX_LIFETIME_SECS))
+        }
         _ => jwt_lifetime(access_token).ok_or_else(|| {
             no_token("neither expires_in nor a JWT exp claim says how long the token lasts")
         })?,
@@ -210,8 +249,12 @@ fn jwt_lifetime(jwt: &str) -> Option<Duration> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_secs_f64();
-    (exp > now).then(|| Duration::from_secs_f64(exp - now))
+    (exp > now && exp.is_finite())
+        .then(|| Duration::from_secs_f64((exp - now).min(MAX_LIFETIME_SECS)))
 }
+
+/// The longest a token is cached, whatever it says.
+const MAX_LIFETIME_SECS: f64 = 86_400.0;
 
 /// `application/x-www-form-urlencoded` of one value (RFC 6749 appendix B), for the
 /// scope in the request's body.
@@ -341,7 +384,7 @@ mod tests {
         let (url, requests) = endpoint(vec![
             (
                 200,
-                r#"{"access_token":"first","expires_in":1,"token_type":"Bearer"}"#.into(),
+                r#"{"access_token":"first","expires_in":"3","token_type":"Bearer"}"#.into(),
             ),
             (200, r#"{"access_token":"second","expires_in":600}"#.into()),
         ]);
@@ -360,14 +403,14 @@ mod tests {
             request.ends_with("grant_type=client_credentials&scope=kafka+read"),
             "{request}"
         );
-        // Within 80 % of its second: the same token, no request.
+        // Within 80 % of its 3 s: the same token, no request.
         let (again, fresh) = token(&s, "mirror", &secret, Duration::from_secs(5))
             .await
             .unwrap();
         assert!(!fresh);
         assert_eq!(again.expose(), "first");
         assert!(requests.try_recv().is_err());
-        tokio::time::sleep(Duration::from_millis(850)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         let (renewed, _) = token(&s, "mirror", &secret, Duration::from_secs(5))
             .await
             .unwrap();
@@ -396,6 +439,21 @@ mod tests {
         );
         assert!(e.contains("invalid_client: bad secret"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_endpoint_is_asked_again_later_not_a_refusal() {
+        let (url, _requests) = endpoint(vec![(503, "<html>down</html>".into())]);
+        let e = token(
+            &settings(&url, Some("busy")),
+            "mirror",
+            &Secret("hunter2".into()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, OAuthError::Busy { status: 503, .. }), "{e}");
+        assert!(e.to_string().contains("asking again later"), "{e}");
     }
 
     #[tokio::test]

@@ -104,6 +104,18 @@ impl SecureBroker {
         mechanisms: &str,
         users: &[(&str, &str)],
     ) -> Self {
+        Self::start_with(kind, tls, client_ca, mechanisms, users, Vec::new())
+    }
+
+    /// As [`SecureBroker::start`], with more `scripts/kafka` options.
+    pub fn start_with(
+        kind: &str,
+        tls: Option<(&Path, &Path)>,
+        client_ca: Option<&Path>,
+        mechanisms: &str,
+        users: &[(&str, &str)],
+        more: Vec<String>,
+    ) -> Self {
         let secure_port = free_port();
         let mut args = vec![
             "--secure".to_owned(),
@@ -125,6 +137,7 @@ impl SecureBroker {
         for (user, password) in users {
             args.extend(["--user".to_owned(), format!("{user}:{password}")]);
         }
+        args.extend(more);
         Self {
             broker: Broker::start_kafka(None, &args),
             secure_port,
@@ -296,23 +309,25 @@ pub async fn assert_copied(
     }
 }
 
-/// A Kafka broker whose secured listener (SASL_PLAINTEXT) takes OAUTHBEARER tokens that
-/// Kafka's OIDC validator checks against `jwks_url`; `sets` are more broker settings.
-pub fn oauth_broker(jwks_url: &str, sets: &[&str]) -> SecureBroker {
-    let secure_port = free_port();
-    let mut args = vec![
-        "--secure".to_owned(),
-        format!("SASL_PLAINTEXT:{secure_port}"),
-        "--mechanisms".to_owned(),
-        "OAUTHBEARER".to_owned(),
-        "--oauth-jwks".to_owned(),
-        jwks_url.to_owned(),
-    ];
+/// A Kafka broker whose secured listener (SASL_PLAINTEXT, or SASL_SSL with `tls`) takes
+/// OAUTHBEARER tokens that Kafka's OIDC validator checks against `jwks_url`; `sets` are
+/// more broker settings.
+pub fn oauth_broker(jwks_url: &str, tls: Option<(&Path, &Path)>, sets: &[&str]) -> SecureBroker {
+    let kind = if tls.is_some() {
+        "SASL_SSL"
+    } else {
+        "SASL_PLAINTEXT"
+    };
+    let mut more = vec!["--oauth-jwks".to_owned(), jwks_url.to_owned()];
     for set in sets {
-        args.extend(["--set".to_owned(), (*set).to_owned()]);
+        more.extend(["--set".to_owned(), (*set).to_owned()]);
     }
-    SecureBroker {
-        broker: Broker::start_kafka(None, &args),
-        secure_port,
-    }
+    SecureBroker::start_with(kind, tls, None, "OAUTHBEARER", &[], more)
+}
+
+/// Writes `secret` to a file and returns the `${file:...}` reference to it.
+pub fn file_reference(dir: &Path, name: &str, secret: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    format!("${{file:{}}}", path.display())
 }
