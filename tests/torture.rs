@@ -2,8 +2,9 @@
 //! service as a child process killed with SIGKILL at random moments while records keep
 //! arriving, both brokers restarted, the internal broker held down for a while, the
 //! service cut off from the internal broker by a proxy that drops all traffic (a
-//! network partition longer than `request.timeout.ms`); then an independent reader (plain rskafka, not the service's code) counts lost, duplicated,
-//! reordered and damaged records. All four must be 0.
+//! network partition longer than `request.timeout.ms`); then an independent reader
+//! (plain rskafka, not the service's code) counts lost, duplicated, reordered and
+//! damaged records. All four must be 0.
 //!
 //! `cargo test --test torture` runs the short profile (CI). Options, after `--`:
 //! `--records N --partitions P --kills K --broker-restarts R --outage-secs S
@@ -519,11 +520,7 @@ async fn produce_until_stored(addr: &str, partition: i32, records: Vec<Record>) 
 /// The sum of `kafka_direct_errors_total{kind="produce"}` over partitions, in a
 /// `/metrics` text.
 fn produce_errors(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("kafka_direct_errors_total{") && l.contains(r#"kind="produce""#))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    counter_sum_where(metrics, "errors", r#"kind="produce""#)
 }
 
 /// The source offset named by the last record of an internal partition.

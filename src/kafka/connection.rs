@@ -205,6 +205,29 @@ pub struct Connection {
     sasl_offered: Vec<String>,
 }
 
+/// A SASL failure with `addr` naming the mechanism and the user (never the password).
+fn sasl_failure(addr: &str, sasl: &SaslSettings, reason: String) -> WireError {
+    WireError::Sasl {
+        addr: addr.to_owned(),
+        mechanism: sasl.mechanism.name(),
+        user: sasl.username.clone(),
+        reason,
+    }
+}
+
+/// A connection the broker closed during the SASL exchange, as a SASL failure saying
+/// `when` and what to check (`hint`); other errors as they are.
+fn hung_up(e: WireError, sasl: &SaslSettings, when: &str, hint: &str) -> WireError {
+    match e {
+        WireError::Io { addr, source } => sasl_failure(
+            &addr,
+            sasl,
+            format!("the broker closed the connection {when} ({source}): {hint}"),
+        ),
+        other => other,
+    }
+}
+
 /// A request sent on a [`Connection`] whose response is still to be read.
 #[derive(Debug)]
 #[must_use = "its response must be received before the next one"]
@@ -293,19 +316,8 @@ impl Connection {
     /// messages and checks the server's proof (SCRAM).
     async fn authenticate(&mut self, sasl: &SaslSettings) -> Result<(), WireError> {
         let mechanism = sasl.mechanism.name();
-        let fail = |addr: &str, reason: String| WireError::Sasl {
-            addr: addr.to_owned(),
-            mechanism,
-            user: sasl.username.clone(),
-            reason,
-        };
-        let hung_up = |e: WireError, when: &str, hint: &str| match e {
-            WireError::Io { addr, source } => fail(
-                &addr,
-                format!("the broker closed the connection {when} ({source}): {hint}"),
-            ),
-            other => other,
-        };
+        let fail = |addr: &str, reason: String| sasl_failure(addr, sasl, reason);
+        let hung_up = |e: WireError, when: &str, hint: &str| hung_up(e, sasl, when, hint);
         let version = self.version::<SaslHandshakeRequest>(1..=1)?;
         let handshake = self
             .call(
@@ -408,27 +420,18 @@ impl Connection {
             .oauth
             .as_ref()
             .expect("OAUTHBEARER has its token endpoint");
-        let fail = |addr: &str, reason: String| WireError::Sasl {
-            addr: addr.to_owned(),
-            mechanism: "OAUTHBEARER",
-            user: sasl.username.clone(),
-            reason,
-        };
-        let (token, fresh) = super::oauth::token(
-            oauth,
-            &sasl.username,
-            &sasl.password,
-            super::tls::OAUTH_TIMEOUT,
-        )
-        .await
-        .map_err(|e| match e {
-            super::oauth::OAuthError::Unreachable { .. }
-            | super::oauth::OAuthError::Busy { .. } => WireError::TokenEndpoint {
-                addr: self.addr.clone(),
-                reason: e.to_string(),
-            },
-            refused => fail(&self.addr, refused.to_string()),
-        })?;
+        let fail = |addr: &str, reason: String| sasl_failure(addr, sasl, reason);
+        let (token, fresh) =
+            super::oauth::token(oauth, &sasl.username, &sasl.password, super::oauth::TIMEOUT)
+                .await
+                .map_err(|e| match e {
+                    super::oauth::OAuthError::Unreachable { .. }
+                    | super::oauth::OAuthError::Busy { .. } => WireError::TokenEndpoint {
+                        addr: self.addr.clone(),
+                        reason: e.to_string(),
+                    },
+                    refused => fail(&self.addr, refused.to_string()),
+                })?;
         let version = self.version::<SaslAuthenticateRequest>(0..=2)?;
         let message = super::oauth::initial_response(&token, &oauth.extensions);
         let refused = |code: i16, said: Option<&StrBytes>, challenge: &str| {
@@ -442,22 +445,17 @@ impl Connection {
                 oauth.token_endpoint
             )
         };
-        let hung_up = |e: WireError| {
-            match e {
-            WireError::Io { addr, source } => fail(
-                &addr,
-                format!("the broker closed the connection during authentication ({source}): it may have refused the token from {}", oauth.token_endpoint),
-            ),
-            other => other,
-        }
-        };
+        let hint = format!(
+            "it may have refused the token from {}",
+            oauth.token_endpoint
+        );
         let response = self
             .call(
                 &SaslAuthenticateRequest::default().with_auth_bytes(message.into()),
                 version,
             )
             .await
-            .map_err(hung_up)?;
+            .map_err(|e| hung_up(e, sasl, "during authentication", &hint))?;
         // A token from the cache that the broker refuses (revoked, or expired early):
         // dropped, and the next connection asks the endpoint for a new one; a token just
         // fetched that the broker refuses is a refusal.

@@ -2,9 +2,10 @@
 //! grant (RFC 6749 §4.4), as Kafka's and librdkafka's OIDC clients get them: a POST of
 //! `grant_type=client_credentials` (and `scope`) with the client id and secret in HTTP
 //! Basic authentication, as they are (not form-encoded first: Kafka's Java client by
-//! default and librdkafka send them so, and identity providers expect that). A token serves every connection to the cluster until 80 % of
-//! its lifetime has passed (librdkafka's rule), then the next connection fetches a new
-//! one. The initial client response of RFC 7628 carries it to the broker.
+//! default and librdkafka send them so, and identity providers expect that). A token
+//! serves every connection to the cluster until 80 % of its lifetime has passed
+//! (librdkafka's rule), then the next connection fetches a new one. The initial client
+//! response of RFC 7628 carries it to the broker.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use super::access::{OAuthSettings, Secret};
+
+/// The bound on one token request to an OAuth token endpoint.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why no token could be had.
 #[derive(Debug, thiserror::Error)]

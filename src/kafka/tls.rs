@@ -20,9 +20,6 @@ use tokio::net::TcpStream;
 
 use super::access::{Access, AccessError, SaslMechanism, SaslSettings, SslSettings, HIDDEN};
 
-/// The bound on one token request to an OAuth token endpoint.
-pub const OAUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// How a cluster is reached: plaintext or TLS, with or without SASL, directly or
 /// through a SOCKS5 proxy.
 #[derive(Clone, Default)]
@@ -122,7 +119,7 @@ impl Transport {
                     let (oauth, client_id, secret) =
                         (oauth.clone(), client_id.clone(), secret.clone());
                     Box::pin(async move {
-                        super::oauth::token(&oauth, &client_id, &secret, OAUTH_TIMEOUT)
+                        super::oauth::token(&oauth, &client_id, &secret, super::oauth::TIMEOUT)
                             .await
                             .map(|(t, _)| t.expose().to_owned())
                             .map_err(|e| e.to_string().into())

@@ -1595,10 +1595,15 @@ pub fn progress_field(log: &str, name: &str) -> Option<u64> {
 /// The sum of every series of counter `name` (without `kafka_direct_` and `_total`) in
 /// a `/metrics` text.
 pub fn counter_sum(metrics: &str, name: &str) -> u64 {
+    counter_sum_where(metrics, name, "")
+}
+
+/// As [`counter_sum`], over the series whose labels contain `label` (`kind="fetch"`).
+pub fn counter_sum_where(metrics: &str, name: &str, label: &str) -> u64 {
     let series = format!("kafka_direct_{name}_total{{");
     metrics
         .lines()
-        .filter(|l| l.starts_with(&series))
+        .filter(|l| l.starts_with(&series) && l.contains(label))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
 }
