@@ -53,28 +53,13 @@ pub struct Context {
     pub internal: Cluster,
     /// Its leaders' sessions, which every forwarder shares.
     pub producers: Arc<crate::kafka::producers::Producers>,
-    /// Its client (topic listing and creation), connected on first use: the service
-    /// starts, and spools, while the internal cluster does not answer.
-    pub internal_client: tokio::sync::OnceCell<Arc<rskafka::client::Client>>,
     /// Fires on a WAL storage failure: every task of every connector stops.
     pub stop: Stop,
     /// Each run's end, for the service's main loop.
     pub ended: mpsc::UnboundedSender<(String, RunEnd)>,
 }
 
-impl Context {
-    /// The internal cluster's client, connected now if it is not yet.
-    pub async fn internal_client(&self) -> Result<Arc<rskafka::client::Client>, ClusterError> {
-        self.internal_client
-            .get_or_try_init(|| async {
-                let client = self.internal.connect().await?;
-                info!(internal = %self.internal.servers.join(","), "connected to the internal cluster");
-                Ok(client)
-            })
-            .await
-            .cloned()
-    }
-}
+impl Context {}
 
 /// How a run of a connector's tasks ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -535,13 +520,8 @@ impl ConnectorRuntime {
             // Brings the dead-letter floors up to the topic's ends (and keeps them), so
             // that the dead letters of the changed partitions written so far are not
             // read again at the next start.
-            let count = ensure_dead_letter_topic(
-                &self.ctx.config,
-                connector,
-                &self.ctx.internal,
-                &*self.ctx.internal_client().await?,
-            )
-            .await?;
+            let count =
+                ensure_dead_letter_topic(&self.ctx.config, connector, &self.ctx.internal).await?;
             DeadLetters::open(
                 self.ctx.internal.clone(),
                 connector.dead_letter_topic.clone(),
@@ -554,22 +534,12 @@ impl ConnectorRuntime {
             .await
             .map_err(ServiceError::from)?;
         }
-        let internal_partitions: BTreeMap<String, Vec<i32>> = self
-            .ctx
-            .internal
-            .bounded(
-                "listing internal topics",
-                self.ctx.internal_client().await?.list_topics(),
-            )
-            .await?
-            .into_iter()
-            .map(|t| (t.name, t.partitions.into_iter().collect()))
-            .collect();
+        let internal_partitions = self.ctx.internal.topics("listing internal topics").await?;
         for (partition, offset) in changes {
             let internal_topic = connector.internal_topic(&partition.topic);
             let exists = internal_partitions
                 .get(&internal_topic)
-                .is_some_and(|ps| ps.contains(&partition.partition));
+                .is_some_and(|&count| (partition.partition as usize) < count);
             let end = if exists {
                 self.internal_end(&internal_topic, partition.partition, settle)
                     .await?
@@ -988,14 +958,12 @@ impl ConnectorRuntime {
 
         // Each attempt re-lists the topics, so a topic created by an attempt whose answer
         // was lost is seen as existing.
-        let client = ctx.internal_client().await?;
         retry_start_up("preparing internal topics", || {
             ensure_internal_topics(
                 config,
                 connector,
                 source_cluster,
                 internal_cluster,
-                &client,
                 source_topics,
             )
         })
@@ -1021,8 +989,7 @@ impl ConnectorRuntime {
             None
         } else {
             let dlq = retry_start_up("reading the dead-letter topic", || async {
-                let count =
-                    ensure_dead_letter_topic(config, connector, internal_cluster, &client).await?;
+                let count = ensure_dead_letter_topic(config, connector, internal_cluster).await?;
                 Ok(DeadLetters::open(
                     internal_cluster.clone(),
                     connector.dead_letter_topic.clone(),
@@ -1258,15 +1225,13 @@ impl Spawner {
         let connector = &*self.handle.config();
         let internal = connector.internal_topic(&partition.topic);
         let wanted = source_count.max(partition.partition + 1);
-        let client = ctx.internal_client().await.map_err(|e| e.to_string())?;
         let existing = ctx
             .internal
-            .bounded("listing internal topics", client.list_topics())
+            .topics("listing internal topics")
             .await
             .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|t| t.name == internal)
-            .map(|t| t.partitions.len() as i32);
+            .get(&internal)
+            .map(|&count| count as i32);
         match existing {
             Some(count) if count > partition.partition => Ok(()),
             None => {
@@ -1276,7 +1241,6 @@ impl Spawner {
                     connector,
                     &self.source_cluster,
                     &ctx.internal,
-                    &client,
                     &sources,
                 )
                 .await

@@ -352,16 +352,10 @@ pub(super) async fn ensure_dead_letter_topic(
     config: &ServiceConfig,
     connector: &ConnectorConfig,
     cluster: &Cluster,
-    client: &rskafka::client::Client,
 ) -> Result<i32, ServiceError> {
     let topic = &connector.dead_letter_topic;
-    let existing = cluster
-        .bounded("listing internal topics", client.list_topics())
-        .await?
-        .into_iter()
-        .find(|t| &t.name == topic);
-    if let Some(t) = existing {
-        return Ok(t.partitions.len() as i32);
+    if let Some(&count) = cluster.topics("listing internal topics").await?.get(topic) {
+        return Ok(count as i32);
     }
     create_topic(config, cluster, topic, 1, &BTreeMap::new()).await?;
     info!(%topic, "created the dead-letter topic");
@@ -376,15 +370,9 @@ pub(super) async fn ensure_internal_topics(
     connector: &ConnectorConfig,
     source: &Cluster,
     cluster: &Cluster,
-    client: &rskafka::client::Client,
     source_topics: &BTreeMap<String, usize>,
 ) -> Result<(), ServiceError> {
-    let existing: BTreeMap<String, usize> = cluster
-        .bounded("listing internal topics", client.list_topics())
-        .await?
-        .into_iter()
-        .map(|t| (t.name, t.partitions.len()))
-        .collect();
+    let existing = cluster.topics("listing internal topics").await?;
     let missing: Vec<String> = connector
         .topics
         .iter()

@@ -118,7 +118,7 @@ pub struct Tail {
 /// Everything one forwarder needs.
 #[derive(Debug)]
 pub struct Forwarder {
-    /// The internal cluster (built without rskafka-internal retries).
+    /// The internal cluster (built without internal retries).
     pub cluster: Cluster,
     /// Its leaders' sessions, shared by every forwarder of the service.
     pub producers: Arc<crate::kafka::producers::Producers>,

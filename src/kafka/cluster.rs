@@ -1,16 +1,10 @@
-//! Connections to a Kafka cluster (external or internal), with every call bounded in time.
-//!
-//! rskafka 0.6 has no connect or request timeout and retries some errors forever, so
-//! clients are built here with a bounded backoff and every call goes through
-//! [`bounded`]. A caller that sees an error rebuilds its partition client.
+//! A Kafka cluster (external or internal): every call bounded in time ([`Cluster::bounded`]),
+//! one classification of its failures ([`ClusterError::is_transient`]), and the topic
+//! listing over our own connection. A caller that sees an error opens a new connection.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
-
-use rskafka::client::{Client, ClientBuilder};
-use rskafka::BackoffConfig;
 
 use crate::kafka::connection::{topic_partitions, Connection, LeaderError, WireError};
 
@@ -25,9 +19,8 @@ pub struct Cluster {
     pub servers: Vec<String>,
     /// Bound on each call.
     pub timeout: Duration,
-    /// Whether calls retry transient failures themselves (rskafka's backoff,
-    /// [`Cluster::topics`]); never for produce, which rskafka would send again without
-    /// an idempotent producer (docs/ARCHITECTURE.md, step 5).
+    /// Whether calls retry transient failures themselves ([`Cluster::topics`]); never on
+    /// the internal cluster, whose callers decide (docs/ARCHITECTURE.md, step 5).
     pub internal_retries: bool,
     /// Kafka client id.
     pub client_id: String,
@@ -59,18 +52,6 @@ pub enum ClusterError {
         role: &'static str,
         /// The offset asked for.
         offset: i64,
-    },
-    /// The client reported an error.
-    #[error("{what} on the {role} cluster ({servers}) failed: {source}")]
-    Client {
-        /// The operation.
-        what: String,
-        /// "external" or "internal".
-        role: &'static str,
-        /// The servers.
-        servers: String,
-        /// rskafka's error.
-        source: rskafka::client::error::Error,
     },
     /// A call on the fetch path's own connection failed (see [`crate::kafka::connection`]).
     #[error("{what} on the {role} cluster ({servers}) failed: {source}")]
@@ -121,17 +102,6 @@ pub trait CallError {
     fn into_cluster_error(self, what: String, role: &'static str, servers: String) -> ClusterError;
 }
 
-impl CallError for rskafka::client::error::Error {
-    fn into_cluster_error(self, what: String, role: &'static str, servers: String) -> ClusterError {
-        ClusterError::Client {
-            what,
-            role,
-            servers,
-            source: self,
-        }
-    }
-}
-
 macro_rules! wire_call_error {
     ($($t:ty),*) => {$(
         impl CallError for $t {
@@ -157,31 +127,8 @@ impl ClusterError {
     /// Whether retrying later can succeed (broker down, leader moving), as opposed to a
     /// refusal that needs the user (missing topic, authorization, bad request).
     pub fn is_transient(&self) -> bool {
-        use rskafka::client::error::{Error, ProtocolError as P};
         match self {
             ClusterError::Timeout { .. } | ClusterError::NoRecord { .. } => true,
-            ClusterError::Client { source, .. } => match source {
-                Error::Connection(_) | Error::Request(_) | Error::RetryFailed(_) => true,
-                Error::ServerError { protocol_error, .. } => matches!(
-                    protocol_error,
-                    P::NotLeaderOrFollower
-                        | P::LeaderNotAvailable
-                        | P::RequestTimedOut
-                        | P::NetworkException
-                        | P::NotEnoughReplicas
-                        | P::NotEnoughReplicasAfterAppend
-                        | P::NotCoordinator
-                        | P::CoordinatorNotAvailable
-                        | P::KafkaStorageError
-                        | P::OffsetNotAvailable
-                        | P::FencedLeaderEpoch
-                        | P::UnknownLeaderEpoch
-                        | P::ThrottlingQuotaExceeded
-                        | P::BrokerNotAvailable
-                        | P::ReplicaNotAvailable
-                ),
-                _ => false,
-            },
             ClusterError::Wire { source, .. } => source.is_transient(),
         }
     }
@@ -190,16 +137,7 @@ impl ClusterError {
     /// `max.message.bytes` (Kafka checks each record batch against it; nothing of the
     /// batch was stored).
     pub fn is_message_too_large(&self) -> bool {
-        use rskafka::client::error::{Error, ProtocolError as P};
         match self {
-            ClusterError::Client {
-                source:
-                    Error::ServerError {
-                        protocol_error: P::MessageTooLarge | P::RecordListTooLarge,
-                        ..
-                    },
-                ..
-            } => true,
             ClusterError::Wire {
                 source: WireFailure::Broker(e),
                 ..
@@ -254,10 +192,7 @@ impl ClusterError {
                 source: WireFailure::Broker(e),
                 ..
             } => *e == kafka_protocol::ResponseError::OffsetOutOfRange,
-            _ => {
-                self.protocol_error()
-                    == Some(rskafka::client::error::ProtocolError::OffsetOutOfRange)
-            }
+            _ => false,
         }
     }
 
@@ -269,17 +204,6 @@ impl ClusterError {
                 source: WireFailure::Broker(e),
                 ..
             } => Some(*e),
-            _ => None,
-        }
-    }
-
-    /// The broker's protocol error, if that is what failed.
-    pub fn protocol_error(&self) -> Option<rskafka::client::error::ProtocolError> {
-        match self {
-            ClusterError::Client {
-                source: rskafka::client::error::Error::ServerError { protocol_error, .. },
-                ..
-            } => Some(*protocol_error),
             _ => None,
         }
     }
@@ -317,38 +241,10 @@ impl Cluster {
         e.into_cluster_error(what.into(), self.role, self.servers_text())
     }
 
-    /// Connects and reads the cluster's metadata.
-    pub async fn connect(&self) -> Result<Arc<Client>, ClusterError> {
-        let backoff = BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-            base: 2.0,
-            // A deadline shorter than the first backoff means: no internal retry at all.
-            deadline: Some(if self.internal_retries {
-                self.timeout
-            } else {
-                Duration::from_nanos(1)
-            }),
-        };
-        let what = format!("connecting (key `{}`)", self.key);
-        self.probe(&what).await?;
-        let mut builder = ClientBuilder::new(self.servers.clone())
-            .client_id(self.client_id.clone())
-            .backoff_config(backoff);
-        if let Some(tls) = self.transport.tls_config() {
-            builder = builder.tls_config(tls);
-        }
-        if let Some(sasl) = self.transport.rskafka_sasl() {
-            builder = builder.sasl_config(sasl);
-        }
-        self.bounded(what, builder.build()).await.map(Arc::new)
-    }
-
-    /// Every topic with its partition count, read over our own connection (so through
-    /// the proxy and SASL code of [`crate::kafka::connection`]) from the first bootstrap server that
-    /// answers. With `internal_retries`, transient failures are retried for up to the
-    /// call bound, as rskafka's client would; a refusal (authentication, TLS) is
-    /// returned at once.
+    /// Every topic with its partition count, read on a new connection from the first
+    /// bootstrap server that answers. With `internal_retries`, transient failures are
+    /// retried for up to the call bound; a refusal (authentication, TLS) is returned at
+    /// once.
     pub async fn topics(&self, what: &str) -> Result<BTreeMap<String, usize>, ClusterError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut retry = Retry::new(Duration::from_secs(2));
@@ -384,31 +280,6 @@ impl Cluster {
             }
             tokio::time::sleep(delay).await;
         }
-    }
-
-    /// Opens one connection of our own to the bootstrap servers, in order, so that a
-    /// failure rskafka would retry behind a generic message (TLS, SASL, proxy, a
-    /// listener of the other kind) is reported at once and precisely. A server that
-    /// refuses TCP is skipped: rskafka's own retries then decide.
-    async fn probe(&self, what: &str) -> Result<(), ClusterError> {
-        for server in &self.servers {
-            let opened = self
-                .bounded(
-                    what.to_owned(),
-                    Connection::open(server, &self.client_id, &self.transport),
-                )
-                .await;
-            match opened {
-                Ok(_) => return Ok(()),
-                Err(ClusterError::Wire {
-                    source: WireFailure::Wire(WireError::Connect { .. }),
-                    ..
-                })
-                | Err(ClusterError::Timeout { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 }
 

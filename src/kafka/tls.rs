@@ -1,7 +1,6 @@
 //! How a cluster is reached: TLS (the rustls client configuration built from a
-//! cluster's `ssl.*` keys), SASL credentials and an optional SOCKS5 proxy. Our own
-//! connections (fetch and produce paths, [`crate::kafka::connection`]) and rskafka's (topic listing
-//! and creation) share one [`Transport`].
+//! cluster's `ssl.*` keys), SASL credentials and an optional SOCKS5 proxy: one
+//! [`Transport`] per cluster, which every connection of [`crate::kafka::connection`] uses.
 //!
 //! The server is verified against `ssl.ca.location` or, without it, the system's trust
 //! store; its name is checked unless `ssl.endpoint.identification.algorithm = none`.
@@ -18,7 +17,7 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::access::{Access, AccessError, SaslMechanism, SaslSettings, SslSettings, HIDDEN};
+use super::access::{Access, AccessError, SaslSettings, SslSettings, HIDDEN};
 
 /// How a cluster is reached: plaintext or TLS, with or without SASL, directly or
 /// through a SOCKS5 proxy.
@@ -78,11 +77,6 @@ impl Transport {
         }
     }
 
-    /// The rustls configuration, for rskafka.
-    pub fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
-        self.tls.clone()
-    }
-
     /// Whether connections use TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
@@ -96,42 +90,6 @@ impl Transport {
     /// `host:port` of the SOCKS5 proxy, if any.
     pub fn proxy(&self) -> Option<&str> {
         self.proxy.as_deref()
-    }
-
-    /// The same credentials in rskafka's terms.
-    pub fn rskafka_sasl(&self) -> Option<rskafka::client::SaslConfig> {
-        use rskafka::client::{Credentials, SaslConfig};
-        let sasl = self.sasl.as_ref()?;
-        let credentials = Credentials::new(sasl.username.clone(), sasl.password.expose().into());
-        Some(match sasl.mechanism {
-            SaslMechanism::Plain => SaslConfig::Plain(credentials),
-            SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
-            SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
-            SaslMechanism::OAuthBearer => {
-                let oauth = sasl
-                    .oauth
-                    .clone()
-                    .expect("OAUTHBEARER has its token endpoint");
-                let (client_id, secret) = (sasl.username.clone(), sasl.password.clone());
-                let bearer_kvs = oauth.extensions.clone();
-                // The same cache as our own connections: one token for both.
-                let callback: rskafka::client::OauthCallback = std::sync::Arc::new(move || {
-                    let (oauth, client_id, secret) =
-                        (oauth.clone(), client_id.clone(), secret.clone());
-                    Box::pin(async move {
-                        super::oauth::token(&oauth, &client_id, &secret, super::oauth::TIMEOUT)
-                            .await
-                            .map(|(t, _)| t.expose().to_owned())
-                            .map_err(|e| e.to_string().into())
-                    })
-                });
-                SaslConfig::Oauthbearer(rskafka::client::OauthBearerCredentials {
-                    callback,
-                    authz_id: None,
-                    bearer_kvs,
-                })
-            }
-        })
     }
 
     /// Wraps a connected socket to `addr` (`host:port`), doing the TLS handshake if any;

@@ -139,7 +139,6 @@ pub async fn run(
         wal: wal.clone(),
         internal,
         producers,
-        internal_client: tokio::sync::OnceCell::new(),
         stop: Stop::new(),
         ended,
     });

@@ -1441,7 +1441,10 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info,rskafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KAFKA_DIRECT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
