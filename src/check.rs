@@ -222,10 +222,17 @@ pub async fn run(config: &ServiceConfig) -> Report {
                 ));
             }
             passed.push(format!(
-                "SASL {} authentication as {:?} passed (the broker offers {})",
+                "SASL {} authentication as {:?} passed (the broker offers {}){}",
                 sasl.mechanism.name(),
                 sasl.username,
-                answer.sasl_offered.join(", ")
+                answer.sasl_offered.join(", "),
+                match answer.session_lifetime {
+                    Some(lifetime) => format!(
+                        "; the broker ends the session after {:.1} s: kafka-direct re-authenticates before",
+                        lifetime.as_secs_f64()
+                    ),
+                    None => String::new(),
+                }
             ));
         }
         report.ok(
@@ -316,6 +323,8 @@ struct Answer {
     sasl_offered: Vec<String>,
     /// Whether the broker offers InitProducerId (an idempotent producer).
     idempotence: bool,
+    /// The SASL session's lifetime, if the broker limits it (KIP-368).
+    session_lifetime: Option<std::time::Duration>,
 }
 
 /// Step 2 for one cluster: the metadata of the first server that answers.
@@ -355,10 +364,11 @@ async fn connect(
                 conn.peer_certificates().to_vec(),
                 conn.sasl_offered().to_vec(),
                 idempotence,
+                conn.session_lifetime(),
             ))
         })
         .await;
-        let (answer, chain, offered, idempotence) = match conn {
+        let (answer, chain, offered, idempotence, session_lifetime) = match conn {
             Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
                 let fix = match &e {
@@ -450,6 +460,7 @@ async fn connect(
             chain,
             sasl_offered: offered,
             idempotence,
+            session_lifetime,
         });
         break;
     }

@@ -28,10 +28,12 @@ fn oauth_keys<'a>(token_url: &'a str, secret: &'a str) -> [(&'static str, &'a st
 }
 
 /// The external cluster (SASL_PLAINTEXT) authenticates with tokens lasting 12 s, and
-/// closes every connection whose session passed `connections.max.reauth.ms` (6 s) or
-/// its token's expiry: over a 40 s run the service connects again many times, with the
-/// cached token while 80 % of its lifetime is left, then with a new one. The internal
-/// cluster takes the same client's tokens over SASL_SSL. Every record is copied once.
+/// ends every session at `connections.max.reauth.ms` (6 s) or its token's expiry,
+/// whichever comes first; the internal cluster takes the same client's tokens over
+/// SASL_SSL and ends each session at its token's expiry. Over a 40 s run the service
+/// re-authenticates its open connections (KIP-368), with the cached token while 80 % of
+/// its lifetime is left, then with a new one: every record is copied once, both brokers
+/// count re-authentications, and over the run nothing is logged above INFO.
 #[tokio::test(flavor = "multi_thread")]
 async fn oauthbearer_tokens_from_a_token_endpoint_replicate_exactly_once_across_refreshes() {
     let oidc = Oidc::start("mirror", "mirror-secret", Duration::from_secs(12));
@@ -106,6 +108,7 @@ async fn oauthbearer_tokens_from_a_token_endpoint_replicate_exactly_once_across_
         )
         .await;
     }
+    let log_before = service.log_text().len();
     // More records over three token lifetimes.
     let started = Instant::now();
     let issued_before = oidc.issued.load(Ordering::SeqCst);
@@ -115,7 +118,7 @@ async fn oauthbearer_tokens_from_a_token_endpoint_replicate_exactly_once_across_
             produce_bounded(&plain, TOPIC, p, test_records(p, produced, 50)).await;
         }
         produced += 50;
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     for p in 0..2 {
         if let Err(now) = reach_end(
@@ -154,6 +157,23 @@ async fn oauthbearer_tokens_from_a_token_endpoint_replicate_exactly_once_across_
         !log.contains("refused the token"),
         "the broker refused a token: it was not refreshed in time; log:\n{log}"
     );
+    let metrics = service.metrics().await;
+    for broker in [external.addr(), secured.addr()] {
+        let renewed = counter_sum_where(
+            &metrics,
+            "sasl_reauthentications",
+            &format!("broker=\"{broker}\""),
+        );
+        assert!(
+            renewed >= 2,
+            "{broker}: {renewed} re-authentications over 40 s of sessions of at most 12 s; metrics:\n{metrics}\nlog:\n{log}"
+        );
+    }
+    let loud: Vec<&str> = log[log_before..]
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(loud.is_empty(), "logged above INFO:\n{}", loud.join("\n"));
     assert!(service.terminate(Duration::from_secs(60)).success());
 }
 

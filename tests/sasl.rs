@@ -392,3 +392,130 @@ async fn a_principal_without_group_acls_replicates_and_check_names_the_missing_p
     }
     assert!(service.terminate(Duration::from_secs(30)).success());
 }
+
+/// Brokers that end every SASL session after 3 s (`connections.max.reauth.ms`): PLAIN on
+/// the external cluster, SCRAM-SHA-512 on the internal one. Over a 30 s run with records
+/// arriving every half second, the service re-authenticates its open connections
+/// (KIP-368) instead of losing them: every record is copied once,
+/// `kafka_direct_sasl_reauthentications_total` counts renewals on both brokers, and
+/// over the run no fetch or produce fails and nothing is logged above INFO. Records are
+/// written and read on the brokers' plaintext listeners by plain rskafka.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_the_broker_ends_are_renewed_on_open_connections_with_plain_and_scram() {
+    const TOPIC: &str = "renewed";
+    let reauth = || {
+        vec![
+            "--set".to_owned(),
+            "connections.max.reauth.ms=3000".to_owned(),
+        ]
+    };
+    let external = SecureBroker::start_with(
+        "SASL_PLAINTEXT",
+        None,
+        None,
+        "PLAIN",
+        &[("erin", "erin-secret")],
+        reauth(),
+    );
+    let internal = SecureBroker::start_with(
+        "SASL_PLAINTEXT",
+        None,
+        None,
+        SCRAM,
+        &[("bob", "bob-secret")],
+        reauth(),
+    );
+    external.create(TOPIC, 2).await;
+    let (plain_external, plain_internal) = (external.broker.addr(), internal.broker.addr());
+    for p in 0..2 {
+        produce_bounded(&plain_external, TOPIC, p, test_records(p, 0, 100)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: TOPIC,
+            extra: &[
+                ("connector.security.protocol", "SASL_PLAINTEXT"),
+                ("connector.sasl.mechanism", "PLAIN"),
+                ("connector.sasl.username", "erin"),
+                ("connector.sasl.password", "erin-secret"),
+                ("internal.security.protocol", "SASL_PLAINTEXT"),
+                ("internal.sasl.mechanism", "SCRAM-SHA-512"),
+                ("internal.sasl.username", "bob"),
+                ("internal.sasl.password", "bob-secret"),
+            ],
+        },
+    );
+    let (ok, text) = service.cli("check");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(
+            "the broker ends the session after 3.0 s: kafka-direct re-authenticates before"
+        ),
+        "{text}"
+    );
+    service.start();
+    let int_topic = format!("int.{TOPIC}");
+    for p in 0..2 {
+        wait_for_end(&plain_internal, &int_topic, p, 100, Duration::from_secs(90)).await;
+    }
+    // A fresh broker's start (its coordinators loading) may count errors: the run is
+    // judged from here.
+    let errors_before = counter_sum(&service.metrics().await, "errors");
+    let log_before = service.log_text().len();
+    // Ten session lifetimes, records arriving every half second: the connections are
+    // never idle long enough for a session to end unused.
+    let started = std::time::Instant::now();
+    let mut produced = 100;
+    while started.elapsed() < Duration::from_secs(30) {
+        for p in 0..2 {
+            produce_bounded(&plain_external, TOPIC, p, test_records(p, produced, 10)).await;
+        }
+        produced += 10;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for p in 0..2 {
+        if let Err(now) = reach_end(
+            &plain_internal,
+            &int_topic,
+            p,
+            produced as i64,
+            Duration::from_secs(90),
+        )
+        .await
+        {
+            panic!(
+                "{int_topic}/{p} reached {now}, not {produced}; log:\n{}",
+                service.log_text()
+            );
+        }
+        let source = read_all(&plain_external, TOPIC, p).await;
+        let copies = read_all(&plain_internal, &int_topic, p).await;
+        assert_exactly_once(&source, &copies, TOPIC, p);
+    }
+    let metrics = service.metrics().await;
+    let log = service.log_text()[log_before..].to_owned();
+    for broker in [external.addr(), internal.addr()] {
+        let renewed = counter_sum_where(
+            &metrics,
+            "sasl_reauthentications",
+            &format!("broker=\"{broker}\""),
+        );
+        // The fetch session and the produce session each live the whole run.
+        assert!(
+            renewed >= 5,
+            "{broker}: {renewed} re-authentications over ten session lifetimes; metrics:\n{metrics}\nlog:\n{log}"
+        );
+    }
+    let errors = counter_sum(&metrics, "errors") - errors_before;
+    assert_eq!(errors, 0, "failed calls:\n{metrics}\nlog:\n{log}");
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(loud.is_empty(), "logged above INFO:\n{}", loud.join("\n"));
+    assert!(service.terminate(Duration::from_secs(30)).success());
+}

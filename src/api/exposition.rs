@@ -322,6 +322,16 @@ impl Collector for Snapshot {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.wal.size_on_disk() as i64).encode(family)?;
+        let mut family = encoder.encode_descriptor(
+            "sasl_reauthentications",
+            "SASL re-authentications (KIP-368) on open connections, per broker address, since start: brokers that limit a session's lifetime (connections.max.reauth.ms, an OAUTHBEARER token's expiry) close connections that do not",
+            None,
+            MetricType::Counter,
+        )?;
+        for (broker, count) in crate::kafka::connection::reauthentications() {
+            let labels: Labels = vec![("broker", broker)];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }

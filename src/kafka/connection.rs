@@ -11,11 +11,21 @@
 //! crate. rskafka 0.6 cannot fetch a record whose header value is null, hides
 //! transaction markers and the aborted-transactions list, and retries produce requests
 //! inside one call; hence this connection (docs/ARCHITECTURE.md, the fetch path).
+//!
+//! A broker that gives the SASL session a lifetime (SaslAuthenticate's
+//! `session_lifetime_ms`: `connections.max.reauth.ms`, or an OAUTHBEARER token's expiry)
+//! closes the connection at the first request after it ends. The connection
+//! re-authenticates before (KIP-368), at a random point between 85 % and 95 % of the
+//! lifetime as Kafka's Java client does: the next request sent after that point first
+//! reads the answers still in flight (kept for their `receive`), then repeats
+//! SaslHandshake and SaslAuthenticate on the same connection. A connection left idle
+//! past the end of its session is opened again instead, before the request.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
     RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
@@ -203,6 +213,70 @@ pub struct Connection {
     versions: BTreeMap<i16, (i16, i16)>,
     certificates: Vec<rustls_pki_types::CertificateDer<'static>>,
     sasl_offered: Vec<String>,
+    /// How it was opened: what a re-authentication or a reopening uses again.
+    transport: crate::kafka::tls::Transport,
+    session: Session,
+    /// Requests sent whose answers are not read from the socket yet.
+    in_flight: usize,
+    /// Answers read ahead of their `receive` (before a re-authentication), oldest first.
+    read_ahead: VecDeque<Bytes>,
+}
+
+/// The SASL session of a connection, when the broker limits it (KIP-368).
+#[derive(Debug, Clone, Copy, Default)]
+struct Session {
+    /// When to re-authenticate (85–95 % of the lifetime).
+    renew_at: Option<Instant>,
+    /// When the broker ends the session: the lifetime counted from before the
+    /// authentication was sent, so a little early.
+    ends_at: Option<Instant>,
+    /// The lifetime the broker gave.
+    lifetime: Option<Duration>,
+}
+
+impl Session {
+    /// The session of an authentication sent at `started`, for a broker that answered
+    /// `lifetime_ms` (0: no limit).
+    fn new(started: Instant, lifetime_ms: i64) -> Self {
+        if lifetime_ms <= 0 {
+            return Self::default();
+        }
+        let lifetime = Duration::from_millis(lifetime_ms as u64);
+        // A random share of the lifetime, as the Java client does, so that connections
+        // opened together do not re-authenticate together.
+        let share = 0.85 + 0.10 * (random_u64() % 1_000) as f64 / 1_000.0;
+        Self {
+            renew_at: Some(started + lifetime.mul_f64(share)),
+            ends_at: Some(started + lifetime),
+            lifetime: Some(lifetime),
+        }
+    }
+
+    fn is_due(&self, now: Instant) -> bool {
+        self.renew_at.is_some_and(|at| now >= at)
+    }
+
+    fn has_ended(&self, now: Instant) -> bool {
+        self.ends_at.is_some_and(|at| now >= at)
+    }
+}
+
+fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(Instant::now())
+}
+
+/// Re-authentications per broker address since start, for `/metrics`.
+static REAUTHENTICATIONS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+/// Re-authentications (KIP-368) per broker address since start.
+pub fn reauthentications() -> Vec<(String, u64)> {
+    REAUTHENTICATIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(addr, n)| (addr.clone(), *n))
+        .collect()
 }
 
 /// A SASL failure with `addr` naming the mechanism and the user (never the password).
@@ -282,13 +356,17 @@ impl Connection {
             versions: BTreeMap::new(),
             certificates,
             sasl_offered: Vec::new(),
+            transport: transport.clone(),
+            session: Session::default(),
+            in_flight: 0,
+            read_ahead: VecDeque::new(),
         };
         // Version 0 is understood by every broker; later versions only add fields we
         // do not need.
         // TLS 1.3 reports a refused client certificate at the first read, and a TLS
         // listener hangs up on a plaintext request: both show here.
         let response: ApiVersionsResponse = conn
-            .call(&ApiVersionsRequest::default(), 0)
+            .call_now(&ApiVersionsRequest::default(), 0)
             .await
             .map_err(|e| match e {
                 WireError::Io { addr, source } if transport.is_tls() => {
@@ -315,12 +393,13 @@ impl Connection {
     /// many SaslAuthenticate round trips as the mechanism needs; rsasl computes the
     /// messages and checks the server's proof (SCRAM).
     async fn authenticate(&mut self, sasl: &SaslSettings) -> Result<(), WireError> {
+        let started = Instant::now();
         let mechanism = sasl.mechanism.name();
         let fail = |addr: &str, reason: String| sasl_failure(addr, sasl, reason);
         let hung_up = |e: WireError, when: &str, hint: &str| hung_up(e, sasl, when, hint);
         let version = self.version::<SaslHandshakeRequest>(1..=1)?;
         let handshake = self
-            .call(
+            .call_now(
                 &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism)),
                 version,
             )
@@ -348,7 +427,9 @@ impl Connection {
             ));
         }
         if sasl.mechanism == SaslMechanism::OAuthBearer {
-            return self.authenticate_oauth(sasl).await;
+            let lifetime_ms = self.authenticate_oauth(sasl).await?;
+            self.session = Session::new(started, lifetime_ms);
+            return Ok(());
         }
         let client = rsasl::config::SASLConfig::with_credentials(
             None,
@@ -364,6 +445,7 @@ impl Connection {
             .map_err(|e| fail(&self.addr, format!("cannot start {mechanism}: {e}")))?;
         let version = self.version::<SaslAuthenticateRequest>(0..=2)?;
         let mut received: Option<bytes::Bytes> = None;
+        let mut lifetime_ms = 0;
         loop {
             let mut message = Vec::new();
             let state = session
@@ -376,7 +458,7 @@ impl Connection {
                 })?;
             if state.has_sent_message() {
                 let response = self
-                    .call(
+                    .call_now(
                         &SaslAuthenticateRequest::default().with_auth_bytes(message.into()),
                         version,
                     )
@@ -404,9 +486,11 @@ impl Connection {
                         format!("the broker answered {code}{said}; check sasl.username and sasl.password"),
                     ));
                 }
+                lifetime_ms = response.session_lifetime_ms;
                 received = Some(response.auth_bytes);
             }
             if state.is_finished() {
+                self.session = Session::new(started, lifetime_ms);
                 return Ok(());
             }
         }
@@ -415,7 +499,8 @@ impl Connection {
     /// OAUTHBEARER after the handshake: a token from the endpoint (or the cache) in one
     /// SaslAuthenticate. A broker that refuses the token answers with a JSON challenge
     /// (RFC 7628 §3.2.2), which the client acknowledges with `^A` to get the error.
-    async fn authenticate_oauth(&mut self, sasl: &SaslSettings) -> Result<(), WireError> {
+    /// Returns the session lifetime the broker gave (0: none).
+    async fn authenticate_oauth(&mut self, sasl: &SaslSettings) -> Result<i64, WireError> {
         let oauth = sasl
             .oauth
             .as_ref()
@@ -450,7 +535,7 @@ impl Connection {
             oauth.token_endpoint
         );
         let response = self
-            .call(
+            .call_now(
                 &SaslAuthenticateRequest::default().with_auth_bytes(message.into()),
                 version,
             )
@@ -481,12 +566,12 @@ impl Connection {
             )));
         }
         if response.auth_bytes.is_empty() {
-            return Ok(());
+            return Ok(response.session_lifetime_ms);
         }
         // A challenge: the server's error, as JSON.
         let challenge = format!(", saying {}", String::from_utf8_lossy(&response.auth_bytes));
         let after = self
-            .call(
+            .call_now(
                 &SaslAuthenticateRequest::default()
                     .with_auth_bytes(bytes::Bytes::from_static(b"\x01")),
                 version,
@@ -554,15 +639,42 @@ impl Connection {
         self.receive(sent).await
     }
 
+    /// [`Connection::call`] without renewing the session first (the SASL exchange
+    /// itself, and ApiVersions before it).
+    async fn call_now<R: Request + Sync>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, WireError>
+    where
+        R::Response: Send,
+    {
+        let sent = self.send_now(request, version).await?;
+        // From the socket: answers read ahead wait for their own receive.
+        let frame = read_frame(&mut self.reader, &self.addr, api_key::<R>()).await?;
+        self.in_flight = self.in_flight.saturating_sub(1);
+        decode_response(frame, &self.addr, sent)
+    }
+
     /// Sends one request without waiting for its response: several may be in flight on
     /// a connection, and the broker answers them in the order they were sent, so each
-    /// [`Connection::receive`] takes the oldest.
+    /// [`Connection::receive`] takes the oldest. Renews the SASL session first when it
+    /// is due ([`Connection::renew_session`]).
     pub async fn send<R: Request + Sync>(
         &mut self,
         request: &R,
         version: i16,
     ) -> Result<Sent<R>, WireError> {
-        send_on(
+        self.renew_session().await?;
+        self.send_now(request, version).await
+    }
+
+    async fn send_now<R: Request + Sync>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<Sent<R>, WireError> {
+        let sent = send_on(
             &mut self.writer,
             &self.addr,
             &self.client_id,
@@ -570,7 +682,9 @@ impl Connection {
             request,
             version,
         )
-        .await
+        .await?;
+        self.in_flight += 1;
+        Ok(sent)
     }
 
     /// Waits for the response to `sent`, which must be the oldest request in flight.
@@ -578,24 +692,73 @@ impl Connection {
     where
         R::Response: Send,
     {
-        receive_on(&mut self.reader, &self.addr, sent).await
+        let frame = match self.read_ahead.pop_front() {
+            Some(frame) => frame,
+            None => {
+                let frame = read_frame(&mut self.reader, &self.addr, api_key::<R>()).await?;
+                self.in_flight = self.in_flight.saturating_sub(1);
+                frame
+            }
+        };
+        decode_response(frame, &self.addr, sent)
+    }
+
+    /// The lifetime the broker gave the SASL session, if it limits it.
+    pub fn session_lifetime(&self) -> Option<Duration> {
+        self.session.lifetime
+    }
+
+    /// Whether the SASL session is due for renewal ([`Connection::renew_session`]).
+    pub fn session_due(&self) -> bool {
+        self.session.is_due(Instant::now())
+    }
+
+    /// Renews the SASL session if it is due: re-authenticates on this connection
+    /// (KIP-368) after reading ahead the answers in flight, or, when the session has
+    /// already ended and nothing is in flight, opens the connection again.
+    pub async fn renew_session(&mut self) -> Result<(), WireError> {
+        let now = Instant::now();
+        if !self.session.is_due(now) {
+            return Ok(());
+        }
+        let Some(sasl) = self.transport.sasl().cloned() else {
+            return Ok(());
+        };
+        if self.session.has_ended(now) && self.in_flight == 0 && self.read_ahead.is_empty() {
+            tracing::debug!(addr = %self.addr, "the SASL session ended while the connection was idle: opening it again");
+            let transport = self.transport.clone();
+            *self = Connection::open(&self.addr, &self.client_id, &transport).await?;
+            return Ok(());
+        }
+        while self.in_flight > 0 {
+            let frame = read_frame(&mut self.reader, &self.addr, ApiKey::SaslHandshake).await?;
+            self.read_ahead.push_back(frame);
+            self.in_flight -= 1;
+        }
+        self.authenticate(&sasl).await?;
+        *REAUTHENTICATIONS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(self.addr.clone())
+            .or_default() += 1;
+        tracing::debug!(addr = %self.addr, lifetime = ?self.session.lifetime, "re-authenticated");
+        Ok(())
     }
 
     /// The connection as two halves, for a sender and a receiver that work at once
-    /// (requests pipelined while the answers to earlier ones are read).
-    pub fn split(self) -> (Outbound, Inbound) {
-        (
-            Outbound {
-                addr: self.addr.clone(),
-                writer: self.writer,
-                client_id: self.client_id,
-                correlation_id: self.correlation_id,
-            },
-            Inbound {
-                addr: self.addr,
-                reader: self.reader,
-            },
-        )
+    /// (requests pipelined while the answers to earlier ones are read); nothing may be
+    /// in flight. [`Outbound::join`] makes them one again.
+    pub fn split(mut self) -> (Outbound, Inbound) {
+        debug_assert!(self.in_flight == 0 && self.read_ahead.is_empty());
+        let reader = std::mem::replace(
+            &mut self.reader,
+            BufReader::new(Box::new(tokio::io::empty())),
+        );
+        let inbound = Inbound {
+            addr: self.addr.clone(),
+            reader,
+        };
+        (Outbound { conn: self }, inbound)
     }
 
     /// Metadata of one topic (brokers and partition leaders), creating none: a broker
@@ -658,12 +821,10 @@ impl Connection {
     }
 }
 
-/// The sending half of a split [`Connection`].
+/// The sending half of a split [`Connection`] (the rest of the connection but its
+/// reader).
 pub struct Outbound {
-    addr: String,
-    writer: Box<dyn AsyncWrite + Send + Sync + Unpin>,
-    client_id: StrBytes,
-    correlation_id: i32,
+    conn: Connection,
 }
 
 /// The receiving half of a split [`Connection`].
@@ -675,8 +836,8 @@ pub struct Inbound {
 impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound")
-            .field("addr", &self.addr)
-            .field("correlation_id", &self.correlation_id)
+            .field("addr", &self.conn.addr)
+            .field("correlation_id", &self.conn.correlation_id)
             .finish_non_exhaustive()
     }
 }
@@ -690,21 +851,29 @@ impl std::fmt::Debug for Inbound {
 }
 
 impl Outbound {
-    /// As [`Connection::send`].
+    /// As [`Connection::send`], but never renewing the session: the other half reads
+    /// the answers. When [`Outbound::session_due`] says so, let the reader answer what
+    /// is in flight, [`Outbound::join`] the halves and renew the session.
     pub async fn send<R: Request + Sync>(
         &mut self,
         request: &R,
         version: i16,
     ) -> Result<Sent<R>, WireError> {
-        send_on(
-            &mut self.writer,
-            &self.addr,
-            &self.client_id,
-            &mut self.correlation_id,
-            request,
-            version,
-        )
-        .await
+        self.conn.send_now(request, version).await
+    }
+
+    /// As [`Connection::session_due`].
+    pub fn session_due(&self) -> bool {
+        self.conn.session_due()
+    }
+
+    /// The connection again, from its two halves, once `inbound` has read the answer
+    /// of every request sent.
+    pub fn join(self, inbound: Inbound) -> Connection {
+        let mut conn = self.conn;
+        conn.reader = inbound.reader;
+        conn.in_flight = 0;
+        conn
     }
 }
 
@@ -714,7 +883,8 @@ impl Inbound {
     where
         R::Response: Send,
     {
-        receive_on(&mut self.reader, &self.addr, sent).await
+        let frame = read_frame(&mut self.reader, &self.addr, api_key::<R>()).await?;
+        decode_response(frame, &self.addr, sent)
     }
 }
 
@@ -753,16 +923,13 @@ async fn send_on<R: Request + Sync>(
     })
 }
 
-async fn receive_on<R: Request>(
+/// One response frame (its header and body, without the length prefix), to a request of
+/// `api` (named in errors).
+async fn read_frame(
     reader: &mut BufReader<Box<dyn AsyncRead + Send + Sync + Unpin>>,
     addr: &str,
-    sent: Sent<R>,
-) -> Result<R::Response, WireError>
-where
-    R::Response: Send,
-{
-    let api = api_key::<R>();
-    let version = sent.version;
+    api: ApiKey,
+) -> Result<Bytes, WireError> {
     let len = reader
         .read_i32()
         .await
@@ -791,7 +958,20 @@ where
         .read_exact(&mut body)
         .await
         .map_err(|source| io_error(addr, source))?;
-    let mut body = body.freeze();
+    Ok(body.freeze())
+}
+
+/// The response to `sent` in `body`, a frame read by [`read_frame`].
+fn decode_response<R: Request>(
+    mut body: Bytes,
+    addr: &str,
+    sent: Sent<R>,
+) -> Result<R::Response, WireError>
+where
+    R::Response: Send,
+{
+    let api = api_key::<R>();
+    let version = sent.version;
     let header = ResponseHeader::decode(&mut body, api.response_header_version(version))
         .map_err(|e| codec_error(addr, api, format!("bad response header: {e}")))?;
     if header.correlation_id != sent.correlation_id {
@@ -1267,6 +1447,109 @@ mod tests {
                     && !text.contains("hunter2"),
                 "{text}"
             );
+        }
+
+        /// A PLAIN broker that gives every session `lifetime_ms` and answers Metadata
+        /// empty; it records the APIs it was asked, in order.
+        async fn limiting_broker(lifetime_ms: i64, asked: Arc<Mutex<Vec<ApiKey>>>) -> String {
+            fake::broker(move |_, api, version, _, out| {
+                asked.lock().unwrap().push(api);
+                match api {
+                    ApiKey::ApiVersions => ApiVersionsResponse::default()
+                        .with_api_keys(fake::versions(&[
+                            (ApiKey::SaslHandshake, 1),
+                            (ApiKey::SaslAuthenticate, 2),
+                            (ApiKey::Metadata, 12),
+                        ]))
+                        .encode(out, version)
+                        .unwrap(),
+                    ApiKey::SaslHandshake => SaslHandshakeResponse::default()
+                        .with_mechanisms(vec![StrBytes::from_static_str("PLAIN")])
+                        .encode(out, version)
+                        .unwrap(),
+                    ApiKey::SaslAuthenticate => SaslAuthenticateResponse::default()
+                        .with_session_lifetime_ms(lifetime_ms)
+                        .encode(out, version)
+                        .unwrap(),
+                    ApiKey::Metadata => MetadataResponse::default().encode(out, version).unwrap(),
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+            .await
+            .to_string()
+        }
+
+        fn renewals(addr: &str) -> u64 {
+            reauthentications()
+                .into_iter()
+                .find(|(a, _)| a == addr)
+                .map_or(0, |(_, n)| n)
+        }
+
+        const AUTHENTICATE: [ApiKey; 2] = [ApiKey::SaslHandshake, ApiKey::SaslAuthenticate];
+
+        #[tokio::test]
+        async fn a_session_due_is_renewed_on_the_connection_after_the_answers_in_flight() {
+            let asked = Arc::new(Mutex::new(Vec::new()));
+            let addr = limiting_broker(400, Arc::clone(&asked)).await;
+            let mut conn = Connection::open(&addr, "test", &plain("secret"))
+                .await
+                .unwrap();
+            assert_eq!(conn.session_lifetime(), Some(Duration::from_millis(400)));
+            let version = conn.version::<MetadataRequest>(1..=12).unwrap();
+            let request = MetadataRequest::default().with_topics(Some(vec![]));
+            let first = conn.send(&request, version).await.unwrap();
+            let second = conn.send(&request, version).await.unwrap();
+            assert!(!conn.session_due());
+            // Past 95 % of the lifetime: due whatever the random share.
+            tokio::time::sleep(Duration::from_millis(385)).await;
+            assert!(conn.session_due());
+            let third = conn.send(&request, version).await.unwrap();
+            // The answers come back in order, the two read ahead first (each receive
+            // checks its correlation id).
+            conn.receive(first).await.unwrap();
+            conn.receive(second).await.unwrap();
+            conn.receive(third).await.unwrap();
+            assert!(!conn.session_due());
+            let expected = [
+                &[ApiKey::ApiVersions][..],
+                &AUTHENTICATE,
+                &[ApiKey::Metadata, ApiKey::Metadata],
+                &AUTHENTICATE,
+                &[ApiKey::Metadata],
+            ]
+            .concat();
+            assert_eq!(*asked.lock().unwrap(), expected);
+            assert_eq!(renewals(&addr), 1);
+        }
+
+        #[tokio::test]
+        async fn a_connection_idle_past_its_session_is_opened_again_before_the_request() {
+            let asked = Arc::new(Mutex::new(Vec::new()));
+            let addr = limiting_broker(200, Arc::clone(&asked)).await;
+            let mut conn = Connection::open(&addr, "test", &plain("secret"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            conn.metadata_all().await.unwrap();
+            let opening = [&[ApiKey::ApiVersions][..], &AUTHENTICATE].concat();
+            let expected = [&opening[..], &opening, &[ApiKey::Metadata]].concat();
+            assert_eq!(*asked.lock().unwrap(), expected);
+            assert_eq!(renewals(&addr), 0);
+        }
+
+        #[tokio::test]
+        async fn a_broker_without_a_session_lifetime_is_never_asked_again() {
+            let asked = Arc::new(Mutex::new(Vec::new()));
+            let addr = limiting_broker(0, Arc::clone(&asked)).await;
+            let mut conn = Connection::open(&addr, "test", &plain("secret"))
+                .await
+                .unwrap();
+            assert_eq!(conn.session_lifetime(), None);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.metadata_all().await.unwrap();
+            conn.metadata_all().await.unwrap();
+            assert_eq!(asked.lock().unwrap().len(), 5);
         }
 
         #[tokio::test]

@@ -1,8 +1,6 @@
 //! The Kafka client layer: what kafka-direct says to a broker, and nothing of the
-//! pipeline. `source`, `forward`, `service` and `check` reach the clusters through it.
-//! rskafka's client is built here ([`cluster::Cluster::connect`]); one use is still
-//! outside: the connector's internal topic listing (`connector/topics.rs`,
-//! `connector/runtime.rs`) calls that client directly.
+//! pipeline. `source`, `forward`, `connector`, `service` and `check` reach the clusters
+//! through it, and only through it: every connection is one of [`connection`]'s.
 //!
 //! One concept a file, from the bytes up:
 //! - [`access`]: how a cluster is reached, as settings (TLS files, SASL credentials,
@@ -10,12 +8,13 @@
 //! - [`oauth`]: OAUTHBEARER's tokens, from a token endpoint by the client-credentials
 //!   grant, cached until 80 % of their lifetime;
 //! - [`tls`]: those settings made a [`tls::Transport`] (the rustls client
-//!   configuration, SASL, the proxy dial), shared by our connections and rskafka's;
+//!   configuration, SASL, the proxy dial), one per cluster;
 //! - [`connection`]: one broker connection: framing, correlation ids, ApiVersions and
-//!   version negotiation, SASL, leader lookup, for messages of the `kafka-protocol` crate;
+//!   version negotiation, SASL and its renewal (KIP-368), leader lookup, for messages of
+//!   the `kafka-protocol` crate;
 //! - [`cluster`]: a cluster: the bound on every call, error classification (one
 //!   `is_transient`), our backoff, the broker-specific waits, the admin calls (topic
-//!   listing and creation, CreatePartitions, DescribeConfigs) and rskafka's client;
+//!   listing and creation, CreatePartitions, DescribeConfigs);
 //! - [`admin`]: topic configs read, set at creation and changed (DescribeConfigs,
 //!   CreateTopics, IncrementalAlterConfigs) over our own connection to any broker;
 //! - [`group`]: a consumer group's committed offsets, read, committed and deleted as a

@@ -114,9 +114,10 @@ pub struct PartitionWriter {
 
 #[derive(Debug)]
 enum Link {
-    /// A connection of its own (dead letters, the start-up settle reads).
+    /// A connection of its own (dead letters, the start-up settle reads); boxed, as the
+    /// connection is the larger by far.
     Own {
-        reader: PartitionReader,
+        reader: Box<PartitionReader>,
         produce_version: i16,
     },
     /// The sessions of its leader, shared with every partition the leader leads: reads,
@@ -143,7 +144,7 @@ impl PartitionWriter {
             })?;
         Ok(Self {
             link: Link::Own {
-                reader,
+                reader: Box::new(reader),
                 produce_version,
             },
             topic: topic.to_owned(),

@@ -186,18 +186,25 @@ async fn serve(
     mut rx: mpsc::Receiver<Batch>,
 ) {
     let mut queue: VecDeque<Batch> = VecDeque::new();
+    // The connection kept after its SASL session was renewed.
+    let mut renewed: Option<Connection> = None;
     loop {
-        if queue.is_empty() {
+        if queue.is_empty() && renewed.is_none() {
             match rx.recv().await {
                 Some(batch) => queue.push_back(batch),
                 None => break,
             }
         }
-        let opened = bounded(
-            &cluster,
-            Connection::open(&addr, &cluster.client_id, &cluster.transport),
-        )
-        .await;
+        let opened = match renewed.take() {
+            Some(conn) => Ok(conn),
+            None => {
+                bounded(
+                    &cluster,
+                    Connection::open(&addr, &cluster.client_id, &cluster.transport),
+                )
+                .await
+            }
+        };
         let conn = match opened.and_then(|conn| {
             let version = conn
                 .version::<ProduceRequest>(PRODUCE_VERSIONS)
@@ -246,6 +253,9 @@ async fn serve(
                     _ = &mut reader => break End::ReaderGone,
                 }
             }
+            if out.session_due() {
+                break End::Renew;
+            }
             let place = tokio::select! {
                 place = in_flight.reserve() => place,
                 _ = &mut reader => break End::ReaderGone,
@@ -283,6 +293,21 @@ async fn serve(
         // The reader answers what is in flight (or fails it), then ends.
         drop(in_flight);
         match end {
+            End::Renew => {
+                // Every answer read: the same connection re-authenticates, and the
+                // batches waiting go on it (or on a new one if that fails: none of them
+                // has left, and none sent before failed).
+                if let Ok(Some(inbound)) = reader.await {
+                    let mut conn = out.join(inbound);
+                    match bounded(&cluster, conn.renew_session()).await {
+                        Ok(()) => renewed = Some(conn),
+                        Err(failure) => {
+                            tracing::debug!(%addr, error = ?failure, "renewing the SASL session of the produce connection failed");
+                        }
+                    }
+                    continue;
+                }
+            }
             End::ReaderGone => {}
             End::SendFailed => {
                 let _ = reader.await;
@@ -314,6 +339,8 @@ async fn serve(
 
 /// Why a session's connection is given up.
 enum End {
+    /// Its SASL session is due for renewal (KIP-368): the same connection goes on after.
+    Renew,
     /// The reader stopped: the connection broke while answers were read.
     ReaderGone,
     /// A request could not be sent.
@@ -374,13 +401,14 @@ pub(crate) fn produce_request<'a>(
 }
 
 /// Reads the answers of the requests in flight, in order, and hands each batch its own.
-/// A broken connection fails the request read and every one behind it.
+/// A broken connection fails the request read and every one behind it. Gives the
+/// connection's half back when the sender stops with every answer read.
 async fn read_answers(
     mut inbound: Inbound,
     addr: String,
     cluster: Cluster,
     mut requests: mpsc::Receiver<InFlight>,
-) {
+) -> Option<Inbound> {
     while let Some(request) = requests.recv().await {
         match bounded(&cluster, inbound.receive(request.sent)).await {
             Ok(response) => {
@@ -398,10 +426,11 @@ async fn read_answers(
                         let _ = reply.send(Err(failure.duplicate()));
                     }
                 }
-                return;
+                return None;
             }
         }
     }
+    Some(inbound)
 }
 
 fn answer(addr: &str, response: &ProduceResponse, batches: Vec<Awaited>) {
