@@ -221,6 +221,14 @@ pub async fn run(config: &ServiceConfig) -> Report {
                     sasl.username, oauth.token_endpoint
                 ));
             }
+            if let Some(iam) = &sasl.msk_iam {
+                if let Some((signed_for, left)) = crate::kafka::msk_iam::cached_token(iam) {
+                    passed.push(format!(
+                        "MSK IAM token signed ({signed_for}; it expires in {} s)",
+                        left.as_secs()
+                    ));
+                }
+            }
             passed.push(format!(
                 "SASL {} authentication as {:?} passed (the broker offers {}){}",
                 sasl.mechanism.name(),
@@ -373,6 +381,7 @@ async fn connect(
             Ok(Err(e)) => {
                 let fix = match &e {
                     WireError::Sasl { .. } => "check sasl.mechanism and its credentials, sasl.username and sasl.password or sasl.oauthbearer.* (a ${env:NAME} reference must name a set variable); the line above says what the broker or the token endpoint answered".to_owned(),
+                    WireError::TokenEndpoint { .. } if transport.sasl().is_some_and(|s| s.msk_iam.is_some()) => "give this host AWS credentials where the AWS SDK looks for them (the line above lists each source it tried)".to_owned(),
                     WireError::TokenEndpoint { .. } => "check sasl.oauthbearer.token.endpoint.url, and that this host reaches it".to_owned(),
                     WireError::Proxy { .. } => "check proxy.url, and that the proxy may reach this broker".to_owned(),
                     WireError::Handshake { .. } => "check ssl.ca.location, the broker's certificate and the TLS port; the line above names the cause".to_owned(),

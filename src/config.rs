@@ -282,6 +282,16 @@ const SERVICE_KEYS: &[Key] = &[
         doc: "as connector.sasl.oauthbearer.method, for the internal cluster",
     },
     Key {
+        name: "internal.sasl.oauthbearer.aws.region",
+        default: Some(""),
+        doc: "as connector.sasl.oauthbearer.aws.region, for the internal cluster",
+    },
+    Key {
+        name: "internal.sasl.oauthbearer.aws.profile",
+        default: Some(""),
+        doc: "as connector.sasl.oauthbearer.aws.profile, for the internal cluster",
+    },
+    Key {
         name: "internal.sasl.oauthbearer.token.endpoint.url",
         default: Some(""),
         doc: "as connector.sasl.oauthbearer.token.endpoint.url, for the internal cluster",
@@ -510,7 +520,17 @@ const CONNECTOR_KEYS: &[Key] = &[
     Key {
         name: "sasl.oauthbearer.method",
         default: Some("oidc"),
-        doc: "oidc: OAUTHBEARER tokens by the client-credentials grant at sasl.oauthbearer.token.endpoint.url",
+        doc: "oidc: OAUTHBEARER tokens by the client-credentials grant at sasl.oauthbearer.token.endpoint.url; aws_msk_iam: Amazon MSK's IAM tokens, signed with the AWS SDK's default credentials",
+    },
+    Key {
+        name: "sasl.oauthbearer.aws.region",
+        default: Some(""),
+        doc: "aws_msk_iam: the cluster's AWS region (e.g. us-east-1); default: the AWS SDK's region chain (AWS_REGION, the profile's region)",
+    },
+    Key {
+        name: "sasl.oauthbearer.aws.profile",
+        default: Some(""),
+        doc: "aws_msk_iam: the profile of the shared AWS config and credentials files; default: AWS_PROFILE, else default",
     },
     Key {
         name: "sasl.oauthbearer.token.endpoint.url",
@@ -990,6 +1010,8 @@ fn access(c: &Lookup<'_>, key_prefix: &str) -> Result<Access, ConfigError> {
         "sasl.oauthbearer.client.secret",
         "sasl.oauthbearer.scope",
         "sasl.oauthbearer.extensions",
+        "sasl.oauthbearer.aws.region",
+        "sasl.oauthbearer.aws.profile",
     ];
     if !sasl {
         unused(
@@ -1030,6 +1052,7 @@ fn access(c: &Lookup<'_>, key_prefix: &str) -> Result<Access, ConfigError> {
         true => Some(SaslSettings {
             mechanism,
             oauth: None,
+            msk_iam: None,
             username: Some(c.resolved(&key("sasl.username"))?)
                 .filter(|v| !v.is_empty())
                 .ok_or(ConfigError::Missing {
@@ -1082,12 +1105,28 @@ fn oauth_settings(
     key: &dyn Fn(&str) -> String,
 ) -> Result<SaslSettings, ConfigError> {
     let method = c.get(&key("sasl.oauthbearer.method"));
+    if method.eq_ignore_ascii_case("aws_msk_iam") {
+        return msk_iam_settings(c, key);
+    }
     if !method.eq_ignore_ascii_case("oidc") {
-        return Err(ConfigError::NotSupported {
-            key: c.full(&key("sasl.oauthbearer.method")),
-            value: method,
-            reason: "only oidc (tokens by the client-credentials grant at sasl.oauthbearer.token.endpoint.url) is supported",
-        });
+        return Err(c.invalid(
+            &key("sasl.oauthbearer.method"),
+            &method,
+            "oidc (tokens by the client-credentials grant at sasl.oauthbearer.token.endpoint.url) or aws_msk_iam (Amazon MSK's IAM tokens)",
+        ));
+    }
+    if let Some(k) = [
+        "sasl.oauthbearer.aws.region",
+        "sasl.oauthbearer.aws.profile",
+    ]
+    .iter()
+    .find(|k| !c.get(&key(k)).is_empty())
+    {
+        return Err(c.invalid(
+            &key("sasl.oauthbearer.method"),
+            &method,
+            format!("aws_msk_iam, since {} is set", c.full(&key(k))),
+        ));
     }
     let required = |k: &str, hint: &'static str| -> Result<String, ConfigError> {
         Some(c.resolved(&key(k))?)
@@ -1144,6 +1183,57 @@ fn oauth_settings(
             scope,
             extensions,
         }),
+        msk_iam: None,
+    })
+}
+
+/// `sasl.oauthbearer.method = aws_msk_iam`: tokens signed with AWS credentials, so none
+/// of the token endpoint's keys.
+fn msk_iam_settings(
+    c: &Lookup<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<SaslSettings, ConfigError> {
+    let endpoint_keys = [
+        "sasl.oauthbearer.token.endpoint.url",
+        "sasl.oauthbearer.client.id",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.scope",
+        "sasl.oauthbearer.extensions",
+    ];
+    if let Some(k) = endpoint_keys.iter().find(|k| !c.get(&key(k)).is_empty()) {
+        return Err(c.invalid(
+            &key("sasl.oauthbearer.method"),
+            "aws_msk_iam",
+            format!(
+                "oidc, since {} is set (aws_msk_iam signs its tokens with AWS credentials: no token endpoint, client or extensions)",
+                c.full(&key(k))
+            ),
+        ));
+    }
+    let optional = |k: &str| Some(c.get(&key(k))).filter(|v| !v.is_empty());
+    let region = optional("sasl.oauthbearer.aws.region");
+    if let Some(r) = &region {
+        let valid = !r.is_empty()
+            && r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(c.invalid(
+                &key("sasl.oauthbearer.aws.region"),
+                r,
+                "an AWS region name, e.g. us-east-1",
+            ));
+        }
+    }
+    let settings = crate::kafka::msk_iam::MskIamSettings {
+        region,
+        profile: optional("sasl.oauthbearer.aws.profile"),
+    };
+    Ok(SaslSettings {
+        mechanism: SaslMechanism::OAuthBearer,
+        username: settings.describe(),
+        password: Secret(String::new()),
+        oauth: None,
+        msk_iam: Some(settings),
     })
 }
 
@@ -1745,6 +1835,53 @@ topic.include.list = "orders,payments"
     }
 
     #[test]
+    fn msk_iam_takes_a_region_and_a_profile_and_no_token_endpoint() {
+        let base = [
+            "internal.security.protocol=SASL_SSL",
+            "internal.sasl.mechanism=OAUTHBEARER",
+            "internal.sasl.oauthbearer.method=aws_msk_iam",
+        ];
+        let cfg = load(
+            GOOD,
+            &[
+                &base[..],
+                &[
+                    "internal.sasl.oauthbearer.aws.region=us-east-1",
+                    "internal.sasl.oauthbearer.aws.profile=mirror",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let sasl = cfg.internal_access.sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, SaslMechanism::OAuthBearer);
+        assert!(sasl.oauth.is_none());
+        let iam = sasl.msk_iam.as_ref().unwrap();
+        assert_eq!(iam.region.as_deref(), Some("us-east-1"));
+        assert_eq!(iam.profile.as_deref(), Some("mirror"));
+        // The region may come from the AWS chain.
+        let cfg = load(GOOD, &base).unwrap();
+        let iam = cfg.internal_access.sasl.unwrap().msk_iam.unwrap();
+        assert_eq!((iam.region, iam.profile), (None, None));
+        for (more, named) in [
+            (
+                "internal.sasl.oauthbearer.client.id=mirror",
+                "internal.sasl.oauthbearer.client.id is set",
+            ),
+            (
+                "internal.sasl.oauthbearer.aws.region=US East",
+                "internal.sasl.oauthbearer.aws.region",
+            ),
+            ("internal.sasl.username=me", "internal.sasl.username"),
+        ] {
+            let message = load(GOOD, &[&base[..], &[more]].concat())
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(named), "{more}: {message}");
+        }
+    }
+
+    #[test]
     fn oauthbearer_takes_librdkafkas_keys_and_hides_the_client_secret() {
         let oauth = |more: &[&str]| -> Vec<String> {
             let mut keys = vec![
@@ -1796,7 +1933,18 @@ topic.include.list = "orders,payments"
         );
         let m = refused(&["connector.sasl.oauthbearer.method=aws_msk_iam"]);
         assert!(
-            m.contains("connector.sasl.oauthbearer.method") && m.contains("only oidc"),
+            m.contains("connector.sasl.oauthbearer.method")
+                && m.contains("connector.sasl.oauthbearer.token.endpoint.url is set"),
+            "{m}"
+        );
+        let m = refused(&["connector.sasl.oauthbearer.method=kerberos"]);
+        assert!(
+            m.contains("connector.sasl.oauthbearer.method") && m.contains("aws_msk_iam"),
+            "{m}"
+        );
+        let m = refused(&["connector.sasl.oauthbearer.aws.region=us-east-1"]);
+        assert!(
+            m.contains("aws_msk_iam, since connector.sasl.oauthbearer.aws.region is set"),
             "{m}"
         );
         let m = refused(&["connector.sasl.oauthbearer.extensions=auth=x"]);

@@ -234,3 +234,85 @@ async fn each_oauthbearer_failure_is_named_and_never_shows_the_secret() {
     }
     assert!(oidc.refused.load(Ordering::SeqCst) >= 1);
 }
+
+/// `sasl.oauthbearer.method=aws_msk_iam` against a real broker. There is no MSK here, so
+/// Kafka's OIDC validator refuses the token; what this proves is the rest of the way:
+/// credentials found by the AWS SDK's chain (here the environment), a token signed and
+/// sent over OAUTHBEARER, and the broker's refusal named with the region and the access
+/// key, never the secret key. Without credentials (no environment, no shared files, the
+/// instance metadata service switched off), `check` names the sources to set.
+#[tokio::test(flavor = "multi_thread")]
+async fn msk_iam_tokens_are_signed_from_the_aws_chain_and_a_refusal_names_region_and_key() {
+    let oidc = Oidc::start("mirror", "mirror-secret", Duration::from_secs(60));
+    let external = oauth_broker(&oidc.jwks_url(), None, &[]);
+    external.create(TOPIC, 1).await;
+    let internal = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::configure(
+        dir.path(),
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: TOPIC,
+            extra: &[
+                ("connector.security.protocol", "SASL_PLAINTEXT"),
+                ("connector.sasl.mechanism", "OAUTHBEARER"),
+                ("connector.sasl.oauthbearer.method", "aws_msk_iam"),
+                ("connector.sasl.oauthbearer.aws.region", "eu-west-1"),
+            ],
+        },
+    );
+    let (ok, validated) = service.cli("validate");
+    assert!(ok, "{validated}");
+    // No shared files: HOME and the files' variables point at an empty directory.
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home = home.to_str().unwrap().to_owned();
+    let isolated = [
+        ("HOME", home.as_str()),
+        ("AWS_CONFIG_FILE", "/nonexistent/config"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let aws_names = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ];
+    let secret_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let with_keys = [
+        &isolated[..],
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", secret_key),
+        ],
+    ]
+    .concat();
+    let (ok, text) = service.cli_in_env("check", &with_keys, &aws_names);
+    eprintln!("== with keys in the environment:\n{text}");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!("with {} failed", external.addr()))
+            && text.contains(
+                "the broker refused the MSK IAM token (region eu-west-1, access key AKIAIOSFODNN7EXAMPLE)"
+            )
+            && text.contains("kafka-cluster:Connect"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(secret_key),
+        "the secret key is shown:\n{text}"
+    );
+    let (ok, text) = service.cli_in_env("check", &isolated, &aws_names);
+    eprintln!("== without credentials:\n{text}");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("no AWS credentials for MSK IAM") && text.contains("AWS_ACCESS_KEY_ID"),
+        "{text}"
+    );
+}

@@ -49,8 +49,11 @@ pub struct SaslSettings {
     /// The password (resolved if it was a reference); with OAUTHBEARER, the client
     /// secret (`sasl.oauthbearer.client.secret`).
     pub password: Secret,
-    /// With OAUTHBEARER: where tokens come from.
+    /// With OAUTHBEARER and `sasl.oauthbearer.method = oidc`: the token endpoint.
     pub oauth: Option<OAuthSettings>,
+    /// With OAUTHBEARER and `sasl.oauthbearer.method = aws_msk_iam`: Amazon MSK's IAM
+    /// tokens (`username` then describes them; `password` is empty).
+    pub msk_iam: Option<crate::kafka::msk_iam::MskIamSettings>,
 }
 
 /// OAUTHBEARER's token source: the client-credentials grant at a token endpoint

@@ -501,13 +501,36 @@ impl Connection {
     /// (RFC 7628 §3.2.2), which the client acknowledges with `^A` to get the error.
     /// Returns the session lifetime the broker gave (0: none).
     async fn authenticate_oauth(&mut self, sasl: &SaslSettings) -> Result<i64, WireError> {
-        let oauth = sasl
-            .oauth
-            .as_ref()
-            .expect("OAUTHBEARER has its token endpoint");
         let fail = |addr: &str, reason: String| sasl_failure(addr, sasl, reason);
-        let (token, fresh) =
-            super::oauth::token(oauth, &sasl.username, &sasl.password, super::oauth::TIMEOUT)
+        // The token, whether it was just made, the extensions to send, where it came
+        // from (for messages) and what to check when the broker refuses it.
+        let (token, fresh, extensions, source, check) = match (&sasl.msk_iam, &sasl.oauth) {
+            (Some(iam), _) => {
+                let (token, fresh, signed_for) = super::msk_iam::token(iam).await.map_err(|e| {
+                    if e.is_transient() {
+                        WireError::TokenEndpoint {
+                            addr: self.addr.clone(),
+                            reason: e.to_string(),
+                        }
+                    } else {
+                        fail(&self.addr, e.to_string())
+                    }
+                })?;
+                (
+                    token,
+                    fresh,
+                    &[][..],
+                    format!("the MSK IAM token ({signed_for})"),
+                    "check that the credentials' IAM policy allows kafka-cluster:Connect on this cluster, and sasl.oauthbearer.aws.region",
+                )
+            }
+            (None, Some(oauth)) => {
+                let (token, fresh) = super::oauth::token(
+                    oauth,
+                    &sasl.username,
+                    &sasl.password,
+                    super::oauth::TIMEOUT,
+                )
                 .await
                 .map_err(|e| match e {
                     super::oauth::OAuthError::Unreachable { .. }
@@ -517,23 +540,32 @@ impl Connection {
                     },
                     refused => fail(&self.addr, refused.to_string()),
                 })?;
+                (
+                    token,
+                    fresh,
+                    oauth.extensions.as_slice(),
+                    format!("the token from {}", oauth.token_endpoint),
+                    "check the broker's token validation (issuer, audience, JWKS) and sasl.oauthbearer.scope",
+                )
+            }
+            (None, None) => unreachable!("OAUTHBEARER has a token source"),
+        };
+        let forget = || match (&sasl.msk_iam, &sasl.oauth) {
+            (Some(iam), _) => super::msk_iam::forget(iam),
+            (None, Some(oauth)) => super::oauth::forget(oauth, &sasl.username),
+            (None, None) => {}
+        };
         let version = self.version::<SaslAuthenticateRequest>(0..=2)?;
-        let message = super::oauth::initial_response(&token, &oauth.extensions);
+        let message = super::oauth::initial_response(&token, extensions);
         let refused = |code: i16, said: Option<&StrBytes>, challenge: &str| {
             let code = kafka_protocol::ResponseError::try_from_code(code)
                 .map_or_else(|| format!("error {code}"), |e| format!("{e}"));
             let said = said
                 .map(|m| format!(": {}", m.as_str()))
                 .unwrap_or_default();
-            format!(
-                "the broker refused the token from {}{challenge} ({code}{said}); check the broker's token validation (issuer, audience, JWKS) and sasl.oauthbearer.scope",
-                oauth.token_endpoint
-            )
+            format!("the broker refused {source}{challenge} ({code}{said}); {check}")
         };
-        let hint = format!(
-            "it may have refused the token from {}",
-            oauth.token_endpoint
-        );
+        let hint = format!("it may have refused {source}");
         let response = self
             .call_now(
                 &SaslAuthenticateRequest::default().with_auth_bytes(message.into()),
@@ -546,7 +578,7 @@ impl Connection {
         // fetched that the broker refuses is a refusal.
         let addr = self.addr.clone();
         let refusal = |reason: String| {
-            super::oauth::forget(oauth, &sasl.username);
+            forget();
             if fresh {
                 fail(&addr, reason)
             } else {
@@ -1412,6 +1444,7 @@ mod tests {
                     username: "alice".into(),
                     password: Secret(password.into()),
                     oauth: None,
+                    msk_iam: None,
                 }),
                 ..Access::default()
             };

@@ -7,6 +7,8 @@
 //!   SOCKS5 proxy), with no TLS code;
 //! - [`oauth`]: OAUTHBEARER's tokens, from a token endpoint by the client-credentials
 //!   grant, cached until 80 % of their lifetime;
+//! - [`msk_iam`]: Amazon MSK's IAM tokens for OAUTHBEARER, SigV4-presigned from the AWS
+//!   SDK's credentials as AWS's signers build them, cached the same way;
 //! - [`tls`]: those settings made a [`tls::Transport`] (the rustls client
 //!   configuration, SASL, the proxy dial), one per cluster;
 //! - [`connection`]: one broker connection: framing, correlation ids, ApiVersions and
@@ -44,6 +46,7 @@ pub mod connection;
 pub mod fetch;
 pub mod group;
 pub mod leaders;
+pub mod msk_iam;
 pub mod oauth;
 pub mod produce;
 pub mod producers;

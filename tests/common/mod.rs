@@ -54,10 +54,17 @@ pub fn install_tools() {
 
 /// Runs the kafka-direct CLI: (success, stdout followed by stderr).
 pub fn cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kafka-direct"))
-        .args(args)
-        .output()
-        .unwrap();
+    cli_in_env(args, &[], &[])
+}
+
+/// As [`cli`], with `clear` removed from the environment, then `set` added to it.
+pub fn cli_in_env(args: &[&str], set: &[(&str, &str)], clear: &[&str]) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kafka-direct"));
+    command.args(args);
+    for name in clear {
+        command.env_remove(name);
+    }
+    let out = command.envs(set.iter().copied()).output().unwrap();
     (
         out.status.success(),
         format!(
@@ -1411,6 +1418,20 @@ impl Service {
     /// (exit success, output).
     pub fn cli(&self, command: &str) -> (bool, String) {
         cli(&[command, "--config", self.config.to_str().unwrap()])
+    }
+
+    /// As [`Service::cli`], with `clear` removed from the environment, then `set` added.
+    pub fn cli_in_env(
+        &self,
+        command: &str,
+        set: &[(&str, &str)],
+        clear: &[&str],
+    ) -> (bool, String) {
+        cli_in_env(
+            &[command, "--config", self.config.to_str().unwrap()],
+            set,
+            clear,
+        )
     }
 
     /// `check` fails, its output holding every one of `needles`; then `run` exits with a
