@@ -239,8 +239,10 @@ async fn each_oauthbearer_failure_is_named_and_never_shows_the_secret() {
 /// Kafka's OIDC validator refuses the token; what this proves is the rest of the way:
 /// credentials found by the AWS SDK's chain (here the environment), a token signed and
 /// sent over OAUTHBEARER, and the broker's refusal named with the region and the access
-/// key, never the secret key. Without credentials (no environment, no shared files, the
-/// instance metadata service switched off), `check` names the sources to set.
+/// key, never the secret key: credentials from the environment, from a stand-in for
+/// EC2's instance metadata service, and from a named profile of the shared credentials
+/// file. Without credentials (no environment, no shared files, the instance metadata
+/// service switched off), `check` names the sources to set.
 #[tokio::test(flavor = "multi_thread")]
 async fn msk_iam_tokens_are_signed_from_the_aws_chain_and_a_refusal_names_region_and_key() {
     let oidc = Oidc::start("mirror", "mirror-secret", Duration::from_secs(60));
@@ -315,4 +317,140 @@ async fn msk_iam_tokens_are_signed_from_the_aws_chain_and_a_refusal_names_region
         text.contains("no AWS credentials for MSK IAM") && text.contains("AWS_ACCESS_KEY_ID"),
         "{text}"
     );
+
+    // An instance's role, from a stand-in for EC2's instance metadata service (IMDSv2:
+    // a session token first, then the role's name and its credentials).
+    let (imds, asked) = fake_instance_metadata("ASIAIMDSEXAMPLE", secret_key);
+    let imds_url = format!("http://{imds}");
+    let on_ec2 = [
+        &isolated[..3],
+        &[("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds_url.as_str())],
+    ]
+    .concat();
+    let (ok, text) = service.cli_in_env("check", &on_ec2, &aws_names);
+    eprintln!("== from the instance metadata service:\n{text}");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("refused the MSK IAM token (region eu-west-1, access key ASIAIMDSEXAMPLE)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(secret_key),
+        "the secret key is shown:\n{text}"
+    );
+    let asked = asked.lock().unwrap().clone();
+    for wanted in [
+        "PUT /latest/api/token",
+        "GET /latest/meta-data/iam/security-credentials/ ",
+        "GET /latest/meta-data/iam/security-credentials/mirror-role ",
+    ] {
+        assert!(
+            asked.iter().any(|line| line.starts_with(wanted)),
+            "{wanted}: {asked:?}"
+        );
+    }
+
+    // A profile of the shared credentials file, named by sasl.oauthbearer.aws.profile.
+    let files = dir.path().join("aws");
+    std::fs::create_dir_all(&files).unwrap();
+    let credentials = files.join("credentials");
+    std::fs::write(
+        &credentials,
+        format!("[default]\naws_access_key_id = AKIADEFAULTEXAMPLE\naws_secret_access_key = {secret_key}\n\n[mirror]\naws_access_key_id = AKIAPROFILEEXAMPLE\naws_secret_access_key = {secret_key}\n"),
+    )
+    .unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let profiled = Service::configure(
+        dir2.path(),
+        ServiceConfig {
+            external: &external.addr(),
+            internal: &internal.addr(),
+            topics: TOPIC,
+            extra: &[
+                ("connector.security.protocol", "SASL_PLAINTEXT"),
+                ("connector.sasl.mechanism", "OAUTHBEARER"),
+                ("connector.sasl.oauthbearer.method", "aws_msk_iam"),
+                ("connector.sasl.oauthbearer.aws.region", "eu-west-1"),
+                ("connector.sasl.oauthbearer.aws.profile", "mirror"),
+            ],
+        },
+    );
+    let with_file = [
+        &isolated[..],
+        &[("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap())],
+    ]
+    .concat();
+    let (ok, text) = profiled.cli_in_env("check", &with_file, &aws_names);
+    eprintln!("== from a profile:\n{text}");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "refused the MSK IAM token (region eu-west-1, access key AKIAPROFILEEXAMPLE)"
+        ),
+        "{text}"
+    );
+}
+
+/// A stand-in for EC2's instance metadata service (IMDSv2) on a free loopback port,
+/// serving the role `mirror-role` with `access_key` and `secret_key`: returns its
+/// address and the request lines it was sent.
+fn fake_instance_metadata(
+    access_key: &'static str,
+    secret_key: &'static str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&asked);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let mut has_token = false;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                    break;
+                }
+                has_token |= header
+                    .to_ascii_lowercase()
+                    .starts_with("x-aws-ec2-metadata-token: imds-session");
+            }
+            seen.lock().unwrap().push(request.trim_end().to_owned());
+            let path = request.split(' ').nth(1).unwrap_or("");
+            let (status, extra, body) = match (request.split(' ').next(), path) {
+                (Some("PUT"), "/latest/api/token") => (
+                    "200 OK",
+                    "x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n",
+                    "imds-session".to_owned(),
+                ),
+                (Some("GET"), _) if !has_token => ("401 Unauthorized", "", String::new()),
+                (Some("GET"), "/latest/meta-data/iam/security-credentials/") => {
+                    ("200 OK", "", "mirror-role".to_owned())
+                }
+                (Some("GET"), "/latest/meta-data/iam/security-credentials/mirror-role") => (
+                    "200 OK",
+                    "",
+                    format!(
+                        r#"{{"Code":"Success","LastUpdated":"2026-12-04T00:00:00Z","Type":"AWS-HMAC","AccessKeyId":"{access_key}","SecretAccessKey":"{secret_key}","Token":"imds-session-token","Expiration":"2099-01-01T00:00:00Z"}}"#
+                    ),
+                ),
+                _ => ("404 Not Found", "", String::new()),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, asked)
 }
