@@ -506,16 +506,19 @@ impl Connection {
         // from (for messages) and what to check when the broker refuses it.
         let (token, fresh, extensions, source, check) = match (&sasl.msk_iam, &sasl.oauth) {
             (Some(iam), _) => {
-                let (token, fresh, signed_for) = super::msk_iam::token(iam).await.map_err(|e| {
-                    if e.is_transient() {
-                        WireError::TokenEndpoint {
-                            addr: self.addr.clone(),
-                            reason: e.to_string(),
+                // Boxed: the AWS SDK's configuration loading is a large future, which
+                // would otherwise be part of every connection's.
+                let (token, fresh, signed_for) =
+                    Box::pin(super::msk_iam::token(iam)).await.map_err(|e| {
+                        if e.is_transient() {
+                            WireError::TokenEndpoint {
+                                addr: self.addr.clone(),
+                                reason: e.to_string(),
+                            }
+                        } else {
+                            fail(&self.addr, e.to_string())
                         }
-                    } else {
-                        fail(&self.addr, e.to_string())
-                    }
-                })?;
+                    })?;
                 (
                     token,
                     fresh,
@@ -1599,5 +1602,19 @@ mod tests {
             );
             assert!(seen.lock().unwrap().is_empty(), "no credentials were sent");
         }
+    }
+}
+#[cfg(test)]
+mod size {
+    /// Every start-up, fetch and produce path holds a connection attempt in its future:
+    /// one that grows (the AWS SDK's configuration loading was 11 KiB of it, before it
+    /// was boxed) makes the futures of whole tasks overflow a worker thread's stack
+    /// in debug builds.
+    #[test]
+    fn a_connection_attempt_stays_small() {
+        let transport = crate::kafka::tls::Transport::default();
+        let attempt = super::Connection::open("127.0.0.1:1", "test", &transport);
+        let size = std::mem::size_of_val(&attempt);
+        assert!(size < 4096, "Connection::open's future takes {size} bytes");
     }
 }
