@@ -427,7 +427,7 @@ async fn offsets_change_only_while_stopped_and_a_rewind_copies_again_exactly_fro
     );
 
     let (status, body) = call(&api, "PUT", "/connectors/test/stop").await;
-    assert_eq!(status, 202, "{body}");
+    assert_eq!(status, 204, "{body}");
     let status = get(&api, "/connectors/test/status").await;
     assert_eq!(status["connector"]["state"], "STOPPED");
     assert!(
@@ -495,7 +495,7 @@ async fn offsets_change_only_while_stopped_and_a_rewind_copies_again_exactly_fro
     );
 
     // DELETE goes back to auto.offset.reset (earliest here): everything again.
-    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 202);
+    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 204);
     let (status, body) = call(&api, "DELETE", "/connectors/test/offsets").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -516,7 +516,7 @@ async fn offsets_change_only_while_stopped_and_a_rewind_copies_again_exactly_fro
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_connector_stays_stopped_across_a_restart_and_restart_resumes_tasks() {
     let (mut p, api) = replicating("halted", 2, 50).await;
-    assert_eq!(call(&api, "POST", "/connectors/test/restart").await.0, 202);
+    assert_eq!(call(&api, "POST", "/connectors/test/restart").await.0, 204);
     wait_json(
         &api,
         "/connectors/test/status",
@@ -530,7 +530,7 @@ async fn a_stopped_connector_stays_stopped_across_a_restart_and_restart_resumes_
         },
     )
     .await;
-    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 202);
+    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 204);
     assert!(p.service.terminate(Duration::from_secs(30)).success());
 
     p.produce_each(50, 30).await;

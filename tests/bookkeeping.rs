@@ -106,7 +106,7 @@ async fn the_group_shows_the_stored_position_to_kafka_consumer_groups_and_moves_
 
     // Stopped, its offsets changed through the API: the group moves at once (partition
     // 0 to 5; partition 1 back to auto.offset.reset, so its group offset goes).
-    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 202);
+    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 204);
     let (status, body) = send(
         &api,
         "PATCH",
@@ -164,7 +164,7 @@ async fn a_group_reset_with_kafka_consumer_groups_while_stopped_is_followed_once
     service.start();
     let api = ApiClient::new(&service.api().await, None);
     wait_for_end(&internal, "int.regrouped", 0, 50, WAIT).await;
-    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 202);
+    assert_eq!(call(&api, "PUT", "/connectors/test/stop").await.0, 204);
     wait_described(&external, GROUP, "regrouped", &[(0, Some(50))]).await;
 
     // The group has no members: Kafka's tool resets it.

@@ -116,7 +116,7 @@ async fn records_removed_before_they_were_copied_are_skipped_as_auto_offset_rese
     // The way out the message names: stop, set the offset, resume.
     assert_eq!(
         call(&api, "PUT", "/connectors/test/stop", None).await.0,
-        202
+        204
     );
     let body = serde_json::json!({"offsets": [{"partition": {"kafka_topic": "retained", "kafka_partition": 0}, "offset": {"kafka_offset": 250}}]});
     let (code, answer) = call(&api, "PATCH", "/connectors/test/offsets", Some(body)).await;

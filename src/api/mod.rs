@@ -140,6 +140,8 @@ fn router(shared: Arc<Shared>) -> Router {
             get(connector_config).put(put_config),
         )
         .route("/connectors/{name}/status", get(connector_status))
+        .route("/connectors/{name}/tasks", get(connector_tasks))
+        .route("/connectors/{name}/tasks/{task}/status", get(task_status))
         .route("/connectors/{name}/topics", get(connector_topics))
         .route(
             "/connectors/{name}/offsets",
@@ -340,6 +342,7 @@ fn task_of(id: usize, p: &PartitionMetrics, worker_id: &str) -> TaskStatus {
         id,
         state: p.state().name().to_owned(),
         worker_id: worker_id.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         topic: p.partition.topic.clone(),
         partition: p.partition.partition,
         high_watermark: known(p.source_high_watermark.load(Relaxed)),
@@ -365,6 +368,7 @@ fn status_of(shared: &Shared, c: &ConnectorHandle) -> ConnectorStatus {
         connector: ConnectorSummary {
             state: c.state().name().to_owned(),
             worker_id: shared.worker_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             trace: c.error().or_else(|| c.waiting()),
         },
         tasks: c
@@ -380,6 +384,46 @@ fn status_of(shared: &Shared, c: &ConnectorHandle) -> ConnectorStatus {
 async fn connector_status(State(shared): Api, Path(name): Path<String>) -> Answer {
     let c = find(&shared, &name)?;
     Ok(Json(json!(status_of(&shared, &c))))
+}
+
+/// `GET /connectors/{name}/tasks`, as Connect: each task's id and config, here the
+/// connector's (secrets hidden) and the partition the task copies.
+async fn connector_tasks(State(shared): Api, Path(name): Path<String>) -> Answer {
+    let c = find(&shared, &name)?;
+    let tasks: Vec<Value> = c
+        .partitions()
+        .iter()
+        .enumerate()
+        .map(|(task, p)| {
+            let mut config = c.config().settings.clone();
+            config.insert("task.index".into(), task.to_string());
+            // Kafka's way of writing a partition (`TopicPartition`): `orders-0`.
+            let assigned = format!("{}-{}", p.partition.topic, p.partition.partition);
+            config.insert("task.assigned.partitions".into(), assigned);
+            json!({"id": {"connector": name, "task": task}, "config": config})
+        })
+        .collect();
+    Ok(Json(json!(tasks)))
+}
+
+/// `GET /connectors/{name}/tasks/{task}/status`: that task of the connector's status.
+async fn task_status(State(shared): Api, Path((name, task)): Path<(String, String)>) -> Answer {
+    let c = find(&shared, &name)?;
+    let partitions = c.partitions();
+    let found = task
+        .parse::<usize>()
+        .ok()
+        .and_then(|id| Some((id, partitions.get(id)?)));
+    let Some((id, p)) = found else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "connector {name} has no task {task}; its tasks are 0..{}",
+                partitions.len()
+            ),
+        ));
+    };
+    Ok(Json(json!(task_of(id, p, &shared.worker_id))))
 }
 
 async fn connector_topics(State(shared): Api, Path(name): Path<String>) -> Answer {
@@ -522,13 +566,39 @@ async fn resume(State(shared): Api, Path(name): Path<String>) -> Result<Response
     set_target(&shared, &name, Target::Running).await
 }
 
+/// 204, as Connect answers a stop (pause and resume: 202).
 async fn stop(State(shared): Api, Path(name): Path<String>) -> Result<Response, ApiError> {
-    set_target(&shared, &name, Target::Stopped).await
+    set_target(&shared, &name, Target::Stopped).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn restart(State(shared): Api, Path(name): Path<String>) -> Result<Response, ApiError> {
-    find_runtime(&shared, &name)?.restart().await?;
-    Ok(StatusCode::ACCEPTED.into_response())
+/// Restarts the connector's tasks (all of them: kafka-direct restarts a connector
+/// whole). As Connect answers: 204 without `includeTasks` and `onlyFailed`, else 202 with
+/// the connector's status.
+async fn restart(
+    State(shared): Api,
+    Path(name): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let flag = |key: &str| -> Result<bool, ApiError> {
+        match query.iter().rev().find(|(k, _)| k == key) {
+            None => Ok(false),
+            Some((_, v)) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some((_, v)) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some((_, v)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{key}={v}: true or false"),
+            )),
+        }
+    };
+    let with_status = flag("includeTasks")? || flag("onlyFailed")?;
+    let runtime = find_runtime(&shared, &name)?;
+    runtime.restart().await?;
+    if !with_status {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let status = status_of(&shared, &runtime.handle);
+    Ok((StatusCode::ACCEPTED, Json(json!(status))).into_response())
 }
 
 /// `PATCH /connectors/{name}/offsets` with KIP-875's body:

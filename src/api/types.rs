@@ -29,6 +29,8 @@ pub struct ConnectorSummary {
     pub state: String,
     /// This instance's API address.
     pub worker_id: String,
+    /// kafka-direct's version (Kafka Connect: the connector plugin's).
+    pub version: String,
     /// Why the connector could not start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
@@ -44,6 +46,8 @@ pub struct TaskStatus {
     pub state: String,
     /// This instance's API address.
     pub worker_id: String,
+    /// kafka-direct's version (Kafka Connect: the task plugin's).
+    pub version: String,
     /// The source topic.
     pub topic: String,
     /// The source partition.

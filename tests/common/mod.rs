@@ -21,6 +21,7 @@ use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, Unknown
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::{Record, RecordAndOffset};
 
+pub mod connect;
 pub mod oidc;
 pub mod secure;
 
@@ -111,7 +112,7 @@ const BINARY_MINUTES: u64 = 20;
 /// Starts the watchdog (once per binary, on first use of a broker or the service): past
 /// [`BINARY_MINUTES`] it kills every process the binary started (brokers, services,
 /// tools) and exits 101 with a line `scripts/test` counts as a failed test.
-fn watchdog() {
+pub(crate) fn watchdog() {
     static STARTED: Once = Once::new();
     STARTED.call_once(|| {
         let minutes = std::env::var("KAFKA_DIRECT_TEST_BINARY_MINUTES")
