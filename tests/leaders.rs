@@ -24,44 +24,6 @@ const PARTITIONS: i32 = 2;
 /// cores at once.
 static CLUSTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The id of the node leading `topic/partition`, as Kafka's own `kafka-topics
-/// --describe` reports it (once it has one).
-async fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let described = kafka_tool(
-            "kafka-topics",
-            &[
-                "--bootstrap-server",
-                bootstrap,
-                "--describe",
-                "--topic",
-                topic,
-            ],
-        );
-        let leader = described.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let at = |name: &str| {
-                fields
-                    .iter()
-                    .position(|f| *f == name)
-                    .and_then(|i| fields.get(i + 1))
-            };
-            (at("Partition:")? == &partition.to_string().as_str())
-                .then(|| at("Leader:")?.parse::<i32>().ok())
-                .flatten()
-        });
-        if let Some(leader) = leader.filter(|id| *id > 0) {
-            return leader;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic}/{partition} has no leader: {described}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Produces `n` test records to every partition of [`TOPIC`] from `start`, retrying
 /// each request until the cluster takes it (a leader may be moving).
 async fn produce_through(bootstrap: &str, start: usize, n: usize) {

@@ -8,7 +8,13 @@
 //!
 //! `cargo test --test torture` runs the short profile (CI). Options, after `--`:
 //! `--records N --partitions P --kills K --broker-restarts R --outage-secs S
-//! --network-cuts C --cut-secs T --seed X`.
+//! --network-cuts C --cut-secs T --cluster-size 1|3 --seed X`.
+//!
+//! With `--cluster-size 3` (Apache Kafka only) both clusters are three nodes, topics
+//! have replication factor 3 and `min.insync.replicas` 2: a broker restart kills the
+//! leader of a random partition (source or internal) so that leadership moves, and the
+//! outage takes two internal nodes of three down (no quorum, no in-sync majority). Each
+//! internal node is reached through a proxy of its own, all cut together.
 //! A failing run prints its seed; `--seed` replays the same schedule of faults.
 
 #![allow(clippy::disallowed_methods)]
@@ -37,6 +43,7 @@ struct Profile {
     outage_secs: u64,
     network_cuts: usize,
     cut_secs: u64,
+    cluster_size: usize,
     seed: u64,
 }
 
@@ -54,6 +61,7 @@ impl Profile {
             // Longer than the service's request.timeout.ms here (10 s): its requests
             // time out while the cut lasts.
             cut_secs: 15,
+            cluster_size: 1,
             seed: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
@@ -76,6 +84,7 @@ impl Profile {
                 "--outage-secs" => p.outage_secs = value(arg),
                 "--network-cuts" => p.network_cuts = value(arg) as usize,
                 "--cut-secs" => p.cut_secs = value(arg),
+                "--cluster-size" => p.cluster_size = value(arg) as usize,
                 "--seed" => p.seed = value(arg),
                 // Other flags are the test runner's (--nocapture, --test-threads=N…).
                 flag if flag.starts_with('-') => {}
@@ -85,6 +94,10 @@ impl Profile {
         assert!(
             p.partitions > 0 && p.records >= p.partitions as usize,
             "need at least one record per partition"
+        );
+        assert!(
+            p.cluster_size == 1 || (p.cluster_size == 3 && platform() == Platform::Kafka),
+            "--cluster-size is 1, or 3 on Apache Kafka"
         );
         let selected = filters.is_empty() || filters.iter().any(|f| "torture".contains(f.as_str()));
         selected.then_some(p)
@@ -238,29 +251,7 @@ async fn run(p: Profile) -> bool {
     let mut rng = fastrand::Rng::with_seed(p.seed);
 
     let store = ObjectStore::start();
-    let external = Broker::start_durable(&store, &format!("kd-external-{}", p.seed % 100_000));
-    // The service reaches the internal broker only through this proxy (the broker
-    // advertises its port), so a cut of the proxy partitions it from that cluster.
-    let (firewall_port, firewall_listener) = FirewallProxy::bind().await;
-    let internal = Broker::start_durable_advertising(
-        &store,
-        &format!("kd-internal-{}", p.seed % 100_000),
-        Some(firewall_port),
-    );
-    let firewall = FirewallProxy::start(firewall_listener, internal.port);
-    // Declared after the store, so dropped before it: the brokers stop first.
-    let mut rig = Pipeline::with_brokers(
-        TOPIC,
-        p.partitions,
-        // The S3-backed test broker slows down as data grows: a longer bound per call.
-        &[
-            ("progress.interval.ms", "1000"),
-            ("request.timeout.ms", "10000"),
-        ],
-        external,
-        internal,
-    )
-    .await;
+    let mut rig = Rig::start(&p, &store).await;
     rig.service.start();
 
     // The schedule of faults, shuffled with the seed.
@@ -282,14 +273,21 @@ async fn run(p: Profile) -> bool {
     let per_partition = p.records / p.partitions as usize;
     let chunk = 250usize;
     let steps = per_partition.div_ceil(chunk);
+    // In a cluster, a leader's restart takes seconds more (finding the leader with
+    // Kafka's tool, waiting for leadership to move, the node's start).
+    let restart_cost = if p.cluster_size > 1 { 12 } else { 0 };
     let fault_time = Duration::from_secs_f64(plan.len() as f64 * 1.4)
-        + Duration::from_secs(p.outage_secs + p.network_cuts as u64 * p.cut_secs);
+        + Duration::from_secs(p.outage_secs + p.network_cuts as u64 * p.cut_secs)
+        + Duration::from_secs(restart_cost * (p.broker_restarts as u64 + 2));
     let pace = fault_time / steps.max(1) as u32;
     let produced = Arc::new(AtomicU64::new(0));
     let producing = Arc::new(AtomicBool::new(true));
     let producer = {
-        let (addr, produced, producing) =
-            (rig.external.addr(), produced.clone(), producing.clone());
+        let (addr, produced, producing) = (
+            rig.external.bootstrap(),
+            produced.clone(),
+            producing.clone(),
+        );
         let partitions = p.partitions;
         tokio::spawn(async move {
             for step in 0..steps {
@@ -324,23 +322,23 @@ async fn run(p: Profile) -> bool {
                 ));
             }
             Fault::RestartSource => {
-                rig.external.kill9();
-                rig.external.start_again();
+                let partition = rng.i32(0..p.partitions);
+                let done = rig.external.restart_leader(TOPIC, partition).await;
                 restarts += 1;
-                say("source broker killed and restarted".into());
+                say(format!("source: {done}"));
             }
             Fault::RestartInternal => {
-                rig.internal.kill9();
-                rig.internal.start_again();
+                let partition = rng.i32(0..p.partitions);
+                let done = rig.internal.restart_leader(INTERNAL_TOPIC, partition).await;
                 restarts += 1;
-                say("internal broker killed and restarted".into());
+                say(format!("internal: {done}"));
             }
             Fault::InternalOutage => {
                 let secs = Duration::from_secs(p.outage_secs);
-                rig.internal.kill9();
-                say(format!("internal broker down for {secs:?}"));
+                let down = rig.internal.take_down();
+                say(format!("internal cluster down for {secs:?}: {down}"));
                 tokio::time::sleep(secs).await;
-                rig.internal.start_again();
+                rig.internal.bring_back();
                 outage += secs;
                 say(format!(
                     "internal broker back; {} records produced so far",
@@ -351,7 +349,7 @@ async fn run(p: Profile) -> bool {
                 let secs = Duration::from_secs(p.cut_secs);
                 let logged = rig.service.log_text().len();
                 let errors_before = produce_errors(&rig.service.metrics().await);
-                firewall.cut();
+                rig.cut();
                 say(format!(
                     "network cut: the service's traffic to the internal broker dropped for {secs:?}"
                 ));
@@ -373,7 +371,7 @@ async fn run(p: Profile) -> bool {
                 if let Some(first) = timeouts.first() {
                     say(format!("the service, cut off: {first}"));
                 }
-                firewall.heal();
+                rig.heal();
                 cuts += 1;
                 cut_timeouts += felt;
                 cut_errors += counted;
@@ -399,14 +397,14 @@ async fn run(p: Profile) -> bool {
     // 180 s without progress.
     let mut last_source = Vec::new();
     for partition in 0..p.partitions {
-        last_source.push(end_offset(&rig.external.addr(), TOPIC, partition).await - 1);
+        last_source.push(end_offset(&rig.external.bootstrap(), TOPIC, partition).await - 1);
     }
     let mut copied = vec![None; last_source.len()];
     let mut moved = Instant::now();
     loop {
         let mut behind = Vec::new();
         for (partition, &last) in last_source.iter().enumerate() {
-            let now = last_copied_source_offset(&rig.internal.addr(), partition as i32).await;
+            let now = last_copied_source_offset(&rig.internal.bootstrap(), partition as i32).await;
             if now != copied[partition] {
                 copied[partition] = now;
                 moved = Instant::now();
@@ -432,8 +430,8 @@ async fn run(p: Profile) -> bool {
     let mut faults = Faults::default();
     let mut source_records = 0;
     for partition in 0..p.partitions {
-        let source = read_all(&rig.external.addr(), TOPIC, partition).await;
-        let copies = read_all(&rig.internal.addr(), INTERNAL_TOPIC, partition).await;
+        let source = read_all(&rig.external.bootstrap(), TOPIC, partition).await;
+        let copies = read_all(&rig.internal.bootstrap(), INTERNAL_TOPIC, partition).await;
         let f = count_faults(&source, &copies);
         if !f.none() {
             say(format!(
@@ -448,8 +446,9 @@ async fn run(p: Profile) -> bool {
     let unexpected = rig.service.progress_field("unexpected_produce_offsets");
     let clean_exit = rig.service.terminate(Duration::from_secs(60)).success();
     println!(
-        "torture: records={source_records} partitions={} kills={kills} broker_restarts={restarts} outage_secs={} network_cuts={cuts} cut_secs={} cut_timeouts={cut_timeouts} cut_produce_errors={cut_errors} cuts_in_doubt={cuts_in_doubt} elapsed_secs={:.0} lost={} duplicated={} reordered={} damaged={} unexpected_produce_offsets={} seed={}",
+        "torture: records={source_records} partitions={} cluster_size={} kills={kills} broker_restarts={restarts} outage_secs={} network_cuts={cuts} cut_secs={} cut_timeouts={cut_timeouts} cut_produce_errors={cut_errors} cuts_in_doubt={cuts_in_doubt} elapsed_secs={:.0} lost={} duplicated={} reordered={} damaged={} unexpected_produce_offsets={} seed={}",
         p.partitions,
+        p.cluster_size,
         outage.as_secs(),
         p.cut_secs,
         started.elapsed().as_secs_f64(),
@@ -478,10 +477,14 @@ async fn run(p: Profile) -> bool {
         );
     }
     if !faults.none() || !clean_exit || !cut_felt || !cut_seen {
+        // The service's whole log, kept past the run's temporary directory.
+        let kept = repo_root().join(format!("target/tmp/torture-service-{}.log", p.seed));
+        let _ = std::fs::create_dir_all(kept.parent().unwrap());
+        let _ = std::fs::copy(&rig.service.log, &kept);
         eprintln!(
-            "torture FAILED (replay with --seed {}); clean exit: {clean_exit}; service log in {}:\n{}",
+            "torture FAILED (replay with --seed {}); clean exit: {clean_exit}; service log kept at {}; its end:\n{}",
             p.seed,
-            rig.service.log.display(),
+            kept.display(),
             tail(&rig.service.log_text(), 80)
         );
         return false;
@@ -496,9 +499,10 @@ async fn produce_until_stored(addr: &str, partition: i32, records: Vec<Record>) 
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let attempt = async {
-            let client = rskafka::client::ClientBuilder::new(vec![addr.to_string()])
-                .build()
-                .await?;
+            let client =
+                rskafka::client::ClientBuilder::new(addr.split(',').map(str::to_owned).collect())
+                    .build()
+                    .await?;
             let pc = client
                 .partition_client(
                     TOPIC,
@@ -536,6 +540,167 @@ async fn last_copied_source_offset(addr: &str, partition: i32) -> Option<i64> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// The service, the two clusters, and the proxies between the service and the internal
+/// one.
+struct Rig {
+    service: Service,
+    external: Side,
+    internal: Side,
+    firewalls: Vec<FirewallProxy>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(p: &Profile, store: &ObjectStore) -> Self {
+        // The service reaches each internal node only through a proxy (the node
+        // advertises its port), so cutting the proxies partitions it from that cluster.
+        let mut bound = Vec::new();
+        for _ in 0..p.cluster_size {
+            bound.push(FirewallProxy::bind().await);
+        }
+        let (external, internal) = if p.cluster_size == 1 {
+            let bucket = |side: &str| format!("kd-{side}-{}", p.seed % 100_000);
+            let external = Broker::start_durable(store, &bucket("external"));
+            let internal =
+                Broker::start_durable_advertising(store, &bucket("internal"), Some(bound[0].0));
+            (
+                Side {
+                    nodes: vec![external],
+                },
+                Side {
+                    nodes: vec![internal],
+                },
+            )
+        } else {
+            let external = KafkaCluster::start(p.cluster_size);
+            let advertised: Vec<Option<u16>> = bound.iter().map(|(port, _)| Some(*port)).collect();
+            let internal = KafkaCluster::start_advertising(&advertised);
+            (
+                Side {
+                    nodes: external.nodes,
+                },
+                Side {
+                    nodes: internal.nodes,
+                },
+            )
+        };
+        let firewalls = bound
+            .into_iter()
+            .zip(&internal.nodes)
+            .map(|((_, listener), node)| FirewallProxy::start(listener, node.port))
+            .collect();
+        if p.cluster_size == 1 {
+            create_topic(&external.bootstrap(), TOPIC, p.partitions).await;
+        } else {
+            create_topic_with_configs(
+                &external.bootstrap(),
+                TOPIC,
+                p.partitions,
+                &["min.insync.replicas=2"],
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let factor = p.cluster_size.to_string();
+        let service = Service::configure(
+            dir.path(),
+            ServiceConfig {
+                external: &external.bootstrap(),
+                internal: &internal.advertised(),
+                topics: TOPIC,
+                // The S3-backed test broker slows down as data grows: a longer bound per
+                // call.
+                extra: &[
+                    ("progress.interval.ms", "1000"),
+                    ("request.timeout.ms", "10000"),
+                    ("internal.replication.factor", &factor),
+                ],
+            },
+        );
+        Self {
+            service,
+            external,
+            internal,
+            firewalls,
+            _dir: dir,
+        }
+    }
+
+    fn cut(&self) {
+        self.firewalls.iter().for_each(FirewallProxy::cut);
+    }
+
+    fn heal(&self) {
+        self.firewalls.iter().for_each(FirewallProxy::heal);
+    }
+}
+
+/// One cluster: a durable broker, or three Kafka nodes.
+struct Side {
+    nodes: Vec<Broker>,
+}
+
+impl Side {
+    /// Every node's own address, comma-separated (the test's clients).
+    fn bootstrap(&self) -> String {
+        let addrs: Vec<String> = self.nodes.iter().map(Broker::addr).collect();
+        addrs.join(",")
+    }
+
+    /// Every node's advertised address (its proxy's), comma-separated (the service's).
+    fn advertised(&self) -> String {
+        let addrs: Vec<String> = self.nodes.iter().map(Broker::advertised_addr).collect();
+        addrs.join(",")
+    }
+
+    /// Kills (SIGKILL) the node leading `topic/partition` and starts it again: the only
+    /// node, or, in a cluster, the leader, whose leadership moves to another replica.
+    async fn restart_leader(&self, topic: &str, partition: i32) -> String {
+        if self.nodes.len() == 1 {
+            self.nodes[0].kill9();
+            self.nodes[0].start_again();
+            return "broker killed and restarted".into();
+        }
+        let leader = leader_of(&self.bootstrap(), topic, partition).await;
+        let node = &self.nodes[(leader - 1) as usize];
+        node.kill9();
+        let others: Vec<String> = (1..=self.nodes.len() as i32)
+            .filter(|n| *n != leader)
+            .map(|n| self.nodes[(n - 1) as usize].addr())
+            .collect();
+        // Until the controller notices the node gone (its session, 2.5 s here), the
+        // metadata still names it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let moved = loop {
+            let now = leader_of(&others.join(","), topic, partition).await;
+            if now != leader || Instant::now() > deadline {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        node.start_again();
+        format!("node {leader}, leader of {topic}/{partition}, killed (leadership moved to node {moved}) and restarted")
+    }
+
+    /// The cluster unavailable: the only node killed, or two nodes of three (no
+    /// controller quorum, fewer in-sync replicas than `min.insync.replicas`).
+    fn take_down(&self) -> String {
+        let down = self.nodes.len().min(2);
+        for node in &self.nodes[..down] {
+            node.kill9();
+        }
+        format!("{down} of {} nodes killed", self.nodes.len())
+    }
+
+    /// Starts the nodes [`Side::take_down`] killed, one after the other (with the node
+    /// left, the first one restarted makes a quorum again).
+    fn bring_back(&self) {
+        let down = self.nodes.len().min(2);
+        for node in &self.nodes[..down] {
+            node.start_again();
+        }
+    }
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -478,6 +478,13 @@ pub struct KafkaCluster {
 
 impl KafkaCluster {
     pub fn start(n: usize) -> Self {
+        Self::start_advertising(&vec![None; n])
+    }
+
+    /// A cluster of one node per entry of `advertised`, each node advertising that port
+    /// (a proxy's) instead of its own when given.
+    pub fn start_advertising(advertised: &[Option<u16>]) -> Self {
+        let n = advertised.len();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let voters: Vec<String> = ports
             .iter()
@@ -493,7 +500,7 @@ impl KafkaCluster {
         // 22 characters carry 132 bits; the last one's low 4 bits must be zero.
         cluster_id.pop();
         cluster_id.push(alphabet[fastrand::usize(..4) * 16] as char);
-        let launched: Vec<(Child, tempfile::TempDir, Vec<String>)> = ports
+        let launched: Vec<(Child, tempfile::TempDir, Vec<String>, u16)> = ports
             .iter()
             .enumerate()
             .map(|(i, (port, controller))| {
@@ -506,18 +513,19 @@ impl KafkaCluster {
                     "--cluster-id".to_owned(),
                     cluster_id.clone(),
                 ];
-                let child = launch_kafka(*port, *controller, dir.path(), *port, &args, 1);
-                (child, dir, args)
+                let shown = advertised[i].unwrap_or(*port);
+                let child = launch_kafka(*port, *controller, dir.path(), shown, &args, 1);
+                (child, dir, args, shown)
             })
             .collect();
         let nodes = launched
             .into_iter()
             .zip(&ports)
-            .map(|((child, dir, args), (port, controller))| {
+            .map(|((child, dir, args, shown), (port, controller))| {
                 let child = kafka_serving(child, *port, dir.path(), 1).unwrap_or_else(|| {
                     panic!("a node of the Kafka cluster exited (port {port} taken?)")
                 });
-                Broker::kafka(child, *port, *port, dir, *controller, args)
+                Broker::kafka(child, *port, shown, dir, *controller, args)
             })
             .collect();
         Self { nodes }
@@ -541,6 +549,44 @@ impl KafkaCluster {
             .map(|n| self.node(n).addr())
             .collect();
         addrs.join(",")
+    }
+}
+
+/// The id of the node leading `topic/partition`, as Kafka's own `kafka-topics
+/// --describe` reports it (once it has one).
+pub async fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let described = kafka_tool(
+            "kafka-topics",
+            &[
+                "--bootstrap-server",
+                bootstrap,
+                "--describe",
+                "--topic",
+                topic,
+            ],
+        );
+        let leader = described.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let at = |name: &str| {
+                fields
+                    .iter()
+                    .position(|f| *f == name)
+                    .and_then(|i| fields.get(i + 1))
+            };
+            (at("Partition:")? == &partition.to_string().as_str())
+                .then(|| at("Leader:")?.parse::<i32>().ok())
+                .flatten()
+        });
+        if let Some(leader) = leader.filter(|id| *id > 0) {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}/{partition} has no leader: {described}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
