@@ -484,6 +484,23 @@ impl KafkaCluster {
     /// A cluster of one node per entry of `advertised`, each node advertising that port
     /// (a proxy's) instead of its own when given.
     pub fn start_advertising(advertised: &[Option<u16>]) -> Self {
+        // A port chosen free can be taken by another process's connection before its
+        // node binds it: then the node exits, its peers wait for it in vain, and the
+        // whole cluster starts again on other ports.
+        for _ in 0..3 {
+            if let Some(cluster) = Self::launch(advertised) {
+                return cluster;
+            }
+        }
+        panic!(
+            "could not start a Kafka cluster of {} nodes: ports taken three times",
+            advertised.len()
+        );
+    }
+
+    /// One try of [`KafkaCluster::start_advertising`]: `None` if a node exited because
+    /// its port was taken (the others are stopped).
+    fn launch(advertised: &[Option<u16>]) -> Option<Self> {
         let n = advertised.len();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let voters: Vec<String> = ports
@@ -500,7 +517,7 @@ impl KafkaCluster {
         // 22 characters carry 132 bits; the last one's low 4 bits must be zero.
         cluster_id.pop();
         cluster_id.push(alphabet[fastrand::usize(..4) * 16] as char);
-        let launched: Vec<(Child, tempfile::TempDir, Vec<String>, u16)> = ports
+        let mut launched: Vec<(Child, tempfile::TempDir, Vec<String>, u16)> = ports
             .iter()
             .enumerate()
             .map(|(i, (port, controller))| {
@@ -518,17 +535,61 @@ impl KafkaCluster {
                 (child, dir, args, shown)
             })
             .collect();
+        // Every node together: one that exits is seen at once, not after its peers gave
+        // up waiting for it.
+        let log = |dir: &tempfile::TempDir| {
+            std::fs::read_to_string(dir.path().join("broker-1.log")).unwrap_or_default()
+        };
+        let deadline = Instant::now() + BROKER_START;
+        loop {
+            if launched
+                .iter()
+                .all(|(_, dir, _, _)| log(dir).contains("Kafka Server started"))
+            {
+                break;
+            }
+            let exited = launched
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, (child, dir, _, _))| {
+                    matches!(child.try_wait(), Ok(Some(_))).then(|| (i + 1, log(dir)))
+                });
+            if let Some((id, text)) = exited {
+                for (child, ..) in &mut launched {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                if text.contains("Address already in use") {
+                    return None;
+                }
+                panic!("node {id} of the Kafka cluster exited before it started; its log:\n{text}");
+            }
+            if Instant::now() > deadline {
+                let waiting: Vec<String> = launched
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, dir, _, _))| !log(dir).contains("Kafka Server started"))
+                    .map(|(i, (_, dir, _, _))| format!("node {}: {}", i + 1, tail(&log(dir), 30)))
+                    .collect();
+                for (child, ..) in &mut launched {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                panic!(
+                    "the Kafka cluster did not start within {BROKER_START:?}; the nodes not started, their logs' ends:\n{}",
+                    waiting.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let nodes = launched
             .into_iter()
             .zip(&ports)
             .map(|((child, dir, args, shown), (port, controller))| {
-                let child = kafka_serving(child, *port, dir.path(), 1).unwrap_or_else(|| {
-                    panic!("a node of the Kafka cluster exited (port {port} taken?)")
-                });
                 Broker::kafka(child, *port, shown, dir, *controller, args)
             })
             .collect();
-        Self { nodes }
+        Some(Self { nodes })
     }
 
     /// Every node's address, comma-separated.
@@ -550,6 +611,12 @@ impl KafkaCluster {
             .collect();
         addrs.join(",")
     }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The id of the node leading `topic/partition`, as Kafka's own `kafka-topics
