@@ -461,9 +461,36 @@ impl Forwarder {
             };
             let before = settling.last().end;
             if settling.agrees(again) {
+                let end = settling.last().end;
+                if self.uncommitted_above(end).await {
+                    continue;
+                }
                 return Ok(Some(settling.into_inner()));
             }
             info!(partition = %self.partition(), before, now = settling.last().end, "internal partition's end moved while settling (a request of an earlier connection landed); reading again");
+        }
+    }
+
+    /// Whether the internal partition's leader holds records above the settled end
+    /// `end` (its high watermark) that its replicas have not all taken: a produce of an
+    /// earlier connection or session, appended while the in-sync replicas were out of
+    /// reach, which counts once they catch up. The end is not settled until they have
+    /// (or another replica leads without them). A failed read says no: the settled end
+    /// stands, as on brokers without the answer.
+    async fn uncommitted_above(&self, end: i64) -> bool {
+        let topic = &self.internal_topic;
+        let partition = self.partition().partition;
+        match crate::kafka::fetch::log_end_offset(&self.cluster, topic, partition).await {
+            Ok(log_end) if log_end > end => {
+                info!(partition = %self.partition(), internal = %self.internal_name(), high_watermark = end, log_end,
+                    "the internal partition's leader holds records its replicas have not all taken (produced while they were out of reach): waiting until they do before trusting its end");
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                debug!(partition = %self.partition(), error = %e, "reading the internal partition's log end failed; its high watermark stands");
+                false
+            }
         }
     }
 

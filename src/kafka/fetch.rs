@@ -210,6 +210,50 @@ pub(crate) fn fetching(topic: &str, partition: i32, offset: i64) -> String {
 }
 
 /// What a failed ListOffsets (earliest) of `topic`/`partition` was, in errors.
+/// The log end offset of `topic`/`partition` on its leader, on a connection of its own:
+/// ListOffsets (latest) asked as a debugging replica (replica id -2), which Kafka answers
+/// with the leader's log end instead of its high watermark. Above the high watermark
+/// are records the leader appended that its in-sync replicas have not all taken yet
+/// (its followers down, or cut off): invisible to readers, they become visible once the
+/// replicas catch up, or are dropped if another replica becomes the leader. A broker
+/// that ignores the replica id answers with its high watermark.
+pub async fn log_end_offset(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, ClusterError> {
+    let what = format!("reading the log end offset of {topic}/{partition}");
+    let mut conn = cluster
+        .bounded(
+            what.clone(),
+            connection::connect_leader(
+                &cluster.servers,
+                &cluster.client_id,
+                &cluster.transport,
+                topic,
+                partition,
+                cluster.timeout,
+            ),
+        )
+        .await?;
+    let version = conn
+        .version::<ListOffsetsRequest>(LIST_OFFSETS_VERSIONS)
+        .map_err(|e| cluster.error(what.clone(), e))?;
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-2))
+        .with_isolation_level(0)
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(-1)])]);
+    let response = cluster
+        .bounded(what.clone(), conn.call(&request, version))
+        .await?;
+    listed_offset(&response, topic, partition)
+        .map_err(|e| cluster.error(what, WireFailure::Broker(e)))
+}
+
 pub(crate) fn listing_earliest(topic: &str, partition: i32) -> String {
     format!("reading the earliest offset of {topic}/{partition}")
 }
